@@ -1,0 +1,73 @@
+"""Shared fixtures: a real orchestrator process in a private ``YW_HOME`` for the whole session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ywmagics.discovery import Connection, pid_alive, read_discovery
+
+RESOURCES = Path(__file__).parent / "resources"
+TEST_REGISTRY = RESOURCES / "registry"
+
+
+def start_orchestrator(home: Path, *, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start ``ywmagics serve`` with ``YW_HOME=home``; wait until its discovery file is written."""
+    env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "serve.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ywmagics", "serve"], env=env, stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + timeout
+    discovery = home / "run" / "orchestrator.json"
+    while time.monotonic() < deadline:
+        connection = read_discovery(discovery)
+        if connection is not None and connection.pid == process.pid:
+            return process, connection
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError((home / "serve.log").read_text())
+
+
+def stop_orchestrator(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def orchestrator_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private ``YW_HOME`` for the session, so tests never touch the user's orchestrator."""
+    home = tmp_path_factory.mktemp("ywhome")
+    saved = {k: os.environ.get(k) for k in ("YW_HOME", "YW_BACKENDS_PATH")}
+    os.environ["YW_HOME"] = str(home)
+    os.environ["YW_BACKENDS_PATH"] = str(TEST_REGISTRY)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def orchestrator(orchestrator_home: Path) -> Iterator[Connection]:
+    """A real orchestrator process shared by the session's tests."""
+    process, connection = start_orchestrator(orchestrator_home)
+    yield connection
+    stop_orchestrator(process)
+    assert not pid_alive(process.pid)

@@ -1,0 +1,260 @@
+"""The orchestrator with real processes: a real server, real environments, real backends.
+
+Backends in Node.js (tests/resources/registry) keep these tests fast; the Python backends have
+their own files (test_bundled_backends.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import ywmagics
+from ywmagics.client import OrchestratorClient
+from ywmagics.discovery import Connection, pid_alive
+from ywmagics.errors import (
+    AuthenticationError,
+    BackendNotFound,
+    ConfigurationError,
+    InstallError,
+    SpecError,
+    StartError,
+)
+from ywmagics.events import Event, EventKind
+
+from .conftest import start_orchestrator, stop_orchestrator
+
+
+def test_status_and_discovery_file_is_private(orchestrator: Connection,
+                                              orchestrator_home: Path) -> None:
+    status = OrchestratorClient(orchestrator).status()
+    assert status["pid"] == orchestrator.pid
+    assert status["url"] == orchestrator.url
+    mode = (orchestrator_home / "run" / "orchestrator.json").stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_node_backend_over_tcp_with_partition(orchestrator: Connection) -> None:
+    events: list[Event] = []
+    clients = ywmagics.install(["node_echo#^1.0.0 as echo"], partition="NodeP",
+                               on_event=events.append, connection=orchestrator)
+    answer = clients.echo.fetch_json("/echo", method="POST", json={"hello": "world"})
+    assert answer == {"hello": "world", "partition": "NodeP"}
+    assert clients.echo.url_base == f"{orchestrator.url}/backends/node_echo/1.0.0"
+    kinds = [e.kind for e in events]
+    assert kinds[0] is EventKind.RESOLVED and kinds[-1] is EventKind.READY
+    assert all(e.partition == "NodeP" and e.name == "node_echo" for e in events)
+
+
+def test_version_ranges_pick_the_highest_match(orchestrator: Connection) -> None:
+    clients = ywmagics.install(
+        ["versions_demo#^0.1.0 as old", ], partition="Ranges", connection=orchestrator
+    )
+    assert clients.old.version == "0.1.5"
+    assert clients.old.fetch_json("/")["version"] == "0.1.5"
+    # The proxy resolves ranges too, against what runs in the partition.
+    with httpx.Client(headers={**orchestrator.headers, "X-Backends-Partition": "Ranges"}) as http:
+        proxied = http.get(f"{orchestrator.url}/backends/versions_demo/~0.1.0/").json()
+    assert proxied["version"] == "0.1.5"
+    latest = ywmagics.install("versions_demo#latest as new", partition="Ranges",
+                              connection=orchestrator)
+    assert latest.new.version == "0.2.0"
+
+
+def test_clear_errors_for_bad_input(orchestrator: Connection) -> None:
+    with pytest.raises(BackendNotFound, match="unknown backend 'no_such_backend'") as unknown:
+        ywmagics.install("no_such_backend", connection=orchestrator)
+    assert "node_echo" in unknown.value.hint  # it lists what exists
+    with pytest.raises(BackendNotFound, match="no version of 'versions_demo' matches") as nomatch:
+        ywmagics.install("versions_demo#^9.0.0", connection=orchestrator)
+    assert "0.1.0, 0.1.5, 0.2.0" in nomatch.value.hint
+    with pytest.raises(SpecError, match="not a version range"):
+        ywmagics.install("versions_demo#^banana", connection=orchestrator)
+    with pytest.raises(ConfigurationError, match="has no build option 'colour'"):
+        ywmagics.install({"modules": ["node_echo"],
+                          "configurations": {"node_echo": {"build": {"colour": "red"}}}},
+                         connection=orchestrator)
+    with pytest.raises(ConfigurationError, match="not being installed"):
+        ywmagics.install({"modules": ["node_echo"],
+                          "configurations": {"pyrun_backend": {"build": {"python": "3.10"}}}},
+                         connection=orchestrator)
+
+
+def test_wrong_token_foreign_host_and_origin_are_refused(orchestrator: Connection) -> None:
+    bad = Connection(orchestrator.url, "not-the-token", orchestrator.pid)
+    with pytest.raises(AuthenticationError, match="wrong token"):
+        OrchestratorClient(bad).status()
+    assert httpx.get(f"{orchestrator.url}/status").status_code == 401
+    foreign = httpx.get(f"{orchestrator.url}/status",
+                        headers={**orchestrator.headers, "Host": "evil.example:80"})
+    assert foreign.status_code == 403 and "loopback" in foreign.json()["error"]["message"]
+    cross = httpx.get(f"{orchestrator.url}/status",
+                      headers={**orchestrator.headers, "Origin": "http://evil.example"})
+    assert cross.status_code == 403
+
+
+def test_start_failure_shows_the_log_tail(orchestrator: Connection) -> None:
+    with pytest.raises(StartError, match="exited with code 3") as failure:
+        ywmagics.install("broken_start", connection=orchestrator)
+    assert "BROKEN_START: cannot bind" in failure.value.log_tail
+
+
+def test_install_failure_shows_the_build_log_and_leaves_nothing(
+        orchestrator: Connection, orchestrator_home: Path) -> None:
+    with pytest.raises(InstallError) as failure:
+        ywmagics.install("bad_requirement", connection=orchestrator)
+    assert "this-package-does-not-exist-ywmagics" in failure.value.log_tail
+    folder = orchestrator_home / "data" / "environments" / "bad_requirement" / "1.0.0"
+    assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_killed_instance_is_restarted_on_next_request(orchestrator: Connection) -> None:
+    clients = ywmagics.install("crasher as c", partition="Crash", connection=orchestrator)
+    first_pid = _pid_of(orchestrator, "Crash", "crasher")
+    os.kill(first_pid, signal.SIGKILL)
+    assert clients.c.fetch_json("/")["name"] == "crasher"
+    second_pid = _pid_of(orchestrator, "Crash", "crasher")
+    assert second_pid != first_pid and pid_alive(second_pid)
+    # A crash from inside (the process exits after answering) is survived too.
+    assert clients.c.fetch_json("/crash", method="POST")["pid"] == second_pid
+    assert clients.c.fetch_json("/")["pid"] not in (first_pid, second_pid)
+
+
+def test_same_backend_other_config_replaces_the_instance(orchestrator: Connection) -> None:
+    events: list[Event] = []
+    ywmagics.install("node_echo", partition="Replace", connection=orchestrator)
+    first = _pid_of(orchestrator, "Replace", "node_echo")
+    ywmagics.install({"modules": ["node_echo"],
+                      "configurations": {"node_echo": {"build": {"greeting": "hi"}}}},
+                     partition="Replace", on_event=events.append, connection=orchestrator)
+    assert EventKind.REPLACED in [e.kind for e in events]
+    assert _pid_of(orchestrator, "Replace", "node_echo") != first
+    assert not pid_alive(first)
+
+
+def test_partitions_are_isolated(orchestrator: Connection) -> None:
+    a = ywmagics.install("node_echo as e", partition="IsoA", connection=orchestrator).e
+    b = ywmagics.install("node_echo as e", partition="IsoB", connection=orchestrator).e
+    assert a.fetch_json("/echo", method="POST", json={})["partition"] == "IsoA"
+    assert b.fetch_json("/echo", method="POST", json={})["partition"] == "IsoB"
+    assert _pid_of(orchestrator, "IsoA", "node_echo") != _pid_of(orchestrator, "IsoB", "node_echo")
+
+
+def test_request_for_installed_backend_not_running_starts_it(orchestrator: Connection) -> None:
+    ywmagics.install("node_echo", partition="Lazy1", connection=orchestrator)
+    with httpx.Client(headers={**orchestrator.headers, "X-Backends-Partition": "Lazy2"}) as http:
+        answer = http.post(f"{orchestrator.url}/backends/node_echo/^1/echo", json={"x": 1})
+        missing = http.get(f"{orchestrator.url}/backends/versions_demo/^5/")
+    assert answer.json() == {"x": 1, "partition": "Lazy2"}
+    assert missing.status_code == 404 and "not installed" in missing.json()["error"]["message"]
+
+
+def test_logs_stop_list_uninstall(orchestrator: Connection) -> None:
+    client = OrchestratorClient(orchestrator)
+    ywmagics.install("node_echo", partition="Admin", connection=orchestrator)
+    listing = client.list()
+    mine = [i for i in listing["instances"] if i["partition"] == "Admin"]
+    assert mine and mine[0]["name"] == "node_echo" and mine[0]["state"] == "ready"
+    assert "--- start" in client.logs("node_echo", partition="Admin")
+    stopped = client.stop(partition="Admin")
+    assert stopped == [{"partition": "Admin", "name": "node_echo", "version": "1.0.0"}]
+    assert not pid_alive(mine[0]["pid"])
+
+
+def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> None:
+    # Two clients (as two kernels would) ask for the same new environment at the same time.
+    events: list[Event] = []
+    lock = threading.Lock()
+
+    def on_event(event: Event) -> None:
+        with lock:
+            events.append(event)
+
+    request = {"modules": ["node_echo"],
+               "configurations": {"node_echo": {"build": {"greeting": f"c{time.time_ns()}"}}}}
+    errors: list[BaseException] = []
+
+    def install(partition: str) -> None:
+        try:
+            ywmagics.install(request, partition=partition, on_event=on_event,
+                             connection=orchestrator)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=install, args=(p,)) for p in ("Twin1", "Twin2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    kinds = [e.kind for e in events]
+    assert kinds.count(EventKind.BUILT) == 1
+    assert kinds.count(EventKind.REUSED) == 1
+
+
+def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ywmagics", *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    done = cli("install", "node_echo#^1.0.0", "--partition", "Cli")
+    assert done.returncode == 0, done.stderr
+    assert "ready" in done.stdout and "/backends/node_echo/1.0.0" in done.stdout
+    listing = cli("list")
+    assert "Cli" in listing.stdout and "node_echo" in listing.stdout
+    assert "--- start" in cli("logs", "node_echo", "--partition", "Cli").stdout
+    assert "stopped node_echo 1.0.0 in partition Cli" in cli("stop", "--partition", "Cli").stdout
+    bad = cli("install", "nope#^1")
+    assert bad.returncode == 2 and "unknown backend 'nope'" in bad.stderr
+    assert "orchestrator" in cli("status").stdout
+
+
+def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        ywmagics.install("node_echo", partition="Orphans", connection=connection)
+        ywmagics.install("crasher", partition="Orphans", connection=connection)
+        pids = [i["pid"] for i in OrchestratorClient(connection).list()["instances"]]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 5
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(p) for p in pids)
+    finally:
+        stop_orchestrator(process)
+
+
+def test_orchestrator_stopped_stops_its_backends(tmp_path: Path) -> None:
+    process, connection = start_orchestrator(tmp_path / "home")
+    ywmagics.install("node_echo", partition="Stop", connection=connection)
+    pid = OrchestratorClient(connection).list()["instances"][0]["pid"]
+    stop_orchestrator(process)
+    assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert not _running(pid)
+    assert not (tmp_path / "home" / "run" / "orchestrator.json").exists()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _pid_of(connection: Connection, partition: str, name: str) -> int:
+    for instance in OrchestratorClient(connection).list()["instances"]:
+        if instance["partition"] == partition and instance["name"] == name:
+            return int(instance["pid"])
+    raise AssertionError(f"no {name} in {partition}")

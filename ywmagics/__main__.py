@@ -1,0 +1,3 @@
+from ywmagics.cli import main
+
+raise SystemExit(main())

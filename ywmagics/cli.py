@@ -1,0 +1,254 @@
+"""The ``ywmagics`` command: run the orchestrator and manage backends from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ywmagics.errors import YwMagicsError
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_listing(listing: dict[str, Any]) -> str:
+    """The text of ``ywmagics list`` and ``%backends list``."""
+    instances = [
+        {**i, "config": " ".join(f"{k}={v}" for k, v in i["config"].items() if v) or "-",
+         "uptime": f"{i['uptime']:.0f}s"}
+        for i in listing["instances"]
+    ]
+    environments = [
+        {**e, "config": " ".join(f"{k}={v}" for k, v in e["config"].items() if v) or "-",
+         "python": e.get("python_version") or "-"}
+        for e in listing["environments"]
+    ]
+    return (
+        "Running instances:\n"
+        + _table(instances, ["partition", "name", "version", "state", "config", "pid", "uptime"])
+        + "\n\nInstalled environments:\n"
+        + _table(environments, ["name", "version", "fingerprint", "python", "config"])
+    )
+
+
+def _client() -> Any:
+    from ywmagics.client import OrchestratorClient
+
+    return OrchestratorClient()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from ywmagics.orchestrator.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    serve(port=args.port, registries=args.registry, log_level=args.log_level)
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from ywmagics.client import OrchestratorClient
+    from ywmagics.spec import InstallRequest, parse_config_option
+
+    configurations: dict[str, Any] = {}
+    for option in args.config:
+        parse_config_option(option, configurations)
+    request = InstallRequest.from_object(
+        {"modules": args.specs, "configurations": configurations}, args.partition
+    )
+    with OrchestratorClient() as client:
+        results = client.install(request, on_event=lambda e: print(e, flush=True))
+        for r in results:
+            print(f"{r['alias']}: {r['name']} {r['version']} in partition {r['partition']} at "
+                  f"{client.connection.url}{r['path']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client() as client:
+        listing = client.list()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+    else:
+        print(format_listing(listing))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client() as client:
+        print(client.logs(args.name, partition=args.partition, lines=args.lines), end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    if not (args.name or args.partition or args.all):
+        raise YwMagicsError("say what to stop", hint="give a NAME, --partition P, or --all")
+    with _client() as client:
+        stopped = client.stop(partition=args.partition, name=args.name, all=args.all)
+    for s in stopped:
+        print(f"stopped {s['name']} {s['version']} in partition {s['partition']}")
+    if not stopped:
+        print("nothing was running there")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    with _client() as client:
+        done = client.uninstall(args.spec)
+    for e in done["removed"]:
+        print(f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ywmagics import paths
+    from ywmagics.client import find_orchestrator
+
+    connection = find_orchestrator()
+    if connection is None:
+        print(f"no orchestrator is running (discovery file: {paths.discovery_file()})")
+        return 1
+    with _client() as client:
+        status = client.status()
+    print(f"orchestrator {status['version']} at {status['url']} (pid {status['pid']}, "
+          f"up {status['uptime']:.0f}s)\n"
+          f"{status['instances']} running instance(s), {status['environments']} installed "
+          f"environment(s)\ndiscovery file: {paths.discovery_file()}")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from ywmagics.client import OrchestratorClient, find_orchestrator
+    from ywmagics.discovery import pid_alive
+
+    connection = find_orchestrator()
+    if connection is None:
+        print("no orchestrator is running")
+        return 0
+    OrchestratorClient(connection).shutdown()
+    deadline = time.monotonic() + 15
+    while pid_alive(connection.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"orchestrator (pid {connection.pid}) stopped")
+    return 0
+
+
+def cmd_registries(args: argparse.Namespace) -> int:
+    from ywmagics.orchestrator.registry import Registry, default_registry_folders
+
+    registry = Registry(default_registry_folders())
+    for folder in registry.folders:
+        print(f"{folder}{'' if folder.is_dir() else '  (does not exist)'}")
+    for name, versions in sorted(registry.manifests().items()):
+        print(f"  {name}: {', '.join(sorted(versions))}")
+    for problem in registry.broken():
+        print(f"  broken: {problem}")
+    return 0
+
+
+def cmd_new_backend(args: argparse.Namespace) -> int:
+    from ywmagics import paths
+    from ywmagics.spec import validate_name
+
+    name = validate_name(args.name)
+    target = Path(args.dir) if args.dir else paths.user_registry_dir() / name
+    if target.exists():
+        raise YwMagicsError(f"{target} already exists", hint="choose another folder with --dir")
+    template = Path(__file__).parent / "templates" / "python_backend"
+    shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = target / "ywbackend.toml"
+    manifest.write_text(manifest.read_text().replace("my_backend", name))
+    print(f"created {target}; install it with: ywmagics install {name}")
+    return 0
+
+
+def cmd_kernel_install(args: argparse.Namespace) -> int:
+    from ywmagics.kernel.kernelspec import install_kernel_spec
+
+    path = install_kernel_spec(user=args.user, prefix=sys.prefix if args.sys_prefix else None)
+    print(f"installed kernel 'Python 3 (ywmagics)' in {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ywmagics", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the orchestrator in the foreground")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    serve.add_argument("--registry", action="append", default=[],
+                       help="an extra folder of backends (repeatable)")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(run=cmd_serve)
+
+    install = commands.add_parser("install", help="install and start backends")
+    install.add_argument("specs", nargs="+", metavar="SPEC", help="name#range [as alias]")
+    install.add_argument("--partition", default=None)
+    install.add_argument("--config", action="append", default=[],
+                         metavar="NAME.build.OPTION=VALUE")
+    install.set_defaults(run=cmd_install)
+
+    listing = commands.add_parser("list", help="running instances and installed environments")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=cmd_list)
+
+    logs = commands.add_parser("logs", help="the log of a running backend")
+    logs.add_argument("name")
+    logs.add_argument("--partition", default="Default")
+    logs.add_argument("--lines", type=int, default=200)
+    logs.set_defaults(run=cmd_logs)
+
+    stop = commands.add_parser("stop", help="stop instances")
+    stop.add_argument("name", nargs="?")
+    stop.add_argument("--partition")
+    stop.add_argument("--all", action="store_true")
+    stop.set_defaults(run=cmd_stop)
+
+    uninstall = commands.add_parser("uninstall", help="remove environments (stops instances)")
+    uninstall.add_argument("spec", help="name or name#range")
+    uninstall.set_defaults(run=cmd_uninstall)
+
+    commands.add_parser("status", help="where the orchestrator is").set_defaults(run=cmd_status)
+    commands.add_parser("shutdown", help="stop the orchestrator and its backends").set_defaults(
+        run=cmd_shutdown)
+    commands.add_parser("registries", help="the backend folders and what they hold").set_defaults(
+        run=cmd_registries)
+
+    new = commands.add_parser("new-backend", help="create a backend from the template")
+    new.add_argument("name")
+    new.add_argument("--dir", help="where (default: your registry folder)")
+    new.set_defaults(run=cmd_new_backend)
+
+    kernel = commands.add_parser("kernel", help="Jupyter kernel spec")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    kernel_install = kernel_commands.add_parser("install", help="install 'Python 3 (ywmagics)'")
+    where = kernel_install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true")
+    where.add_argument("--sys-prefix", action="store_true")
+    kernel_install.set_defaults(run=cmd_kernel_install)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except YwMagicsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

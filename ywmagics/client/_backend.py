@@ -1,0 +1,134 @@
+"""Clients of one backend, bound to a partition: fetch-like calls through the orchestrator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ywmagics.client._http import PARTITION_HEADER, check, orchestrator_error, \
+    translate_transport_error
+from ywmagics.client._pool import shared_http
+from ywmagics.discovery import Connection
+
+DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+
+
+class _BackendBase:
+    """What both twins share: where the backend is and how to address it."""
+
+    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+        self.connection = connection
+        self.name = name
+        self.version = version
+        self.partition = partition
+
+    @property
+    def url_base(self) -> str:
+        """The backend's base URL on the orchestrator, e.g. ``http://127.0.0.1:PORT/backends/x/1.0.0``."""
+        return f"{self.connection.url}/backends/{self.name}/{self.version}"
+
+    @property
+    def docs_url(self) -> str:
+        """The backend's ``/docs`` page, openable in a browser (the link carries the token)."""
+        return f"{self.url_base}/docs?yw_token={self.connection.token}"
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {**self.connection.headers, PARTITION_HEADER: self.partition}
+        headers.update(extra or {})
+        return headers
+
+    def _url(self, path: str) -> str:
+        return self.url_base + (path if path.startswith("/") else "/" + path)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name} {self.version} "
+                f"partition={self.partition!r} url_base={self.url_base!r}>")
+
+
+class BackendClient(_BackendBase):
+    """A backend's client; ``fetch`` returns the httpx response, the others raise on errors.
+
+    Errors: :class:`~ywmagics.errors.BackendHTTPError` when the backend answers an error status,
+    another :class:`~ywmagics.errors.YwMagicsError` when the orchestrator could not reach it.
+    The ``afetch*`` twins do the same with ``await``.
+    """
+
+    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+        super().__init__(connection, name, version, partition)
+        self._http = shared_http()
+        self._async: AsyncBackendClient | None = None
+
+    def fetch(self, path: str, method: str = "GET", *, json: Any = None,
+              content: bytes | str | None = None, params: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None,
+              timeout: float | None = None) -> httpx.Response:
+        try:
+            response = self._http.request(
+                method.upper(), self._url(path), json=json, content=content, params=params,
+                headers=self._headers(headers),
+                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            )
+        except httpx.TransportError as error:
+            raise translate_transport_error(error, self.connection.url) from None
+        error = orchestrator_error(response)
+        if error is not None:
+            raise error
+        return response
+
+    def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
+        return check(self.fetch(path, method, **kwargs)).json()
+
+    def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
+        return check(self.fetch(path, method, **kwargs)).text
+
+    @property
+    def aio(self) -> AsyncBackendClient:
+        if self._async is None:
+            self._async = AsyncBackendClient(self.connection, self.name, self.version,
+                                             self.partition)
+        return self._async
+
+    async def afetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
+        return await self.aio.fetch(path, method, **kwargs)
+
+    async def afetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
+        return await self.aio.fetch_json(path, method, **kwargs)
+
+    async def afetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
+        return await self.aio.fetch_text(path, method, **kwargs)
+
+
+
+class AsyncBackendClient(_BackendBase):
+    """The async twin of :class:`BackendClient`."""
+
+    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+        super().__init__(connection, name, version, partition)
+        self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+
+    async def fetch(self, path: str, method: str = "GET", *, json: Any = None,
+                    content: bytes | str | None = None, params: dict[str, Any] | None = None,
+                    headers: dict[str, str] | None = None,
+                    timeout: float | None = None) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method.upper(), self._url(path), json=json, content=content, params=params,
+                headers=self._headers(headers),
+                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            )
+        except httpx.TransportError as error:
+            raise translate_transport_error(error, self.connection.url) from None
+        error = orchestrator_error(response)
+        if error is not None:
+            raise error
+        return response
+
+    async def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
+        return check(await self.fetch(path, method, **kwargs)).json()
+
+    async def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
+        return check(await self.fetch(path, method, **kwargs)).text
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

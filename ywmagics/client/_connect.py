@@ -1,0 +1,75 @@
+"""Finding the user's orchestrator, or starting one in the background."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import filelock
+import httpx
+
+from ywmagics import paths
+from ywmagics.client._pool import shared_http
+from ywmagics.discovery import Connection, pid_alive, read_discovery
+from ywmagics.errors import OrchestratorError
+
+START_TIMEOUT = 30.0
+
+
+def _answers(connection: Connection) -> bool:
+    try:
+        response = shared_http().get(f"{connection.url}/status", headers=connection.headers,
+                                     timeout=5)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
+def find_orchestrator() -> Connection | None:
+    """The running orchestrator of this user, or ``None``."""
+    connection = read_discovery()
+    return connection if connection is not None and _answers(connection) else None
+
+
+def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection:
+    """Find the orchestrator, starting it in the background when none runs (and ``start``)."""
+    found = find_orchestrator()
+    if found is not None:
+        return found
+    if not start:
+        raise OrchestratorError(
+            "no orchestrator is running", hint="start one with 'ywmagics serve'"
+        )
+    # Two kernels starting at once must not start two orchestrators.
+    with filelock.FileLock(str(paths.runtime_dir() / "start.lock"), timeout=timeout):
+        found = find_orchestrator()
+        if found is not None:
+            return found
+        return _start(timeout)
+
+
+def _start(timeout: float) -> Connection:
+    log_path = paths.runtime_dir() / "orchestrator.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ywmagics", "serve"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,  # shared by all kernels: it must outlive the one starting it
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = read_discovery()
+        if connection is not None and connection.pid == process.pid and _answers(connection):
+            return connection
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+    if process.poll() is None and pid_alive(process.pid):
+        process.kill()
+    raise OrchestratorError(
+        "the orchestrator did not start", hint=f"its log is {log_path}", log_tail=tail
+    )

@@ -1,0 +1,55 @@
+"""The discovery file through which clients find the orchestrator (URL, token, pid; mode 0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ywmagics import paths
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the orchestrator listens and the token it wants."""
+
+    url: str
+    token: str
+    pid: int = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def write_discovery(data: dict[str, object], path: Path | None = None) -> None:
+    """Write ``data`` atomically, readable by the user only."""
+    path = path or paths.discovery_file()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(data, file)
+    os.replace(temporary, path)
+
+
+def read_discovery(path: Path | None = None) -> Connection | None:
+    """The connection in the discovery file, or ``None`` if it is absent, broken or stale."""
+    try:
+        data = json.loads((path or paths.discovery_file()).read_text())
+        connection = Connection(str(data["url"]), str(data["token"]), int(data["pid"]))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return connection if pid_alive(connection.pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,139 @@
+"""The one exception tree of ywmagics, shared by the orchestrator, the client and the kernel side.
+
+::
+
+    YwMagicsError
+    ├── SpecError             a backend spec or version range that cannot be parsed
+    ├── ConfigurationError    an unknown build option, or a value it does not accept
+    ├── BackendNotFound       no backend of that name, or no version matching the range
+    ├── InstallError          building the backend's environment failed (carries the build log tail)
+    ├── StartError            the backend did not start or did not become ready (carries its log tail)
+    ├── InstanceNotFound      no running instance matches (stop, logs)
+    ├── OrchestratorError     the orchestrator cannot be reached, started, or refused the request
+    │   └── AuthenticationError   wrong or missing token, or a foreign Host
+    └── BackendHTTPError      a backend answered with an error status (carries status and body)
+
+Errors cross the HTTP boundary as ``{"type", "message", "hint", "log_tail"}`` and are rebuilt on the
+client side by :func:`error_from_dict`, so a user of the Python client catches the same class the
+orchestrator raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class YwMagicsError(Exception):
+    """Base of every error ywmagics raises on purpose.
+
+    ``hint`` says what to do about it; ``log_tail`` holds the last lines of a build or backend log
+    when they explain the failure.
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, *, hint: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f"\nHint: {self.hint}"
+        if self.log_tail:
+            text += f"\n--- last lines of the log ---\n{self.log_tail.rstrip()}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "log_tail": self.log_tail,
+        }
+
+
+class SpecError(YwMagicsError, ValueError):
+    """A backend spec such as ``name#^0.1.0 as alias`` that cannot be parsed."""
+
+
+class ConfigurationError(YwMagicsError, ValueError):
+    """A build option that the backend does not declare, or a value it cannot use."""
+
+
+class BackendNotFound(YwMagicsError, LookupError):
+    """No backend of that name in any registry, or no version that matches the range."""
+
+    http_status = 404
+
+
+class InstanceNotFound(YwMagicsError, LookupError):
+    """No running instance matches the request."""
+
+    http_status = 404
+
+
+class InstallError(YwMagicsError):
+    """Building a backend's environment failed."""
+
+    http_status = 500
+
+
+class StartError(YwMagicsError):
+    """A backend process exited, or did not answer its readiness path in time."""
+
+    http_status = 502
+
+
+class OrchestratorError(YwMagicsError):
+    """The orchestrator cannot be reached or started, or answered something unexpected."""
+
+    http_status = 500
+
+
+class AuthenticationError(OrchestratorError):
+    """The request carried no valid token, or came with a Host that is not a loopback name."""
+
+    http_status = 401
+
+
+class BackendHTTPError(YwMagicsError):
+    """A backend answered a request with an error status."""
+
+    def __init__(self, message: str, *, status: int, body: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.url = url
+
+
+_BY_NAME: dict[str, type[YwMagicsError]] = {
+    cls.__name__: cls
+    for cls in (
+        YwMagicsError,
+        SpecError,
+        ConfigurationError,
+        BackendNotFound,
+        InstanceNotFound,
+        InstallError,
+        StartError,
+        OrchestratorError,
+        AuthenticationError,
+    )
+}
+
+
+def error_from_dict(data: dict[str, Any]) -> YwMagicsError:
+    """Rebuild an error sent by the orchestrator (see :meth:`YwMagicsError.to_dict`)."""
+    cls = _BY_NAME.get(str(data.get("type")), YwMagicsError)
+    return cls(
+        str(data.get("message", "unknown error")),
+        hint=str(data.get("hint") or ""),
+        log_tail=str(data.get("log_tail") or ""),
+    )
+
+
+ERROR_HEADER = "x-ywmagics-error"
+"""Set on answers that the orchestrator itself gives as errors, to tell them from a backend's."""

@@ -1,0 +1,189 @@
+"""The orchestrator's HTTP application: admin routes, the install stream, events, the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Lifespan
+
+from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError
+from ywmagics.events import Event
+from ywmagics.orchestrator.proxy import BackendGone, forward, request_content
+from ywmagics.orchestrator.security import SecurityMiddleware
+from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
+
+NDJSON = "application/x-ndjson"
+log = logging.getLogger("ywmagics.orchestrator")
+
+
+def _error_response(error: YwMagicsError) -> JSONResponse:
+    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status,
+                        headers={ERROR_HEADER: "1"})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SpecError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise SpecError("the request body must be a JSON object")
+    return body
+
+
+def _partition_of(request: Request) -> str:
+    pinned = request.scope.get("state", {}).get("pinned_partition")
+    if pinned is not None:
+        return str(pinned)
+    return validate_partition(request.headers.get("x-backends-partition") or DEFAULT_PARTITION)
+
+
+def create_app(
+    orchestrator: Orchestrator, token: str, lifespan: Lifespan[Starlette] | None = None
+) -> Starlette:
+    async def status(request: Request) -> Response:
+        return JSONResponse(orchestrator.status())
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse(orchestrator.listing())
+
+    async def install(request: Request) -> Response:
+        body = await _json_body(request)
+        install_request = InstallRequest.from_object(body)
+        pinned = request.scope.get("state", {}).get("pinned_partition")
+        if pinned is not None:
+            install_request.partition = pinned
+        events = orchestrator.install(install_request)
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for item in events:
+                    if isinstance(item, Event):
+                        yield (json.dumps({"event": item.to_json()}) + "\n").encode()
+                    else:
+                        yield (json.dumps({"result": item}) + "\n").encode()
+            except YwMagicsError as error:
+                yield (json.dumps({"error": error.to_dict()}) + "\n").encode()
+            except Exception as error:  # the stream has started: report, don't drop the line
+                message = f"internal error: {type(error).__name__}: {error}"
+                yield (json.dumps({"error": {"type": "OrchestratorError", "message": message,
+                                             "hint": "see the orchestrator's log",
+                                             "log_tail": ""}}) + "\n").encode()
+                log.exception("install failed")
+
+        return StreamingResponse(lines(), media_type=NDJSON)
+
+    async def event_stream(request: Request) -> Response:
+        async def lines() -> AsyncIterator[bytes]:
+            async with orchestrator.bus.subscribe() as queue:
+                yield b'{"subscribed": true}\n'
+                while True:
+                    event = await queue.get()
+                    yield (json.dumps({"event": event.to_json()}) + "\n").encode()
+
+        return StreamingResponse(lines(), media_type=NDJSON)
+
+    async def stop(request: Request) -> Response:
+        body = await _json_body(request)
+        partition = body.get("partition")
+        if partition is not None:
+            validate_partition(partition)
+        if not body.get("all") and partition is None and body.get("name") is None:
+            raise SpecError("say what to stop: a partition, a name, or all")
+        stopped = await orchestrator.stop(partition, body.get("name"), body.get("version"))
+        return JSONResponse({"stopped": stopped})
+
+    async def logs(request: Request) -> Response:
+        name = request.path_params["name"]
+        partition = validate_partition(request.query_params.get("partition", DEFAULT_PARTITION))
+        lines = int(request.query_params.get("lines", "200"))
+        return PlainTextResponse(orchestrator.logs(name, partition, lines))
+
+    async def uninstall(request: Request) -> Response:
+        body = await _json_body(request)
+        return JSONResponse(await orchestrator.uninstall(str(body.get("spec", ""))))
+
+    async def shutdown(request: Request) -> Response:
+        # Answer first, then stop: the server's lifespan stops every backend.
+        asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
+        return JSONResponse({"stopping": True})
+
+    async def proxy(request: Request) -> Response:
+        params = request.path_params
+        partition = _partition_of(request)
+        instance = await orchestrator.instance_for(partition, params["name"], params["version"])
+        content = await request_content(request)
+        try:
+            return await forward(request, instance, params["path"], content)
+        except BackendGone:
+            # The process died an instant ago, before we noticed: revive it and send the request
+            # again when its body is still ours to send.
+            process = instance.process
+            if process is None or not (content is None or isinstance(content, bytes)):
+                raise
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), 1.0)
+            if process.returncode is None:
+                raise
+            instance = await orchestrator.instance_for(partition, params["name"], params["version"])
+            return await forward(request, instance, params["path"], content)
+
+    async def proxy_root(request: Request) -> Response:
+        request.path_params["path"] = ""
+        return await proxy(request)
+
+    async def on_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, YwMagicsError)
+        return _error_response(error)
+
+    async def on_value_error(request: Request, error: Exception) -> Response:
+        return _error_response(SpecError(f"bad request: {error}"))
+
+    async def on_transport_error(request: Request, error: Exception) -> Response:
+        return _error_response(YwMagicsError(f"backend unreachable: {error!r}"))
+
+    routes = [
+        Route("/status", status),
+        Route("/list", listing),
+        Route("/install", install, methods=["POST"]),
+        Route("/events", event_stream),
+        Route("/stop", stop, methods=["POST"]),
+        Route("/logs/{name}", logs),
+        Route("/uninstall", uninstall, methods=["POST"]),
+        Route("/shutdown", shutdown, methods=["POST"]),
+        Route("/backends/{name}/{version}", proxy_root,
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+        Route("/backends/{name}/{version}/{path:path}", proxy,
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+    ]
+    supervisor = orchestrator.supervisor
+
+    def partition_for_token(candidate: str) -> str | None:
+        instance = supervisor.by_token.get(candidate)
+        return instance.partition if instance else None
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityMiddleware, token=token,
+                               instance_for_token=partition_for_token)],
+        exception_handlers={
+            YwMagicsError: on_error,
+            ValueError: on_value_error,
+            httpx.TransportError: on_transport_error,
+        },
+    )
+    app.state.request_exit = lambda: None
+    return app

@@ -1,0 +1,239 @@
+"""Environments: one folder per (name, version, fingerprint of the build configuration).
+
+A build happens in a temporary folder next to its final place and is renamed into place when
+complete, under a file lock per key: concurrent installs of the same thing build once, and a killed
+build leaves only a temporary folder that is never used and is swept by the next build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ywmagics.errors import InstallError
+from ywmagics.orchestrator.interpreters import Interpreter, _uv_binary, find_python
+from ywmagics.orchestrator.manifest import Manifest, Runtime
+from ywmagics.orchestrator.processes import run_logged
+
+META_FILE = "ywmeta.json"
+WIRE_MODULE = "ywmagics_wire.py"
+# The stdlib-only value codec, copied verbatim into every Python backend: one source of truth.
+WIRE_SOURCE = Path(__file__).parents[1] / "wire.py"
+Report = Callable[[str, "float | None"], None]
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A complete environment on disk."""
+
+    name: str
+    version: str
+    fingerprint: str
+    path: Path
+    config: dict[str, str]
+    python: str | None
+    python_version: str | None
+    created: float
+
+    @property
+    def app(self) -> Path:
+        return self.path / "app"
+
+    @property
+    def python_bin(self) -> Path | None:
+        return self.path / "venv" / "bin" / "python" if self.python else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to build: resolved before any work starts, so bad input fails fast."""
+
+    manifest: Manifest
+    config: dict[str, str]
+    interpreter: Interpreter | None
+    requirements: tuple[str, ...]
+    fingerprint: str
+
+
+def _split_requirements(text: str) -> list[str]:
+    return [r for r in re.split(r"[\s,]+", text.strip()) if r]
+
+
+class Installer:
+    def __init__(self, root: Path, logs: Path) -> None:
+        self.root = root
+        self.logs = logs
+        self.uv = _uv_binary()
+
+    def plan(self, manifest: Manifest, config: dict[str, str]) -> Plan:
+        interpreter = None
+        requirements = tuple(manifest.requirements)
+        if manifest.runtime is Runtime.PYTHON:
+            interpreter = find_python(config.get("python", ""))
+            requirements += tuple(_split_requirements(config.get("modules", "")))
+        identity = {
+            "config": {k: v for k, v in sorted(config.items()) if k != "python"},
+            "python": [str(interpreter.path), interpreter.version] if interpreter else None,
+            "requirements": requirements,
+            "digest": manifest.digest,
+        }
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return Plan(manifest, config, interpreter, requirements, fingerprint[:12])
+
+    def final_path(self, plan: Plan) -> Path:
+        return self.root / plan.manifest.name / plan.manifest.version / plan.fingerprint
+
+    def find(self, plan: Plan) -> Environment | None:
+        return self._load(self.final_path(plan))
+
+    def build(self, plan: Plan, report: Report) -> tuple[Environment, bool]:
+        """The environment of ``plan``, built if needed; returns it and whether it was built.
+
+        Blocking: the orchestrator runs it in a worker thread.
+        """
+        final = self.final_path(plan)
+        existing = self._load(final)
+        if existing is not None:
+            return existing, False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(final) + ".lock")
+        with lock:
+            existing = self._load(final)
+            if existing is not None:  # another builder finished while we waited
+                return existing, False
+            for stale in final.parent.glob(f".tmp-{plan.fingerprint}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)  # a folder without its meta file is not ours
+            temporary = final.parent / f".tmp-{plan.fingerprint}-{uuid.uuid4().hex[:8]}"
+            try:
+                environment = self._build_into(plan, temporary, final, report)
+                os.rename(temporary, final)
+            except BaseException:
+                shutil.rmtree(temporary, ignore_errors=True)
+                raise
+        self._compile(environment, report)
+        return environment, True
+
+    def _build_into(self, plan: Plan, folder: Path, final: Path, report: Report) -> Environment:
+        manifest = plan.manifest
+        folder.mkdir(parents=True)
+        log = self.logs / f"install-{manifest.name}-{manifest.version}-{plan.fingerprint}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"# install of {manifest.name} {manifest.version} at {time.ctime()}\n")
+        shutil.copytree(
+            manifest.folder, folder / "app",
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules", ".git"),
+        )
+
+        def step(argv: list[str], text: str, progress: float, env: dict[str, str] | None = None) -> None:
+            report(text, progress)
+            code, tail = run_logged(
+                argv, log=log, cwd=folder, env=env,
+                on_line=lambda line: report(line, None) if line.strip() else None,
+            )
+            if code != 0:
+                raise InstallError(
+                    f"installing {manifest.name} {manifest.version} failed: {text} (exit {code})",
+                    hint=f"the whole install log is in {log}",
+                    log_tail=tail,
+                )
+
+        interpreter = plan.interpreter
+        if manifest.runtime is Runtime.PYTHON:
+            assert interpreter is not None
+            shutil.copyfile(WIRE_SOURCE, folder / "app" / WIRE_MODULE)
+            venv = folder / "venv"
+            python = str(venv / "bin" / "python")
+            uv_env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
+            uv_env.pop("VIRTUAL_ENV")
+            if self.uv:
+                step([self.uv, "venv", "--no-config", "--quiet", "--relocatable", "--python",
+                      str(interpreter.path), str(venv)],
+                     f"creating a Python {interpreter.version} environment (uv)", 0.1, uv_env)
+            else:
+                step([str(interpreter.path), "-m", "venv", str(venv)],
+                     f"creating a Python {interpreter.version} environment (venv)", 0.1)
+            if plan.requirements:
+                text = f"installing {' '.join(plan.requirements)}"
+                if self.uv:
+                    step([self.uv, "pip", "install", "--no-config", "--python", python,
+                          *plan.requirements], text, 0.3, uv_env)
+                else:
+                    step([python, "-m", "pip", "install", "--disable-pip-version-check",
+                          *plan.requirements], text, 0.3)
+        for index, argv in enumerate(manifest.install):
+            placeholders = self.placeholders(plan, folder)
+            step([arg.format_map(placeholders) for arg in argv],
+                 f"install step {index + 1}/{len(manifest.install)}", 0.7)
+        environment = Environment(
+            name=manifest.name,
+            version=manifest.version,
+            fingerprint=plan.fingerprint,
+            path=final,
+            config=plan.config,
+            python=str(interpreter.path) if interpreter else None,
+            python_version=interpreter.version if interpreter else None,
+            created=time.time(),
+        )
+        (folder / META_FILE).write_text(json.dumps(environment.to_json(), indent=2))
+        return environment
+
+    def placeholders(self, plan: Plan, folder: Path) -> dict[str, str]:
+        values = {
+            "env": str(folder),
+            "app": str(folder / "app"),
+            "python": str(folder / "venv" / "bin" / "python") if plan.interpreter else sys.executable,
+        }
+        values.update({f"build.{k}": v for k, v in plan.config.items()})
+        return values
+
+    def _compile(self, environment: Environment, report: Report) -> None:
+        """Compile bytecode in the final place, so that backends start fast and tracebacks point at
+        real files. Users' machines often set PYTHONDONTWRITEBYTECODE, so we must not count on
+        the first start writing it."""
+        python = environment.python_bin
+        if python is None:
+            return
+        report("compiling bytecode", 0.9)
+        log = self.logs / f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
+        run_logged([str(python), "-m", "compileall", "-q", "-j", "0", str(environment.path)], log=log)
+
+    def _load(self, path: Path) -> Environment | None:
+        try:
+            data = json.loads((path / META_FILE).read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+        data["path"] = path
+        return Environment(**data)
+
+    def environments(self) -> list[Environment]:
+        found = []
+        for meta in sorted(self.root.glob(f"*/*/*/{META_FILE}")):
+            environment = self._load(meta.parent)
+            if environment is not None:
+                found.append(environment)
+        return found
+
+    def remove(self, environment: Environment) -> None:
+        """Delete an environment: renamed away first so that no one sees it half-deleted."""
+        trash = environment.path.parent / f".trash-{uuid.uuid4().hex[:8]}"
+        with filelock.FileLock(str(environment.path) + ".lock"):
+            os.rename(environment.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,32 @@
+"""The orchestrator's event bus: every event goes to the live stream's subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from ywmagics.events import Event
+
+Emit = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan-out of events to subscribers; a slow subscriber loses events rather than slowing us."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[Event]] = set()
+
+    def publish(self, event: Event) -> None:
+        for queue in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,141 @@
+"""Finding a Python interpreter the way users' machines have them.
+
+``build.python`` accepts ``3.10``, ``python3.10``, ``3.10.13`` or a path. We look on ``PATH``, in
+pyenv's versions folder and among uv's managed interpreters, and run each candidate to be sure it
+works: pyenv's shims sit on ``PATH`` but fail for a version that is not active, which is also why we
+hand uv an interpreter path rather than a version to look up itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ywmagics.errors import ConfigurationError
+
+_VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
+_PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.executable)"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    path: Path
+    version: str
+
+
+@functools.lru_cache(maxsize=256)
+def probe(path: str) -> Interpreter | None:
+    """Run ``path`` to learn its version; ``None`` when it is not a working Python."""
+    try:
+        done = subprocess.run(
+            [path, "-c", _PROBE], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) < 2:
+        return None
+    return Interpreter(Path(path), lines[0])
+
+
+def _pyenv_versions() -> list[Path]:
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def _uv_managed(request: str) -> list[Path]:
+    uv = _uv_binary()
+    if uv is None:
+        return []
+    done = subprocess.run(
+        [uv, "python", "find", "--python-preference", "only-managed", "--no-python-downloads",
+         request],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    return [Path(done.stdout.strip())] if done.returncode == 0 and done.stdout.strip() else []
+
+
+def _uv_binary() -> str | None:
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def _candidates(request: str) -> Iterator[Path]:
+    parts = request.split(".")
+    short = ".".join(parts[:2])
+    names = [f"python{short}"] if len(parts) >= 2 else [f"python{short}"]
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        for name in names:
+            candidate = Path(folder) / name
+            if candidate.exists():
+                yield candidate
+    for version_dir in _pyenv_versions():
+        if version_dir.name == request or version_dir.name.startswith(request + "."):
+            for name in (f"python{short}", "python3", "python"):
+                candidate = version_dir / "bin" / name
+                if candidate.exists():
+                    yield candidate
+                    break
+    yield from _uv_managed(request)
+
+
+def find_python(request: str) -> Interpreter:
+    """The interpreter for ``request`` (empty: the orchestrator's own), or a clear error."""
+    request = request.strip()
+    if not request:
+        found = probe(sys.executable)
+        assert found is not None
+        return found
+    if os.sep in request or request.startswith("."):
+        found = probe(str(Path(request).expanduser()))
+        if found is None:
+            raise ConfigurationError(f"{request!r} is not a working Python interpreter")
+        return found
+    match = _VERSION_REQUEST.match(request)
+    if not match:
+        raise ConfigurationError(
+            f"{request!r} is not a Python version",
+            hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
+        )
+    wanted = match.group(1)
+    for candidate in _candidates(wanted):
+        found = probe(str(candidate))
+        if found and (found.version == wanted or found.version.startswith(wanted + ".")):
+            return found
+    available = ", ".join(sorted({i.version for i in available_interpreters()})) or "none"
+    raise ConfigurationError(
+        f"no Python {wanted} found on this machine",
+        hint=f"Pythons found: {available}. Install it (e.g. 'uv python install {wanted}' or pyenv) "
+        "or give a path to an interpreter",
+    )
+
+
+def available_interpreters() -> list[Interpreter]:
+    """Every working Python found on PATH and in pyenv's folder, for error messages."""
+    seen: dict[str, Interpreter] = {}
+    candidates: list[Path] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if os.path.isdir(folder):
+            candidates += sorted(Path(folder).glob("python3.[0-9]*"))
+    for version_dir in _pyenv_versions():
+        candidates += sorted((version_dir / "bin").glob("python3.[0-9]*"))[:1]
+    for candidate in candidates:
+        if candidate.name.endswith("-config"):
+            continue
+        found = probe(str(candidate))
+        if found:
+            seen.setdefault(found.version, found)
+    return list(seen.values())

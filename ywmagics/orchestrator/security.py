@@ -1,0 +1,112 @@
+"""Who may talk to the orchestrator: loopback Hosts only, and a token on every request.
+
+The token comes as ``Authorization: Bearer <token>``, or once as ``?yw_token=`` in a browser link
+(then kept in a strict same-site cookie, as Jupyter does), so that a backend's ``/docs`` opens in a
+browser. Instance tokens, given to each backend, are valid too, and pin the caller's partition.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ywmagics.errors import ERROR_HEADER, AuthenticationError
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+COOKIE = "ywmagics_token"
+QUERY = "yw_token"
+
+
+def host_is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in LOOPBACK_HOSTS
+
+
+class SecurityMiddleware:
+    """Refuses foreign Hosts and Origins, and requests without a valid token.
+
+    ``instance_for_token`` maps an instance token to its partition (``None`` when unknown); the
+    partition is put in ``scope["state"]["pinned_partition"]``.
+    """
+
+    def __init__(self, app: ASGIApp, token: str,
+                 instance_for_token: Callable[[str], str | None]) -> None:
+        self.app = app
+        self.token = token
+        self.instance_for_token = instance_for_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if not host_is_loopback(host):
+            await _refuse(send, 403, f"Host {host!r} is not allowed: the orchestrator answers "
+                          "loopback names only (127.0.0.1, localhost)")
+            return
+        origin = headers.get("origin")
+        if origin and not host_is_loopback(origin.split("://", 1)[-1]):
+            await _refuse(send, 403, f"cross-origin requests from {origin!r} are refused")
+            return
+        given, from_query = _token_of(scope, headers)
+        state = scope.setdefault("state", {})
+        if given and hmac.compare_digest(given.encode(), self.token.encode()):
+            state["pinned_partition"] = None
+        elif given and (partition := self.instance_for_token(given)) is not None:
+            state["pinned_partition"] = partition
+        else:
+            error = AuthenticationError(
+                "missing or wrong token" if given else "this request carries no token",
+                hint="send 'Authorization: Bearer <token>'; the token is in the discovery file "
+                "('ywmagics status' shows where)",
+            )
+            await _refuse(send, 401, str(error), error.to_dict())
+            return
+        if from_query:
+            # Drop the token from the URL before anything else sees it, and keep it in a cookie.
+            query = [(k, v) for k, v in parse_qsl(scope["query_string"].decode()) if k != QUERY]
+            scope["query_string"] = urlencode(query).encode()
+
+            async def send_with_cookie(message: dict) -> None:  # type: ignore[type-arg]
+                if message["type"] == "http.response.start":
+                    cookie = f"{COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
+                    message["headers"] = [*message.get("headers", []),
+                                          (b"set-cookie", cookie.encode())]
+                await send(message)
+
+            await self.app(scope, receive, send_with_cookie)
+            return
+        await self.app(scope, receive, send)
+
+
+def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, bool]:
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip(), False
+    if QUERY.encode() in scope.get("query_string", b""):
+        for key, value in parse_qsl(scope["query_string"].decode()):
+            if key == QUERY:
+                return value, True
+    cookie = headers.get("cookie")
+    if cookie:
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(cookie)
+        if COOKIE in jar:
+            return jar[COOKIE].value, False
+    return "", False
+
+
+async def _refuse(send: Send, status: int, message: str, body: dict | None = None) -> None:  # type: ignore[type-arg]
+    import json
+
+    payload = json.dumps({"error": body or {"type": "AuthenticationError", "message": message,
+                                            "hint": "", "log_tail": ""}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (ERROR_HEADER.encode(), b"1"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,79 @@
+"""Running the orchestrator: one per user, found through a discovery file.
+
+The listening socket is bound here and handed to uvicorn (no bind-close-rebind race); the discovery
+file (URL, token, pid; mode 0600) is written atomically once the server accepts connections and
+removed when it stops. Stopping, by Ctrl-C, SIGTERM or ``POST /shutdown``, stops every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from ywmagics import __version__, paths
+from ywmagics.discovery import read_discovery, write_discovery
+from ywmagics.orchestrator.app import create_app
+from ywmagics.orchestrator.registry import default_registry_folders
+from ywmagics.orchestrator.service import Orchestrator, Settings
+
+log = logging.getLogger("ywmagics.orchestrator")
+
+
+def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str = "warning") -> None:
+    """Run the orchestrator in the foreground until it is told to stop."""
+    discovery = paths.discovery_file()
+    existing = read_discovery(discovery)
+    if existing is not None and existing.pid != os.getpid():
+        raise SystemExit(
+            f"an orchestrator already runs (pid {existing.pid}, {existing.url}); "
+            "stop it first with 'ywmagics shutdown'"
+        )
+    token = secrets.token_urlsafe(32)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    sockets_dir = Path(tempfile.mkdtemp(prefix="yw-"))  # short (socket paths are limited), 0700
+    orchestrator = Orchestrator(Settings(
+        environments_dir=paths.environments_dir(),
+        logs_dir=paths.logs_dir(),
+        sockets_dir=sockets_dir,
+        registries=default_registry_folders(registries),
+        url=url,
+    ))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        write_discovery({"url": url, "token": token, "pid": os.getpid(),
+                         "version": __version__, "started": time.time()}, discovery)
+        print(f"ywmagics orchestrator {__version__} listening on {url} (pid {os.getpid()})",
+              file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            await orchestrator.shutdown()
+            current = read_discovery(discovery)
+            if current is not None and current.pid == os.getpid():
+                with contextlib.suppress(FileNotFoundError):
+                    discovery.unlink()
+            shutil.rmtree(sockets_dir, ignore_errors=True)
+
+    app = create_app(orchestrator, token, lifespan)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=[listener])

@@ -1,0 +1,246 @@
+"""The orchestrator's work, independent of HTTP: install, route, stop, uninstall, report."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ywmagics._version import __version__
+from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFound, StartError
+from ywmagics.events import Event, EventKind
+from ywmagics.orchestrator.environments import Environment, Installer, Plan
+from ywmagics.orchestrator.events import Emit, EventBus
+from ywmagics.orchestrator.manifest import Manifest
+from ywmagics.orchestrator.processes import tail_of
+from ywmagics.orchestrator.registry import Registry
+from ywmagics.orchestrator.supervisor import Instance, Supervisor
+from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name
+
+
+@dataclass
+class Settings:
+    environments_dir: Path
+    logs_dir: Path
+    sockets_dir: Path
+    registries: Sequence[Path]
+    url: str = ""
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.bus = EventBus()
+        self.registry = Registry(settings.registries)
+        self.installer = Installer(settings.environments_dir, settings.logs_dir)
+        self.supervisor = Supervisor(
+            self.installer, settings.sockets_dir, settings.logs_dir, settings.url, self.bus.publish
+        )
+        self._build_locks: dict[str, asyncio.Lock] = {}
+        # Which environment to start when a request reaches a backend that is installed but not
+        # running: the last one installed or started for that name and version.
+        self._last_used: dict[tuple[str, str], tuple[Plan, Environment]] = {}
+
+    # -- install -----------------------------------------------------------------------------
+
+    async def install(self, request: InstallRequest) -> AsyncIterator[Event | dict[str, Any]]:
+        """Yield events as they happen, then the result ``{"backends": [...]}``."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            queue.put_nowait(event)
+            self.bus.publish(event)
+
+        plans = await self._plan(request, emit)
+        task = asyncio.ensure_future(
+            asyncio.gather(*(self._install_one(request.partition, spec, plan, emit)
+                             for spec, plan in plans))
+        )
+        try:
+            while not task.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield {"backends": task.result()}
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _plan(self, request: InstallRequest, emit: Emit) -> list[tuple[BackendSpec, Plan]]:
+        """Resolve every spec and check every option before any work starts."""
+        names = {spec.name for spec in request.modules}
+        stray = sorted(set(request.configurations) - names)
+        if stray:
+            raise ConfigurationError(
+                f"configuration given for {', '.join(stray)}, which is not being installed",
+                hint=f"configurations are keyed by backend name: {', '.join(sorted(names))}",
+            )
+        plans = []
+        for spec in request.modules:
+            manifest = self.registry.resolve(spec.name, spec.range)
+            build = request.configurations.get(spec.name, {}).get("build", {})
+            config = manifest.build_config(build)
+            plan = await asyncio.to_thread(self.installer.plan, manifest, config)
+            emit(Event(EventKind.RESOLVED, manifest.name, manifest.version, request.partition,
+                       f"{spec.name}#{spec.range} resolved to {manifest.version}", 0.05))
+            plans.append((spec, plan))
+        return plans
+
+    async def _install_one(self, partition: str, spec: BackendSpec, plan: Plan,
+                           emit: Emit) -> dict[str, Any]:
+        manifest = plan.manifest
+        environment = await self._environment(plan, partition, emit)
+        instance = await self.supervisor.ensure(partition, plan, environment, emit)
+        self._last_used[(manifest.name, manifest.version)] = (plan, environment)
+        return {
+            "alias": spec.alias,
+            "name": manifest.name,
+            "version": manifest.version,
+            "partition": partition,
+            "path": f"/backends/{manifest.name}/{manifest.version}",
+            "config": environment.config,
+            "python": environment.python_version,
+            "pid": instance.process.pid if instance.process else None,
+        }
+
+    async def _environment(self, plan: Plan, partition: str, emit: Emit) -> Environment:
+        manifest = plan.manifest
+        loop = asyncio.get_running_loop()
+
+        def report(text: str, progress: float | None) -> None:
+            event = Event(EventKind.BUILDING, manifest.name, manifest.version, partition, text,
+                          progress)
+            loop.call_soon_threadsafe(emit, event)
+
+        lock = self._build_locks.setdefault(self.installer.final_path(plan).as_posix(),
+                                            asyncio.Lock())
+        async with lock:
+            existing = self.installer.find(plan)
+            if existing is not None:
+                emit(Event(EventKind.REUSED, manifest.name, manifest.version, partition,
+                           f"environment {existing.fingerprint} already installed", 0.8))
+                return existing
+            started = time.monotonic()
+            environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
+        emit(Event(EventKind.BUILT, manifest.name, manifest.version, partition,
+                   f"environment {environment.fingerprint} built in "
+                   f"{time.monotonic() - started:.1f} s", 0.9))
+        return environment
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def instance_for(self, partition: str, name: str, version_range: str) -> Instance:
+        """The instance a proxied request goes to, started or revived when needed."""
+        validate_name(name)
+        wanted = VersionRange.parse(version_range)
+        running = [i for i in self.supervisor.matching(partition=partition, name=name)
+                   if wanted.matches(i.manifest.version)]
+        if running:
+            best = max(running, key=lambda i: i.manifest.parsed_version)
+            return await self.supervisor.revive(best)
+        candidates = {v: p for (n, v), p in self._last_used.items() if n == name}
+        if not candidates:
+            for environment in self.installer.environments():
+                if environment.name == name and wanted.matches(environment.version):
+                    manifest = self._manifest_of(environment)
+                    if manifest is not None:
+                        plan = await asyncio.to_thread(
+                            self.installer.plan, manifest, environment.config)
+                        if plan.fingerprint == environment.fingerprint:
+                            candidates.setdefault(environment.version, (plan, environment))
+        version = wanted.best(candidates)
+        if version is None:
+            raise BackendNotFound(
+                f"{name}#{version_range} is not running in partition {partition!r} and not "
+                "installed",
+                hint=f"install it first, e.g. 'ywmagics install {name}#{version_range} "
+                f"--partition {partition}'",
+            )
+        plan, environment = candidates[version]
+        return await self.supervisor.ensure(partition, plan, environment, self.bus.publish)
+
+    def _manifest_of(self, environment: Environment) -> Manifest | None:
+        try:
+            return self.registry.resolve(environment.name, VersionRange.parse(environment.version))
+        except BackendNotFound:
+            return None
+
+    # -- administration ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.settings.url,
+            "uptime": round(time.time() - self.started, 1),
+            "instances": len(self.supervisor.instances),
+            "environments": len(self.installer.environments()),
+            "registries": [str(f) for f in self.registry.folders],
+        }
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "instances": [i.to_json() for i in self.supervisor.instances.values()],
+            "environments": [e.to_json() for e in self.installer.environments()],
+            "backends": [
+                {"name": m.name, "version": m.version, "description": m.description,
+                 "folder": str(m.folder),
+                 "build": {o.name: {"default": o.default, "help": o.help}
+                           for o in m.build.values()}}
+                for versions in self.registry.manifests().values() for m in versions.values()
+            ],
+        }
+
+    async def stop(self, partition: str | None, name: str | None,
+                   version: str | None) -> list[dict[str, Any]]:
+        chosen = self.supervisor.matching(partition, name, version)
+        await asyncio.gather(*(self.supervisor.stop(i) for i in chosen))
+        return [{"partition": i.partition, "name": i.manifest.name, "version": i.manifest.version}
+                for i in chosen]
+
+    def logs(self, name: str, partition: str, lines: int) -> str:
+        matches = self.supervisor.matching(partition=partition, name=validate_name(name))
+        if not matches:
+            known = ", ".join(f"{i.manifest.name}@{i.partition}"
+                              for i in self.supervisor.instances.values()) or "none"
+            raise InstanceNotFound(
+                f"no instance of {name!r} in partition {partition!r}",
+                hint=f"running instances: {known}",
+            )
+        instance = max(matches, key=lambda i: i.manifest.parsed_version)
+        return tail_of(instance.log_path, lines)
+
+    async def uninstall(self, spec: str) -> dict[str, Any]:
+        parsed = BackendSpec.parse(spec)
+        environments = [e for e in self.installer.environments()
+                        if e.name == parsed.name and parsed.range.matches(e.version)]
+        if not environments:
+            raise BackendNotFound(f"no installed environment matches {spec!r}")
+        versions = {e.version for e in environments}
+        stopped = []
+        for instance in self.supervisor.matching(name=parsed.name):
+            if instance.manifest.version in versions:
+                await self.supervisor.stop(instance)
+                stopped.append(instance.partition)
+        for environment in environments:
+            await asyncio.to_thread(self.installer.remove, environment)
+            self._last_used.pop((environment.name, environment.version), None)
+        return {"removed": [e.to_json() for e in environments], "stopped_partitions": stopped}
+
+    async def shutdown(self) -> None:
+        await self.supervisor.stop_all()
+
+
+def start_error_for(instance: Instance) -> StartError:
+    return StartError(
+        f"{instance.manifest.name} {instance.manifest.version} is not running",
+        log_tail=tail_of(instance.log_path),
+    )

@@ -1,0 +1,678 @@
+"""The wire codec: how captured variables travel between a notebook kernel and a python runner.
+
+This module is the single source of truth for both sides. The kernel side imports it as
+``ywmagics.wire``; the orchestrator's installer copies this very file, unchanged, next to the
+python runner as ``ywmagics_wire.py``. That is why it uses the standard library only, has no
+relative import, and runs on every Python from 3.8 on: a runner's environment may be any of them.
+
+Format
+------
+``encode`` turns a value into an object that ``json.dumps`` accepts (no NaN, no infinity), and
+``decode`` turns it back. Plain JSON values -- ``None``, ``bool``, ``int``, finite ``float``,
+``str``, lists, and dicts whose keys are all ``str`` -- encode to themselves, so a reader of the
+raw JSON (``resp["capturedOut"]["resp"]["python"]``) sees them as they are. Every other value is a
+tagged object ``{"__yw__": TAG, ...}``:
+
+==================  =============================================================================
+tag                 fields
+==================  =============================================================================
+``tuple``           ``items``: encoded elements (also ``set``, ``frozenset``)
+``dict``            ``items``: ``[key, value]`` pairs; for non-``str`` keys, or a dict that has a
+                    ``"__yw__"`` key of its own (escaped this way, so it round-trips)
+``bytes``           ``b64`` (also ``bytearray``)
+``float``           ``value``: ``"nan"``, ``"inf"`` or ``"-inf"``
+``int``             ``hex``: an integer too long for JSON readers (over 14,000 bits)
+``complex``         ``real``, ``imag`` (encoded floats)
+``datetime``        ``iso`` (also ``date``, ``time``); ``timedelta``: ``days``, ``seconds``,
+                    ``microseconds``
+``decimal``         ``value`` (``str``); ``uuid``: ``value``; ``path``: ``value``, ``class``
+``ndarray``         ``dtype`` (``dtype.str``), ``shape``, ``order`` (``"C"``/``"F"``) and ``b64``
+                    of the raw buffer; object arrays carry ``items`` instead of ``b64``
+``npscalar``        ``dtype``, ``b64``
+``pd.dataframe``    ``columns``, ``index`` (indexes), ``data`` (one column array each)
+``pd.series``       ``values`` (a column array), ``index``, ``name``
+``pd.index``        ``values``, ``name``; ``pd.rangeindex``: ``start``, ``stop``, ``step``,
+                    ``name``; ``pd.multiindex``: ``levels``, ``names``
+``pd.categorical``  ``codes``, ``categories``, ``ordered``; ``pd.datetimetz``: ``values`` (UTC),
+                    ``tz``; ``pd.extarray``: ``dtype``, ``items`` (other pandas extension arrays)
+``pd.timestamp``    ``iso``, ``tz``; ``pd.timedelta``: ``ns``; ``pd.nat``; ``pd.na``
+==================  =============================================================================
+
+Nothing is ever pickled or evaluated. numpy and pandas are imported only when a value of theirs is
+met; a receiver that lacks them raises a :class:`WireError` that says so. Anything else (a
+function, a module, an open file, an instance of a user class) raises a :class:`WireError` that
+names the variable, where in it the value sits, and its type.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import importlib
+import math
+import pathlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["WireError", "decode", "decode_namespace", "encode", "encode_namespace"]
+
+TAG = "__yw__"
+
+_HINT = "convert it to a dict, list, str or number first (for example vars(obj) or str(obj))"
+_CODE_HINT = "only data can travel: define it in the receiving cell instead, or send its result"
+_LONG_INT = 1 << 14000  # int() and str() refuse more than 4,300 digits on recent Pythons
+_PATH_CLASSES = ("PurePath", "PurePosixPath", "PureWindowsPath")
+
+
+class WireError(Exception):
+    """A value that cannot be encoded or decoded.
+
+    ``name`` is the variable (``""`` when unknown), ``reason`` what went wrong and ``hint`` what to
+    do about it; ``action`` is ``"send"`` when encoding and ``"receive"`` when decoding.
+    """
+
+    def __init__(self, reason: str, name: str = "", *, hint: str = "", action: str = "send"):
+        super().__init__(reason)
+        self.reason = reason
+        self.name = name
+        self.hint = hint
+        self.action = action
+
+    def __str__(self) -> str:
+        what = f"variable {self.name!r}" if self.name else "a value"
+        text = f"cannot {self.action} {what}: {self.reason}"
+        if self.hint:
+            text += f". Hint: {self.hint}"
+        return text
+
+
+class _Unsupported(Exception):
+    """Raised deep inside the encoder; each container on the way out adds its part of the path."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.hint = hint
+        self.path: list[str] = []
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _unsupported(value: object) -> _Unsupported:
+    code_like = callable(value) or type(value).__name__ == "module"
+    problem = f"has type '{_type_name(value)}', which cannot travel between processes"
+    return _Unsupported(problem, _CODE_HINT if code_like else _HINT)
+
+
+def _import(module: str, name: str) -> Any:
+    """Import numpy or pandas for decoding, with an error that says what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise WireError(
+            f"it holds {module} data but {module} is not installed here",
+            name,
+            hint=f"install {module} in this environment (for a python runner: "
+            f"--config pyrun_backend.build.modules={module})",
+            action="receive",
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+class _Encoder:
+    __slots__ = ("_active",)
+
+    def __init__(self) -> None:
+        self._active: set[int] = set()  # ids of the containers being encoded, to catch cycles
+
+    def encode(self, value: Any) -> Any:
+        cls = type(value)
+        if value is None or cls is str or cls is bool:
+            return value
+        if cls is int:
+            return value if -_LONG_INT < value < _LONG_INT else {TAG: "int", "hex": hex(value)}
+        if cls is float:
+            return value if math.isfinite(value) else {TAG: "float", "value": repr(value)}
+        if cls is list:
+            return self._items(value, value)
+        if cls is dict:
+            return self._dict(value)
+        method = _EXACT.get(cls)
+        if method is not None:
+            return method(self, value)
+        module = cls.__module__
+        if module.startswith("numpy"):
+            return self._numpy(value)
+        if module.startswith("pandas"):
+            return self._pandas(value)
+        return self._subclass(value)
+
+    def _items(self, values: Iterable[Any], container: object) -> list[Any]:
+        key = id(container)
+        if key in self._active:
+            raise _Unsupported("contains itself (a reference cycle)", "send a copy without it")
+        self._active.add(key)
+        out: list[Any] = []
+        try:
+            for index, item in enumerate(values):
+                try:
+                    out.append(self.encode(item))
+                except _Unsupported as exc:
+                    exc.path.append(f"[{index}]")
+                    raise
+        finally:
+            self._active.discard(key)
+        return out
+
+    def _dict(self, value: Mapping[Any, Any]) -> Any:
+        if TAG not in value and all(type(key) is str for key in value):
+            key = id(value)
+            if key in self._active:
+                raise _Unsupported("contains itself (a reference cycle)", "send a copy without it")
+            self._active.add(key)
+            out: dict[str, Any] = {}
+            try:
+                for name, item in value.items():
+                    try:
+                        out[name] = self.encode(item)
+                    except _Unsupported as exc:
+                        exc.path.append(f"[{name!r}]")
+                        raise
+            finally:
+                self._active.discard(key)
+            return out
+        pairs = self._items(([k, v] for k, v in value.items()), value)
+        return {TAG: "dict", "items": pairs}
+
+    def _tagged_items(self, tag: str, value: Iterable[Any]) -> dict[str, Any]:
+        return {TAG: tag, "items": self._items(value, value)}
+
+    def _tuple(self, value: tuple[Any, ...]) -> Any:
+        return self._tagged_items("tuple", value)
+
+    def _set(self, value: set[Any]) -> Any:
+        return self._tagged_items("set", value)
+
+    def _frozenset(self, value: frozenset[Any]) -> Any:
+        return self._tagged_items("frozenset", value)
+
+    def _bytes(self, value: bytes) -> Any:
+        return {TAG: "bytes", "b64": base64.b64encode(value).decode("ascii")}
+
+    def _bytearray(self, value: bytearray) -> Any:
+        return {TAG: "bytearray", "b64": base64.b64encode(value).decode("ascii")}
+
+    def _complex(self, value: complex) -> Any:
+        return {TAG: "complex", "real": self.encode(value.real), "imag": self.encode(value.imag)}
+
+    def _datetime(self, value: datetime.datetime) -> Any:
+        return {TAG: "datetime", "iso": value.isoformat()}
+
+    def _date(self, value: datetime.date) -> Any:
+        return {TAG: "date", "iso": value.isoformat()}
+
+    def _time(self, value: datetime.time) -> Any:
+        return {TAG: "time", "iso": value.isoformat()}
+
+    def _timedelta(self, value: datetime.timedelta) -> Any:
+        return {
+            TAG: "timedelta",
+            "days": value.days,
+            "seconds": value.seconds,
+            "microseconds": value.microseconds,
+        }
+
+    def _decimal(self, value: decimal.Decimal) -> Any:
+        return {TAG: "decimal", "value": str(value)}
+
+    def _uuid(self, value: uuid.UUID) -> Any:
+        return {TAG: "uuid", "value": str(value)}
+
+    def _path(self, value: pathlib.PurePath) -> Any:
+        name = type(value).__name__
+        return {
+            TAG: "path",
+            "value": str(value),
+            "class": name if name in _PATH_CLASSES else "Path",
+        }
+
+    def _subclass(self, value: Any) -> Any:
+        """Subclasses of the supported types (IntEnum, OrderedDict, namedtuple, PosixPath...)."""
+        if isinstance(value, int):
+            return self.encode(int(value))
+        if isinstance(value, float):
+            return self.encode(float(value))
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, list):
+            return self._items(value, value)
+        if isinstance(value, dict):
+            return self._dict(value)
+        for cls, method in _EXACT.items():
+            if isinstance(value, cls):
+                return method(self, value)
+        if isinstance(value, memoryview):
+            return self._bytes(value.tobytes())
+        raise _unsupported(value)
+
+    # numpy -----------------------------------------------------------------------------------
+
+    def _numpy(self, value: Any) -> Any:
+        np: Any = importlib.import_module("numpy")
+        if isinstance(value, np.ndarray):
+            return self._ndarray(np, value)
+        if isinstance(value, np.generic):
+            dtype = value.dtype
+            if dtype.hasobject or dtype.fields is not None:
+                raise _unsupported(value)
+            data = base64.b64encode(value.tobytes()).decode("ascii")
+            return {TAG: "npscalar", "dtype": dtype.str, "b64": data}
+        raise _unsupported(value)
+
+    def _ndarray(self, np: Any, value: Any) -> Any:
+        if isinstance(value, np.ma.MaskedArray):
+            raise _Unsupported(
+                "is a numpy masked array, which cannot travel",
+                "send arr.filled(...) or its .data and .mask separately",
+            )
+        dtype = value.dtype
+        shape = list(value.shape)
+        if dtype.hasobject and dtype.fields is None:
+            flat = value.ravel(order="C")
+            return {
+                TAG: "ndarray",
+                "dtype": "object",
+                "shape": shape,
+                "items": self._items(flat, value),
+            }
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise _Unsupported(
+                f"is a numpy array of structured dtype {dtype!r}, which cannot travel",
+                "send a dict of plain arrays, one per field, or a pandas DataFrame",
+            )
+        order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
+        data = base64.b64encode(value.tobytes(order=order)).decode("ascii")
+        return {TAG: "ndarray", "dtype": dtype.str, "shape": shape, "order": order, "b64": data}
+
+    # pandas ----------------------------------------------------------------------------------
+
+    def _pandas(self, value: Any) -> Any:
+        pd: Any = importlib.import_module("pandas")
+        if isinstance(value, pd.DataFrame):
+            columns = [self._pd_values(value.iloc[:, i]) for i in range(value.shape[1])]
+            return {
+                TAG: "pd.dataframe",
+                "columns": self._pd_index(pd, value.columns),
+                "index": self._pd_index(pd, value.index),
+                "data": columns,
+            }
+        if isinstance(value, pd.Series):
+            return {
+                TAG: "pd.series",
+                "values": self._pd_values(value),
+                "index": self._pd_index(pd, value.index),
+                "name": self.encode(value.name),
+            }
+        if isinstance(value, pd.Index):
+            return self._pd_index(pd, value)
+        if value is pd.NaT:
+            return {TAG: "pd.nat"}
+        if value is pd.NA:
+            return {TAG: "pd.na"}
+        if isinstance(value, pd.Timestamp):
+            return {TAG: "pd.timestamp", "iso": value.isoformat(), "tz": _tz_name(value.tz)}
+        if isinstance(value, pd.Timedelta):
+            return {TAG: "pd.timedelta", "ns": int(value.value)}
+        raise _unsupported(value)
+
+    def _pd_index(self, pd: Any, index: Any) -> Any:
+        if isinstance(index, pd.RangeIndex):
+            return {
+                TAG: "pd.rangeindex",
+                "start": int(index.start),
+                "stop": int(index.stop),
+                "step": int(index.step),
+                "name": self.encode(index.name),
+            }
+        if isinstance(index, pd.MultiIndex):
+            levels = [self._pd_index(pd, index.get_level_values(i)) for i in range(index.nlevels)]
+            return {TAG: "pd.multiindex", "levels": levels, "names": self.encode(list(index.names))}
+        encoded = {TAG: "pd.index", "values": self._pd_values(index), "name": self.encode(index.name)}
+        freq = getattr(index, "freqstr", None)  # DatetimeIndex, TimedeltaIndex
+        if isinstance(freq, str):
+            encoded["freq"] = freq
+        return encoded
+
+    def _pd_values(self, column: Any) -> Any:
+        """The values of a Series or an Index, as an array that keeps their dtype."""
+        np: Any = importlib.import_module("numpy")
+        pd: Any = importlib.import_module("pandas")
+        dtype = column.dtype
+        if isinstance(dtype, np.dtype):
+            return self._ndarray(np, column.to_numpy())
+        if isinstance(dtype, pd.CategoricalDtype):
+            return {
+                TAG: "pd.categorical",
+                "codes": self._ndarray(np, np.asarray(column.array.codes)),
+                "categories": self._pd_index(pd, dtype.categories),
+                "ordered": bool(dtype.ordered),
+            }
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            utc = column.array.tz_convert("UTC").tz_localize(None)
+            return {
+                TAG: "pd.datetimetz",
+                "values": self._ndarray(np, np.asarray(utc)),
+                "tz": _tz_name(dtype.tz),
+            }
+        items = column.to_numpy(dtype=object, na_value=None)
+        return {TAG: "pd.extarray", "dtype": str(dtype), "items": self._items(items, column)}
+
+
+def _tz_name(tz: Any) -> str | None:
+    return None if tz is None else str(tz)
+
+
+_EXACT: dict[type, Callable[[_Encoder, Any], Any]] = {
+    tuple: _Encoder._tuple,
+    set: _Encoder._set,
+    frozenset: _Encoder._frozenset,
+    bytes: _Encoder._bytes,
+    bytearray: _Encoder._bytearray,
+    complex: _Encoder._complex,
+    datetime.datetime: _Encoder._datetime,  # before date: a datetime is a date
+    datetime.date: _Encoder._date,
+    datetime.time: _Encoder._time,
+    datetime.timedelta: _Encoder._timedelta,
+    decimal.Decimal: _Encoder._decimal,
+    uuid.UUID: _Encoder._uuid,
+    pathlib.PurePath: _Encoder._path,
+    pathlib.PosixPath: _Encoder._path,
+    pathlib.WindowsPath: _Encoder._path,
+    pathlib.PurePosixPath: _Encoder._path,
+    pathlib.PureWindowsPath: _Encoder._path,
+}
+
+
+def encode(value: Any, name: str = "") -> Any:
+    """Turn ``value`` into an object that ``json.dumps`` accepts; ``decode`` undoes it.
+
+    Raises :class:`WireError`, naming ``name`` and where in the value the problem sits, for
+    values that cannot travel (functions, modules, open files, instances of user classes...).
+    """
+    try:
+        return _Encoder().encode(value)
+    except _Unsupported as exc:
+        where = (name or "the value") + "".join(reversed(exc.path))
+        raise WireError(f"{where} {exc.problem}", name, hint=exc.hint) from None
+    except RecursionError:
+        raise WireError("it is nested too deeply", name, hint=_HINT) from None
+
+
+def encode_namespace(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """Encode each variable of ``namespace``; an error names the variable that cannot travel."""
+    return {name: encode(value, name) for name, value in namespace.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+class _Decoder:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def decode(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is dict:
+            if TAG in obj:
+                tag = obj[TAG]
+                method = _DECODERS.get(tag) if type(tag) is str else None
+                if method is None:
+                    raise WireError(
+                        f"unknown tag {tag!r}",
+                        self.name,
+                        hint="use the same ywmagics version on both sides",
+                        action="receive",
+                    )
+                return method(self, obj)
+            return {key: self.decode(item) for key, item in obj.items()}
+        if cls is list:
+            return [self.decode(item) for item in obj]
+        return obj
+
+    def _items(self, obj: dict[str, Any]) -> list[Any]:
+        return [self.decode(item) for item in obj["items"]]
+
+    def _dict(self, obj: dict[str, Any]) -> Any:
+        return {self.decode(key): self.decode(item) for key, item in obj["items"]}
+
+    def _tuple(self, obj: dict[str, Any]) -> Any:
+        return tuple(self._items(obj))
+
+    def _set(self, obj: dict[str, Any]) -> Any:
+        return set(self._items(obj))
+
+    def _frozenset(self, obj: dict[str, Any]) -> Any:
+        return frozenset(self._items(obj))
+
+    def _bytes(self, obj: dict[str, Any]) -> Any:
+        return base64.b64decode(obj["b64"], validate=True)
+
+    def _bytearray(self, obj: dict[str, Any]) -> Any:
+        return bytearray(base64.b64decode(obj["b64"], validate=True))
+
+    def _int(self, obj: dict[str, Any]) -> Any:
+        return int(obj["hex"], 16)
+
+    def _float(self, obj: dict[str, Any]) -> Any:
+        text = obj["value"]
+        if text not in ("nan", "inf", "-inf"):
+            raise ValueError(f"bad float {text!r}")
+        return float(text)
+
+    def _complex(self, obj: dict[str, Any]) -> Any:
+        return complex(self.decode(obj["real"]), self.decode(obj["imag"]))
+
+    def _datetime(self, obj: dict[str, Any]) -> Any:
+        return datetime.datetime.fromisoformat(obj["iso"])
+
+    def _date(self, obj: dict[str, Any]) -> Any:
+        return datetime.date.fromisoformat(obj["iso"])
+
+    def _time(self, obj: dict[str, Any]) -> Any:
+        return datetime.time.fromisoformat(obj["iso"])
+
+    def _timedelta(self, obj: dict[str, Any]) -> Any:
+        return datetime.timedelta(
+            days=obj["days"], seconds=obj["seconds"], microseconds=obj["microseconds"]
+        )
+
+    def _decimal(self, obj: dict[str, Any]) -> Any:
+        return decimal.Decimal(obj["value"])
+
+    def _uuid(self, obj: dict[str, Any]) -> Any:
+        return uuid.UUID(obj["value"])
+
+    def _path(self, obj: dict[str, Any]) -> Any:
+        name = obj.get("class")
+        cls = getattr(pathlib, name) if name in _PATH_CLASSES else pathlib.Path
+        return cls(obj["value"])
+
+    # numpy -----------------------------------------------------------------------------------
+
+    def _ndarray(self, obj: dict[str, Any]) -> Any:
+        np = _import("numpy", self.name)
+        shape = tuple(obj["shape"])
+        if obj["dtype"] == "object":
+            items = obj["items"]
+            flat = np.empty(len(items), dtype=object)
+            for index, item in enumerate(items):  # element-wise: np.array would nest lists
+                flat[index] = self.decode(item)
+            return flat.reshape(shape)
+        dtype = np.dtype(obj["dtype"])
+        raw = base64.b64decode(obj["b64"])
+        count = math.prod(shape)
+        if len(raw) != count * dtype.itemsize:
+            raise ValueError(f"{len(raw)} bytes for {count} items of {dtype.str}")
+        if not raw:
+            return np.zeros(shape, dtype=dtype)
+        flat = np.frombuffer(bytearray(raw), dtype=dtype)  # a bytearray keeps it writable
+        return flat.reshape(shape, order=obj.get("order", "C"))
+
+    def _npscalar(self, obj: dict[str, Any]) -> Any:
+        np = _import("numpy", self.name)
+        dtype = np.dtype(obj["dtype"])
+        raw = base64.b64decode(obj["b64"])
+        if dtype.itemsize == 0:
+            return np.zeros((), dtype=dtype)[()]
+        return np.frombuffer(raw, dtype=dtype)[0]
+
+    # pandas ----------------------------------------------------------------------------------
+
+    def _pd_dataframe(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        columns = self.decode(obj["columns"])
+        index = self.decode(obj["index"])
+        data = [self.decode(column) for column in obj["data"]]
+        if not data:
+            return pd.DataFrame(index=index, columns=columns)
+        frame = pd.DataFrame(
+            {i: pd.Series(values, dtype=values.dtype) for i, values in enumerate(data)}
+        )
+        frame.index = index
+        frame.columns = columns
+        return frame
+
+    def _pd_series(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        values = self.decode(obj["values"])
+        series = pd.Series(values, dtype=values.dtype, name=self.decode(obj["name"]))
+        series.index = self.decode(obj["index"])
+        return series
+
+    def _pd_index(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        values = self.decode(obj["values"])
+        index = pd.Index(values, dtype=values.dtype, name=self.decode(obj["name"]))
+        freq = obj.get("freq")
+        if freq is not None:
+            cls = pd.DatetimeIndex if isinstance(index, pd.DatetimeIndex) else pd.TimedeltaIndex
+            index = cls(index, freq=freq, name=index.name)
+        return index
+
+    def _pd_rangeindex(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        name = self.decode(obj["name"])
+        return pd.RangeIndex(obj["start"], obj["stop"], obj["step"], name=name)
+
+    def _pd_multiindex(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        levels = [self.decode(level) for level in obj["levels"]]
+        return pd.MultiIndex.from_arrays(levels, names=self.decode(obj["names"]))
+
+    def _pd_categorical(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        return pd.Categorical.from_codes(
+            self.decode(obj["codes"]),
+            categories=self.decode(obj["categories"]),
+            ordered=obj["ordered"],
+        )
+
+    def _pd_datetimetz(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        utc = pd.DatetimeIndex(self.decode(obj["values"])).tz_localize("UTC")
+        return utc.tz_convert(obj["tz"]).array
+
+    def _pd_extarray(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        return pd.array(self._items(obj), dtype=obj["dtype"])
+
+    def _pd_timestamp(self, obj: dict[str, Any]) -> Any:
+        pd = _import("pandas", self.name)
+        stamp = pd.Timestamp(obj["iso"])
+        return stamp if obj["tz"] is None else stamp.tz_convert(obj["tz"])
+
+    def _pd_timedelta(self, obj: dict[str, Any]) -> Any:
+        return _import("pandas", self.name).Timedelta(obj["ns"], unit="ns")
+
+    def _pd_nat(self, obj: dict[str, Any]) -> Any:
+        return _import("pandas", self.name).NaT
+
+    def _pd_na(self, obj: dict[str, Any]) -> Any:
+        return _import("pandas", self.name).NA
+
+
+_DECODERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
+    "dict": _Decoder._dict,
+    "tuple": _Decoder._tuple,
+    "set": _Decoder._set,
+    "frozenset": _Decoder._frozenset,
+    "bytes": _Decoder._bytes,
+    "bytearray": _Decoder._bytearray,
+    "int": _Decoder._int,
+    "float": _Decoder._float,
+    "complex": _Decoder._complex,
+    "datetime": _Decoder._datetime,
+    "date": _Decoder._date,
+    "time": _Decoder._time,
+    "timedelta": _Decoder._timedelta,
+    "decimal": _Decoder._decimal,
+    "uuid": _Decoder._uuid,
+    "path": _Decoder._path,
+    "ndarray": _Decoder._ndarray,
+    "npscalar": _Decoder._npscalar,
+    "pd.dataframe": _Decoder._pd_dataframe,
+    "pd.series": _Decoder._pd_series,
+    "pd.index": _Decoder._pd_index,
+    "pd.rangeindex": _Decoder._pd_rangeindex,
+    "pd.multiindex": _Decoder._pd_multiindex,
+    "pd.categorical": _Decoder._pd_categorical,
+    "pd.datetimetz": _Decoder._pd_datetimetz,
+    "pd.extarray": _Decoder._pd_extarray,
+    "pd.timestamp": _Decoder._pd_timestamp,
+    "pd.timedelta": _Decoder._pd_timedelta,
+    "pd.nat": _Decoder._pd_nat,
+    "pd.na": _Decoder._pd_na,
+}
+
+
+def decode(obj: Any, name: str = "") -> Any:
+    """Turn what :func:`encode` produced (after a JSON round trip) back into the value.
+
+    Raises :class:`WireError` naming ``name`` for malformed input, unknown tags, or numpy/pandas
+    data when numpy/pandas is not installed here.
+    """
+    try:
+        return _Decoder(name).decode(obj)
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise WireError(
+            f"malformed encoded value ({type(exc).__name__}: {exc})",
+            name,
+            hint="use the same ywmagics version on both sides",
+            action="receive",
+        ) from None
+    except RecursionError:
+        raise WireError("it is nested too deeply", name, action="receive") from None
+
+
+def decode_namespace(encoded: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode each variable of ``encoded``; an error names the variable that cannot be read."""
+    if not isinstance(encoded, Mapping):
+        raise WireError(
+            f"expected an object of variables, got {_type_name(encoded)}", action="receive"
+        )
+    return {str(name): decode(obj, str(name)) for name, obj in encoded.items()}
