@@ -18,7 +18,9 @@ RESOURCES = Path(__file__).parent / "resources"
 TEST_REGISTRY = RESOURCES / "registry"
 
 
-def start_orchestrator(home: Path, *, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], Connection]:
+def start_orchestrator(
+    home: Path, *, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start ``ywmagics serve`` with ``YW_HOME=home``; wait until its discovery file is written."""
     env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
     home.mkdir(parents=True, exist_ok=True)

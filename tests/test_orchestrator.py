@@ -33,8 +33,9 @@ from ywmagics.events import Event, EventKind
 from .conftest import start_orchestrator, stop_orchestrator
 
 
-def test_status_and_discovery_file_is_private(orchestrator: Connection,
-                                              orchestrator_home: Path) -> None:
+def test_status_and_discovery_file_is_private(
+    orchestrator: Connection, orchestrator_home: Path
+) -> None:
     status = OrchestratorClient(orchestrator).status()
     assert status["pid"] == orchestrator.pid
     assert status["url"] == orchestrator.url
@@ -44,8 +45,12 @@ def test_status_and_discovery_file_is_private(orchestrator: Connection,
 
 def test_node_backend_over_tcp_with_partition(orchestrator: Connection) -> None:
     events: list[Event] = []
-    clients = ywmagics.install(["node_echo#^1.0.0 as echo"], partition="NodeP",
-                               on_event=events.append, connection=orchestrator)
+    clients = ywmagics.install(
+        ["node_echo#^1.0.0 as echo"],
+        partition="NodeP",
+        on_event=events.append,
+        connection=orchestrator,
+    )
     answer = clients.echo.fetch_json("/echo", method="POST", json={"hello": "world"})
     assert answer == {"hello": "world", "partition": "NodeP"}
     assert clients.echo.url_base == f"{orchestrator.url}/backends/node_echo/1.0.0"
@@ -56,7 +61,11 @@ def test_node_backend_over_tcp_with_partition(orchestrator: Connection) -> None:
 
 def test_version_ranges_pick_the_highest_match(orchestrator: Connection) -> None:
     clients = ywmagics.install(
-        ["versions_demo#^0.1.0 as old", ], partition="Ranges", connection=orchestrator
+        [
+            "versions_demo#^0.1.0 as old",
+        ],
+        partition="Ranges",
+        connection=orchestrator,
     )
     assert clients.old.version == "0.1.5"
     assert clients.old.fetch_json("/")["version"] == "0.1.5"
@@ -64,8 +73,9 @@ def test_version_ranges_pick_the_highest_match(orchestrator: Connection) -> None
     with httpx.Client(headers={**orchestrator.headers, "X-Backends-Partition": "Ranges"}) as http:
         proxied = http.get(f"{orchestrator.url}/backends/versions_demo/~0.1.0/").json()
     assert proxied["version"] == "0.1.5"
-    latest = ywmagics.install("versions_demo#latest as new", partition="Ranges",
-                              connection=orchestrator)
+    latest = ywmagics.install(
+        "versions_demo#latest as new", partition="Ranges", connection=orchestrator
+    )
     assert latest.new.version == "0.2.0"
 
 
@@ -79,13 +89,21 @@ def test_clear_errors_for_bad_input(orchestrator: Connection) -> None:
     with pytest.raises(SpecError, match="not a version range"):
         ywmagics.install("versions_demo#^banana", connection=orchestrator)
     with pytest.raises(ConfigurationError, match="has no build option 'colour'"):
-        ywmagics.install({"modules": ["node_echo"],
-                          "configurations": {"node_echo": {"build": {"colour": "red"}}}},
-                         connection=orchestrator)
+        ywmagics.install(
+            {
+                "modules": ["node_echo"],
+                "configurations": {"node_echo": {"build": {"colour": "red"}}},
+            },
+            connection=orchestrator,
+        )
     with pytest.raises(ConfigurationError, match="not being installed"):
-        ywmagics.install({"modules": ["node_echo"],
-                          "configurations": {"pyrun_backend": {"build": {"python": "3.10"}}}},
-                         connection=orchestrator)
+        ywmagics.install(
+            {
+                "modules": ["node_echo"],
+                "configurations": {"pyrun_backend": {"build": {"python": "3.10"}}},
+            },
+            connection=orchestrator,
+        )
 
 
 def test_wrong_token_foreign_host_and_origin_are_refused(orchestrator: Connection) -> None:
@@ -93,11 +111,14 @@ def test_wrong_token_foreign_host_and_origin_are_refused(orchestrator: Connectio
     with pytest.raises(AuthenticationError, match="wrong token"):
         OrchestratorClient(bad).status()
     assert httpx.get(f"{orchestrator.url}/status").status_code == 401
-    foreign = httpx.get(f"{orchestrator.url}/status",
-                        headers={**orchestrator.headers, "Host": "evil.example:80"})
+    foreign = httpx.get(
+        f"{orchestrator.url}/status", headers={**orchestrator.headers, "Host": "evil.example:80"}
+    )
     assert foreign.status_code == 403 and "loopback" in foreign.json()["error"]["message"]
-    cross = httpx.get(f"{orchestrator.url}/status",
-                      headers={**orchestrator.headers, "Origin": "http://evil.example"})
+    cross = httpx.get(
+        f"{orchestrator.url}/status",
+        headers={**orchestrator.headers, "Origin": "http://evil.example"},
+    )
     assert cross.status_code == 403
 
 
@@ -108,7 +129,8 @@ def test_start_failure_shows_the_log_tail(orchestrator: Connection) -> None:
 
 
 def test_install_failure_shows_the_build_log_and_leaves_nothing(
-        orchestrator: Connection, orchestrator_home: Path) -> None:
+    orchestrator: Connection, orchestrator_home: Path
+) -> None:
     with pytest.raises(InstallError) as failure:
         ywmagics.install("bad_requirement", connection=orchestrator)
     assert "this-package-does-not-exist-ywmagics" in failure.value.log_tail
@@ -132,9 +154,12 @@ def test_same_backend_other_config_replaces_the_instance(orchestrator: Connectio
     events: list[Event] = []
     ywmagics.install("node_echo", partition="Replace", connection=orchestrator)
     first = _pid_of(orchestrator, "Replace", "node_echo")
-    ywmagics.install({"modules": ["node_echo"],
-                      "configurations": {"node_echo": {"build": {"greeting": "hi"}}}},
-                     partition="Replace", on_event=events.append, connection=orchestrator)
+    ywmagics.install(
+        {"modules": ["node_echo"], "configurations": {"node_echo": {"build": {"greeting": "hi"}}}},
+        partition="Replace",
+        on_event=events.append,
+        connection=orchestrator,
+    )
     assert EventKind.REPLACED in [e.kind for e in events]
     assert _pid_of(orchestrator, "Replace", "node_echo") != first
     assert not pid_alive(first)
@@ -178,14 +203,17 @@ def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> 
         with lock:
             events.append(event)
 
-    request = {"modules": ["node_echo"],
-               "configurations": {"node_echo": {"build": {"greeting": f"c{time.time_ns()}"}}}}
+    request = {
+        "modules": ["node_echo"],
+        "configurations": {"node_echo": {"build": {"greeting": f"c{time.time_ns()}"}}},
+    }
     errors: list[BaseException] = []
 
     def install(partition: str) -> None:
         try:
-            ywmagics.install(request, partition=partition, on_event=on_event,
-                             connection=orchestrator)
+            ywmagics.install(
+                request, partition=partition, on_event=on_event, connection=orchestrator
+            )
         except BaseException as error:  # surfaced below
             errors.append(error)
 
@@ -202,8 +230,13 @@ def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> 
 
 def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ywmagics", *args], capture_output=True,
-                              text=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "ywmagics", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     done = cli("install", "node_echo#^1.0.0", "--partition", "Cli")
     assert done.returncode == 0, done.stderr

@@ -51,18 +51,20 @@ def test_config_options() -> None:
     config = parse_config_option("pyrun_backend.build.python=3.10")
     parse_config_option("pyrun_backend.build.modules=numpy pandas", config)
     assert config == {"pyrun_backend": {"build": {"python": "3.10", "modules": "numpy pandas"}}}
-    with pytest.raises(ConfigurationError, match="backend.build.option=value"):
+    with pytest.raises(ConfigurationError, match=r"backend\.build\.option=value"):
         parse_config_option("pyrun_backend.python=3.10")
     with pytest.raises(ConfigurationError, match="only 'build'"):
         parse_config_option("pyrun_backend.run.python=3.10")
 
 
 def test_install_object_form() -> None:
-    request = InstallRequest.from_object({
-        "modules": ["pyrun_backend#^0.1.0 as pyRunner"],
-        "configurations": {"pyrun_backend": {"build": {"python": "3.10", "modules": "numpy"}}},
-        "partition": "Foo",
-    })
+    request = InstallRequest.from_object(
+        {
+            "modules": ["pyrun_backend#^0.1.0 as pyRunner"],
+            "configurations": {"pyrun_backend": {"build": {"python": "3.10", "modules": "numpy"}}},
+            "partition": "Foo",
+        }
+    )
     assert request.partition == "Foo"
     assert request.modules[0].alias == "pyRunner"
     assert request.configurations["pyrun_backend"]["build"]["modules"] == "numpy"

@@ -36,8 +36,14 @@ if TYPE_CHECKING:
         install,
     )
 
-_CLIENT_NAMES = {"AsyncBackendClient", "BackendClient", "Clients", "OrchestratorClient", "connect",
-                 "install"}
+_CLIENT_NAMES = {
+    "AsyncBackendClient",
+    "BackendClient",
+    "Clients",
+    "OrchestratorClient",
+    "connect",
+    "install",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -27,13 +27,19 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 def format_listing(listing: dict[str, Any]) -> str:
     """The text of ``ywmagics list`` and ``%backends list``."""
     instances = [
-        {**i, "config": " ".join(f"{k}={v}" for k, v in i["config"].items() if v) or "-",
-         "uptime": f"{i['uptime']:.0f}s"}
+        {
+            **i,
+            "config": " ".join(f"{k}={v}" for k, v in i["config"].items() if v) or "-",
+            "uptime": f"{i['uptime']:.0f}s",
+        }
         for i in listing["instances"]
     ]
     environments = [
-        {**e, "config": " ".join(f"{k}={v}" for k, v in e["config"].items() if v) or "-",
-         "python": e.get("python_version") or "-"}
+        {
+            **e,
+            "config": " ".join(f"{k}={v}" for k, v in e["config"].items() if v) or "-",
+            "python": e.get("python_version") or "-",
+        }
         for e in listing["environments"]
     ]
     return (
@@ -73,8 +79,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     with OrchestratorClient() as client:
         results = client.install(request, on_event=lambda e: print(e, flush=True))
         for r in results:
-            print(f"{r['alias']}: {r['name']} {r['version']} in partition {r['partition']} at "
-                  f"{client.connection.url}{r['path']}")
+            print(
+                f"{r['alias']}: {r['name']} {r['version']} in partition {r['partition']} at "
+                f"{client.connection.url}{r['path']}"
+            )
     return 0
 
 
@@ -124,10 +132,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     with _client() as client:
         status = client.status()
-    print(f"orchestrator {status['version']} at {status['url']} (pid {status['pid']}, "
-          f"up {status['uptime']:.0f}s)\n"
-          f"{status['instances']} running instance(s), {status['environments']} installed "
-          f"environment(s)\ndiscovery file: {paths.discovery_file()}")
+    print(
+        f"orchestrator {status['version']} at {status['url']} (pid {status['pid']}, "
+        f"up {status['uptime']:.0f}s)\n"
+        f"{status['instances']} running instance(s), {status['environments']} installed "
+        f"environment(s)\ndiscovery file: {paths.discovery_file()}"
+    )
     return 0
 
 
@@ -190,16 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the orchestrator in the foreground")
     serve.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
-    serve.add_argument("--registry", action="append", default=[],
-                       help="an extra folder of backends (repeatable)")
+    serve.add_argument(
+        "--registry", action="append", default=[], help="an extra folder of backends (repeatable)"
+    )
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(run=cmd_serve)
 
     install = commands.add_parser("install", help="install and start backends")
     install.add_argument("specs", nargs="+", metavar="SPEC", help="name#range [as alias]")
     install.add_argument("--partition", default=None)
-    install.add_argument("--config", action="append", default=[],
-                         metavar="NAME.build.OPTION=VALUE")
+    install.add_argument("--config", action="append", default=[], metavar="NAME.build.OPTION=VALUE")
     install.set_defaults(run=cmd_install)
 
     listing = commands.add_parser("list", help="running instances and installed environments")
@@ -224,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("status", help="where the orchestrator is").set_defaults(run=cmd_status)
     commands.add_parser("shutdown", help="stop the orchestrator and its backends").set_defaults(
-        run=cmd_shutdown)
+        run=cmd_shutdown
+    )
     commands.add_parser("registries", help="the backend folders and what they hold").set_defaults(
-        run=cmd_registries)
+        run=cmd_registries
+    )
 
     new = commands.add_parser("new-backend", help="create a backend from the template")
     new.add_argument("name")

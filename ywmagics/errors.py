@@ -7,7 +7,7 @@
     ├── ConfigurationError    an unknown build option, or a value it does not accept
     ├── BackendNotFound       no backend of that name, or no version matching the range
     ├── InstallError          building the backend's environment failed (carries the build log tail)
-    ├── StartError            the backend did not start or did not become ready (carries its log tail)
+    ├── StartError            the backend did not start or become ready (carries its log tail)
     ├── InstanceNotFound      no running instance matches (stop, logs)
     ├── OrchestratorError     the orchestrator cannot be reached, started, or refused the request
     │   └── AuthenticationError   wrong or missing token, or a foreign Host

@@ -34,8 +34,10 @@ def runtime_dir() -> Path:
     else:
         base = platformdirs.user_runtime_dir(_APP)
         # user_runtime_dir may point at a /run/user folder that does not exist (no systemd session).
-        path = Path(base) if Path(base).parent.exists() else Path(
-            tempfile.gettempdir(), f"ywmagics-{os.getuid()}"
+        path = (
+            Path(base)
+            if Path(base).parent.exists()
+            else Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
         )
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)

@@ -207,8 +207,7 @@ def parse_config_option(text: str, into: Configurations | None = None) -> Config
     if not sep or len(parts) != 3 or not all(parts):
         raise ConfigurationError(
             f"{text!r} is not a configuration option",
-            hint="write it as 'backend.build.option=value', "
-            "e.g. 'pyrun_backend.build.python=3.10'",
+            hint="write it as 'backend.build.option=value', e.g. 'pyrun_backend.build.python=3.10'",
         )
     name, section, option = parts
     validate_name(name)
@@ -233,7 +232,7 @@ class InstallRequest:
     def from_object(
         cls, data: Mapping[str, Any] | Iterable[str] | str, partition: str | None = None
     ) -> InstallRequest:
-        """Accept a spec string, a list of them, or ``{"modules", "configurations", "partition"}``."""
+        """Accept a spec, a list of specs, or ``{"modules", "configurations", "partition"}``."""
         if isinstance(data, str):
             data = {"modules": [data]}
         elif not isinstance(data, Mapping):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
-from ywmagics.client._http import PARTITION_HEADER, check, orchestrator_error, \
-    translate_transport_error
+from ywmagics.client._http import (
+    PARTITION_HEADER,
+    check,
+    orchestrator_error,
+    translate_transport_error,
+)
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 
@@ -31,7 +36,8 @@ class _BackendBase:
     @property
     def docs_url(self) -> str:
         """The backend's ``/docs`` page, openable in a browser (the link carries the token)."""
-        return f"{self.url_base}/docs?yw_token={self.connection.token}"
+        query = urlencode({"yw_token": self.connection.token, "yw_partition": self.partition})
+        return f"{self.url_base}/docs?{query}"
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         headers = {**self.connection.headers, PARTITION_HEADER: self.partition}
@@ -42,8 +48,10 @@ class _BackendBase:
         return self.url_base + (path if path.startswith("/") else "/" + path)
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.name} {self.version} "
-                f"partition={self.partition!r} url_base={self.url_base!r}>")
+        return (
+            f"<{type(self).__name__} {self.name} {self.version} "
+            f"partition={self.partition!r} url_base={self.url_base!r}>"
+        )
 
 
 class BackendClient(_BackendBase):
@@ -59,13 +67,24 @@ class BackendClient(_BackendBase):
         self._http = shared_http()
         self._async: AsyncBackendClient | None = None
 
-    def fetch(self, path: str, method: str = "GET", *, json: Any = None,
-              content: bytes | str | None = None, params: dict[str, Any] | None = None,
-              headers: dict[str, str] | None = None,
-              timeout: float | None = None) -> httpx.Response:
+    def fetch(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         try:
             response = self._http.request(
-                method.upper(), self._url(path), json=json, content=content, params=params,
+                method.upper(),
+                self._url(path),
+                json=json,
+                content=content,
+                params=params,
                 headers=self._headers(headers),
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             )
@@ -84,9 +103,10 @@ class BackendClient(_BackendBase):
 
     @property
     def aio(self) -> AsyncBackendClient:
-        if self._async is None:
-            self._async = AsyncBackendClient(self.connection, self.name, self.version,
-                                             self.partition)
+        if self._async is None or self._async.closed:
+            self._async = AsyncBackendClient(
+                self.connection, self.name, self.version, self.partition
+            )
         return self._async
 
     async def afetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
@@ -99,7 +119,6 @@ class BackendClient(_BackendBase):
         return await self.aio.fetch_text(path, method, **kwargs)
 
 
-
 class AsyncBackendClient(_BackendBase):
     """The async twin of :class:`BackendClient`."""
 
@@ -107,13 +126,24 @@ class AsyncBackendClient(_BackendBase):
         super().__init__(connection, name, version, partition)
         self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
 
-    async def fetch(self, path: str, method: str = "GET", *, json: Any = None,
-                    content: bytes | str | None = None, params: dict[str, Any] | None = None,
-                    headers: dict[str, str] | None = None,
-                    timeout: float | None = None) -> httpx.Response:
+    async def fetch(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         try:
             response = await self._http.request(
-                method.upper(), self._url(path), json=json, content=content, params=params,
+                method.upper(),
+                self._url(path),
+                json=json,
+                content=content,
+                params=params,
                 headers=self._headers(headers),
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             )
@@ -129,6 +159,10 @@ class AsyncBackendClient(_BackendBase):
 
     async def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
         return check(await self.fetch(path, method, **kwargs)).text
+
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
 
     async def aclose(self) -> None:
         await self._http.aclose()

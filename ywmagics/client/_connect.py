@@ -20,8 +20,9 @@ START_TIMEOUT = 30.0
 
 def _answers(connection: Connection) -> bool:
     try:
-        response = shared_http().get(f"{connection.url}/status", headers=connection.headers,
-                                     timeout=5)
+        response = shared_http().get(
+            f"{connection.url}/status", headers=connection.headers, timeout=5
+        )
     except httpx.TransportError:
         return False
     return response.status_code == 200
@@ -55,7 +56,9 @@ def _start(timeout: float) -> Connection:
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ywmagics", "serve"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,  # shared by all kernels: it must outlive the one starting it
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

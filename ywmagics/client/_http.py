@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -25,16 +26,16 @@ def orchestrator_error(response: httpx.Response) -> YwMagicsError | None:
 def backend_error(response: httpx.Response) -> BackendHTTPError:
     body = response.text
     detail: Any = body
-    try:
+    with contextlib.suppress(json.JSONDecodeError, AttributeError):
         detail = response.json().get("detail", body)
-    except (json.JSONDecodeError, AttributeError):
-        pass
     if not isinstance(detail, str):
         detail = json.dumps(detail)
     return BackendHTTPError(
         f"{response.request.method} {response.request.url.path} answered "
         f"{response.status_code} {response.reason_phrase}: {detail[:2000]}",
-        status=response.status_code, body=body, url=str(response.request.url),
+        status=response.status_code,
+        body=body,
+        url=str(response.request.url),
     )
 
 

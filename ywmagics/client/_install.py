@@ -58,11 +58,15 @@ def install(
     if configurations:
         for name, conf in configurations.items():
             request.configurations.setdefault(name, {"build": {}})["build"].update(
-                conf.get("build", {}))
+                conf.get("build", {})
+            )
     with OrchestratorClient(connection) as orchestrator:
         results = orchestrator.install(request, on_event)
-        return Clients({
-            r["alias"]: BackendClient(orchestrator.connection, r["name"], r["version"],
-                                      r["partition"])
-            for r in results
-        })
+        return Clients(
+            {
+                r["alias"]: BackendClient(
+                    orchestrator.connection, r["name"], r["version"], r["partition"]
+                )
+                for r in results
+            }
+        )

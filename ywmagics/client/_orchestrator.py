@@ -38,9 +38,15 @@ class OrchestratorClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return check(self._http.request(
-                method, self.connection.url + path, headers=self.connection.headers,
-                timeout=kwargs.pop("timeout", self._timeout), **kwargs))
+            return check(
+                self._http.request(
+                    method,
+                    self.connection.url + path,
+                    headers=self.connection.headers,
+                    timeout=kwargs.pop("timeout", self._timeout),
+                    **kwargs,
+                )
+            )
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
 
@@ -51,14 +57,19 @@ class OrchestratorClient:
         """``{"instances": [...], "environments": [...], "backends": [...]}``."""
         return dict(self._call("GET", "/list").json())
 
-    def install(self, request: InstallRequest,
-                on_event: EventHandler | None = None) -> list[dict[str, Any]]:
+    def install(
+        self, request: InstallRequest, on_event: EventHandler | None = None
+    ) -> list[dict[str, Any]]:
         """Install and start; ``on_event`` sees each event as it happens. Returns one dict per
         backend (alias, name, version, partition, path, config)."""
         try:
-            with self._http.stream("POST", self.connection.url + "/install",
-                                   json=request.to_json(), headers=self.connection.headers,
-                                   timeout=self._timeout) as response:
+            with self._http.stream(
+                "POST",
+                self.connection.url + "/install",
+                json=request.to_json(),
+                headers=self.connection.headers,
+                timeout=self._timeout,
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     check(response)
@@ -75,17 +86,25 @@ class OrchestratorClient:
                         raise error_from_dict(item["error"])
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
-        raise OrchestratorError("the install stream ended without a result",
-                                hint="see the orchestrator's log")
+        raise OrchestratorError(
+            "the install stream ended without a result", hint="see the orchestrator's log"
+        )
 
-    def stop(self, *, partition: str | None = None, name: str | None = None,
-             version: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+    def stop(
+        self,
+        *,
+        partition: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        all: bool = False,
+    ) -> list[dict[str, Any]]:
         body = {"partition": partition, "name": name, "version": version, "all": all}
         return list(self._call("POST", "/stop", json=body).json()["stopped"])
 
     def logs(self, name: str, *, partition: str = "Default", lines: int = 200) -> str:
-        return self._call("GET", f"/logs/{name}",
-                          params={"partition": partition, "lines": lines}).text
+        return self._call(
+            "GET", f"/logs/{name}", params={"partition": partition, "lines": lines}
+        ).text
 
     def uninstall(self, spec: str) -> dict[str, Any]:
         return dict(self._call("POST", "/uninstall", json={"spec": spec}).json())
@@ -95,8 +114,9 @@ class OrchestratorClient:
 
     def events(self) -> Iterator[Event]:
         """The live stream of every event, until the caller stops iterating."""
-        with self._http.stream("GET", self.connection.url + "/events",
-                               headers=self.connection.headers, timeout=None) as response:
+        with self._http.stream(
+            "GET", self.connection.url + "/events", headers=self.connection.headers, timeout=None
+        ) as response:
             check(response)
             for line in response.iter_lines():
                 item = json.loads(line) if line.strip() else {}

@@ -20,7 +20,7 @@ from starlette.types import Lifespan
 from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import BackendGone, forward, request_content
-from ywmagics.orchestrator.security import SecurityMiddleware
+from ywmagics.orchestrator.security import PARTITION_COOKIE, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
 
@@ -29,8 +29,9 @@ log = logging.getLogger("ywmagics.orchestrator")
 
 
 def _error_response(error: YwMagicsError) -> JSONResponse:
-    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status,
-                        headers={ERROR_HEADER: "1"})
+    return JSONResponse(
+        {"error": error.to_dict()}, status_code=error.http_status, headers={ERROR_HEADER: "1"}
+    )
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -44,10 +45,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _partition_of(request: Request) -> str:
-    pinned = request.scope.get("state", {}).get("pinned_partition")
-    if pinned is not None:
-        return str(pinned)
-    return validate_partition(request.headers.get("x-backends-partition") or DEFAULT_PARTITION)
+    """An instance token pins its partition; else the header; else a browser's link or cookie."""
+    state = request.scope.get("state", {})
+    if state.get("pinned_partition") is not None:
+        return str(state["pinned_partition"])
+    return validate_partition(
+        request.headers.get("x-backends-partition")
+        or state.get("browser_partition")
+        or request.cookies.get(PARTITION_COOKIE)
+        or DEFAULT_PARTITION
+    )
 
 
 def create_app(
@@ -78,9 +85,19 @@ def create_app(
                 yield (json.dumps({"error": error.to_dict()}) + "\n").encode()
             except Exception as error:  # the stream has started: report, don't drop the line
                 message = f"internal error: {type(error).__name__}: {error}"
-                yield (json.dumps({"error": {"type": "OrchestratorError", "message": message,
-                                             "hint": "see the orchestrator's log",
-                                             "log_tail": ""}}) + "\n").encode()
+                yield (
+                    json.dumps(
+                        {
+                            "error": {
+                                "type": "OrchestratorError",
+                                "message": message,
+                                "hint": "see the orchestrator's log",
+                                "log_tail": "",
+                            }
+                        }
+                    )
+                    + "\n"
+                ).encode()
                 log.exception("install failed")
 
         return StreamingResponse(lines(), media_type=NDJSON)
@@ -163,10 +180,16 @@ def create_app(
         Route("/logs/{name}", logs),
         Route("/uninstall", uninstall, methods=["POST"]),
         Route("/shutdown", shutdown, methods=["POST"]),
-        Route("/backends/{name}/{version}", proxy_root,
-              methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-        Route("/backends/{name}/{version}/{path:path}", proxy,
-              methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+        Route(
+            "/backends/{name}/{version}",
+            proxy_root,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        ),
+        Route(
+            "/backends/{name}/{version}/{path:path}",
+            proxy,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        ),
     ]
     supervisor = orchestrator.supervisor
 
@@ -177,8 +200,9 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityMiddleware, token=token,
-                               instance_for_token=partition_for_token)],
+        middleware=[
+            Middleware(SecurityMiddleware, token=token, instance_for_token=partition_for_token)
+        ],
         exception_handlers={
             YwMagicsError: on_error,
             ValueError: on_value_error,

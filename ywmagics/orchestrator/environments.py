@@ -24,7 +24,7 @@ import filelock
 
 from ywmagics.errors import InstallError
 from ywmagics.orchestrator.interpreters import Interpreter, _uv_binary, find_python
-from ywmagics.orchestrator.manifest import Manifest, Runtime
+from ywmagics.orchestrator.manifest import Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import run_logged
 
 META_FILE = "ywmeta.json"
@@ -138,14 +138,20 @@ class Installer:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"# install of {manifest.name} {manifest.version} at {time.ctime()}\n")
         shutil.copytree(
-            manifest.folder, folder / "app",
+            manifest.folder,
+            folder / "app",
             ignore=shutil.ignore_patterns("__pycache__", "node_modules", ".git"),
         )
 
-        def step(argv: list[str], text: str, progress: float, env: dict[str, str] | None = None) -> None:
+        def step(
+            argv: list[str], text: str, progress: float, env: dict[str, str] | None = None
+        ) -> None:
             report(text, progress)
             code, tail = run_logged(
-                argv, log=log, cwd=folder, env=env,
+                argv,
+                log=log,
+                cwd=folder,
+                env=env,
                 on_line=lambda line: report(line, None) if line.strip() else None,
             )
             if code != 0:
@@ -164,24 +170,64 @@ class Installer:
             uv_env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
             uv_env.pop("VIRTUAL_ENV")
             if self.uv:
-                step([self.uv, "venv", "--no-config", "--quiet", "--relocatable", "--python",
-                      str(interpreter.path), str(venv)],
-                     f"creating a Python {interpreter.version} environment (uv)", 0.1, uv_env)
+                step(
+                    [
+                        self.uv,
+                        "venv",
+                        "--no-config",
+                        "--quiet",
+                        "--relocatable",
+                        "--python",
+                        str(interpreter.path),
+                        str(venv),
+                    ],
+                    f"creating a Python {interpreter.version} environment (uv)",
+                    0.1,
+                    uv_env,
+                )
             else:
-                step([str(interpreter.path), "-m", "venv", str(venv)],
-                     f"creating a Python {interpreter.version} environment (venv)", 0.1)
+                step(
+                    [str(interpreter.path), "-m", "venv", str(venv)],
+                    f"creating a Python {interpreter.version} environment (venv)",
+                    0.1,
+                )
             if plan.requirements:
                 text = f"installing {' '.join(plan.requirements)}"
                 if self.uv:
-                    step([self.uv, "pip", "install", "--no-config", "--python", python,
-                          *plan.requirements], text, 0.3, uv_env)
+                    step(
+                        [
+                            self.uv,
+                            "pip",
+                            "install",
+                            "--no-config",
+                            "--python",
+                            python,
+                            *plan.requirements,
+                        ],
+                        text,
+                        0.3,
+                        uv_env,
+                    )
                 else:
-                    step([python, "-m", "pip", "install", "--disable-pip-version-check",
-                          *plan.requirements], text, 0.3)
+                    step(
+                        [
+                            python,
+                            "-m",
+                            "pip",
+                            "install",
+                            "--disable-pip-version-check",
+                            *plan.requirements,
+                        ],
+                        text,
+                        0.3,
+                    )
         for index, argv in enumerate(manifest.install):
             placeholders = self.placeholders(plan, folder)
-            step([arg.format_map(placeholders) for arg in argv],
-                 f"install step {index + 1}/{len(manifest.install)}", 0.7)
+            step(
+                [expand(arg, placeholders) for arg in argv],
+                f"install step {index + 1}/{len(manifest.install)}",
+                0.7,
+            )
         environment = Environment(
             name=manifest.name,
             version=manifest.version,
@@ -199,7 +245,9 @@ class Installer:
         values = {
             "env": str(folder),
             "app": str(folder / "app"),
-            "python": str(folder / "venv" / "bin" / "python") if plan.interpreter else sys.executable,
+            "python": str(folder / "venv" / "bin" / "python")
+            if plan.interpreter
+            else sys.executable,
         }
         values.update({f"build.{k}": v for k, v in plan.config.items()})
         return values
@@ -212,8 +260,13 @@ class Installer:
         if python is None:
             return
         report("compiling bytecode", 0.9)
-        log = self.logs / f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
-        run_logged([str(python), "-m", "compileall", "-q", "-j", "0", str(environment.path)], log=log)
+        log = (
+            self.logs
+            / f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
+        )
+        run_logged(
+            [str(python), "-m", "compileall", "-q", "-j", "0", str(environment.path)], log=log
+        )
 
     def _load(self, path: Path) -> Environment | None:
         try:

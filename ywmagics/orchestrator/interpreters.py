@@ -57,9 +57,19 @@ def _uv_managed(request: str) -> list[Path]:
     if uv is None:
         return []
     done = subprocess.run(
-        [uv, "python", "find", "--python-preference", "only-managed", "--no-python-downloads",
-         request],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            uv,
+            "python",
+            "find",
+            "--python-preference",
+            "only-managed",
+            "--no-python-downloads",
+            request,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     return [Path(done.stdout.strip())] if done.returncode == 0 and done.stdout.strip() else []
 
@@ -76,7 +86,7 @@ def _uv_binary() -> str | None:
 def _candidates(request: str) -> Iterator[Path]:
     parts = request.split(".")
     short = ".".join(parts[:2])
-    names = [f"python{short}"] if len(parts) >= 2 else [f"python{short}"]
+    names = [f"python{short}"]
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         for name in names:
             candidate = Path(folder) / name

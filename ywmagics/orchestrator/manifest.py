@@ -6,6 +6,7 @@ See ``docs/backends.md`` for the reference a backend author reads.
 from __future__ import annotations
 
 import hashlib
+import string
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -89,6 +90,27 @@ class Manifest:
         return config
 
 
+class _Placeholders(string.Formatter):
+    """``{name}`` substitution where names may contain dots (``{build.python}``)."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
+        return kwargs[field_name], field_name
+
+
+def expand(template: str, values: dict[str, str]) -> str:
+    """Fill a manifest string's placeholders; a placeholder that does not exist raises
+    :class:`ManifestError` naming it."""
+    try:
+        return _Placeholders().vformat(template, (), values)
+    except KeyError as error:
+        raise ManifestError(
+            f"unknown placeholder {{{error.args[0]}}} in {template!r}",
+            hint=f"placeholders: {', '.join('{' + k + '}' for k in sorted(values))}",
+        ) from None
+    except ValueError as error:
+        raise ManifestError(f"bad placeholder in {template!r}: {error}") from None
+
+
 def _require(data: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     if key not in data:
         raise ManifestError(f"{path}: missing required key {key!r}")
@@ -140,6 +162,17 @@ def load_manifest(path: Path) -> Manifest:
     readiness = str(data.get("readiness", "/"))
     if not readiness.startswith("/"):
         raise ManifestError(f"{path}: 'readiness' must be a path starting with '/'")
+    known = dict.fromkeys(
+        ["python", "app", "env", "socket", "port", "base_path", "orchestrator_url"]
+        + [f"build.{o}" for o in build], ""
+    )
+    for template in [*data.get("start", []), *env.values()] + [
+        a for step in data.get("install", []) for a in step
+    ]:
+        try:
+            expand(str(template), known)
+        except ManifestError as error:
+            raise ManifestError(f"{path}: {error.message}", hint=error.hint) from None
     return Manifest(
         folder=path.parent,
         name=name,

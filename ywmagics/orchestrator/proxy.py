@@ -16,7 +16,13 @@ from ywmagics.orchestrator.supervisor import Instance
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and our own credentials never reach a backend.
 _DROPPED_REQUEST = {
-    "host", "connection", "keep-alive", "proxy-authorization", "te", "trailer", "upgrade",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
     "authorization",
 }
 _DROPPED_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "trailer", "upgrade"}
@@ -28,7 +34,8 @@ class BackendGone(StartError):
 
 def _request_headers(request: Request, instance: Instance) -> list[tuple[str, str]]:
     headers = [
-        (k, v) for k, v in request.headers.items()
+        (k, v)
+        for k, v in request.headers.items()
         if k not in _DROPPED_REQUEST and k != "cookie" and k != "x-backends-partition"
     ]
     cookie = request.headers.get("cookie")
@@ -37,8 +44,9 @@ def _request_headers(request: Request, instance: Instance) -> list[tuple[str, st
         if kept:
             headers.append(("cookie", kept))
     headers.append(("x-backends-partition", instance.partition))
-    headers.append(("x-forwarded-prefix", f"/backends/{instance.manifest.name}/"
-                                          f"{instance.manifest.version}"))
+    headers.append(
+        ("x-forwarded-prefix", f"/backends/{instance.manifest.name}/{instance.manifest.version}")
+    )
     return headers
 
 
@@ -56,8 +64,9 @@ async def request_content(request: Request) -> bytes | AsyncIterator[bytes] | No
     return None
 
 
-async def forward(request: Request, instance: Instance, path: str,
-                  content: bytes | AsyncIterator[bytes] | None) -> Response:
+async def forward(
+    request: Request, instance: Instance, path: str, content: bytes | AsyncIterator[bytes] | None
+) -> Response:
     client = instance.client
     assert client is not None
     outgoing = client.build_request(
@@ -83,12 +92,14 @@ async def forward(request: Request, instance: Instance, path: str,
             log_tail=tail_of(instance.log_path),
         ) from None
     streaming = StreamingResponse(
-        response.aiter_raw(), status_code=response.status_code,
+        response.aiter_raw(),
+        status_code=response.status_code,
         background=BackgroundTask(response.aclose),
     )
     # raw headers keep repeated ones (set-cookie) as the backend sent them
     streaming.raw_headers = [
         (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in response.headers.multi_items() if k not in _DROPPED_RESPONSE
+        for k, v in response.headers.multi_items()
+        if k not in _DROPPED_RESPONSE
     ]
     return streaming

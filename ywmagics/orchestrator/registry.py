@@ -16,10 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def default_registry_folders(extra: Sequence[str | Path] = ()) -> list[Path]:
-    """Bundled backends, the user's folder, folders given in configuration, then ``YW_BACKENDS_PATH``."""
+    """Bundled backends, the user's folder, configured folders, then ``YW_BACKENDS_PATH``."""
     folders = [paths.bundled_registry_dir(), paths.user_registry_dir()]
     folders += [Path(f).expanduser() for f in extra]
-    folders += [Path(f).expanduser() for f in os.environ.get("YW_BACKENDS_PATH", "").split(os.pathsep) if f]
+    folders += [
+        Path(f).expanduser() for f in os.environ.get("YW_BACKENDS_PATH", "").split(os.pathsep) if f
+    ]
     return folders
 
 
@@ -48,7 +50,7 @@ class Registry:
         return found
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
-        """The highest version of ``name`` in ``version_range``, or a clear :class:`BackendNotFound`."""
+        """The highest version of ``name`` in ``version_range``; :class:`BackendNotFound` if none."""
         every = self.manifests()
         versions = every.get(name)
         if not versions:

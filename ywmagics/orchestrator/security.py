@@ -15,10 +15,13 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ywmagics.errors import ERROR_HEADER, AuthenticationError
+from ywmagics.spec import PARTITION_PATTERN
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 COOKIE = "ywmagics_token"
 QUERY = "yw_token"
+PARTITION_COOKIE = "ywmagics_partition"
+PARTITION_QUERY = "yw_partition"
 
 
 def host_is_loopback(host: str) -> bool:
@@ -33,8 +36,9 @@ class SecurityMiddleware:
     partition is put in ``scope["state"]["pinned_partition"]``.
     """
 
-    def __init__(self, app: ASGIApp, token: str,
-                 instance_for_token: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, instance_for_token: Callable[[str], str | None]
+    ) -> None:
         self.app = app
         self.token = token
         self.instance_for_token = instance_for_token
@@ -46,8 +50,12 @@ class SecurityMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
         if not host_is_loopback(host):
-            await _refuse(send, 403, f"Host {host!r} is not allowed: the orchestrator answers "
-                          "loopback names only (127.0.0.1, localhost)")
+            await _refuse(
+                send,
+                403,
+                f"Host {host!r} is not allowed: the orchestrator answers "
+                "loopback names only (127.0.0.1, localhost)",
+            )
             return
         origin = headers.get("origin")
         if origin and not host_is_loopback(origin.split("://", 1)[-1]):
@@ -68,20 +76,35 @@ class SecurityMiddleware:
             await _refuse(send, 401, str(error), error.to_dict())
             return
         if from_query:
-            # Drop the token from the URL before anything else sees it, and keep it in a cookie.
-            query = [(k, v) for k, v in parse_qsl(scope["query_string"].decode()) if k != QUERY]
-            scope["query_string"] = urlencode(query).encode()
-
-            async def send_with_cookie(message: dict) -> None:  # type: ignore[type-arg]
-                if message["type"] == "http.response.start":
-                    cookie = f"{COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
-                    message["headers"] = [*message.get("headers", []),
-                                          (b"set-cookie", cookie.encode())]
-                await send(message)
-
-            await self.app(scope, receive, send_with_cookie)
+            await self._browser_login(scope, receive, send, given)
             return
         await self.app(scope, receive, send)
+
+    async def _browser_login(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
+        """A link opened in a browser (a backend's /docs): move the token, and the partition if
+        given, from the URL into strict cookies, and drop them from the URL before the backend
+        sees it. The partition cookie is scoped to the backend's path, so that the page's own
+        requests (e.g. /docs fetching openapi.json) reach the same instance."""
+        pairs = parse_qsl(scope["query_string"].decode())
+        partition = next((v for k, v in pairs if k == PARTITION_QUERY), None)
+        scope["query_string"] = urlencode(
+            [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
+        ).encode()
+        cookies = [f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"]
+        if partition is not None and PARTITION_PATTERN.match(partition):
+            scope["state"]["browser_partition"] = partition
+            backend_path = "/".join(scope["path"].split("/")[:4])
+            cookies.append(f"{PARTITION_COOKIE}={partition}; Path={backend_path}; SameSite=Strict")
+
+        async def send_with_cookies(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((b"set-cookie", c.encode()) for c in cookies),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookies)
 
 
 def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, bool]:
@@ -104,9 +127,21 @@ def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, bool]:
 async def _refuse(send: Send, status: int, message: str, body: dict | None = None) -> None:  # type: ignore[type-arg]
     import json
 
-    payload = json.dumps({"error": body or {"type": "AuthenticationError", "message": message,
-                                            "hint": "", "log_tail": ""}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (ERROR_HEADER.encode(), b"1"),
-                            (b"content-length", str(len(payload)).encode())]})
+    payload = json.dumps(
+        {
+            "error": body
+            or {"type": "AuthenticationError", "message": message, "hint": "", "log_tail": ""}
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (ERROR_HEADER.encode(), b"1"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -47,20 +47,33 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     listener.listen(128)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     sockets_dir = Path(tempfile.mkdtemp(prefix="yw-"))  # short (socket paths are limited), 0700
-    orchestrator = Orchestrator(Settings(
-        environments_dir=paths.environments_dir(),
-        logs_dir=paths.logs_dir(),
-        sockets_dir=sockets_dir,
-        registries=default_registry_folders(registries),
-        url=url,
-    ))
+    orchestrator = Orchestrator(
+        Settings(
+            environments_dir=paths.environments_dir(),
+            logs_dir=paths.logs_dir(),
+            sockets_dir=sockets_dir,
+            registries=default_registry_folders(registries),
+            url=url,
+        )
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        write_discovery({"url": url, "token": token, "pid": os.getpid(),
-                         "version": __version__, "started": time.time()}, discovery)
-        print(f"ywmagics orchestrator {__version__} listening on {url} (pid {os.getpid()})",
-              file=sys.stderr, flush=True)
+        write_discovery(
+            {
+                "url": url,
+                "token": token,
+                "pid": os.getpid(),
+                "version": __version__,
+                "started": time.time(),
+            },
+            discovery,
+        )
+        print(
+            f"ywmagics orchestrator {__version__} listening on {url} (pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             yield
         finally:
@@ -72,8 +85,9 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             shutil.rmtree(sockets_dir, ignore_errors=True)
 
     app = create_app(orchestrator, token, lifespan)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     server.run(sockets=[listener])

@@ -58,8 +58,9 @@ class Orchestrator:
 
         plans = await self._plan(request, emit)
         task = asyncio.ensure_future(
-            asyncio.gather(*(self._install_one(request.partition, spec, plan, emit)
-                             for spec, plan in plans))
+            asyncio.gather(
+                *(self._install_one(request.partition, spec, plan, emit) for spec, plan in plans)
+            )
         )
         try:
             while not task.done() or not queue.empty():
@@ -89,13 +90,22 @@ class Orchestrator:
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(self.installer.plan, manifest, config)
-            emit(Event(EventKind.RESOLVED, manifest.name, manifest.version, request.partition,
-                       f"{spec.name}#{spec.range} resolved to {manifest.version}", 0.05))
+            emit(
+                Event(
+                    EventKind.RESOLVED,
+                    manifest.name,
+                    manifest.version,
+                    request.partition,
+                    f"{spec.name}#{spec.range} resolved to {manifest.version}",
+                    0.05,
+                )
+            )
             plans.append((spec, plan))
         return plans
 
-    async def _install_one(self, partition: str, spec: BackendSpec, plan: Plan,
-                           emit: Emit) -> dict[str, Any]:
+    async def _install_one(
+        self, partition: str, spec: BackendSpec, plan: Plan, emit: Emit
+    ) -> dict[str, Any]:
         manifest = plan.manifest
         environment = await self._environment(plan, partition, emit)
         instance = await self.supervisor.ensure(partition, plan, environment, emit)
@@ -116,23 +126,41 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
 
         def report(text: str, progress: float | None) -> None:
-            event = Event(EventKind.BUILDING, manifest.name, manifest.version, partition, text,
-                          progress)
+            event = Event(
+                EventKind.BUILDING, manifest.name, manifest.version, partition, text, progress
+            )
             loop.call_soon_threadsafe(emit, event)
 
-        lock = self._build_locks.setdefault(self.installer.final_path(plan).as_posix(),
-                                            asyncio.Lock())
+        lock = self._build_locks.setdefault(
+            self.installer.final_path(plan).as_posix(), asyncio.Lock()
+        )
         async with lock:
             existing = self.installer.find(plan)
             if existing is not None:
-                emit(Event(EventKind.REUSED, manifest.name, manifest.version, partition,
-                           f"environment {existing.fingerprint} already installed", 0.8))
+                emit(
+                    Event(
+                        EventKind.REUSED,
+                        manifest.name,
+                        manifest.version,
+                        partition,
+                        f"environment {existing.fingerprint} already installed",
+                        0.8,
+                    )
+                )
                 return existing
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
-        emit(Event(EventKind.BUILT, manifest.name, manifest.version, partition,
-                   f"environment {environment.fingerprint} built in "
-                   f"{time.monotonic() - started:.1f} s", 0.9))
+        emit(
+            Event(
+                EventKind.BUILT,
+                manifest.name,
+                manifest.version,
+                partition,
+                f"environment {environment.fingerprint} built in "
+                f"{time.monotonic() - started:.1f} s",
+                0.9,
+            )
+        )
         return environment
 
     # -- routing -----------------------------------------------------------------------------
@@ -141,8 +169,11 @@ class Orchestrator:
         """The instance a proxied request goes to, started or revived when needed."""
         validate_name(name)
         wanted = VersionRange.parse(version_range)
-        running = [i for i in self.supervisor.matching(partition=partition, name=name)
-                   if wanted.matches(i.manifest.version)]
+        running = [
+            i
+            for i in self.supervisor.matching(partition=partition, name=name)
+            if wanted.matches(i.manifest.version)
+        ]
         if running:
             best = max(running, key=lambda i: i.manifest.parsed_version)
             return await self.supervisor.revive(best)
@@ -153,7 +184,8 @@ class Orchestrator:
                     manifest = self._manifest_of(environment)
                     if manifest is not None:
                         plan = await asyncio.to_thread(
-                            self.installer.plan, manifest, environment.config)
+                            self.installer.plan, manifest, environment.config
+                        )
                         if plan.fingerprint == environment.fingerprint:
                             candidates.setdefault(environment.version, (plan, environment))
         version = wanted.best(candidates)
@@ -191,26 +223,39 @@ class Orchestrator:
             "instances": [i.to_json() for i in self.supervisor.instances.values()],
             "environments": [e.to_json() for e in self.installer.environments()],
             "backends": [
-                {"name": m.name, "version": m.version, "description": m.description,
-                 "folder": str(m.folder),
-                 "build": {o.name: {"default": o.default, "help": o.help}
-                           for o in m.build.values()}}
-                for versions in self.registry.manifests().values() for m in versions.values()
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    "description": m.description,
+                    "folder": str(m.folder),
+                    "build": {
+                        o.name: {"default": o.default, "help": o.help} for o in m.build.values()
+                    },
+                }
+                for versions in self.registry.manifests().values()
+                for m in versions.values()
             ],
         }
 
-    async def stop(self, partition: str | None, name: str | None,
-                   version: str | None) -> list[dict[str, Any]]:
+    async def stop(
+        self, partition: str | None, name: str | None, version: str | None
+    ) -> list[dict[str, Any]]:
         chosen = self.supervisor.matching(partition, name, version)
         await asyncio.gather(*(self.supervisor.stop(i) for i in chosen))
-        return [{"partition": i.partition, "name": i.manifest.name, "version": i.manifest.version}
-                for i in chosen]
+        return [
+            {"partition": i.partition, "name": i.manifest.name, "version": i.manifest.version}
+            for i in chosen
+        ]
 
     def logs(self, name: str, partition: str, lines: int) -> str:
         matches = self.supervisor.matching(partition=partition, name=validate_name(name))
         if not matches:
-            known = ", ".join(f"{i.manifest.name}@{i.partition}"
-                              for i in self.supervisor.instances.values()) or "none"
+            known = (
+                ", ".join(
+                    f"{i.manifest.name}@{i.partition}" for i in self.supervisor.instances.values()
+                )
+                or "none"
+            )
             raise InstanceNotFound(
                 f"no instance of {name!r} in partition {partition!r}",
                 hint=f"running instances: {known}",
@@ -220,8 +265,11 @@ class Orchestrator:
 
     async def uninstall(self, spec: str) -> dict[str, Any]:
         parsed = BackendSpec.parse(spec)
-        environments = [e for e in self.installer.environments()
-                        if e.name == parsed.name and parsed.range.matches(e.version)]
+        environments = [
+            e
+            for e in self.installer.environments()
+            if e.name == parsed.name and parsed.range.matches(e.version)
+        ]
         if not environments:
             raise BackendNotFound(f"no installed environment matches {spec!r}")
         versions = {e.version for e in environments}

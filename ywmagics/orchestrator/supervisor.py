@@ -23,7 +23,7 @@ from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit
-from ywmagics.orchestrator.manifest import Listen, Manifest
+from ywmagics.orchestrator.manifest import Listen, Manifest, expand
 from ywmagics.orchestrator.processes import child_popen_kwargs, tail_of, terminate_group
 
 InstanceKey = tuple[str, str, str]
@@ -82,6 +82,13 @@ class Instance:
         }
 
 
+def _replacement_reason(old: Environment, new: Environment) -> str:
+    if old.config != new.config:
+        changed = {k: v for k, v in new.config.items() if old.config.get(k) != v}
+        return f"replacing the running instance: configuration changed ({changed})"
+    return "replacing the running instance: its environment was rebuilt (the backend changed)"
+
+
 def _free_port() -> int:
     # Only for manifests that insist on TCP: the backend binds it itself, so a short race remains;
     # Unix sockets (the default) have none.
@@ -92,7 +99,11 @@ def _free_port() -> int:
 
 class Supervisor:
     def __init__(
-        self, installer: Installer, sockets_dir: Path, logs_dir: Path, orchestrator_url: str,
+        self,
+        installer: Installer,
+        sockets_dir: Path,
+        logs_dir: Path,
+        orchestrator_url: str,
         emit: Emit,
     ) -> None:
         self.installer = installer
@@ -108,10 +119,12 @@ class Supervisor:
     def find(self, partition: str, name: str, version: str) -> Instance | None:
         return self.instances.get((partition, name, version))
 
-    def matching(self, partition: str | None = None, name: str | None = None,
-                 version: str | None = None) -> list[Instance]:
+    def matching(
+        self, partition: str | None = None, name: str | None = None, version: str | None = None
+    ) -> list[Instance]:
         return [
-            i for i in self.instances.values()
+            i
+            for i in self.instances.values()
             if (partition is None or i.partition == partition)
             and (name is None or i.manifest.name == name)
             and (version is None or i.manifest.version == version)
@@ -119,28 +132,42 @@ class Supervisor:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def ensure(self, partition: str, plan: Plan, environment: Environment,
-                     emit: Emit) -> Instance:
+    async def ensure(
+        self, partition: str, plan: Plan, environment: Environment, emit: Emit
+    ) -> Instance:
         """A ready instance of ``environment`` in ``partition``; replaces one of another config."""
         manifest = plan.manifest
         key = (partition, manifest.name, manifest.version)
         current = self.instances.get(key)
         if current is not None:
             async with current.lock:
-                if current.environment.fingerprint == environment.fingerprint and current.alive \
-                        and current.state is InstanceState.READY:
+                if (
+                    current.environment.fingerprint == environment.fingerprint
+                    and current.alive
+                    and current.state is InstanceState.READY
+                ):
                     return current
             if current.environment.fingerprint != environment.fingerprint:
                 await self.stop(current)
-                emit(self._event(current, EventKind.REPLACED,
-                                 f"replacing the running instance (configuration "
-                                 f"{current.environment.config} -> {environment.config})"))
+                emit(
+                    self._event(
+                        current,
+                        EventKind.REPLACED,
+                        _replacement_reason(current.environment, environment),
+                    )
+                )
         instance = self.instances.get(key)
         if instance is None:
             instance = Instance(
-                partition=partition, manifest=manifest, plan=plan, environment=environment,
+                partition=partition,
+                manifest=manifest,
+                plan=plan,
+                environment=environment,
                 token=secrets.token_urlsafe(32),
-                log_path=self.logs_dir / "instances" / partition / f"{manifest.name}-{manifest.version}.log",
+                log_path=self.logs_dir
+                / "instances"
+                / partition
+                / f"{manifest.name}-{manifest.version}.log",
             )
             self.instances[key] = instance
             self.by_token[instance.token] = instance
@@ -165,7 +192,11 @@ class Supervisor:
                 )
             if instance.state is not InstanceState.STOPPED:
                 self._note_crash(instance)
-                delay = min(BACKOFF_CAP, 0.25 * 2 ** (instance.crashes - 1)) if instance.crashes > 1 else 0
+                delay = (
+                    min(BACKOFF_CAP, 0.25 * 2 ** (instance.crashes - 1))
+                    if instance.crashes > 1
+                    else 0
+                )
                 await asyncio.sleep(delay)
             await self._start(instance, self.emit, restart=True)
         return instance
@@ -178,8 +209,11 @@ class Supervisor:
         instance.last_crash = now
         if instance.crashes > MAX_RESTARTS:
             instance.state = InstanceState.FAILED
-            self.emit(self._event(instance, EventKind.FAILED,
-                                  f"crashed {instance.crashes} times: given up"))
+            self.emit(
+                self._event(
+                    instance, EventKind.FAILED, f"crashed {instance.crashes} times: given up"
+                )
+            )
             raise StartError(
                 f"{instance.manifest.name} {instance.manifest.version} keeps crashing "
                 f"({instance.crashes} times); it will not be restarted",
@@ -189,8 +223,13 @@ class Supervisor:
 
     async def _start(self, instance: Instance, emit: Emit, restart: bool = False) -> None:
         manifest, environment = instance.manifest, instance.environment
-        emit(self._event(instance, EventKind.RESTARTED if restart else EventKind.STARTING,
-                         "restarting after a crash" if restart else "starting"))
+        emit(
+            self._event(
+                instance,
+                EventKind.RESTARTED if restart else EventKind.STARTING,
+                "restarting after a crash" if restart else "starting",
+            )
+        )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
         placeholders = self.installer.placeholders(instance.plan, environment.path)
         if manifest.listen is Listen.UNIX:
@@ -203,11 +242,8 @@ class Supervisor:
             placeholders["socket"] = ""
         base_path = f"/backends/{manifest.name}/{manifest.version}"
         placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
-        try:
-            argv = [arg.format_map(placeholders) for arg in manifest.start]
-            extra_env = {k: v.format_map(placeholders) for k, v in manifest.env.items()}
-        except (KeyError, ValueError) as error:
-            raise StartError(f"{manifest.name}: bad placeholder in its manifest: {error}") from None
+        argv = [expand(arg, placeholders) for arg in manifest.start]
+        extra_env = {k: expand(v, placeholders) for k, v in manifest.env.items()}
         env = {
             **os.environ,
             "YW_ORCHESTRATOR_URL": self.orchestrator_url,
@@ -227,8 +263,13 @@ class Supervisor:
             log.flush()
             try:
                 instance.process = await asyncio.create_subprocess_exec(
-                    *argv, cwd=environment.path, env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=log, **child_popen_kwargs(),  # type: ignore[arg-type]
+                    *argv,
+                    cwd=environment.path,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    **child_popen_kwargs(),  # type: ignore[arg-type]
                 )
             except OSError as error:
                 instance.state = InstanceState.STOPPED
@@ -243,7 +284,8 @@ class Supervisor:
             await instance.client.aclose()
         transport = (
             httpx.AsyncHTTPTransport(uds=str(instance.socket_path))
-            if instance.socket_path else httpx.AsyncHTTPTransport()
+            if instance.socket_path
+            else httpx.AsyncHTTPTransport()
         )
         base_url = "http://backend" if instance.socket_path else f"http://127.0.0.1:{instance.port}"
         instance.client = httpx.AsyncClient(transport=transport, base_url=base_url, timeout=None)
@@ -255,8 +297,14 @@ class Supervisor:
             emit(self._event(instance, EventKind.FAILED, "did not become ready"))
             raise
         instance.state = InstanceState.READY
-        emit(self._event(instance, EventKind.READY,
-                         f"ready in {time.monotonic() - instance.started_at:.2f} s", 1.0))
+        emit(
+            self._event(
+                instance,
+                EventKind.READY,
+                f"ready in {time.monotonic() - instance.started_at:.2f} s",
+                1.0,
+            )
+        )
 
     async def _wait_ready(self, instance: Instance) -> None:
         assert instance.client is not None and instance.process is not None
@@ -315,7 +363,14 @@ class Supervisor:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(i) for i in list(self.instances.values())))
 
-    def _event(self, instance: Instance, kind: EventKind, text: str,
-               progress: float | None = None) -> Event:
-        return Event(kind, instance.manifest.name, instance.manifest.version, instance.partition,
-                     text, progress)
+    def _event(
+        self, instance: Instance, kind: EventKind, text: str, progress: float | None = None
+    ) -> Event:
+        return Event(
+            kind,
+            instance.manifest.name,
+            instance.manifest.version,
+            instance.partition,
+            text,
+            progress,
+        )
