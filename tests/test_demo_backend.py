@@ -1,4 +1,4 @@
-"""demo_yw_backend, the tutorial's first backend, installed for real and reached through the proxy."""
+"""demo_yw_backend, the tutorial's first backend, installed for real and used through the proxy."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from ywmagics.errors import BackendHTTPError
 
 @pytest.fixture(scope="module")
 def demo(orchestrator: Connection) -> BackendClient:
-    return ywmagics.install("demo_yw_backend#^0.1.1 as ywDemoClient", partition="DemoP",
-                            connection=orchestrator).ywDemoClient
+    return ywmagics.install(
+        "demo_yw_backend#^0.1.1 as ywDemoClient", partition="DemoP", connection=orchestrator
+    ).ywDemoClient
 
 
 def test_cow_say_through_the_proxy(demo: BackendClient, orchestrator: Connection) -> None:
     assert demo.version == "0.1.1"
     assert demo.url_base == f"{orchestrator.url}/backends/demo_yw_backend/0.1.1"
-    picture = demo.fetch_json("/cow-say", method="POST",
-                              json={"message": "hello backends", "character": "trex"})
+    picture = demo.fetch_json(
+        "/cow-say", method="POST", json={"message": "hello backends", "character": "trex"}
+    )
     assert isinstance(picture, str)
     assert "hello backends" in picture
     assert picture.count("\n") > 10  # a T-rex is a tall picture
@@ -46,8 +48,9 @@ def test_async_twin(demo: BackendClient) -> None:
     assert asyncio.run(main()) == {"message": "Hello world"}
 
 
-def test_docs_open_in_a_browser_through_the_proxy(demo: BackendClient,
-                                                  orchestrator: Connection) -> None:
+def test_docs_open_in_a_browser_through_the_proxy(
+    demo: BackendClient, orchestrator: Connection
+) -> None:
     # A browser has no Authorization header: the link logs it in with a cookie, which the page's
     # own request for openapi.json then carries, to the same partition.
     with httpx.Client(follow_redirects=True) as browser:
@@ -58,15 +61,22 @@ def test_docs_open_in_a_browser_through_the_proxy(demo: BackendClient,
         assert spec.status_code == 200 and "/cow-say" in spec.json()["paths"]
     assert "yw_token" not in page.request.url.path
     listing = ywmagics.OrchestratorClient(orchestrator).list()["instances"]
-    assert not [i for i in listing if i["name"] == "demo_yw_backend" and i["partition"] == "Default"]
+    assert not [
+        i for i in listing if i["name"] == "demo_yw_backend" and i["partition"] == "Default"
+    ]
 
 
-def test_calls_from_a_backend_stay_in_its_partition(demo: BackendClient,
-                                                    orchestrator: Connection) -> None:
+def test_calls_from_a_backend_stay_in_its_partition(
+    demo: BackendClient, orchestrator: Connection
+) -> None:
     ywmagics.install("demo_yw_backend#^0.1.1", partition="OtherP", connection=orchestrator)
     # The demo in DemoP calls the demo through the orchestrator with its instance token, asking
     # for partition OtherP: the orchestrator pins the call to DemoP anyway.
-    answer = demo.fetch_json("/call", params={
-        "path": "/backends/demo_yw_backend/^0.1.1/partition-echo", "partition": "OtherP",
-    })
+    answer = demo.fetch_json(
+        "/call",
+        params={
+            "path": "/backends/demo_yw_backend/^0.1.1/partition-echo",
+            "partition": "OtherP",
+        },
+    )
     assert answer == {"partition": "DemoP"}

@@ -6,6 +6,7 @@ their own files (test_bundled_backends.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -291,3 +292,51 @@ def _pid_of(connection: Connection, partition: str, name: str) -> int:
         if instance["partition"] == partition and instance["name"] == name:
             return int(instance["pid"])
     raise AssertionError(f"no {name} in {partition}")
+
+
+def test_live_event_stream_sees_installs(orchestrator: Connection) -> None:
+    seen: list[Event] = []
+    subscribed = threading.Event()
+
+    def listen() -> None:
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream(
+                "GET", f"{orchestrator.url}/events", headers=orchestrator.headers
+            ) as stream,
+        ):
+            for line in stream.iter_lines():
+                if '"subscribed"' in line:
+                    subscribed.set()
+                elif line:
+                    seen.append(Event.from_json(json.loads(line)["event"]))
+                    if seen[-1].kind is EventKind.READY and seen[-1].partition == "Live":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert subscribed.wait(10)
+    ywmagics.install("node_echo", partition="Live", connection=orchestrator)
+    listener.join(30)
+    assert [e.kind for e in seen if e.partition == "Live"][-1] is EventKind.READY
+
+
+def test_uninstall_removes_environments_and_stops_instances(tmp_path: Path) -> None:
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        client = OrchestratorClient(connection)
+        ywmagics.install("versions_demo#0.1.0", partition="U1", connection=connection)
+        ywmagics.install("versions_demo#0.2.0", partition="U2", connection=connection)
+        pid = _pid_of(connection, "U1", "versions_demo")
+        done = client.uninstall("versions_demo#^0.1.0")
+        assert [e["version"] for e in done["removed"]] == ["0.1.0"]
+        assert done["stopped_partitions"] == ["U1"]
+        assert not _running(pid)
+        assert not Path(done["removed"][0]["path"]).exists()
+        remaining = client.list()
+        assert [e["version"] for e in remaining["environments"]] == ["0.2.0"]
+        assert [i["partition"] for i in remaining["instances"]] == ["U2"]
+        with pytest.raises(BackendNotFound, match="no installed environment"):
+            client.uninstall("versions_demo#0.1.0")
+    finally:
+        stop_orchestrator(process)

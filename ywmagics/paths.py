@@ -7,6 +7,7 @@ and people who want a second, separate orchestrator use it).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,15 +32,15 @@ def runtime_dir() -> Path:
     home = _home()
     if home:
         path = home / "run"
+    elif os.environ.get("XDG_RUNTIME_DIR") or sys.platform != "linux":
+        path = Path(platformdirs.user_runtime_dir(_APP))
     else:
-        base = platformdirs.user_runtime_dir(_APP)
-        # user_runtime_dir may point at a /run/user folder that does not exist (no systemd session).
-        path = (
-            Path(base)
-            if Path(base).parent.exists()
-            else Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
-        )
+        # No session runtime folder (no systemd login, containers): a private folder in /tmp.
+        path = Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid != os.getuid():
+        # Someone else made it first in a shared /tmp: its discovery file can't be trusted.
+        raise PermissionError(f"{path} belongs to another user; set YW_HOME to a folder of yours")
     os.chmod(path, 0o700)
     return path
 

@@ -46,15 +46,20 @@ names the variable, where in it the value sits, and its type.
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
+import binascii
 import importlib
 import math
-import pathlib
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+
+# Only what every use needs is imported here: the runner imports this module at each start, which
+# is timed. datetime, decimal, pathlib and uuid come when a value of theirs is met.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime
+    import decimal
+    import pathlib
+    import uuid
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
 
 __all__ = ["WireError", "decode", "decode_namespace", "encode", "encode_namespace"]
 
@@ -64,6 +69,15 @@ _HINT = "convert it to a dict, list, str or number first (for example vars(obj) 
 _CODE_HINT = "only data can travel: define it in the receiving cell instead, or send its result"
 _LONG_INT = 1 << 14000  # int() and str() refuse more than 4,300 digits on recent Pythons
 _PATH_CLASSES = ("PurePath", "PurePosixPath", "PureWindowsPath")
+_LAZY_MODULES = ("datetime", "decimal", "pathlib", "uuid")
+
+
+def _b64encode(data: bytes | bytearray) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return binascii.a2b_base64(text)
 
 
 class WireError(Exception):
@@ -207,10 +221,10 @@ class _Encoder:
         return self._tagged_items("frozenset", value)
 
     def _bytes(self, value: bytes) -> Any:
-        return {TAG: "bytes", "b64": base64.b64encode(value).decode("ascii")}
+        return {TAG: "bytes", "b64": _b64encode(value)}
 
     def _bytearray(self, value: bytearray) -> Any:
-        return {TAG: "bytearray", "b64": base64.b64encode(value).decode("ascii")}
+        return {TAG: "bytearray", "b64": _b64encode(value)}
 
     def _complex(self, value: complex) -> Any:
         return {TAG: "complex", "real": self.encode(value.real), "imag": self.encode(value.imag)}
@@ -247,7 +261,12 @@ class _Encoder:
         }
 
     def _subclass(self, value: Any) -> Any:
-        """Subclasses of the supported types (IntEnum, OrderedDict, namedtuple, PosixPath...)."""
+        """Subclasses of the supported types (IntEnum, OrderedDict, namedtuple...), and the types
+        of modules imported on demand (datetime, Decimal, UUID, Path)."""
+        if type(value).__module__.partition(".")[0] in _LAZY_MODULES and _load_lazy_types():
+            method = _EXACT.get(type(value))
+            if method is not None:
+                return method(self, value)
         if isinstance(value, int):
             return self.encode(int(value))
         if isinstance(value, float):
@@ -258,6 +277,7 @@ class _Encoder:
             return self._items(value, value)
         if isinstance(value, dict):
             return self._dict(value)
+        _load_lazy_types()
         for cls, method in _EXACT.items():
             if isinstance(value, cls):
                 return method(self, value)
@@ -275,7 +295,7 @@ class _Encoder:
             dtype = value.dtype
             if dtype.hasobject or dtype.fields is not None:
                 raise _unsupported(value)
-            data = base64.b64encode(value.tobytes()).decode("ascii")
+            data = _b64encode(value.tobytes())
             return {TAG: "npscalar", "dtype": dtype.str, "b64": data}
         raise _unsupported(value)
 
@@ -301,7 +321,7 @@ class _Encoder:
                 "send a dict of plain arrays, one per field, or a pandas DataFrame",
             )
         order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
-        data = base64.b64encode(value.tobytes(order=order)).decode("ascii")
+        data = _b64encode(value.tobytes(order=order))
         return {TAG: "ndarray", "dtype": dtype.str, "shape": shape, "order": order, "b64": data}
 
     # pandas ----------------------------------------------------------------------------------
@@ -347,7 +367,11 @@ class _Encoder:
         if isinstance(index, pd.MultiIndex):
             levels = [self._pd_index(pd, index.get_level_values(i)) for i in range(index.nlevels)]
             return {TAG: "pd.multiindex", "levels": levels, "names": self.encode(list(index.names))}
-        encoded = {TAG: "pd.index", "values": self._pd_values(index), "name": self.encode(index.name)}
+        encoded = {
+            TAG: "pd.index",
+            "values": self._pd_values(index),
+            "name": self.encode(index.name),
+        }
         freq = getattr(index, "freqstr", None)  # DatetimeIndex, TimedeltaIndex
         if isinstance(freq, str):
             encoded["freq"] = freq
@@ -389,18 +413,33 @@ _EXACT: dict[type, Callable[[_Encoder, Any], Any]] = {
     bytes: _Encoder._bytes,
     bytearray: _Encoder._bytearray,
     complex: _Encoder._complex,
-    datetime.datetime: _Encoder._datetime,  # before date: a datetime is a date
-    datetime.date: _Encoder._date,
-    datetime.time: _Encoder._time,
-    datetime.timedelta: _Encoder._timedelta,
-    decimal.Decimal: _Encoder._decimal,
-    uuid.UUID: _Encoder._uuid,
-    pathlib.PurePath: _Encoder._path,
-    pathlib.PosixPath: _Encoder._path,
-    pathlib.WindowsPath: _Encoder._path,
-    pathlib.PurePosixPath: _Encoder._path,
-    pathlib.PureWindowsPath: _Encoder._path,
 }
+
+
+def _load_lazy_types() -> bool:
+    """Add the types of datetime, decimal, pathlib and uuid to ``_EXACT``, once."""
+    import datetime
+    import decimal
+    import pathlib
+    import uuid
+
+    if datetime.datetime not in _EXACT:
+        _EXACT.update(
+            {
+                datetime.datetime: _Encoder._datetime,  # before date: a datetime is a date
+                datetime.date: _Encoder._date,
+                datetime.time: _Encoder._time,
+                datetime.timedelta: _Encoder._timedelta,
+                decimal.Decimal: _Encoder._decimal,
+                uuid.UUID: _Encoder._uuid,
+                pathlib.PurePath: _Encoder._path,
+                pathlib.PosixPath: _Encoder._path,
+                pathlib.WindowsPath: _Encoder._path,
+                pathlib.PurePosixPath: _Encoder._path,
+                pathlib.PureWindowsPath: _Encoder._path,
+            }
+        )
+    return True
 
 
 def encode(value: Any, name: str = "") -> Any:
@@ -468,10 +507,10 @@ class _Decoder:
         return frozenset(self._items(obj))
 
     def _bytes(self, obj: dict[str, Any]) -> Any:
-        return base64.b64decode(obj["b64"], validate=True)
+        return _b64decode(obj["b64"])
 
     def _bytearray(self, obj: dict[str, Any]) -> Any:
-        return bytearray(base64.b64decode(obj["b64"], validate=True))
+        return bytearray(_b64decode(obj["b64"]))
 
     def _int(self, obj: dict[str, Any]) -> Any:
         return int(obj["hex"], 16)
@@ -486,26 +525,40 @@ class _Decoder:
         return complex(self.decode(obj["real"]), self.decode(obj["imag"]))
 
     def _datetime(self, obj: dict[str, Any]) -> Any:
+        import datetime
+
         return datetime.datetime.fromisoformat(obj["iso"])
 
     def _date(self, obj: dict[str, Any]) -> Any:
+        import datetime
+
         return datetime.date.fromisoformat(obj["iso"])
 
     def _time(self, obj: dict[str, Any]) -> Any:
+        import datetime
+
         return datetime.time.fromisoformat(obj["iso"])
 
     def _timedelta(self, obj: dict[str, Any]) -> Any:
+        import datetime
+
         return datetime.timedelta(
             days=obj["days"], seconds=obj["seconds"], microseconds=obj["microseconds"]
         )
 
     def _decimal(self, obj: dict[str, Any]) -> Any:
+        import decimal
+
         return decimal.Decimal(obj["value"])
 
     def _uuid(self, obj: dict[str, Any]) -> Any:
+        import uuid
+
         return uuid.UUID(obj["value"])
 
     def _path(self, obj: dict[str, Any]) -> Any:
+        import pathlib
+
         name = obj.get("class")
         cls = getattr(pathlib, name) if name in _PATH_CLASSES else pathlib.Path
         return cls(obj["value"])
@@ -522,7 +575,7 @@ class _Decoder:
                 flat[index] = self.decode(item)
             return flat.reshape(shape)
         dtype = np.dtype(obj["dtype"])
-        raw = base64.b64decode(obj["b64"])
+        raw = _b64decode(obj["b64"])
         count = math.prod(shape)
         if len(raw) != count * dtype.itemsize:
             raise ValueError(f"{len(raw)} bytes for {count} items of {dtype.str}")
@@ -534,7 +587,7 @@ class _Decoder:
     def _npscalar(self, obj: dict[str, Any]) -> Any:
         np = _import("numpy", self.name)
         dtype = np.dtype(obj["dtype"])
-        raw = base64.b64decode(obj["b64"])
+        raw = _b64decode(obj["b64"])
         if dtype.itemsize == 0:
             return np.zeros((), dtype=dtype)[()]
         return np.frombuffer(raw, dtype=dtype)[0]
@@ -671,7 +724,7 @@ def decode(obj: Any, name: str = "") -> Any:
 
 def decode_namespace(encoded: Mapping[str, Any]) -> dict[str, Any]:
     """Decode each variable of ``encoded``; an error names the variable that cannot be read."""
-    if not isinstance(encoded, Mapping):
+    if not isinstance(encoded, dict):
         raise WireError(
             f"expected an object of variables, got {_type_name(encoded)}", action="receive"
         )

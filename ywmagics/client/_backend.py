@@ -90,9 +90,9 @@ class BackendClient(_BackendBase):
             )
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
-        error = orchestrator_error(response)
-        if error is not None:
-            raise error
+        failure = orchestrator_error(response)
+        if failure is not None:
+            raise failure
         return response
 
     def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
@@ -149,9 +149,9 @@ class AsyncBackendClient(_BackendBase):
             )
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
-        error = orchestrator_error(response)
-        if error is not None:
-            raise error
+        failure = orchestrator_error(response)
+        if failure is not None:
+            raise failure
         return response
 
     async def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,7 +60,7 @@ class OrchestratorClient:
 
     def install(
         self, request: InstallRequest, on_event: EventHandler | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Install and start; ``on_event`` sees each event as it happens. Returns one dict per
         backend (alias, name, version, partition, path, config)."""
         try:
@@ -97,7 +98,7 @@ class OrchestratorClient:
         name: str | None = None,
         version: str | None = None,
         all: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         body = {"partition": partition, "name": name, "version": version, "all": all}
         return list(self._call("POST", "/stop", json=body).json()["stopped"])
 

@@ -49,8 +49,10 @@ def encode_inputs(namespace: Mapping[str, Any], names: Iterable[str]) -> dict[st
 def decode_outputs(encoded: Any, names: Iterable[str]) -> dict[str, Any]:
     """Decode the runner's ``capturedOut`` for ``names``; every name must be there."""
     if not isinstance(encoded, Mapping):
-        raise TransferError("the runner answered no captured variables",
-                            hint="use the same ywmagics version on both sides")
+        raise TransferError(
+            "the runner answered no captured variables",
+            hint="use the same ywmagics version on both sides",
+        )
     values: dict[str, Any] = {}
     for name in names:
         if name not in encoded:

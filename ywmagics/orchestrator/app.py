@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Lifespan
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError
 from ywmagics.events import Event
-from ywmagics.orchestrator.proxy import BackendGone, forward, request_content
-from ywmagics.orchestrator.security import PARTITION_COOKIE, SecurityMiddleware
+from ywmagics.orchestrator.proxy import Proxy
+from ywmagics.orchestrator.security import SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
 
@@ -44,17 +42,18 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _partition_of(request: Request) -> str:
-    """An instance token pins its partition; else the header; else a browser's link or cookie."""
-    state = request.scope.get("state", {})
-    if state.get("pinned_partition") is not None:
-        return str(state["pinned_partition"])
-    return validate_partition(
-        request.headers.get("x-backends-partition")
-        or state.get("browser_partition")
-        or request.cookies.get(PARTITION_COOKIE)
-        or DEFAULT_PARTITION
-    )
+class BackendsDispatch:
+    """Sends ``/backends/...`` straight to the proxy: the hot path skips the router."""
+
+    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/backends/"):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -137,39 +136,12 @@ def create_app(
         asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
         return JSONResponse({"stopping": True})
 
-    async def proxy(request: Request) -> Response:
-        params = request.path_params
-        partition = _partition_of(request)
-        instance = await orchestrator.instance_for(partition, params["name"], params["version"])
-        content = await request_content(request)
-        try:
-            return await forward(request, instance, params["path"], content)
-        except BackendGone:
-            # The process died an instant ago, before we noticed: revive it and send the request
-            # again when its body is still ours to send.
-            process = instance.process
-            if process is None or not (content is None or isinstance(content, bytes)):
-                raise
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), 1.0)
-            if process.returncode is None:
-                raise
-            instance = await orchestrator.instance_for(partition, params["name"], params["version"])
-            return await forward(request, instance, params["path"], content)
-
-    async def proxy_root(request: Request) -> Response:
-        request.path_params["path"] = ""
-        return await proxy(request)
-
     async def on_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, YwMagicsError)
         return _error_response(error)
 
     async def on_value_error(request: Request, error: Exception) -> Response:
         return _error_response(SpecError(f"bad request: {error}"))
-
-    async def on_transport_error(request: Request, error: Exception) -> Response:
-        return _error_response(YwMagicsError(f"backend unreachable: {error!r}"))
 
     routes = [
         Route("/status", status),
@@ -180,16 +152,6 @@ def create_app(
         Route("/logs/{name}", logs),
         Route("/uninstall", uninstall, methods=["POST"]),
         Route("/shutdown", shutdown, methods=["POST"]),
-        Route(
-            "/backends/{name}/{version}",
-            proxy_root,
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-        ),
-        Route(
-            "/backends/{name}/{version}/{path:path}",
-            proxy,
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-        ),
     ]
     supervisor = orchestrator.supervisor
 
@@ -201,13 +163,10 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(SecurityMiddleware, token=token, instance_for_token=partition_for_token)
+            Middleware(SecurityMiddleware, token=token, instance_for_token=partition_for_token),
+            Middleware(BackendsDispatch, proxy=Proxy(orchestrator.instance_for)),
         ],
-        exception_handlers={
-            YwMagicsError: on_error,
-            ValueError: on_value_error,
-            httpx.TransportError: on_transport_error,
-        },
+        exception_handlers={YwMagicsError: on_error, ValueError: on_value_error},
     )
     app.state.request_exit = lambda: None
     return app

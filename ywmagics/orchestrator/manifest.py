@@ -164,7 +164,8 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: 'readiness' must be a path starting with '/'")
     known = dict.fromkeys(
         ["python", "app", "env", "socket", "port", "base_path", "orchestrator_url"]
-        + [f"build.{o}" for o in build], ""
+        + [f"build.{o}" for o in build],
+        "",
     )
     for template in [*data.get("start", []), *env.values()] + [
         a for step in data.get("install", []) for a in step

@@ -50,7 +50,7 @@ def run_logged(
     env: dict[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> tuple[int, str]:
-    """Run ``argv`` to completion, appending its output to ``log``; return (exit code, last lines)."""
+    """Run ``argv`` to the end, its output appended to ``log``; return (exit code, last lines)."""
     tail: deque[str] = deque(maxlen=40)
     with log.open("a", encoding="utf-8") as sink:
         sink.write(f"$ {' '.join(argv)}\n")

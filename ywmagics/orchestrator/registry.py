@@ -50,7 +50,7 @@ class Registry:
         return found
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
-        """The highest version of ``name`` in ``version_range``; :class:`BackendNotFound` if none."""
+        """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`."""
         every = self.manifests()
         versions = every.get(name)
         if not versions:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ywmagics.errors import ERROR_HEADER, AuthenticationError
 from ywmagics.spec import PARTITION_PATTERN
@@ -96,7 +96,7 @@ class SecurityMiddleware:
             backend_path = "/".join(scope["path"].split("/")[:4])
             cookies.append(f"{PARTITION_COOKIE}={partition}; Path={backend_path}; SameSite=Strict")
 
-        async def send_with_cookies(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_with_cookies(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
                     *message.get("headers", []),

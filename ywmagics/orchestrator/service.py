@@ -18,7 +18,7 @@ from ywmagics.orchestrator.events import Emit, EventBus
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.registry import Registry
-from ywmagics.orchestrator.supervisor import Instance, Supervisor
+from ywmagics.orchestrator.supervisor import Instance, InstanceState, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name
 
 
@@ -45,6 +45,8 @@ class Orchestrator:
         # Which environment to start when a request reaches a backend that is installed but not
         # running: the last one installed or started for that name and version.
         self._last_used: dict[tuple[str, str], tuple[Plan, Environment]] = {}
+        # The proxy's fast path: (partition, name, range as written) -> the instance it chose.
+        self._routes: dict[tuple[str, str, str], Instance] = {}
 
     # -- install -----------------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class Orchestrator:
         manifest = plan.manifest
         environment = await self._environment(plan, partition, emit)
         instance = await self.supervisor.ensure(partition, plan, environment, emit)
+        self._routes.clear()  # a range may now resolve to this instance
         self._last_used[(manifest.name, manifest.version)] = (plan, environment)
         return {
             "alias": spec.alias,
@@ -167,6 +170,19 @@ class Orchestrator:
 
     async def instance_for(self, partition: str, name: str, version_range: str) -> Instance:
         """The instance a proxied request goes to, started or revived when needed."""
+        cached = self._routes.get((partition, name, version_range))
+        if (
+            cached is not None
+            and cached.alive
+            and cached.state is InstanceState.READY
+            and self.supervisor.instances.get(cached.key) is cached
+        ):
+            return cached
+        instance = await self._find_instance(partition, name, version_range)
+        self._routes[(partition, name, version_range)] = instance
+        return instance
+
+    async def _find_instance(self, partition: str, name: str, version_range: str) -> Instance:
         validate_name(name)
         wanted = VersionRange.parse(version_range)
         running = [

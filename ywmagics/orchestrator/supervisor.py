@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import httpx
-
 from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit
 from ywmagics.orchestrator.manifest import Listen, Manifest, expand
 from ywmagics.orchestrator.processes import child_popen_kwargs, tail_of, terminate_group
+from ywmagics.orchestrator.upstream import UpstreamError, UpstreamPool
 
 InstanceKey = tuple[str, str, str]
 MAX_RESTARTS = 5
@@ -55,7 +54,7 @@ class Instance:
     started_at: float = 0.0
     crashes: int = 0
     last_crash: float = 0.0
-    client: httpx.AsyncClient | None = None
+    upstream: UpstreamPool | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -223,6 +222,8 @@ class Supervisor:
 
     async def _start(self, instance: Instance, emit: Emit, restart: bool = False) -> None:
         manifest, environment = instance.manifest, instance.environment
+        if instance.alive:
+            await self._kill(instance)
         emit(
             self._event(
                 instance,
@@ -280,21 +281,18 @@ class Supervisor:
                 ) from None
         instance.started_at = time.monotonic()
         instance.state = InstanceState.STARTING
-        if instance.client is not None:
-            await instance.client.aclose()
-        transport = (
-            httpx.AsyncHTTPTransport(uds=str(instance.socket_path))
-            if instance.socket_path
-            else httpx.AsyncHTTPTransport()
+        if instance.upstream is not None:
+            await instance.upstream.aclose()
+        instance.upstream = UpstreamPool(
+            uds=str(instance.socket_path) if instance.socket_path else None, port=instance.port
         )
-        base_url = "http://backend" if instance.socket_path else f"http://127.0.0.1:{instance.port}"
-        instance.client = httpx.AsyncClient(transport=transport, base_url=base_url, timeout=None)
         try:
             await self._wait_ready(instance)
-        except StartError:
-            await self._kill(instance)
+        except BaseException as error:  # a failure, or the install was cancelled: no half-start
+            await asyncio.shield(self._kill(instance))
             instance.state = InstanceState.STOPPED
-            emit(self._event(instance, EventKind.FAILED, "did not become ready"))
+            if isinstance(error, StartError):
+                emit(self._event(instance, EventKind.FAILED, error.message))
             raise
         instance.state = InstanceState.READY
         emit(
@@ -307,7 +305,7 @@ class Supervisor:
         )
 
     async def _wait_ready(self, instance: Instance) -> None:
-        assert instance.client is not None and instance.process is not None
+        assert instance.upstream is not None and instance.process is not None
         manifest = instance.manifest
         deadline = time.monotonic() + manifest.ready_timeout
         delay = 0.005
@@ -319,9 +317,13 @@ class Supervisor:
                     hint=f"its log is {instance.log_path}",
                     log_tail=tail_of(instance.log_path),
                 )
-            with contextlib.suppress(httpx.TransportError):
-                response = await instance.client.get(manifest.readiness, timeout=2.0)
-                if response.status_code < 500:
+            with contextlib.suppress(UpstreamError, asyncio.TimeoutError):
+                response = await asyncio.wait_for(
+                    instance.upstream.request("GET", manifest.readiness, []), 2.0
+                )
+                await response.read()
+                await response.release()
+                if response.status < 500:
                     return
             if time.monotonic() > deadline:
                 raise StartError(
@@ -341,9 +343,9 @@ class Supervisor:
         if forget:
             self.instances.pop(instance.key, None)
             self.by_token.pop(instance.token, None)
-        if instance.client is not None:
-            await instance.client.aclose()
-            instance.client = None
+        if instance.upstream is not None:
+            await instance.upstream.aclose()
+            instance.upstream = None
         self.emit(self._event(instance, EventKind.STOPPED, "stopped"))
 
     async def _kill(self, instance: Instance) -> None:

@@ -3,7 +3,7 @@
 pyrun_server sets ``MPLBACKEND=module://pyrun_mpl_backend`` at start. ``plt.show()`` then sends
 every open figure to the running cell as a display (at that point of the cell's output) and closes
 it, like Jupyter's inline backend; figures still open when a cell ends are sent by the server.
-Without pyrun_server in the process, ``show()`` leaves the figures open and does nothing.
+Without the runner in the process, ``show()`` leaves the figures open and does nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ FigureCanvas = FigureCanvasAgg
 
 def show(*args: Any, **kwargs: Any) -> None:
     """Send the open figures to the running cell and close them."""
-    server = sys.modules.get("pyrun_server")
-    if server is not None:
-        server.show_figures()
+    runner = sys.modules.get("pyrun_runner")
+    if runner is not None:
+        runner.show_figures()
 
 
 def draw_if_interactive() -> None:

@@ -1,0 +1,539 @@
+"""The magics in a real IPython shell, against a real orchestrator and real backends.
+
+The shell has no kernel, so progress shows as text lines (the fallback where widgets can't show).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import get_ipython
+
+from ywmagics.client import BackendClient, OrchestratorClient
+from ywmagics.discovery import Connection
+from ywmagics.errors import BackendNotFound, ConfigurationError, SpecError, StartError
+from ywmagics.events import Event, EventKind
+from ywmagics.kernel import (
+    InterpreterTimeout,
+    Interrupted,
+    RemoteExecutionError,
+    YwMagics,
+    kernel_partition,
+)
+from ywmagics.kernel.magics import group_specs, parse_install_object
+from ywmagics.kernel.progress import TextProgress, Tracker, WidgetProgress, make_progress
+
+DEMO = "demo_yw_backend#^0.1.1"
+PYRUN = "pyrun_backend#^0.1.0"
+# The same configuration as the example notebooks, so the session builds this environment once.
+PYRUN_CONFIG = "--config pyrun_backend.build.python=3.10 --config pyrun_backend.build.modules=numpy"
+TREX = "VV ^ d88"  # a piece of the trex picture
+
+slow = pytest.mark.slow
+
+
+# ---- units: no orchestrator ----------------------------------------------------------------------
+
+
+def test_group_specs_joins_aliases() -> None:
+    assert group_specs(["a#^1", "as", "x", "b", "c#1.0.0 as y"]) == [
+        "a#^1 as x",
+        "b",
+        "c#1.0.0 as y",
+    ]
+    with pytest.raises(UsageError, match="alias"):
+        group_specs(["a", "as"])
+    with pytest.raises(UsageError, match="'as' must follow"):
+        group_specs(["as", "x"])
+
+
+def test_parse_install_object_json_or_python_literal() -> None:
+    text = '{"modules": ["pyrun_backend#^0.1.0 as pyRunner"], "partition": "Foo"}'
+    assert parse_install_object(text)["partition"] == "Foo"
+    assert parse_install_object("{'modules': ['demo_yw_backend']}") == {
+        "modules": ["demo_yw_backend"]
+    }
+    assert parse_install_object('["demo_yw_backend"]') == {"modules": ["demo_yw_backend"]}
+    with pytest.raises(UsageError, match="JSON object"):
+        parse_install_object("{modules: nope")
+    with pytest.raises(UsageError, match="JSON object"):
+        parse_install_object("__import__('os').getcwd()")  # never evaluated
+
+
+def _event(kind: EventKind, progress: float | None = None, name: str = "demo") -> Event:
+    return Event(kind, name, "1.0.0", "P", f"{kind.value} \x1b[1mbold\x1b[0m", progress)
+
+
+def test_tracker_progress_is_monotonic_and_reaches_one() -> None:
+    tracker = Tracker(expected=2)
+    seen = []
+    for event in [
+        _event(EventKind.RESOLVED),
+        _event(EventKind.BUILDING, 0.5),
+        _event(EventKind.BUILDING, None),
+        _event(EventKind.BUILT),
+        _event(EventKind.STARTING),
+        _event(EventKind.READY),
+        _event(EventKind.RESOLVED, name="other"),
+        _event(EventKind.REUSED, name="other"),
+        _event(EventKind.READY, name="other"),
+    ]:
+        tracker.update(event)
+        seen.append(tracker.fraction)
+    assert seen == sorted(seen)
+    assert seen[5] == pytest.approx(0.5)
+    assert seen[-1] == pytest.approx(1.0)
+    assert "\x1b" not in tracker.step and "\x1b" not in "".join(tracker.lines)
+
+
+def test_text_progress_prints_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    view = make_progress("auto", "Installing demo", 1)  # no kernel here: text
+    assert isinstance(view, TextProgress)
+    view.event(_event(EventKind.READY))
+    view.done([{"alias": "d", "name": "demo", "version": "1.0.0", "partition": "P"}])
+    out = capsys.readouterr().out
+    assert "Installing demo" in out
+    assert "[demo#1.0.0 @ P] ready" in out
+    assert "d: demo 1.0.0 in partition P" in out
+
+
+def test_widget_progress_success_and_failure(shell: InteractiveShell) -> None:
+    view = WidgetProgress("Installing demo", 1)
+    view.event(_event(EventKind.RESOLVED))
+    view.event(_event(EventKind.BUILDING, 0.5))
+    assert 0 < view.bar.value < view.bar.max
+    assert "building" in view.step.value
+    view.done([{"alias": "d", "name": "demo", "version": "1.0.0", "partition": "P"}])
+    assert view.bar.value == view.bar.max
+    assert view.bar.bar_style == "success"
+
+    failing = WidgetProgress("Installing broken", 1)
+    failing.event(_event(EventKind.STARTING))
+    failing.failed(StartError("did not start", log_tail="BROKEN_START: cannot bind"))
+    assert failing.bar.bar_style == "danger"
+    assert "BROKEN_START" in failing.message.value
+    assert "BROKEN_START" in failing.log.value
+    assert failing.accordion.selected_index == 0  # the log is unfolded
+
+
+# ---- the shell ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shell() -> Iterator[InteractiveShell]:
+    ip = get_ipython()
+    yield ip
+    if "ywmagics" in ip.extension_manager.loaded:
+        ip.run_line_magic("unload_ext", "ywmagics")
+
+
+@pytest.fixture(scope="module")
+def magics(shell: InteractiveShell, orchestrator: Connection) -> Iterator[YwMagics]:
+    shell.run_line_magic("load_ext", "ywmagics")
+    found = shell.magics_manager.registry["YwMagics"]
+    assert isinstance(found, YwMagics)
+    yield found
+    with OrchestratorClient(orchestrator) as client:
+        client.stop(partition=found.partition)
+
+
+def run_line(shell: InteractiveShell, line: str) -> Any:
+    name, _, rest = line.lstrip("%").partition(" ")
+    return shell.run_line_magic(name, rest)
+
+
+@slow
+def test_load_ext_is_fast_and_loads_no_server_stack(orchestrator: Connection) -> None:
+    code = (
+        "import sys, time\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "start = time.perf_counter()\n"
+        "ip.run_line_magic('load_ext', 'ywmagics')\n"
+        "elapsed = time.perf_counter() - start\n"
+        "heavy = [m for m in ('starlette', 'uvicorn', 'ipywidgets', 'httpx') if m in sys.modules]\n"
+        "registered = 'backends' in ip.magics_manager.magics['line']\n"
+        "import json; print(json.dumps([elapsed, heavy, registered]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+        check=True,
+    )
+    elapsed, heavy, registered = json.loads(result.stdout.strip().splitlines()[-1])
+    assert registered and heavy == [], result.stdout + result.stderr
+    assert elapsed < 1.0  # the benchmark measures it finely; this catches regressions
+
+
+@slow
+def test_help_shows_every_option(magics: YwMagics, shell: InteractiveShell) -> None:
+    backends_doc = shell.find_line_magic("backends").__doc__
+    for text in (
+        "install",
+        "--partition",
+        "--config",
+        "--all",
+        "--lines",
+        "%%backends install",
+        "uninstall",
+        "docs",
+    ):
+        assert text in backends_doc
+    interpreter_doc = shell.find_cell_magic("interpreter").__doc__
+    for text in ("--in", "--out", "--timeout", "ALIAS"):
+        assert text in interpreter_doc
+
+
+@slow
+def test_settings_are_traitlets(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert magics.partition == kernel_partition()
+    assert magics.partition.startswith("kernel-") and len(magics.partition) == 15
+    run_line(shell, "%config YwMagics")
+    out = capsys.readouterr().out
+    for name in ("partition", "orchestrator_url", "install_timeout", "run_timeout", "progress"):
+        assert f"YwMagics.{name}" in out
+    run_line(shell, "%config YwMagics.run_timeout = 12.5")
+    assert magics.run_timeout == 12.5
+    run_line(shell, "%config YwMagics.run_timeout = 0")
+
+
+@slow
+def test_install_line_binds_a_client_and_prints_progress(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_line(shell, f"%backends install {DEMO} as ywDemoClient  # a comment")
+    out = capsys.readouterr().out
+    assert f"[demo_yw_backend#0.1.1 @ {magics.partition}] resolved" in out
+    assert f"[demo_yw_backend#0.1.1 @ {magics.partition}] ready" in out
+    client = shell.user_ns["ywDemoClient"]
+    assert isinstance(client, BackendClient)
+    assert (client.name, client.version, client.partition) == (
+        "demo_yw_backend",
+        "0.1.1",
+        magics.partition,
+    )
+    picture = client.fetch_json(
+        "/cow-say", method="POST", json={"message": "hello backends", "character": "trex"}
+    )
+    assert "hello backends" in picture and TREX in picture
+    assert client.fetch_json("/partition-echo") == {"partition": magics.partition}
+
+
+@slow
+def test_install_cell_form_with_partition_and_config(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = json.dumps({"modules": [f"{DEMO} as ywDemoClientInFoo"], "partition": "Foo"})
+    shell.run_cell_magic("backends", "install", body)
+    client = shell.user_ns["ywDemoClientInFoo"]
+    assert client.partition == "Foo"
+    assert client.fetch_json("/partition-echo") == {"partition": "Foo"}
+    # --partition on the line wins over the body's.
+    shell.run_cell_magic("backends", "install --partition Foo2", body)
+    assert shell.user_ns["ywDemoClientInFoo"].partition == "Foo2"
+    run_line(shell, "%backends stop --partition Foo2")
+    assert "stopped demo_yw_backend 0.1.1 in partition Foo2" in capsys.readouterr().out
+
+
+@slow
+def test_install_errors_are_clear(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(BackendNotFound, match="no_such_backend"):
+        run_line(shell, "%backends install no_such_backend as x")
+    with pytest.raises(ConfigurationError, match="not a configuration option"):
+        run_line(shell, f"%backends install {DEMO} --config demo_yw_backend=1")
+    with pytest.raises(SpecError):
+        run_line(shell, "%backends install demo_yw_backend#^0.1.1 as not-an-identifier")
+    with pytest.raises(UsageError, match="name at least one backend"):
+        run_line(shell, "%backends install")
+    with pytest.raises(UsageError, match="JSON object"):
+        shell.run_cell_magic("backends", "install", "{not json")
+    with pytest.raises(UsageError, match="invalid choice"):
+        run_line(shell, "%backends frobnicate")
+    capsys.readouterr()
+    with pytest.raises(StartError) as raised:
+        run_line(shell, "%backends install broken_start as broken --partition Broken")
+    assert "BROKEN_START" in str(raised.value)
+    assert "install failed" in capsys.readouterr().out
+    # IPython shows such errors short: their message, not the magic's stack.
+    lines = raised.value._render_traceback_()  # type: ignore[attr-defined]
+    assert "StartError" in lines[0] and any("BROKEN_START" in line for line in lines)
+
+
+@slow
+def test_list_logs_docs_status(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_line(shell, f"%backends install {DEMO} as ywDemoClient")
+    capsys.readouterr()
+    run_line(shell, "%backends list")
+    out = capsys.readouterr().out
+    assert "Running instances:" in out and "Installed environments:" in out
+    assert magics.partition in out and "demo_yw_backend" in out
+    assert f"ywDemoClient: demo_yw_backend 0.1.1 in partition {magics.partition}" in out
+    run_line(shell, "%backends logs ywDemoClient --lines 50")
+    assert "Application startup complete" in capsys.readouterr().out
+    run_line(shell, "%backends docs ywDemoClient")
+    out = capsys.readouterr().out
+    assert "/backends/demo_yw_backend/0.1.1/docs" in out
+    run_line(shell, "%backends status")
+    out = capsys.readouterr().out
+    assert "orchestrator" in out and magics.partition in out
+    with pytest.raises(UsageError, match="no backend is bound to 'nobody'"):
+        run_line(shell, "%backends docs nobody")
+
+
+@slow
+def test_stop_by_alias(
+    magics: YwMagics,
+    shell: InteractiveShell,
+    orchestrator: Connection,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_line(shell, f"%backends install {DEMO} as stopMe --partition StopMe")
+    capsys.readouterr()
+    run_line(shell, "%backends stop stopMe")
+    assert "stopped demo_yw_backend 0.1.1 in partition StopMe" in capsys.readouterr().out
+    with OrchestratorClient(orchestrator) as client:
+        partitions = {i["partition"] for i in client.list()["instances"]}
+    assert "StopMe" not in partitions
+    run_line(shell, "%backends stop --partition StopMe")
+    assert "nothing was running there" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="not both"):
+        run_line(shell, "%backends stop stopMe --all")
+
+
+@pytest.fixture(scope="module")
+def runner(magics: YwMagics, shell: InteractiveShell) -> BackendClient:
+    run_line(shell, f"%backends install {PYRUN} as pyRunner {PYRUN_CONFIG}")
+    client = shell.user_ns["pyRunner"]
+    assert isinstance(client, BackendClient)
+    return client
+
+
+@slow
+def test_interpreter_in_and_out(
+    runner: BackendClient, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.user_ns["n"] = 3
+    shell.run_cell_magic(
+        "interpreter",
+        "pyRunner --in n --out pyVersion npVersion",
+        (
+            "import numpy, sys\n"
+            "print('hello from the runner')\n"
+            "pyVersion = sys.version\n"
+            "npVersion = numpy.__version__ * n\n"
+        ),
+    )
+    assert shell.user_ns["pyVersion"].startswith("3.10")
+    version = shell.user_ns["npVersion"]
+    assert len(version) % 3 == 0 and version[: len(version) // 3][0].isdigit()
+    assert "hello from the runner" in capsys.readouterr().out
+
+
+@slow
+def test_interpreter_keeps_state_and_numpy_round_trip(
+    runner: BackendClient, shell: InteractiveShell
+) -> None:
+    np = pytest.importorskip("numpy")
+    shell.user_ns["matrix"] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    shell.run_cell_magic("interpreter", "pyRunner --in matrix", "kept = matrix * 2")
+    shell.run_cell_magic(
+        "interpreter", "pyRunner --out back dtype", ("back = kept.T\ndtype = str(kept.dtype)")
+    )
+    back = shell.user_ns["back"]
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    assert (back == (shell.user_ns["matrix"] * 2).T).all()
+    assert shell.user_ns["dtype"] == "float32"
+
+
+@slow
+def test_interpreter_streams_output_while_the_cell_runs(
+    runner: BackendClient, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[tuple[float, str]] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append((time.monotonic(), text))
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    shell.run_cell_magic(
+        "interpreter",
+        "pyRunner",
+        ("import time\nprint('first', flush=True)\ntime.sleep(0.6)\nprint('second')\n"),
+    )
+    monkeypatch.undo()
+    first = next(t for t, text in writes if "first" in text)
+    second = next(t for t, text in writes if "second" in text)
+    assert second - first > 0.4  # "first" was shown before the cell ended
+
+
+@slow
+def test_interpreter_displays(
+    runner: BackendClient, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        "IPython.display.publish_display_data",
+        lambda data, metadata=None, **kw: published.append(data),
+    )
+    shell.run_cell_magic(
+        "interpreter",
+        "pyRunner",
+        (
+            "class Badge:\n"
+            "    def _repr_html_(self):\n"
+            "        return '<b>from the runner</b>'\n"
+            "display(Badge())\n"
+        ),
+    )
+    assert any(d.get("text/html") == "<b>from the runner</b>" for d in published)
+
+
+@slow
+def test_interpreter_exception_has_the_cell_traceback(
+    runner: BackendClient, shell: InteractiveShell
+) -> None:
+    with pytest.raises(RemoteExecutionError) as raised:
+        shell.run_cell_magic("interpreter", "pyRunner", "a = 1\nb = 0\nc = a / b\n")
+    error = raised.value
+    assert error.remote_type == "ZeroDivisionError"
+    assert error.lineno == 3
+    assert "line 3" in error.remote_traceback
+    lines = error._render_traceback_()
+    assert "ZeroDivisionError" in lines[0] and "pyRunner" in lines[0]
+    assert any("c = a / b" in line for line in lines)
+    assert not any("magics.py" in line or "httpx" in line for line in lines)
+    # run_cell shows it that way and records it as the cell's error
+    result = shell.run_cell("%%interpreter pyRunner\nraise ValueError('boom')\n")
+    assert isinstance(result.error_in_exec, RemoteExecutionError)
+    assert "ValueError: boom" in str(result.error_in_exec)
+
+
+@slow
+def test_interpreter_variable_errors_name_the_variable(
+    runner: BackendClient, shell: InteractiveShell
+) -> None:
+    shell.user_ns.pop("never_defined", None)
+    with pytest.raises(UsageError, match="--in never_defined: no variable 'never_defined'"):
+        shell.run_cell_magic("interpreter", "pyRunner --in never_defined", "pass")
+    shell.user_ns["a_function"] = lambda: 1
+    with pytest.raises(UsageError, match="a_function"):
+        shell.run_cell_magic("interpreter", "pyRunner --in a_function", "pass")
+    with pytest.raises(RemoteExecutionError, match="not_made"):
+        shell.run_cell_magic("interpreter", "pyRunner --out not_made", "pass")
+    with pytest.raises(RemoteExecutionError, match="fn"):
+        shell.run_cell_magic("interpreter", "pyRunner --out fn", "fn = lambda: 1")
+    with pytest.raises(UsageError, match="not a Python variable name"):
+        shell.run_cell_magic("interpreter", "pyRunner --out 1x", "pass")
+    with pytest.raises(UsageError, match="no backend is bound to 'nobody'"):
+        shell.run_cell_magic("interpreter", "nobody", "pass")
+
+
+@slow
+def test_interpreter_timeout_interrupts_the_runner(
+    runner: BackendClient, shell: InteractiveShell
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(InterpreterTimeout, match="timeout"):
+        shell.run_cell_magic(
+            "interpreter", "pyRunner --timeout 0.5", "import time\ntime.sleep(30)\n"
+        )
+    assert time.monotonic() - start < 10
+    shell.run_cell_magic("interpreter", "pyRunner --out alive", "alive = True")
+    assert shell.user_ns["alive"] is True
+
+
+@slow
+def test_keyboard_interrupt_interrupts_the_runner(
+    runner: BackendClient, shell: InteractiveShell
+) -> None:
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(Interrupted, match="interrupted in the runner"):
+            shell.run_cell_magic("interpreter", "pyRunner", "import time\ntime.sleep(30)\n")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 10
+    # the runner stopped the cell: the next one runs at once
+    start = time.monotonic()
+    shell.run_cell_magic("interpreter", "pyRunner --out after", "after = 'interrupt'")
+    assert shell.user_ns["after"] == "interrupt"
+    assert time.monotonic() - start < 5
+
+
+@slow
+def test_completion_of_aliases(runner: BackendClient, shell: InteractiveShell) -> None:
+    _, matches = shell.complete("pyR", "%%interpreter pyR")
+    assert "pyRunner" in matches
+    _, matches = shell.complete("--", "%%interpreter pyRunner --")
+    assert {"--in", "--out", "--timeout"} <= set(matches)
+    _, matches = shell.complete("in", "%backends in")
+    assert "install" in matches
+    _, matches = shell.complete("pyR", "%backends logs pyR")
+    assert "pyRunner" in matches
+
+
+@slow
+def test_kernel_partition_is_stopped_at_exit(
+    magics: YwMagics, shell: InteractiveShell, orchestrator: Connection
+) -> None:
+    run_line(shell, f"%backends install {DEMO} as ywDemoClient")
+    with OrchestratorClient(orchestrator) as client:
+        assert magics.partition in {i["partition"] for i in client.list()["instances"]}
+        magics.stop_kernel_partition()  # what atexit calls
+        assert magics.partition not in {i["partition"] for i in client.list()["instances"]}
+
+
+@slow
+def test_unload_and_reload(magics: YwMagics, shell: InteractiveShell) -> None:
+    shell.run_line_magic("unload_ext", "ywmagics")
+    assert "backends" not in shell.magics_manager.magics["line"]
+    assert "interpreter" not in shell.magics_manager.magics["cell"]
+    assert magics not in shell.configurables
+    shell.run_line_magic("load_ext", "ywmagics")
+    assert "backends" in shell.magics_manager.magics["line"]
+    reloaded = shell.magics_manager.registry["YwMagics"]
+    assert reloaded.partition == magics.partition  # one partition per kernel process
+
+
+@slow
+def test_terminal_ipython_prints_text_and_never_hangs(orchestrator: Connection) -> None:
+    code = f"%load_ext ywmagics\n%backends install {DEMO} as demo\nprint(demo.partition)\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", "--quick", "--colors=NoColor", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr
+    partition = result.stdout.strip().splitlines()[-1]
+    assert partition.startswith("kernel-")
+    assert f"[demo_yw_backend#0.1.1 @ {partition}] ready" in result.stdout
+    # that shell exited: its own partition was stopped
+    with OrchestratorClient(orchestrator) as client:
+        assert partition not in {i["partition"] for i in client.list()["instances"]}

@@ -1,0 +1,474 @@
+"""The python runner as a real process: pyrun_server.py on a Unix socket (or TCP), over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from ywmagics import wire
+
+BACKEND = Path(__file__).parents[1] / "ywmagics" / "backends" / "pyrun_backend"
+PYTHON38 = Path.home() / ".pyenv/versions/3.8.18/bin/python"
+
+
+class Server:
+    """A running pyrun_server process and an httpx client to it."""
+
+    def __init__(self, app: Path, workdir: Path, python: str, tcp: bool) -> None:
+        self.log_path = workdir / "server.log"
+        self.socket_path = workdir / "pyrun.sock"
+        where = ["--port", "0"] if tcp else ["--socket", str(self.socket_path)]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [python, str(app / "pyrun_server.py"), *where],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=workdir,
+            )
+        assert self.process.stdout is not None
+        first_line = self.process.stdout.readline().decode()
+        self.process.stdout.close()
+        assert first_line.startswith("LISTENING "), first_line + self.log()
+        if tcp:
+            self.port = int(first_line.split()[1])
+            self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        else:
+            transport = httpx.HTTPTransport(uds=str(self.socket_path))
+            self.client = httpx.Client(transport=transport, base_url="http://pyrun", timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def run(self, code: str, **fields: Any) -> dict[str, Any]:
+        body = {"cellId": "test", "code": code, "capturedIn": {}, "capturedOut": [], **fields}
+        response = self.client.post("/run", json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The backend folder as the installer lays it out: its files plus ywmagics_wire.py."""
+    app = tmp_path_factory.mktemp("app") / "pyrun_backend"
+    shutil.copytree(BACKEND, app, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(wire.__file__, app / "ywmagics_wire.py")
+    return app
+
+
+@pytest.fixture
+def start_server(app: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers for one test; each is stopped at the end."""
+    servers: list[Server] = []
+
+    def start(python: str = sys.executable, tcp: bool = False) -> Server:
+        workdir = tmp_path / f"server{len(servers)}"
+        workdir.mkdir()
+        servers.append(Server(app, workdir, python, tcp))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(app: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by the module's tests (each uses its own variable names)."""
+    running = Server(app, tmp_path_factory.mktemp("shared"), sys.executable, tcp=False)
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+# ---------------------------------------------------------------------------------------------
+# routes and cells
+
+
+def test_readiness(server: Server) -> None:
+    answer = server.client.get("/").json()
+    assert answer == {"name": "pyrun_backend", "version": "0.1.0", "python": sys.version}
+
+
+def test_tutorial_cell(server: Server) -> None:
+    code = (
+        "import numpy\nimport sys\n\nresp = {'python': sys.version, 'numpy': numpy.__version__}\n"
+    )
+    result = server.run(code, cellId="tutorials.backend", capturedOut=["resp"])
+    assert result["exception"] is None
+    assert result["capturedOut"]["resp"]["python"] == sys.version  # readable as raw JSON
+    assert result["capturedOut"]["resp"]["numpy"] == np.__version__
+    assert set(result) == {"output", "error", "capturedOut", "exception", "displays"}
+
+
+def test_namespace_persists_across_cells(server: Server) -> None:
+    assert server.run("persist_a = 40")["exception"] is None
+    result = server.run("persist_b = persist_a + n", capturedIn={"n": 2}, capturedOut=["persist_b"])
+    assert result["capturedOut"] == {"persist_b": 42}
+
+
+def test_values_travel_both_ways(server: Server) -> None:
+    sent = {"t": (1, 2), "raw": b"\x00\x01", "s": {3}, "z": 1 + 2j, "arr": np.arange(6.0)}
+    code = "back = (t[::-1], raw * 2, s | {4}, z.conjugate(), arr.reshape(2, 3) * 2)"
+    result = server.run(code, capturedIn=wire.encode_namespace(sent), capturedOut=["back"])
+    assert result["exception"] is None, result["exception"]
+    t, raw, s, z, arr = wire.decode(result["capturedOut"]["back"])
+    assert (t, raw, s, z) == ((2, 1), b"\x00\x01\x00\x01", {3, 4}, 1 - 2j)
+    np.testing.assert_array_equal(arr, np.arange(6.0).reshape(2, 3) * 2)
+
+
+def test_top_level_await_and_a_persistent_loop(server: Server) -> None:
+    code = (
+        "import asyncio\nawait asyncio.sleep(0.01)\nloop_ids = [id(asyncio.get_running_loop())]\n"
+    )
+    assert server.run(code)["exception"] is None
+    code = "await asyncio.sleep(0)\nloop_ids.append(id(asyncio.get_running_loop()))\n"
+    result = server.run(code, capturedOut=["loop_ids"])
+    ids = result["capturedOut"]["loop_ids"]
+    assert len(ids) == 2 and ids[0] == ids[1]
+
+
+def test_stdout_and_stderr(server: Server) -> None:
+    code = "import sys\nprint('out', 1)\nprint('err', file=sys.stderr)\nsys.stdout.write('x')"
+    result = server.run(code)
+    assert result["output"] == "out 1\nx"
+    assert result["error"] == "err\n"
+
+
+def test_exception_with_the_cells_line_numbers(server: Server) -> None:
+    code = "def fail(x):\n    return 1 / x\n\nfail(0)\n"
+    result = server.run(code, cellId="c-err")
+    exception = result["exception"]
+    assert exception["type"] == "ZeroDivisionError"
+    assert exception["message"] == "division by zero"
+    assert exception["lineno"] == 2
+    traceback = exception["traceback"]
+    assert traceback.startswith("Traceback (most recent call last):\n")
+    assert 'File "<cell c-err>", line 4, in <module>' in traceback
+    assert 'File "<cell c-err>", line 2, in fail' in traceback
+    assert "return 1 / x" in traceback  # the source line is shown
+    assert "pyrun_" not in traceback  # the runner's own frames are trimmed
+
+
+def test_syntax_error(server: Server) -> None:
+    exception = server.run("x = 1\ny = (\n", cellId="syn")["exception"]
+    assert exception["type"] == "SyntaxError"
+    assert exception["lineno"] == 2
+    assert '"<cell syn>", line 2' in exception["traceback"]
+
+
+def test_output_before_an_exception_is_kept(server: Server) -> None:
+    result = server.run("print('before')\nraise ValueError('boom')")
+    assert result["output"] == "before\n"
+    assert result["exception"]["type"] == "ValueError"
+    assert result["exception"]["message"] == "boom"
+
+
+def test_captured_out_name_not_defined(server: Server) -> None:
+    result = server.run("defined_here = 1", capturedOut=["defined_here", "never_defined"])
+    exception = result["exception"]
+    assert exception["type"] == "NameError"
+    assert "'never_defined' is not defined by the cell" in exception["message"]
+    assert result["capturedOut"] == {}
+
+
+def test_value_that_cannot_travel(server: Server) -> None:
+    result = server.run("import threading\nlock_var = threading.Lock()", capturedOut=["lock_var"])
+    exception = result["exception"]
+    assert exception["type"] == "WireError"
+    assert "cannot send variable 'lock_var'" in exception["message"]
+    assert "lock" in exception["message"]
+
+
+def test_display_bundles(server: Server) -> None:
+    code = (
+        "class Rich:\n"
+        "    def _repr_html_(self):\n"
+        "        return '<b>rich</b>'\n"
+        "    def _repr_png_(self):\n"
+        "        return b'\\x89PNG'\n"
+        "    def __repr__(self):\n"
+        "        return 'Rich()'\n"
+        "display(Rich(), [1, 2], metadata={'k': 1})\n"
+    )
+    displays = server.run(code)["displays"]
+    assert displays[0]["data"] == {
+        "text/html": "<b>rich</b>",
+        "image/png": "iVBORw==",
+        "text/plain": "Rich()",
+    }
+    assert displays[1] == {"data": {"text/plain": "[1, 2]"}, "metadata": {"k": 1}}
+
+
+def test_matplotlib_figures_come_back_as_png(server: Server) -> None:
+    pytest.importorskip("matplotlib")
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3])\n"
+        "print('before show')\n"
+        "plt.show()\n"
+        "fig, ax = plt.subplots()\n"
+        "ax.plot([3, 1])\n"
+        "open_figures = None\n"
+    )
+    result = server.run(code)
+    assert result["exception"] is None, result["exception"]
+    assert result["error"] == ""  # no "non-interactive backend" warning
+    pngs = [d["data"]["image/png"] for d in result["displays"]]
+    assert len(pngs) == 2  # the shown one, and the one left open at the end
+    assert all(p.startswith("iVBORw0KGgo") for p in pngs)
+    result = server.run("n_open = len(plt.get_fignums())", capturedOut=["n_open"])
+    assert result["capturedOut"]["n_open"] == 0
+
+
+def test_reset(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    server.run("to_forget = 1")
+    assert server.client.post("/reset").json() == {"reset": True}
+    assert server.run("to_forget")["exception"]["type"] == "NameError"
+    assert server.run("display")["exception"] is None  # still there after a reset
+
+
+def test_bad_requests(server: Server) -> None:
+    for body in (b"not json", b"[1]", b'{"capturedOut": []}', b'{"code": "1", "capturedOut": 3}'):
+        response = server.client.post(
+            "/run", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, body
+        assert response.json()["detail"]
+    assert server.client.get("/nowhere").status_code == 404
+    assert server.client.get("/run").status_code == 405
+    assert server.client.get("/").status_code == 200  # the connection still works
+
+
+def test_chunked_request_body(server: Server) -> None:
+    body = json.dumps({"cellId": "c", "code": "chunked_v = 5", "capturedOut": ["chunked_v"]})
+
+    def parts() -> Iterator[bytes]:
+        yield body[:10].encode()
+        yield body[10:].encode()
+
+    response = server.client.post("/run", content=parts())
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.json()["capturedOut"] == {"chunked_v": 5}
+
+
+def test_keep_alive(server: Server) -> None:
+    request = b"GET / HTTP/1.1\r\nHost: pyrun\r\n\r\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(server.socket_path))
+        sock.sendall(request + request)  # two requests on one connection
+        data = b""
+        while data.count(b"HTTP/1.1 200 OK") < 2 or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.count(b'"name": "pyrun_backend"') == 2
+
+
+def test_concurrent_requests_run_one_at_a_time(server: Server) -> None:
+    results: dict[int, dict[str, Any]] = {}
+
+    def run(i: int) -> None:
+        results[i] = server.run(f"import time\nprint({i})\ntime.sleep(0.05)\nprint({i})")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert {i: r["output"] for i, r in results.items()} == {i: f"{i}\n{i}\n" for i in range(4)}
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming and interrupt
+
+
+def test_streaming_ndjson(server: Server) -> None:
+    code = (
+        "import sys, time\n"
+        "print('first')\n"
+        "sys.stdout.write('no newline')\n"
+        "time.sleep(0.4)\n"
+        "print('oops', file=sys.stderr)\n"
+        "display(7)\n"
+        "streamed = 1\n"
+    )
+    body = {"cellId": "s", "code": code, "capturedIn": {}, "capturedOut": ["streamed"]}
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    start = time.monotonic()
+    headers = {"Accept": "application/x-ndjson"}
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        assert response.headers["content-type"] == "application/x-ndjson"
+        for line in response.iter_lines():
+            arrivals.append((time.monotonic() - start, json.loads(line)))
+    events = [event for _, event in arrivals]
+    assert events[:2] == [
+        {"stream": "stdout", "text": "first\n"},
+        {"stream": "stdout", "text": "no newline"},
+    ]
+    assert arrivals[1][0] < 0.3  # text without a newline did not wait for the cell's end
+    assert events[2:4] == [
+        {"stream": "stderr", "text": "oops\n"},
+        {"display": {"data": {"text/plain": "7"}, "metadata": {}}},
+    ]
+    result = events[-1]["result"]
+    assert len(events) == 5
+    assert arrivals[-1][0] >= 0.4
+    assert result["output"] == "first\nno newline"
+    assert result["capturedOut"] == {"streamed": 1}
+    assert result["displays"] == [{"data": {"text/plain": "7"}, "metadata": {}}]
+
+
+def _interrupt_soon(server: Server) -> threading.Thread:
+    """Post /interrupt until a cell is running and gets it."""
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if server.client.post("/interrupt").json()["interrupted"]:
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import time\nwhile True:\n    time.sleep(0.01)\n",
+        "import time\n\ntime.sleep(60)\n",
+        "import asyncio\nawait asyncio.sleep(60)\n",
+    ],
+    ids=["sleep_loop", "long_sleep", "await"],
+)
+def test_interrupt(server: Server, code: str) -> None:
+    start = time.monotonic()
+    thread = _interrupt_soon(server)
+    result = server.run("print('started')\n" + code, cellId="intr")
+    thread.join()
+    assert time.monotonic() - start < 5
+    exception = result["exception"]
+    assert exception["type"] == "KeyboardInterrupt"
+    assert exception["lineno"] in (3, 4)
+    assert '"<cell intr>"' in exception["traceback"]
+    assert result["output"] == "started\n"
+    assert server.run("after_interrupt = 1")["exception"] is None  # the runner goes on
+
+
+def test_interrupt_when_idle(server: Server) -> None:
+    assert server.client.post("/interrupt").json() == {"interrupted": False}
+    assert server.client.get("/").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def test_tcp_port(start_server: Callable[..., Server]) -> None:
+    server = start_server(tcp=True)
+    assert server.port > 0
+    assert server.client.get("/").json()["name"] == "pyrun_backend"
+    assert server.run("tcp_v = 3", capturedOut=["tcp_v"])["capturedOut"] == {"tcp_v": 3}
+
+
+def test_sigterm_exits_cleanly(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    server.run("x = 1")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(10) == 0, server.log()
+    assert not server.socket_path.exists()
+
+
+def test_sigterm_during_a_cell(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    body = {"code": "print('started')\nimport time\ntime.sleep(60)"}
+    headers = {"Accept": "application/x-ndjson"}
+    start = time.monotonic()
+    events: list[dict[str, Any]] = []
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines)) == {"stream": "stdout", "text": "started\n"}
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            events.extend(json.loads(line) for line in lines)
+        except httpx.HTTPError:
+            pass  # the process may end before it finishes the answer
+    assert server.process.wait(10) == 0, server.log()
+    assert time.monotonic() - start < 5
+    if events:
+        assert events[-1]["result"]["exception"]["type"] == "Terminated"
+
+
+@pytest.mark.skipif(not PYTHON38.exists(), reason="no Python 3.8 at ~/.pyenv/versions/3.8.18")
+def test_runs_on_python38(start_server: Callable[..., Server]) -> None:
+    server = start_server(python=str(PYTHON38))
+    assert server.client.get("/").json()["python"].startswith("3.8.")
+    code = (
+        "import asyncio, sys\n"
+        "await asyncio.sleep(0)\n"
+        "out = (sys.version_info[:2], t[::-1], b)\n"
+        "print('hello from', sys.version_info[:2])\n"
+    )
+    captured_in = wire.encode_namespace({"t": (1, 2), "b": b"\x00"})
+    result = server.run(code, capturedIn=captured_in, capturedOut=["out"])
+    assert result["exception"] is None, result["exception"]
+    assert wire.decode(result["capturedOut"]["out"]) == ((3, 8), (2, 1), b"\x00")
+    exception = server.run("def f():\n    1 / 0\nf()", cellId="py38")["exception"]
+    assert exception["lineno"] == 2 and "pyrun_" not in exception["traceback"]
+    assert server.stop() == 0
+
+
+def test_runner_constants_match_python() -> None:
+    import ast
+    import inspect
+
+    source = (BACKEND / "pyrun_runner.py").read_text()
+    assert f"PyCF_ALLOW_TOP_LEVEL_AWAIT = {ast.PyCF_ALLOW_TOP_LEVEL_AWAIT:#x}" in source
+    assert f"CO_COROUTINE = {inspect.CO_COROUTINE:#x}" in source
+
+
+def test_no_import_outside_the_standard_library() -> None:
+    import ast
+
+    ours = {path.stem for path in BACKEND.glob("*.py")} | {"ywmagics_wire"}
+    for path in BACKEND.glob("pyrun_*.py"):
+        if path.name == "pyrun_mpl_backend.py":
+            continue  # imported by matplotlib, where matplotlib is installed
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ours, (path.name, name)
+    assert os.access(BACKEND / "pyrun_server.py", os.R_OK)

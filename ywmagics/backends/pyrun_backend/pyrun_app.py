@@ -1,0 +1,129 @@
+"""The routes of the python runner.
+
+::
+
+    GET  /           {"name", "version", "python"}                        (readiness)
+    POST /run        {"cellId", "code", "capturedIn", "capturedOut"}
+                     -> {"output", "error", "capturedOut", "exception", "displays"}
+                     with "Accept: application/x-ndjson": one JSON object per line,
+                     {"stream", "text"} and {"display"} while the cell runs, then {"result"}
+    POST /interrupt  -> {"interrupted": bool}
+    POST /reset      -> {"reset": true}          (a fresh namespace)
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+
+from pyrun_http import Connection, HTTPError, Request
+from pyrun_runner import Run, Runner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+NAME = "pyrun_backend"
+VERSION = "0.1.0"
+NDJSON = "application/x-ndjson"
+STREAM_INTERVAL = 0.05  # seconds: the longest that text printed without a newline waits
+
+
+def parse_run(body: bytes) -> dict[str, Any]:
+    """Check the body of ``POST /run``: HTTP 400 says what is wrong."""
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise HTTPError(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise HTTPError(400, "the body must be a JSON object")
+    code = request.get("code")
+    cell_id = request.get("cellId", "cell")
+    captured_in = request.get("capturedIn") or {}
+    captured_out = request.get("capturedOut") or []
+    if not isinstance(code, str):
+        raise HTTPError(400, "'code' must be a string")
+    if not isinstance(cell_id, str):
+        raise HTTPError(400, "'cellId' must be a string")
+    if not isinstance(captured_in, dict):
+        raise HTTPError(400, "'capturedIn' must be an object of encoded values")
+    if not isinstance(captured_out, list) or not all(isinstance(n, str) for n in captured_out):
+        raise HTTPError(400, "'capturedOut' must be a list of variable names")
+    return {"cellId": cell_id, "code": code, "capturedIn": captured_in, "capturedOut": captured_out}
+
+
+class App(Connection):
+    """A connection to the runner; ``runner`` is set on a subclass by ``bind``."""
+
+    server_name = f"{NAME}/{VERSION}"
+    runner: Runner
+
+    @classmethod
+    def bind(cls, runner: Runner, verbose: bool) -> type[App]:
+        return type("BoundApp", (cls,), {"runner": runner, "verbose": verbose})
+
+    def respond(self, request: Request) -> None:
+        route = (request.method, request.path)
+        try:
+            if route == ("GET", "/"):
+                self.send_json(200, {"name": NAME, "version": VERSION, "python": sys.version})
+            elif route == ("POST", "/run"):
+                self._run(parse_run(request.body), NDJSON in request.headers.get("accept", ""))
+            elif route == ("POST", "/interrupt"):
+                self.send_json(200, {"interrupted": self.runner.interrupt()})
+            elif route == ("POST", "/reset"):
+                self._reset()
+            elif request.path in ("/", "/run", "/interrupt", "/reset"):
+                raise HTTPError(405, f"{request.method} is not allowed on {request.path}")
+            else:
+                raise HTTPError(404, f"no route {request.path}")
+        except HTTPError as exc:
+            self.send_json(exc.status, {"detail": exc.detail})
+
+    def _reset(self) -> None:
+        done = threading.Event()
+
+        def reset() -> None:
+            self.runner.reset()
+            done.set()
+
+        self.runner.submit(reset)  # after the running cell, if any
+        done.wait()
+        self.send_json(200, {"reset": True})
+
+    def _run(self, request: dict[str, Any], stream: bool) -> None:
+        run = Run(request, stream)
+        self.runner.submit(lambda: self.runner.run_job(run))
+        if not stream:
+            run.done.wait()
+            self.send_json(200, run.result)
+            return
+        events = run.events
+        assert events is not None
+        self.stream_start(NDJSON)
+        finished = False
+        next_flush = time.monotonic() + STREAM_INTERVAL
+        while not finished:
+            try:
+                items = [events.get(timeout=max(0.0, next_flush - time.monotonic()))]
+            except queue.Empty:
+                items = []
+            if time.monotonic() >= next_flush:  # text printed without a newline
+                run.flush_streams()
+                next_flush = time.monotonic() + STREAM_INTERVAL
+            while True:  # what is ready goes in one chunk
+                try:
+                    items.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            if items:
+                finished = "result" in items[-1]
+                try:
+                    self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items))
+                except OSError:  # the client left; the cell goes on, and ends before the next
+                    self._keep_alive = False
+                    return
+        self.stream_end()

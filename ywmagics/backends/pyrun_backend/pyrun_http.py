@@ -1,0 +1,225 @@
+"""HTTP/1.1 over ``socketserver``: just what the python runner needs, and quick to import.
+
+``http.server`` would do, but it imports ``http.client``, ``email`` and ``ssl``: about 50 ms more
+at each start of a runner, which is measured from process start to first answer. This module
+reads a request line, headers and a body (``Content-Length`` or chunked, after ``Expect:
+100-continue`` when asked), keeps connections alive as HTTP/1.1 does, and writes either a whole
+JSON answer with its length or a chunked stream.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    505: "HTTP Version Not Supported",
+}
+MAX_LINE = 65536
+MAX_HEADERS = 200
+
+
+class HTTPError(Exception):
+    """Answered with ``status`` and ``{"detail": detail}``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class Request:
+    """One parsed request; header names are lower case."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], keep_alive: bool) -> None:
+        self.method = method
+        path, _, self.query = target.partition("?")
+        self.path = path.rstrip("/") or "/"
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = b""
+
+
+class Connection(socketserver.StreamRequestHandler):
+    """A client connection: its requests, one after the other, until it closes.
+
+    Subclasses implement ``respond(request)`` with ``send_json`` or the ``stream_*`` methods.
+    """
+
+    server_name = "pyrun"
+    verbose = False
+
+    def handle(self) -> None:
+        while True:
+            self._answered = False
+            try:
+                request = self._read_request()
+            except HTTPError as exc:
+                self.send_json(exc.status, {"detail": exc.detail}, close=True)
+                return
+            except (OSError, ValueError):
+                return
+            if request is None:
+                return
+            self._keep_alive = request.keep_alive
+            try:
+                self.respond(request)
+            except OSError:  # the client went away
+                return
+            except Exception as exc:
+                import traceback
+
+                traceback.print_exc(file=sys.__stderr__)
+                if not self._answered:
+                    self.send_json(500, {"detail": f"{type(exc).__name__}: {exc}"}, close=True)
+                return
+            if self.verbose:
+                sys.__stderr__.write(f"{self.server_name}: {request.method} {request.path}\n")
+            if not self._keep_alive:
+                return
+
+    def respond(self, request: Request) -> None:
+        raise NotImplementedError
+
+    # reading -----------------------------------------------------------------------------
+
+    def _read_line(self) -> bytes:
+        line = self.rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise HTTPError(431, "line too long")
+        return line
+
+    def _read_request(self) -> Request | None:
+        line = self._read_line()
+        while line in (b"\r\n", b"\n"):  # tolerated before a request line (RFC 9112, 2.2)
+            line = self._read_line()
+        if not line:
+            return None
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3:
+            raise HTTPError(400, f"malformed request line {line[:100]!r}")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HTTPError(505, f"unsupported {version}")
+        headers: dict[str, str] = {}
+        while True:
+            line = self._read_line()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if len(headers) >= MAX_HEADERS:
+                raise HTTPError(431, "too many headers")
+            name, colon, value = line.decode("latin-1").partition(":")
+            if not colon:
+                raise HTTPError(400, f"malformed header {line[:100]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        connection = headers.get("connection", "").lower()
+        if version == "HTTP/1.1":
+            keep_alive = "close" not in connection
+        else:
+            keep_alive = "keep-alive" in connection
+        request = Request(method, target, headers, keep_alive)
+        if headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.body = self._read_body(headers)
+        return request
+
+    def _read_body(self, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parts = []
+            while True:
+                line = self._read_line()
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise HTTPError(400, "malformed chunked body") from None
+                if size == 0:
+                    while self._read_line() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(3)
+        length = headers.get("content-length", "")
+        if not length:
+            return b""
+        if not length.isdigit():
+            raise HTTPError(400, f"malformed Content-Length {length!r}")
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            raise OSError("the client closed the connection in the middle of the body")
+        return body
+
+    # writing -----------------------------------------------------------------------------
+
+    def _head(self, status: int, headers: list[tuple[str, str]], close: bool) -> bytes:
+        self._answered = True
+        if close:
+            self._keep_alive = False
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+            f"Server: {self.server_name}",
+        ]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if not self._keep_alive:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send_json(self, status: int, payload: Any, close: bool = False) -> None:
+        body = json.dumps(payload).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        head = self._head(status, headers, close)
+        if len(body) < 65536:  # one write: one packet for the usual small answer
+            self.wfile.write(head + body)
+        else:
+            self.wfile.write(head)
+            self.wfile.write(body)
+
+    def stream_start(self, content_type: str) -> None:
+        headers = [
+            ("Content-Type", content_type),
+            ("Transfer-Encoding", "chunked"),
+            ("Cache-Control", "no-cache"),
+        ]
+        self.wfile.write(self._head(200, headers, close=False))
+
+    def stream_write(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def stream_end(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        # Without it, Nagle's algorithm may hold a small write until the previous one is acked.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+
+if hasattr(socketserver, "UnixStreamServer"):
+
+    class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+        block_on_close = False

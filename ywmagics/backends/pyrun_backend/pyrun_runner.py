@@ -1,0 +1,434 @@
+"""The runner: one persistent namespace, cells run one at a time in the main thread.
+
+Cells run in the main thread, which owns the namespace, the asyncio loop of top-level ``await``
+and the signal handlers; HTTP threads hand cells over through ``Runner.jobs`` and wait. So an
+interrupt is a SIGINT sent to ourselves, which breaks a blocking call such as ``time.sleep(60)``
+at once (an asynchronous exception set on a thread is only seen between two bytecodes), and cells
+may use ``signal`` as in a script.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import queue
+import signal
+import sys
+import threading
+
+import pyrun_display
+import ywmagics_wire as wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import traceback
+    from collections.abc import Callable
+    from types import CodeType
+    from typing import Any
+
+# ast.PyCF_ALLOW_TOP_LEVEL_AWAIT and inspect.CO_COROUTINE, the same from Python 3.8 to 3.13
+# (checked by the tests): importing ast, even _ast, takes milliseconds at each start.
+PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
+CO_COROUTINE = 0x80
+APP_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Terminate(BaseException):
+    """Raised in the main thread by SIGTERM: stop the cell, if any, and the server."""
+
+
+class Run:
+    """A cell to run, what it printed and displayed, and its result once done.
+
+    Written by the main thread (the cell) and read by the HTTP thread that waits for it. When the
+    client streams, text goes to ``events`` at each newline, and text without one at the latest
+    ``STREAM_INTERVAL`` later (the streaming HTTP thread calls ``flush_streams`` that often).
+    """
+
+    def __init__(self, request: dict[str, Any], stream: bool) -> None:
+        self.request = request
+        self.events: queue.Queue[dict[str, Any]] | None = queue.Queue() if stream else None
+        self.displays: list[dict[str, Any]] = []
+        self.shown: set[int] = set()  # ids of the figures that the cell displayed itself
+        self.result: dict[str, Any] | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._texts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def write(self, stream: str, text: str) -> None:
+        with self._lock:
+            self._texts[stream].append(text)
+            if self.events is None:
+                return
+            other = "stderr" if stream == "stdout" else "stdout"
+            if self._pending[other]:  # keep the order of interleaved stdout and stderr
+                self._emit(other)
+            self._pending[stream].append(text)
+            if "\n" in text:
+                self._emit(stream)
+
+    def _emit(self, stream: str) -> None:
+        text = "".join(self._pending[stream])
+        self._pending[stream].clear()
+        if text and self.events is not None:
+            self.events.put({"stream": stream, "text": text})
+
+    def flush_streams(self) -> None:
+        with self._lock:
+            for stream in ("stdout", "stderr"):
+                if self._pending[stream]:
+                    self._emit(stream)
+
+    def text(self, stream: str) -> str:
+        with self._lock:
+            return "".join(self._texts[stream])
+
+    def add_display(self, bundle: dict[str, Any]) -> None:
+        self.flush_streams()
+        with self._lock:
+            self.displays.append(bundle)
+            if self.events is not None:
+                self.events.put({"display": bundle})
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self.flush_streams()
+        self.result = result
+        if self.events is not None:
+            self.events.put({"result": result})
+        self.done.set()
+
+    def fail(self, exc: BaseException | None) -> None:
+        """Finish a run that the server could not take to its end (stopping, or a bug of ours)."""
+        if exc is None:
+            exception = {"type": "Terminated", "message": "the runner is stopping", "tb": ""}
+        else:
+            import traceback
+
+            exception = {
+                "type": "InternalError",
+                "message": f"the runner failed: {exc!r}",
+                "tb": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            }
+        self.finish(
+            {
+                "output": self.text("stdout"),
+                "error": self.text("stderr"),
+                "capturedOut": {},
+                "exception": {
+                    "type": exception["type"],
+                    "message": exception["message"],
+                    "traceback": exception["tb"],
+                    "lineno": None,
+                },
+                "displays": self.displays,
+            }
+        )
+
+
+class CellStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` while a cell runs."""
+
+    encoding = "utf-8"
+
+    def __init__(self, run: Run, name: str) -> None:
+        super().__init__()
+        self._run = run
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return f"<{self._name}>"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self._run.write(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._run.flush_streams()
+
+
+class Runner:
+    """Owns the namespace and runs the jobs that HTTP threads queue, in the main thread."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.current: Run | None = None
+        self.namespace: dict[str, Any] = {}
+        self._main_thread = threading.main_thread().ident
+        self._busy = False  # cell code is executing: SIGINT raises KeyboardInterrupt in it
+        self._interrupting = False  # the coming SIGINT comes from interrupt(), not a terminal
+        self._terminating = False
+        self._loop: Any = None
+        self.reset()
+
+    # main thread ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the queued jobs until ``stop()``; SIGTERM raises Terminate out of it."""
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            job()
+
+    def reset(self) -> None:
+        """A fresh namespace: a new ``__main__`` module with ``display`` in it."""
+        module = type(sys)("__main__")
+        module.__dict__["__builtins__"] = builtins
+        module.__dict__["display"] = self.display
+        # Classes and functions of cells live in "__main__": pickle and multiprocessing find them.
+        sys.modules["__main__"] = module
+        self.namespace = module.__dict__
+
+    def run_job(self, run: Run) -> None:
+        """Execute ``run``; always finish it, so that its HTTP thread never waits forever."""
+        try:
+            self.execute(run)
+        except Terminate:
+            run.fail(None)
+            raise
+        except Exception as exc:  # a bug of ours: answer, log, and keep serving
+            import traceback
+
+            traceback.print_exc(file=sys.__stderr__)
+            run.fail(exc)
+
+    def execute(self, run: Run) -> None:
+        request = run.request
+        filename = f"<cell {request['cellId']}>"
+        captured: dict[str, Any] = {}
+        exception: dict[str, Any] | None = None
+        saved = sys.stdout, sys.stderr
+        self.current = run
+        sys.stdout, sys.stderr = CellStream(run, "stdout"), CellStream(run, "stderr")
+        try:
+            try:
+                self.namespace.update(wire.decode_namespace(request["capturedIn"]))
+                self._execute(self._compile(request["code"], filename))
+                self._flush_figures(run)
+                captured = self._capture(request["capturedOut"])
+            except Terminate:
+                raise
+            except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the cell failed
+                exception = describe(exc, filename)
+                self._flush_figures(run)
+        finally:
+            sys.stdout, sys.stderr = saved
+            self.current = None
+        run.finish(
+            {
+                "output": run.text("stdout"),
+                "error": run.text("stderr"),
+                "capturedOut": captured,
+                "exception": exception,
+                "displays": run.displays,
+            }
+        )
+
+    def _compile(self, code: str, filename: str) -> CodeType:
+        import linecache
+
+        # linecache holds the source so that tracebacks show the cell's lines.
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        flags = PyCF_ALLOW_TOP_LEVEL_AWAIT
+        return compile(code, filename, "exec", flags=flags, dont_inherit=True)
+
+    def _execute(self, code: CodeType) -> None:
+        if not code.co_flags & CO_COROUTINE:
+            self._busy = True
+            try:
+                exec(code, self.namespace)
+            finally:
+                self._busy = False
+            return
+        loop = self._event_loop()
+        self._busy = True
+        try:
+            task = loop.create_task(eval(code, self.namespace))
+            try:
+                loop.run_until_complete(task)
+            except KeyboardInterrupt:
+                if task.done():
+                    raise
+                # Interrupted while awaiting: cancel the cell, let it unwind, and report the
+                # interrupt where the cell was waiting.
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except Terminate:
+                    raise
+                except BaseException as unwound:  # CancelledError
+                    raise KeyboardInterrupt().with_traceback(unwound.__traceback__) from None
+                raise
+        finally:
+            self._busy = False
+
+    def _event_loop(self) -> Any:
+        """The loop of top-level ``await``: one per process, kept from cell to cell."""
+        import asyncio  # only once a cell awaits: importing asyncio slows the start
+
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        return self._loop
+
+    def _capture(self, names: list[str]) -> dict[str, Any]:
+        captured = {}
+        for name in names:
+            if name not in self.namespace:
+                raise NameError(f"capturedOut: {name!r} is not defined by the cell")
+            captured[name] = wire.encode(self.namespace[name], name)
+        return captured
+
+    def _flush_figures(self, run: Run) -> None:
+        """Send the matplotlib figures left open by the cell, as the inline backend does."""
+        if "matplotlib.pyplot" not in sys.modules:
+            return
+        try:
+            self.show_figures()
+        except Exception:
+            import traceback
+
+            run.write("stderr", traceback.format_exc())
+
+    def show_figures(self) -> None:
+        """Display every open figure (except those the cell displayed itself) and close it."""
+        run = self.current
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if run is None or pyplot is None:
+            return
+        for number in pyplot.get_fignums():
+            figure = pyplot.figure(number)
+            try:
+                if id(figure) not in run.shown:
+                    self.display(figure)
+            finally:
+                pyplot.close(figure)
+
+    def display(self, *objs: Any, **options: Any) -> None:
+        """Show objects in the notebook: the ``display`` function of the cells' namespace.
+
+        Takes IPython's ``metadata``, ``include``, ``exclude`` and ``raw`` (the objects are mime
+        bundles already); other options are ignored.
+        """
+        run = self.current
+        if run is None:
+            return
+        for obj in objs:
+            if options.get("raw"):
+                bundle = {"data": dict(obj), "metadata": {}}
+            else:
+                include, exclude = options.get("include"), options.get("exclude")
+                bundle = pyrun_display.mime_bundle(obj, include, exclude)
+            bundle["metadata"].update(options.get("metadata") or {})
+            if pyrun_display.is_figure(obj):
+                run.shown.add(id(obj))
+            run.add_display(bundle)
+
+    # signal handlers (main thread) ---------------------------------------------------------
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        ours, self._interrupting = self._interrupting, False
+        if self._busy:
+            raise KeyboardInterrupt
+        if not ours:  # Ctrl-C in a terminal while no cell runs: stop the server
+            self.on_sigterm(signum, frame)
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._terminating:
+            self._terminating = True
+            raise Terminate
+
+    # any thread ----------------------------------------------------------------------------
+
+    def interrupt(self) -> bool:
+        """Raise KeyboardInterrupt in the running cell, if there is one."""
+        if not self._busy or self._main_thread is None:
+            return False
+        self._interrupting = True
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+        else:  # no POSIX signals: an asynchronous exception, seen between two bytecodes
+            import ctypes
+
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._main_thread), ctypes.py_object(KeyboardInterrupt)
+            )
+        return True
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+
+def describe(exc: BaseException, filename: str) -> dict[str, Any]:
+    """A cell's exception as JSON, its traceback starting at the cell's first frame."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    lineno = None
+    frame = tb
+    while frame is not None:  # the deepest line of this cell
+        if frame.tb_frame.f_code.co_filename == filename:
+            lineno = frame.tb_lineno
+        frame = frame.tb_next
+    if isinstance(exc, SyntaxError) and exc.filename == filename:
+        lineno = exc.lineno
+    try:
+        message = str(exc)
+    except Exception:
+        message = pyrun_display.safe_repr(exc)
+    try:
+        report = traceback.TracebackException(type(exc), exc, tb)
+        _hide_runner_frames(report)
+        text = "".join(report.format())
+    except Exception:
+        text = f"{type(exc).__name__}: {message}\n"
+    return {"type": type(exc).__name__, "message": message, "traceback": text, "lineno": lineno}
+
+
+def _hide_runner_frames(report: traceback.TracebackException) -> None:
+    """Drop the frames of the runner's own files (its SIGINT handler, display) from a report."""
+    import traceback
+
+    seen: set[int] = set()
+    pending: list[traceback.TracebackException | None] = [report]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = [frame for frame in current.stack if not _is_runner_file(frame.filename)]
+        current.stack = traceback.StackSummary.from_list(frames)
+        pending += [current.__cause__, current.__context__]
+
+
+def _is_runner_file(filename: str) -> bool:
+    return (
+        os.path.basename(filename).startswith("pyrun_")
+        and os.path.dirname(os.path.abspath(filename)) == APP_DIR
+    )
+
+
+active: Runner | None = None  # the process's runner, for pyrun_mpl_backend
+
+
+def show_figures() -> None:
+    """Called by ``plt.show()`` through pyrun_mpl_backend: display the open figures now."""
+    if active is not None:
+        active.show_figures()

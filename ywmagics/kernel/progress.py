@@ -1,0 +1,219 @@
+"""Install progress: an ipywidgets view, or plain text lines where widgets can't show.
+
+Both views are fed the same :class:`~ywmagics.events.Event` objects by the install callback, in
+the kernel's own thread (ipykernel sends a widget's new value at once from that thread).
+
+The widget view is displayed with a ``text/plain`` alternative that is replaced by the full event
+log at the end, so a notebook run without a widget frontend (nbconvert, papermill) still shows
+what happened. Where there is no kernel at all (terminal IPython), events are printed as they come.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ywmagics.events import Event, EventKind
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# Build tools color their output when the kernel's FORCE_COLOR reaches them; a Textarea can't.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+# Where each kind of event puts one backend's install, as a fraction; building steps report
+# their own progress, mapped into [_BUILD_START, _BUILD_END].
+_BUILD_START, _BUILD_END = 0.05, 0.8
+_STEP_PROGRESS = {
+    EventKind.RESOLVED: _BUILD_START,
+    EventKind.BUILT: _BUILD_END,
+    EventKind.REUSED: _BUILD_END,
+    EventKind.REPLACED: _BUILD_END,
+    EventKind.STARTING: 0.85,
+    EventKind.RESTARTED: 0.85,
+    EventKind.READY: 1.0,
+}
+
+
+class Tracker:
+    """Overall progress, current step and log of an install of ``expected`` backends."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = max(expected, 1)
+        self.progress: dict[str, float] = {}
+        self.step = "resolving"
+        self.lines: list[str] = []
+        self.failed = False
+
+    def update(self, event: Event) -> None:
+        key = f"{event.name}@{event.partition}"
+        current = self.progress.get(key, 0.0)
+        if event.kind is EventKind.BUILDING and event.progress is not None:
+            value = _BUILD_START + (_BUILD_END - _BUILD_START) * min(max(event.progress, 0.0), 1)
+        else:
+            value = _STEP_PROGRESS.get(event.kind, current)
+        self.progress[key] = max(current, value)
+        self.failed = self.failed or event.kind is EventKind.FAILED
+        version = f" {event.version}" if event.version else ""
+        text = _ANSI.sub("", event.text)
+        self.step = f"{event.name}{version}: {event.kind.value}: {text}"
+        self.lines.append(_ANSI.sub("", str(event)))
+
+    @property
+    def fraction(self) -> float:
+        return min(sum(self.progress.values()) / self.expected, 1.0)
+
+
+def summary_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    return [
+        f"{r['alias']}: {r['name']} {r['version']} in partition {r['partition']}" for r in results
+    ]
+
+
+class ProgressView(Protocol):
+    """What the install magic calls: one ``event`` per event, then ``done`` or ``failed``."""
+
+    def event(self, event: Event) -> None: ...
+
+    def done(self, results: Sequence[dict[str, Any]]) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
+class TextProgress:
+    """Prints each event on its own line as it comes (terminal IPython, plain shells)."""
+
+    def __init__(self, title: str, expected: int, *, verbose: bool = True) -> None:
+        self.tracker = Tracker(expected)
+        self.verbose = verbose
+        self._print(title)
+
+    @staticmethod
+    def _print(text: str) -> None:
+        print(text, flush=True)
+
+    def event(self, event: Event) -> None:
+        self.tracker.update(event)
+        if self.verbose or event.kind is not EventKind.BUILDING:
+            self._print(str(event))
+
+    def done(self, results: Sequence[dict[str, Any]]) -> None:
+        for line in summary_lines(results):
+            self._print(line)
+
+    def failed(self, error: BaseException) -> None:
+        # The error itself is raised to the user; only say that the install stopped here.
+        self._print(
+            "install failed" if not isinstance(error, KeyboardInterrupt) else "install interrupted"
+        )
+
+
+class WidgetProgress:
+    """A progress bar, the current step, and a collapsible log of the events (ipywidgets)."""
+
+    def __init__(self, title: str, expected: int) -> None:
+        import ipywidgets as widgets  # type: ignore[import-untyped]
+
+        self.tracker = Tracker(expected)
+        self.title = title
+        self._started = time.monotonic()
+        self.bar = widgets.FloatProgress(
+            value=0.0,
+            min=0.0,
+            max=1.0,
+            bar_style="info",
+            layout=widgets.Layout(width="auto", flex="1 1 auto"),
+        )
+        self.percent = widgets.Label(value="0%")
+        self.step = widgets.Label(value="resolving…")
+        self.message = widgets.HTML(value="")
+        self.log = widgets.Textarea(
+            value="",
+            disabled=True,
+            layout=widgets.Layout(width="100%", height="14em"),
+        )
+        self.accordion = widgets.Accordion(children=[self.log], selected_index=None)
+        self.accordion.set_title(0, "Log")
+        self.view = widgets.VBox(
+            [
+                widgets.HTML(value=f"<b>{html.escape(title)}</b>"),
+                widgets.HBox([self.bar, self.percent]),
+                self.step,
+                self.message,
+                self.accordion,
+            ]
+        )
+        from IPython.display import display
+
+        self.handle = display(  # type: ignore[no-untyped-call]
+            self._bundle(f"{title}\n(progress is shown as a widget)"), raw=True, display_id=True
+        )
+
+    def _bundle(self, text: str) -> dict[str, Any]:
+        bundle = dict(self.view._repr_mimebundle_() or {})
+        bundle["text/plain"] = text
+        return bundle
+
+    def _set_progress(self, value: float) -> None:
+        self.bar.value = value
+        self.percent.value = f"{value:.0%}"
+
+    def event(self, event: Event) -> None:
+        self.tracker.update(event)
+        self._set_progress(self.tracker.fraction)
+        self.step.value = self.tracker.step[:200]
+        self.log.value = "\n".join(self.tracker.lines)
+
+    def _finish_text(self, last: Sequence[str]) -> None:
+        # What frontends without widgets show: the whole log, as the text lines would be.
+        if self.handle is not None:
+            self.handle.update(
+                self._bundle("\n".join([self.title, *self.tracker.lines, *last])), raw=True
+            )
+
+    def done(self, results: Sequence[dict[str, Any]]) -> None:
+        lines = summary_lines(results)
+        self._set_progress(self.bar.max)
+        self.bar.bar_style = "success"
+        elapsed = time.monotonic() - self._started
+        self.step.value = f"ready in {elapsed:.1f} s"
+        self.message.value = "<br>".join(f"<code>{html.escape(line)}</code>" for line in lines)
+        self._finish_text(lines)
+
+    def failed(self, error: BaseException) -> None:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        self.bar.bar_style = "warning" if interrupted else "danger"
+        text = "interrupted" if interrupted else str(error)
+        self.step.value = "install interrupted" if interrupted else "install failed"
+        self.message.value = (
+            '<pre style="color: var(--jp-error-color1, #c62828); white-space: pre-wrap; '
+            f'margin: 0">{html.escape(text)}</pre>'
+        )
+        self.log.value = "\n".join([*self.tracker.lines, "", text])
+        self.accordion.selected_index = 0
+        self._finish_text(["", text])
+
+
+def widgets_available() -> bool:
+    """Whether a widget frontend may be listening: an ipykernel kernel, with ipywidgets."""
+    if "ipykernel" not in sys.modules:
+        return False
+    from IPython.core.getipython import get_ipython
+
+    shell = get_ipython()  # type: ignore[no-untyped-call]
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
+def make_progress(mode: str, title: str, expected: int) -> ProgressView:
+    """A widget view (``mode`` "widgets", or "auto" in a kernel), else text lines."""
+    if mode == "widgets" or (mode == "auto" and widgets_available()):
+        try:
+            return WidgetProgress(title, expected)
+        except ImportError:
+            pass
+    return TextProgress(title, expected, verbose=mode != "quiet")
