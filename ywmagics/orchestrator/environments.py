@@ -253,19 +253,36 @@ class Installer:
         return values
 
     def _compile(self, environment: Environment, report: Report) -> None:
-        """Compile bytecode in the final place, so that backends start fast and tracebacks point at
-        real files. Users' machines often set PYTHONDONTWRITEBYTECODE, so we must not count on
-        the first start writing it."""
+        """Compile the backend's own files now: its server starts from bytecode at once.
+
+        The rest of the environment (site-packages, which can be as big as numpy) is compiled
+        later by :meth:`compile_environment`, off the install's critical path; meanwhile the
+        backend writes the bytecode of what it imports (its process runs without
+        PYTHONDONTWRITEBYTECODE, which users' machines often set)."""
         python = environment.python_bin
         if python is None:
             return
         report("compiling bytecode", 0.9)
-        log = (
-            self.logs
-            / f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
+        run_logged([str(python), "-m", "compileall", "-q", str(environment.app)],
+                   log=self._log_of(environment))
+
+    def compile_environment(self, environment: Environment) -> None:
+        """Compile every module of the environment, at low priority; idempotent."""
+        python = environment.python_bin
+        marker = environment.path / ".compiled"
+        if python is None or marker.exists() or not environment.path.exists():
+            return
+        code, _ = run_logged(
+            ["nice", "-n", "10", str(python), "-m", "compileall", "-q", "-j", "0",
+             str(environment.path)],
+            log=self._log_of(environment),
         )
-        run_logged(
-            [str(python), "-m", "compileall", "-q", "-j", "0", str(environment.path)], log=log
+        if code == 0 and environment.path.exists():
+            marker.touch()
+
+    def _log_of(self, environment: Environment) -> Path:
+        return self.logs / (
+            f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
         )
 
     def _load(self, path: Path) -> Environment | None:

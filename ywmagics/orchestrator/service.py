@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ class Orchestrator:
         self._last_used: dict[tuple[str, str], tuple[Plan, Environment]] = {}
         # The proxy's fast path: (partition, name, range as written) -> the instance it chose.
         self._routes: dict[tuple[str, str, str], Instance] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- install -----------------------------------------------------------------------------
 
@@ -140,6 +141,9 @@ class Orchestrator:
         async with lock:
             existing = self.installer.find(plan)
             if existing is not None:
+                self._in_background(
+                    asyncio.to_thread(self.installer.compile_environment, existing)
+                )
                 emit(
                     Event(
                         EventKind.REUSED,
@@ -153,6 +157,7 @@ class Orchestrator:
                 return existing
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
+        self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         emit(
             Event(
                 EventKind.BUILT,
@@ -165,6 +170,11 @@ class Orchestrator:
             )
         )
         return environment
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)  # a task only weakly referenced by the loop may vanish
+        task.add_done_callback(self._background.discard)
 
     # -- routing -----------------------------------------------------------------------------
 

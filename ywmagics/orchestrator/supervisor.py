@@ -257,7 +257,9 @@ class Supervisor:
         }
         if instance.port is not None:
             env["PORT"] = str(instance.port)
-        for private in ("YW_HOME",):
+        # YW_HOME is the orchestrator's, not the backend's; bytecode writes are wanted (see
+        # Installer.compile_environment).
+        for private in ("YW_HOME", "PYTHONDONTWRITEBYTECODE"):
             env.pop(private, None)
         with instance.log_path.open("ab") as log:
             log.write(f"--- start {time.ctime()}: {' '.join(argv)}\n".encode())
