@@ -97,6 +97,6 @@ def test_tutorial_cell_output_namespace_and_errors(orchestrator: Connection) -> 
 
 
 def test_missing_python_version_fails_fast_with_the_list(orchestrator: Connection) -> None:
-    with pytest.raises(ConfigurationError, match="no Python 3.99 found") as error:
+    with pytest.raises(ConfigurationError, match=r"no Python 3\.99 found") as error:
         _pyrun(orchestrator, "Missing", "3.99")
     assert find_python("3.10").version in error.value.hint
