@@ -263,8 +263,10 @@ class Installer:
         if python is None:
             return
         report("compiling bytecode", 0.9)
-        run_logged([str(python), "-m", "compileall", "-q", str(environment.app)],
-                   log=self._log_of(environment))
+        run_logged(
+            [str(python), "-m", "compileall", "-q", str(environment.app)],
+            log=self._log_of(environment),
+        )
 
     def compile_environment(self, environment: Environment) -> None:
         """Compile every module of the environment, at low priority; idempotent."""
@@ -273,8 +275,18 @@ class Installer:
         if python is None or marker.exists() or not environment.path.exists():
             return
         code, _ = run_logged(
-            ["nice", "-n", "10", str(python), "-m", "compileall", "-q", "-j", "0",
-             str(environment.path)],
+            [
+                "nice",
+                "-n",
+                "10",
+                str(python),
+                "-m",
+                "compileall",
+                "-q",
+                "-j",
+                "0",
+                str(environment.path),
+            ],
             log=self._log_of(environment),
         )
         if code == 0 and environment.path.exists():

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import SimpleCookie
 from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, StartError, YwMagicsError
+from ywmagics.errors import StartError, YwMagicsError
 from ywmagics.orchestrator.processes import tail_of
-from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE
+from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
 from ywmagics.orchestrator.supervisor import Instance
 from ywmagics.orchestrator.upstream import UpstreamError, UpstreamResponse
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
@@ -105,22 +104,6 @@ async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncI
                 return
 
     return stream()
-
-
-async def send_error(send: Send, error: YwMagicsError) -> None:
-    payload = json.dumps({"error": error.to_dict()}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.http_status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (ERROR_HEADER.encode(), b"1"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class Proxy:

@@ -8,13 +8,14 @@ browser. Instance tokens, given to each backend, are valid too, and pin the call
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, AuthenticationError
+from ywmagics.errors import ERROR_HEADER, AuthenticationError, YwMagicsError
 from ywmagics.spec import PARTITION_PATTERN
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
@@ -50,16 +51,20 @@ class SecurityMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
         if not host_is_loopback(host):
-            await _refuse(
+            await send_error(
                 send,
+                AuthenticationError(
+                    f"Host {host!r} is not allowed: the orchestrator answers loopback names only",
+                    hint="use http://127.0.0.1:PORT or http://localhost:PORT",
+                ),
                 403,
-                f"Host {host!r} is not allowed: the orchestrator answers "
-                "loopback names only (127.0.0.1, localhost)",
             )
             return
         origin = headers.get("origin")
         if origin and not host_is_loopback(origin.split("://", 1)[-1]):
-            await _refuse(send, 403, f"cross-origin requests from {origin!r} are refused")
+            await send_error(
+                send, AuthenticationError(f"cross-origin requests from {origin!r} are refused"), 403
+            )
             return
         given, from_query = _token_of(scope, headers)
         state = scope.setdefault("state", {})
@@ -73,7 +78,7 @@ class SecurityMiddleware:
                 hint="send 'Authorization: Bearer <token>'; the token is in the discovery file "
                 "('ywmagics status' shows where)",
             )
-            await _refuse(send, 401, str(error), error.to_dict())
+            await send_error(send, error)
             return
         if from_query:
             await self._browser_login(scope, receive, send, given)
@@ -124,19 +129,13 @@ def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, bool]:
     return "", False
 
 
-async def _refuse(send: Send, status: int, message: str, body: dict | None = None) -> None:  # type: ignore[type-arg]
-    import json
-
-    payload = json.dumps(
-        {
-            "error": body
-            or {"type": "AuthenticationError", "message": message, "hint": "", "log_tail": ""}
-        }
-    ).encode()
+async def send_error(send: Send, error: YwMagicsError, status: int | None = None) -> None:
+    """Answer with ``error`` as the orchestrator's JSON error (marked by ``ERROR_HEADER``)."""
+    payload = json.dumps({"error": error.to_dict()}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": status or error.http_status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (ERROR_HEADER.encode(), b"1"),

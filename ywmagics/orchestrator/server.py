@@ -86,7 +86,13 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
 
     app = create_app(orchestrator, token, lifespan)
     config = uvicorn.Config(
-        app, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=5
+        app,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,  # nothing stands in front of us: no X-Forwarded-* to trust
+        server_header=False,
     )
     server = uvicorn.Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)

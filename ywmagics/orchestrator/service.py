@@ -141,9 +141,7 @@ class Orchestrator:
         async with lock:
             existing = self.installer.find(plan)
             if existing is not None:
-                self._in_background(
-                    asyncio.to_thread(self.installer.compile_environment, existing)
-                )
+                self._in_background(asyncio.to_thread(self.installer.compile_environment, existing))
                 emit(
                     Event(
                         EventKind.REUSED,

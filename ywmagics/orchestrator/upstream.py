@@ -9,10 +9,8 @@ connection, bodies given whole or streamed (chunked), responses streamed back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httptools
 
@@ -29,100 +27,95 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
-@dataclass
 class _Parsed:
-    status: int = 0
-    headers: Headers = field(default_factory=list)
-    headers_done: asyncio.Event = field(default_factory=asyncio.Event)
-    chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-    complete: bool = False
-    # Read in the callback: httptools forgets it once the message has ended.
-    keep_alive: bool = False
-    parser: httptools.HttpResponseParser | None = None
+    """httptools' callbacks, collecting one response."""
 
-    # httptools callbacks
+    def __init__(self) -> None:
+        self.headers: Headers = []
+        self.headers_done = False
+        self.chunks: list[bytes] = []
+        self.complete = False
+        # Read in the callback: httptools forgets it once the message has ended.
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.headers_done.set()
+        self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.put_nowait(body)
+        self.chunks.append(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
-        if self.parser is not None:
-            self.keep_alive = self.parser.should_keep_alive()
-        self.chunks.put_nowait(None)
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.used = False
 
     @property
     def usable(self) -> bool:
         return not self.reader.at_eof() and not self.writer.is_closing()
+
+    async def feed(self, parsed: _Parsed) -> bool:
+        """Read once into the parser; ``False`` at the end of the stream."""
+        data = await self.reader.read(_READ_SIZE)
+        if not data:
+            return False
+        parsed.parser.feed_data(data)
+        return True
 
     def close(self) -> None:
         self.writer.close()
 
 
 class UpstreamResponse:
-    """A response whose body is read with :meth:`iter_body`; :meth:`release` must follow."""
+    """A response whose body is read with :meth:`iter_body`; :meth:`release` must follow.
+
+    Reading happens in the caller's task, as the body is consumed: no task per request."""
 
     def __init__(
-        self,
-        pool: UpstreamPool,
-        connection: _Connection,
-        parsed: _Parsed,
-        parser: httptools.HttpResponseParser,
-        pump: asyncio.Task[None],
-        head_only: bool,
+        self, pool: UpstreamPool, connection: _Connection, parsed: _Parsed, head_only: bool
     ) -> None:
         self._pool = pool
         self._connection = connection
         self._parsed = parsed
-        self._parser = parser
-        self._pump = pump
         self._head_only = head_only
-        self.status = parsed.status
+        self.status: int = parsed.parser.get_status_code()
         self.headers = parsed.headers
 
     async def iter_body(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """Body chunks as they come, each with whether it is the last one (when known already:
-        a small answer then goes out in one send)."""
+        """Body chunks as they come, each with whether it is the last one, so that a small
+        answer goes out in one send."""
+        parsed = self._parsed
         if self._head_only:
             yield b"", True
             return
-        chunks = self._parsed.chunks
         while True:
-            chunk = await chunks.get()
-            if chunk is None:
-                if not self._parsed.complete:
-                    raise UpstreamError("the backend closed the connection mid-answer", sent=True)
-                yield b"", True
+            chunks, parsed.chunks = parsed.chunks, []
+            if parsed.complete:
+                yield b"".join(chunks), True
                 return
-            if self._parsed.complete and chunks.qsize() == 1:
-                chunks.get_nowait()
-                yield chunk, True
-                return
-            yield chunk, False
+            if chunks:
+                yield b"".join(chunks), False
+            try:
+                more = await self._connection.feed(parsed)
+            except (OSError, httptools.HttpParserError) as error:
+                raise UpstreamError(f"the answer broke off: {error}", sent=True) from None
+            if not more and not parsed.complete:
+                raise UpstreamError("the backend closed the connection mid-answer", sent=True)
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk, _ in self.iter_body()])
 
     async def release(self) -> None:
         """Give the connection back when the exchange completed cleanly, else close it."""
-        complete = self._parsed.complete or self._head_only
-        if not self._pump.done():
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-        if self._head_only or (complete and self._parsed.keep_alive):
+        if self._head_only or (self._parsed.complete and self._parsed.keep_alive):
             self._pool._give_back(self._connection)
         else:
             self._connection.close()
@@ -201,9 +194,6 @@ class UpstreamPool:
         head.append(b"\r\n")
         writer = connection.writer
         parsed = _Parsed()
-        parser = httptools.HttpResponseParser(parsed)
-        parsed.parser = parser
-        pump = asyncio.ensure_future(self._pump(connection, parser, parsed))
         try:
             writer.write(b"".join(head))
             if isinstance(body, bytes):
@@ -216,36 +206,16 @@ class UpstreamPool:
                         await writer.drain()
                 writer.write(b"0\r\n\r\n")
             await writer.drain()
-            await asyncio.wait(
-                {pump, asyncio.ensure_future(parsed.headers_done.wait())},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        except (OSError, asyncio.IncompleteReadError) as error:
-            pump.cancel()
+            while not parsed.headers_done:
+                if not await connection.feed(parsed):
+                    raise UpstreamError("connection closed before an answer", sent=True)
+        except (OSError, httptools.HttpParserError) as error:
             connection.close()
             raise UpstreamError(f"connection lost: {error}", sent=True) from None
-        if not parsed.headers_done.is_set():
+        except UpstreamError:
             connection.close()
-            failure = pump.exception() if pump.done() and not pump.cancelled() else None
-            raise UpstreamError(
-                f"connection closed before an answer ({failure or 'EOF'})", sent=True
-            )
-        parsed.status = parser.get_status_code()
-        return UpstreamResponse(self, connection, parsed, parser, pump, method == "HEAD")
-
-    @staticmethod
-    async def _pump(
-        connection: _Connection, parser: httptools.HttpResponseParser, parsed: _Parsed
-    ) -> None:
-        try:
-            while not parsed.complete:
-                data = await connection.reader.read(_READ_SIZE)
-                if not data:
-                    break
-                parser.feed_data(data)
-        finally:
-            if not parsed.complete:
-                parsed.chunks.put_nowait(None)
+            raise
+        return UpstreamResponse(self, connection, parsed, method == "HEAD")
 
     async def aclose(self) -> None:
         while self._idle:
