@@ -51,19 +51,23 @@ def test_async_twin(demo: BackendClient) -> None:
 def test_docs_open_in_a_browser_through_the_proxy(
     demo: BackendClient, orchestrator: Connection
 ) -> None:
-    # A browser has no Authorization header: the link logs it in with a cookie, which the page's
-    # own request for openapi.json then carries, to the same partition.
-    with httpx.Client(follow_redirects=True) as browser:
-        page = browser.get(demo.docs_url)
+    # A browser has no Authorization header: the link's one-time code logs it in with a cookie,
+    # which the page's own request for openapi.json then carries, to the same partition.
+    link = demo.docs_url
+    assert orchestrator.token not in link
+    with httpx.Client() as browser:
+        page = browser.get(link)
         assert page.status_code == 200 and "swagger" in page.text.lower()
         assert "/backends/demo_yw_backend/0.1.1/openapi.json" in page.text
         spec = browser.get(f"{orchestrator.url}/backends/demo_yw_backend/0.1.1/openapi.json")
         assert spec.status_code == 200 and "/cow-say" in spec.json()["paths"]
-    assert "yw_token" not in page.request.url.path
     listing = ywmagics.OrchestratorClient(orchestrator).list()["instances"]
     assert not [
         i for i in listing if i["name"] == "demo_yw_backend" and i["partition"] == "Default"
     ]
+    # The code works once: a saved link, or one read from a notebook, opens nothing.
+    with httpx.Client() as stranger:
+        assert stranger.get(link).status_code == 401
 
 
 def test_calls_from_a_backend_stay_in_its_partition(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import get_ipython
@@ -126,6 +127,10 @@ def test_widget_progress_success_and_failure(shell: InteractiveShell) -> None:
     assert "BROKEN_START" in failing.message.value
     assert "BROKEN_START" in failing.log.value
     assert failing.accordion.selected_index == 0  # the log is unfolded
+    # close them now: closing at interpreter exit would find the comm machinery gone
+    import ipywidgets  # type: ignore[import-untyped]
+
+    ipywidgets.Widget.close_all()
 
 
 # ---- the shell ---------------------------------------------------------------------------------
@@ -487,14 +492,14 @@ def test_keyboard_interrupt_interrupts_the_runner(
 
 @slow
 def test_completion_of_aliases(runner: BackendClient, shell: InteractiveShell) -> None:
-    _, matches = shell.complete("pyR", "%%interpreter pyR")
-    assert "pyRunner" in matches
-    _, matches = shell.complete("--", "%%interpreter pyRunner --")
-    assert {"--in", "--out", "--timeout"} <= set(matches)
-    _, matches = shell.complete("in", "%backends in")
-    assert "install" in matches
-    _, matches = shell.complete("pyR", "%backends logs pyR")
-    assert "pyRunner" in matches
+    def complete(line: str) -> set[str]:
+        with provisionalcompleter():  # the API Jupyter frontends use
+            return {c.text for c in shell.Completer.completions(line, len(line))}
+
+    assert "pyRunner" in complete("%%interpreter pyR")
+    assert {"--in", "--out", "--timeout"} <= complete("%%interpreter pyRunner --")
+    assert "install" in complete("%backends in")
+    assert "pyRunner" in complete("%backends logs pyR")
 
 
 @slow

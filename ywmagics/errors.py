@@ -46,6 +46,12 @@ class YwMagicsError(Exception):
             text += f"\n--- last lines of the log ---\n{self.log_tail.rstrip()}"
         return text
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of the stack: what went wrong and what to do, not where in
+        # ywmagics it was noticed (%tb still shows the stack).
+        first, *rest = str(self).splitlines() or [""]
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {first}", *rest]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": type(self).__name__,

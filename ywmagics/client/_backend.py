@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,11 +35,8 @@ class _BackendBase:
         """The backend's base URL on the orchestrator, e.g. ``http://127.0.0.1:PORT/backends/x/1.0.0``."""
         return f"{self.connection.url}/backends/{self.name}/{self.version}"
 
-    @property
-    def docs_url(self) -> str:
-        """The backend's ``/docs`` page, openable in a browser (the link carries the token)."""
-        query = urlencode({"yw_token": self.connection.token, "yw_partition": self.partition})
-        return f"{self.url_base}/docs?{query}"
+    def _browser_link(self, path: str, code: str) -> str:
+        return f"{self._url(path)}?{urlencode({'yw_code': code, 'yw_partition': self.partition})}"
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         headers = {**self.connection.headers, PARTITION_HEADER: self.partition}
@@ -88,6 +87,8 @@ class BackendClient(_BackendBase):
                 headers=self._headers(headers),
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             )
+        except httpx.TimeoutException:
+            raise  # the caller's own limit: not a failure to reach the orchestrator
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
         failure = orchestrator_error(response)
@@ -97,6 +98,58 @@ class BackendClient(_BackendBase):
 
     def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         return check(self.fetch(path, method, **kwargs)).json()
+
+    @property
+    def docs_url(self) -> str:
+        """A link to the backend's ``/docs`` that opens in a browser, for a few minutes.
+
+        It carries a one-time code, not the orchestrator's token, so it is safe in a saved
+        notebook; read the property again for a fresh link."""
+        return self.browser_url("/docs")
+
+    def browser_url(self, path: str) -> str:
+        """A link to ``path`` of the backend that a browser can open (see :attr:`docs_url`)."""
+        try:
+            response = self._http.post(
+                f"{self.connection.url}/browser-code", headers=self.connection.headers, timeout=10
+            )
+        except httpx.TransportError as error:
+            raise translate_transport_error(error, self.connection.url) from None
+        return self._browser_link(path, check(response).json()["code"])
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | float | None = None,
+    ) -> Iterator[httpx.Response]:
+        """Like :meth:`fetch`, with the body read as it arrives (``iter_lines``, ``iter_bytes``).
+
+        An error status raises, like :meth:`fetch_json`, with the body read for the message."""
+        try:
+            with self._http.stream(
+                method.upper(),
+                self._url(path),
+                json=json,
+                content=content,
+                params=params,
+                headers=self._headers(headers),
+                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                yield response
+        except httpx.TimeoutException:
+            raise  # the caller's own limit: not a failure to reach the orchestrator
+        except httpx.TransportError as error:
+            raise translate_transport_error(error, self.connection.url) from None
 
     def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
         return check(self.fetch(path, method, **kwargs)).text
@@ -147,6 +200,8 @@ class AsyncBackendClient(_BackendBase):
                 headers=self._headers(headers),
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             )
+        except httpx.TimeoutException:
+            raise  # the caller's own limit: not a failure to reach the orchestrator
         except httpx.TransportError as error:
             raise translate_transport_error(error, self.connection.url) from None
         failure = orchestrator_error(response)

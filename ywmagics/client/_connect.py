@@ -51,6 +51,14 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
         return _start(timeout)
 
 
+def _orchestrator_environment() -> dict[str, str]:
+    # A kernel forces colours for its own output (FORCE_COLOR, CLICOLOR_FORCE): the orchestrator,
+    # its build tools and its backends write logs and events, which want plain text.
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
+    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
+    return env
+
+
 def _start(timeout: float) -> Connection:
     log_path = paths.runtime_dir() / "orchestrator.log"
     with log_path.open("ab") as log:
@@ -60,7 +68,7 @@ def _start(timeout: float) -> Connection:
             stdout=log,
             stderr=log,
             start_new_session=True,  # shared by all kernels: it must outlive the one starting it
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=_orchestrator_environment(),
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

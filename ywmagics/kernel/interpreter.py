@@ -96,33 +96,16 @@ class RunRequest:
 
 
 class Runner:
-    """Talks ``/run`` and ``/interrupt`` to runner backends; one HTTP connection pool for all."""
-
-    def __init__(self) -> None:
-        import httpx
-
-        self._http = httpx.Client(timeout=httpx.Timeout(None, connect=5.0))
+    """Talks ``/run`` and ``/interrupt`` to runner backends through their clients."""
 
     def close(self) -> None:
-        self._http.close()
-
-    @staticmethod
-    def _headers(client: BackendClient, extra: dict[str, str] | None = None) -> dict[str, str]:
-        from ywmagics.client._http import PARTITION_HEADER
-
-        return {**client.connection.headers, PARTITION_HEADER: client.partition, **(extra or {})}
+        """Nothing to release: clients share one connection pool."""
 
     def interrupt(self, client: BackendClient) -> bool:
         """Ask the runner to interrupt its running cell; ``False`` if it could not be asked."""
-        import httpx
-
         try:
-            response = self._http.post(
-                client.url_base + "/interrupt",
-                headers=self._headers(client),
-                timeout=INTERRUPT_TIMEOUT,
-            )
-        except httpx.HTTPError:
+            response = client.fetch("/interrupt", method="POST", timeout=INTERRUPT_TIMEOUT)
+        except YwMagicsError:
             return False
         return response.status_code < 400
 
@@ -144,8 +127,6 @@ class Runner:
         """
         import httpx
 
-        from ywmagics.client._http import check, translate_transport_error
-
         timer: threading.Timer | None = None
         timed_out = threading.Event()
         if timeout:
@@ -158,18 +139,15 @@ class Runner:
             timer.daemon = True
         read_timeout = timeout + TIMEOUT_GRACE if timeout else None
         try:
-            with self._http.stream(
+            with client.stream(
+                "/run",
                 "POST",
-                client.url_base + "/run",
                 json=request.to_json(),
-                headers=self._headers(client, {"Accept": NDJSON}),
+                headers={"Accept": NDJSON},
                 timeout=httpx.Timeout(read_timeout, connect=5.0),
             ) as response:
                 if timer is not None:
                     timer.start()
-                if response.status_code >= 400:
-                    response.read()
-                    check(response)
                 if NDJSON in response.headers.get("content-type", ""):
                     result = _read_stream(response.iter_lines(), stdout, stderr, display)
                 else:
@@ -188,8 +166,6 @@ class Runner:
                 f"the runner did not answer within {read_timeout:.0f} s",
                 hint=f"see its log: %backends logs {client.name}",
             ) from None
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, client.connection.url) from None
         finally:
             if timer is not None:
                 timer.cancel()

@@ -43,8 +43,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # IPython's magic_arguments and arg_split are untyped: typed doors to them.
 
 
-def magic_arguments() -> Callable[[_F], _F]:
-    return _magic_arguments.magic_arguments()  # type: ignore[no-untyped-call]
+def magic_arguments(name: str) -> Callable[[_F], _F]:
+    """``name`` as typed (``%%interpreter``), so that the usage line shows it that way."""
+    return _magic_arguments.magic_arguments(name[1:])  # type: ignore[no-untyped-call]
 
 
 def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
@@ -128,27 +129,12 @@ def parse_install_object(text: str) -> dict[str, Any]:
     return data
 
 
-def _short_traceback(error: YwMagicsError) -> YwMagicsError:
-    """Make IPython show ``error`` as its message (and hint, log tail), not as a long stack.
-
-    IPython calls ``_render_traceback_`` when an exception has one; the user still catches the
-    original class.
-    """
-    if not hasattr(error, "_render_traceback_"):
-        lines = [
-            f"\x1b[0;31m{type(error).__name__}\x1b[0m: {str(error).splitlines()[0]}",
-            *str(error).splitlines()[1:],
-        ]
-        error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-    return error
-
-
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     try:
         yield
     except YwMagicsError as error:
-        raise _short_traceback(error) from None
+        raise error from None  # shown short: see YwMagicsError._render_traceback_
 
 
 @magics_class
@@ -301,7 +287,7 @@ class YwMagics(Magics):
 
     # ---- %backends ----------------------------------------------------------------------------
 
-    @magic_arguments()
+    @magic_arguments("%backends")
     @argument(
         "command",
         nargs="?",
@@ -335,13 +321,13 @@ class YwMagics(Magics):
     @argument("--lines", "-n", type=int, default=200, help="logs: how many lines (default 200)")
     @line_cell_magic
     def backends(self, line: str, cell: str | None = None) -> None:
-        """Install, list, stop and inspect backends (local microservices run by the orchestrator).
+        r"""Install, list, stop and inspect backends (local microservices run by the orchestrator).
 
         Install, binding each alias in the notebook to a client of the backend::
 
             %backends install demo_yw_backend#^0.1.1 as ywDemoClient
             %backends install demo_yw_backend#^0.1.1 as ywDemoClientInFoo --partition Foo
-            %backends install pyrun_backend#^0.1.0 as pyRunner \\
+            %backends install pyrun_backend#^0.1.0 as pyRunner \
                 --config pyrun_backend.build.python=3.10 --config pyrun_backend.build.modules=numpy
 
         or with the tutorial's object as the body of a cell (JSON)::
@@ -540,7 +526,7 @@ class YwMagics(Magics):
 
     # ---- %%interpreter ------------------------------------------------------------------------
 
-    @magic_arguments()
+    @magic_arguments("%%interpreter")
     @argument("alias", metavar="ALIAS", help="a python runner bound by %%backends install")
     @argument(
         "--in",
@@ -656,15 +642,15 @@ class YwMagics(Magics):
             return
         from ywmagics.discovery import read_discovery
 
-        connection = self._connection if self.orchestrator_url else read_discovery()
-        if connection is None:
-            return
-        with contextlib.suppress(Exception):
-            from ywmagics.client import OrchestratorClient
-
-            with OrchestratorClient(connection, timeout=EXIT_STOP_TIMEOUT) as orchestrator:
-                orchestrator.stop(partition=kernel_partition())
         self._used_kernel_partition = False
+        # Never start an orchestrator here: only reach the one that runs (if any).
+        with contextlib.suppress(Exception):
+            connection = self.connection if self.orchestrator_url else read_discovery()
+            if connection is not None:
+                from ywmagics.client import OrchestratorClient
+
+                with OrchestratorClient(connection, timeout=EXIT_STOP_TIMEOUT) as orchestrator:
+                    orchestrator.stop(partition=kernel_partition())
 
     def register_hooks(self) -> None:
         assert self.shell is not None

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import Proxy
-from ywmagics.orchestrator.security import SecurityMiddleware
+from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
 
@@ -131,6 +131,9 @@ def create_app(
         body = await _json_body(request)
         return JSONResponse(await orchestrator.uninstall(str(body.get("spec", ""))))
 
+    async def browser_code(request: Request) -> Response:
+        return JSONResponse({"code": codes.issue(), "expires_in": CODE_LIFETIME})
+
     async def shutdown(request: Request) -> Response:
         # Answer first, then stop: the server's lifespan stops every backend.
         asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
@@ -152,8 +155,10 @@ def create_app(
         Route("/logs/{name}", logs),
         Route("/uninstall", uninstall, methods=["POST"]),
         Route("/shutdown", shutdown, methods=["POST"]),
+        Route("/browser-code", browser_code, methods=["POST"]),
     ]
     supervisor = orchestrator.supervisor
+    codes = BrowserCodes()
 
     def partition_for_token(candidate: str) -> str | None:
         instance = supervisor.by_token.get(candidate)
@@ -163,7 +168,12 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(SecurityMiddleware, token=token, instance_for_token=partition_for_token),
+            Middleware(
+                SecurityMiddleware,
+                token=token,
+                instance_for_token=partition_for_token,
+                codes=codes,
+            ),
             Middleware(BackendsDispatch, proxy=Proxy(orchestrator.instance_for)),
         ],
         exception_handlers={YwMagicsError: on_error, ValueError: on_value_error},

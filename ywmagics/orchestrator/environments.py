@@ -167,7 +167,12 @@ class Installer:
             shutil.copyfile(WIRE_SOURCE, folder / "app" / WIRE_MODULE)
             venv = folder / "venv"
             python = str(venv / "bin" / "python")
-            uv_env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
+            uv_env = {
+                **os.environ,
+                "UV_PYTHON_DOWNLOADS": "never",
+                "VIRTUAL_ENV": "",
+                "NO_COLOR": "1",
+            }
             uv_env.pop("VIRTUAL_ENV")
             if self.uv:
                 step(

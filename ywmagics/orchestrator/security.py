@@ -1,14 +1,18 @@
 """Who may talk to the orchestrator: loopback Hosts only, and a token on every request.
 
-The token comes as ``Authorization: Bearer <token>``, or once as ``?yw_token=`` in a browser link
-(then kept in a strict same-site cookie, as Jupyter does), so that a backend's ``/docs`` opens in a
-browser. Instance tokens, given to each backend, are valid too, and pin the caller's partition.
+The token comes as ``Authorization: Bearer <token>``. A browser, which cannot send that header,
+opens a link carrying a one-time code instead (``?yw_code=``, valid for a few minutes), traded for
+the token in a strict same-site cookie: the token itself never appears in a URL, so it is not left
+in notebook outputs or browser history. Instance tokens, given to each backend, are valid too,
+and pin the caller's partition.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import secrets
+import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
@@ -20,9 +24,28 @@ from ywmagics.spec import PARTITION_PATTERN
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 COOKIE = "ywmagics_token"
-QUERY = "yw_token"
+QUERY = "yw_code"
+CODE_LIFETIME = 300.0
 PARTITION_COOKIE = "ywmagics_partition"
 PARTITION_QUERY = "yw_partition"
+
+
+class BrowserCodes:
+    """One-time codes for browser links, each good once within :data:`CODE_LIFETIME` seconds."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, float] = {}
+
+    def issue(self) -> str:
+        now = time.monotonic()
+        self._codes = {c: t for c, t in self._codes.items() if t > now}
+        code = secrets.token_urlsafe(24)
+        self._codes[code] = now + CODE_LIFETIME
+        return code
+
+    def redeem(self, code: str) -> bool:
+        expires = self._codes.pop(code, 0.0)
+        return expires > time.monotonic()
 
 
 def host_is_loopback(host: str) -> bool:
@@ -38,11 +61,16 @@ class SecurityMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, token: str, instance_for_token: Callable[[str], str | None]
+        self,
+        app: ASGIApp,
+        token: str,
+        instance_for_token: Callable[[str], str | None],
+        codes: BrowserCodes,
     ) -> None:
         self.app = app
         self.token = token
         self.instance_for_token = instance_for_token
+        self.codes = codes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +96,11 @@ class SecurityMiddleware:
             return
         given, from_query = _token_of(scope, headers)
         state = scope.setdefault("state", {})
+        if from_query:
+            if self.codes.redeem(given):
+                await self._browser_login(scope, receive, send)
+                return
+            given = ""  # a used or expired code is no credential
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
             state["pinned_partition"] = None
         elif given and (partition := self.instance_for_token(given)) is not None:
@@ -80,14 +113,11 @@ class SecurityMiddleware:
             )
             await send_error(send, error)
             return
-        if from_query:
-            await self._browser_login(scope, receive, send, given)
-            return
         await self.app(scope, receive, send)
 
-    async def _browser_login(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
-        """A link opened in a browser (a backend's /docs): move the token, and the partition if
-        given, from the URL into strict cookies, and drop them from the URL before the backend
+    async def _browser_login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A link opened in a browser (a backend's /docs) with a valid code: set the token, and
+        the partition if given, in strict cookies, and drop them from the URL before the backend
         sees it. The partition cookie is scoped to the backend's path, so that the page's own
         requests (e.g. /docs fetching openapi.json) reach the same instance."""
         pairs = parse_qsl(scope["query_string"].decode())
@@ -95,7 +125,8 @@ class SecurityMiddleware:
         scope["query_string"] = urlencode(
             [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
         ).encode()
-        cookies = [f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"]
+        scope["state"]["pinned_partition"] = None
+        cookies = [f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"]
         if partition is not None and PARTITION_PATTERN.match(partition):
             scope["state"]["browser_partition"] = partition
             backend_path = "/".join(scope["path"].split("/")[:4])

@@ -1,0 +1,63 @@
+"""The "Python 3 (ywmagics)" kernel spec: what gets installed, and that it preloads the magics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ywmagics import cli
+from ywmagics.discovery import Connection
+from ywmagics.kernel.kernelspec import DISPLAY_NAME, KERNEL_NAME, install_kernel_spec, kernel_json
+
+STATIC_SPEC = Path(__file__).parent.parent / "kernel_spec" / "kernel.json"
+
+
+def test_install_into_a_prefix(tmp_path: Path) -> None:
+    folder = Path(install_kernel_spec(user=False, prefix=str(tmp_path)))
+    assert folder == tmp_path / "share" / "jupyter" / "kernels" / KERNEL_NAME
+    spec = json.loads((folder / "kernel.json").read_text())
+    assert spec["display_name"] == DISPLAY_NAME == "Python 3 (ywmagics)"
+    assert spec["language"] == "python"
+    assert spec["argv"][0] == sys.executable  # the Python where ywmagics is installed
+    assert spec["argv"][1:] == [
+        "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        "--IPKernelApp.extensions=ywmagics",
+    ]  # fmt: skip
+    assert (folder / "logo-64x64.png").exists()
+    # installing again replaces it
+    assert Path(install_kernel_spec(user=False, prefix=str(tmp_path))) == folder
+
+
+def test_static_kernel_spec_matches(tmp_path: Path) -> None:
+    """``kernel_spec/kernel.json`` (shipped as data files) is the installed one with "python"."""
+    static = json.loads(STATIC_SPEC.read_text())
+    assert static == kernel_json("python")
+
+
+def test_cli_kernel_install_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
+    assert cli.main(["kernel", "install", "--user"]) == 0
+    assert (tmp_path / "kernels" / KERNEL_NAME / "kernel.json").exists()
+    assert "Python 3 (ywmagics)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_kernel_preloads_the_extension(
+    orchestrator: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_kernel_spec(user=False, prefix=str(tmp_path))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    nb = new_notebook(cells=[new_code_cell("%backends status")])  # no %load_ext
+    NotebookClient(
+        nb, kernel_name=KERNEL_NAME, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert f"at {orchestrator.url}" in text, nb.cells[0].outputs
+    assert "this kernel's partition: kernel-" in text
