@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _common import private_orchestrator, report
-
 import ywmagics
 from ywmagics.orchestrator.interpreters import find_python
+
+from _common import private_orchestrator, report
 
 
 def venv_pip(python: str) -> float:

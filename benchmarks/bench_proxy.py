@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 
 import httpx
-from _common import private_orchestrator, report, timed
 
 import ywmagics
 from ywmagics.client import OrchestratorClient
+
+from _common import private_orchestrator, report, timed
 
 
 def main() -> None:

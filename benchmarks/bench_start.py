@@ -13,10 +13,10 @@ import argparse
 import subprocess
 import time
 
-from _common import private_orchestrator, report, timed
-
 import ywmagics
 from ywmagics.client import OrchestratorClient
+
+from _common import private_orchestrator, report, timed
 
 
 def main() -> None:

@@ -279,21 +279,10 @@ class Installer:
         marker = environment.path / ".compiled"
         if python is None or marker.exists() or not environment.path.exists():
             return
-        code, _ = run_logged(
-            [
-                "nice",
-                "-n",
-                "10",
-                str(python),
-                "-m",
-                "compileall",
-                "-q",
-                "-j",
-                "0",
-                str(environment.path),
-            ],
-            log=self._log_of(environment),
-        )
+        # One process (no -j): pool workers would be grandchildren, which the parent-death
+        # signal does not reach if the orchestrator is killed.
+        argv = ["nice", "-n", "10", str(python), "-m", "compileall", "-q", str(environment.path)]
+        code, _ = run_logged(argv, log=self._log_of(environment))
         if code == 0 and environment.path.exists():
             marker.touch()
 
