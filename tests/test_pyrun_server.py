@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ class Server:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=workdir,
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps its threads
             )
         assert self.process.stdout is not None
         first_line = self.process.stdout.readline().decode()
@@ -60,15 +62,20 @@ class Server:
         result: dict[str, Any] = response.json()
         return result
 
+    def wait_exit(self, timeout: float = 10) -> int:
+        """The exit code; if it does not exit in time, fail with the stacks of its threads."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait()
+            raise AssertionError(f"still running after {timeout} s\n{self.log()}") from None
+
     def stop(self) -> int:
         self.client.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            return self.wait_exit()
         return self.process.returncode
 
 
@@ -263,6 +270,9 @@ def test_bad_requests(server: Server) -> None:
     assert server.client.get("/nowhere").status_code == 404
     assert server.client.get("/run").status_code == 405
     assert server.client.get("/").status_code == 200  # the connection still works
+    head = server.client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert server.client.get("/").json()["name"] == "pyrun_backend"
 
 
 def test_chunked_request_body(server: Server) -> None:
@@ -345,40 +355,32 @@ def test_streaming_ndjson(server: Server) -> None:
     assert result["displays"] == [{"data": {"text/plain": "7"}, "metadata": {}}]
 
 
-def _interrupt_soon(server: Server) -> threading.Thread:
-    """Post /interrupt until a cell is running and gets it."""
-
-    def interrupt() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if server.client.post("/interrupt").json()["interrupted"]:
-                return
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=interrupt)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize(
     "code",
     [
-        "import time\nwhile True:\n    time.sleep(0.01)\n",
-        "import time\n\ntime.sleep(60)\n",
-        "import asyncio\nawait asyncio.sleep(60)\n",
+        "import time\nprint('started')\nwhile True:\n    time.sleep(0.01)\n",
+        "import time\nprint('started')\ntime.sleep(60)\n",
+        "import asyncio\nprint('started')\nawait asyncio.sleep(60)\n",
     ],
     ids=["sleep_loop", "long_sleep", "await"],
 )
 def test_interrupt(server: Server, code: str) -> None:
+    body = {"cellId": "intr", "code": code, "capturedIn": {}, "capturedOut": []}
+    headers = {"Accept": "application/x-ndjson"}
     start = time.monotonic()
-    thread = _interrupt_soon(server)
-    result = server.run("print('started')\n" + code, cellId="intr")
-    thread.join()
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines)) == {"stream": "stdout", "text": "started\n"}
+        time.sleep(0.2)  # in the loop or the long call by now
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(server.socket_path))) as other:
+            assert other.post("http://pyrun/interrupt").json() == {"interrupted": True}
+        result = json.loads(list(lines)[-1])["result"]
     assert time.monotonic() - start < 5
     exception = result["exception"]
     assert exception["type"] == "KeyboardInterrupt"
     assert exception["lineno"] in (3, 4)
     assert '"<cell intr>"' in exception["traceback"]
+    assert "pyrun_" not in exception["traceback"]
     assert result["output"] == "started\n"
     assert server.run("after_interrupt = 1")["exception"] is None  # the runner goes on
 
@@ -403,8 +405,15 @@ def test_sigterm_exits_cleanly(start_server: Callable[..., Server]) -> None:
     server = start_server()
     server.run("x = 1")
     server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(10) == 0, server.log()
+    assert server.wait_exit() == 0, server.log()
     assert not server.socket_path.exists()
+
+
+def test_sigterm_right_after_start(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    server.process.send_signal(signal.SIGTERM)  # while it may still be starting its threads
+    assert server.wait_exit() == 0, server.log()
+    assert server.log() == ""
 
 
 def test_sigterm_during_a_cell(start_server: Callable[..., Server]) -> None:
@@ -417,11 +426,9 @@ def test_sigterm_during_a_cell(start_server: Callable[..., Server]) -> None:
         lines = response.iter_lines()
         assert json.loads(next(lines)) == {"stream": "stdout", "text": "started\n"}
         server.process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # it may end before the answer is complete
             events.extend(json.loads(line) for line in lines)
-        except httpx.HTTPError:
-            pass  # the process may end before it finishes the answer
-    assert server.process.wait(10) == 0, server.log()
+    assert server.wait_exit() == 0, server.log()
     assert time.monotonic() - start < 5
     if events:
         assert events[-1]["result"]["exception"]["type"] == "Terminated"

@@ -171,11 +171,13 @@ class _Encoder:
             return self._pandas(value)
         return self._subclass(value)
 
-    def _items(self, values: Iterable[Any], container: object) -> list[Any]:
-        key = id(container)
-        if key in self._active:
+    def _enter(self, container: object) -> None:
+        if id(container) in self._active:
             raise _Unsupported("contains itself (a reference cycle)", "send a copy without it")
-        self._active.add(key)
+        self._active.add(id(container))
+
+    def _items(self, values: Iterable[Any], container: object) -> list[Any]:
+        self._enter(container)
         out: list[Any] = []
         try:
             for index, item in enumerate(values):
@@ -185,28 +187,27 @@ class _Encoder:
                     exc.path.append(f"[{index}]")
                     raise
         finally:
-            self._active.discard(key)
+            self._active.discard(id(container))
         return out
 
     def _dict(self, value: Mapping[Any, Any]) -> Any:
-        if TAG not in value and all(type(key) is str for key in value):
-            key = id(value)
-            if key in self._active:
-                raise _Unsupported("contains itself (a reference cycle)", "send a copy without it")
-            self._active.add(key)
-            out: dict[str, Any] = {}
-            try:
-                for name, item in value.items():
-                    try:
-                        out[name] = self.encode(item)
-                    except _Unsupported as exc:
-                        exc.path.append(f"[{name!r}]")
-                        raise
-            finally:
-                self._active.discard(key)
-            return out
-        pairs = self._items(([k, v] for k, v in value.items()), value)
-        return {TAG: "dict", "items": pairs}
+        plain = TAG not in value and all(type(key) is str for key in value)
+        self._enter(value)
+        out: dict[str, Any] = {}
+        pairs: list[list[Any]] = []
+        try:
+            for key, item in value.items():
+                try:
+                    if plain:
+                        out[key] = self.encode(item)
+                    else:
+                        pairs.append([self.encode(key), self.encode(item)])
+                except _Unsupported as exc:
+                    exc.path.append(f"[{key!r}]")
+                    raise
+        finally:
+            self._active.discard(id(value))
+        return out if plain else {TAG: "dict", "items": pairs}
 
     def _tagged_items(self, tag: str, value: Iterable[Any]) -> dict[str, Any]:
         return {TAG: tag, "items": self._items(value, value)}
@@ -263,7 +264,8 @@ class _Encoder:
     def _subclass(self, value: Any) -> Any:
         """Subclasses of the supported types (IntEnum, OrderedDict, namedtuple...), and the types
         of modules imported on demand (datetime, Decimal, UUID, Path)."""
-        if type(value).__module__.partition(".")[0] in _LAZY_MODULES and _load_lazy_types():
+        if type(value).__module__.partition(".")[0] in _LAZY_MODULES:
+            _load_lazy_types()
             method = _EXACT.get(type(value))
             if method is not None:
                 return method(self, value)
@@ -416,7 +418,7 @@ _EXACT: dict[type, Callable[[_Encoder, Any], Any]] = {
 }
 
 
-def _load_lazy_types() -> bool:
+def _load_lazy_types() -> None:
     """Add the types of datetime, decimal, pathlib and uuid to ``_EXACT``, once."""
     import datetime
     import decimal
@@ -439,7 +441,6 @@ def _load_lazy_types() -> bool:
                 pathlib.PureWindowsPath: _Encoder._path,
             }
         )
-    return True
 
 
 def encode(value: Any, name: str = "") -> Any:

@@ -68,7 +68,7 @@ class App(Connection):
     def respond(self, request: Request) -> None:
         route = (request.method, request.path)
         try:
-            if route == ("GET", "/"):
+            if route in (("GET", "/"), ("HEAD", "/")):
                 self.send_json(200, {"name": NAME, "version": VERSION, "python": sys.version})
             elif route == ("POST", "/run"):
                 self._run(parse_run(request.body), NDJSON in request.headers.get("accept", ""))

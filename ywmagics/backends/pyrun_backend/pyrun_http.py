@@ -65,6 +65,7 @@ class Connection(socketserver.StreamRequestHandler):
     verbose = False
 
     def handle(self) -> None:
+        self._head_only = False
         while True:
             self._answered = False
             try:
@@ -77,6 +78,7 @@ class Connection(socketserver.StreamRequestHandler):
             if request is None:
                 return
             self._keep_alive = request.keep_alive
+            self._head_only = request.method == "HEAD"
             try:
                 self.respond(request)
             except OSError:  # the client went away
@@ -184,7 +186,9 @@ class Connection(socketserver.StreamRequestHandler):
         body = json.dumps(payload).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         head = self._head(status, headers, close)
-        if len(body) < 65536:  # one write: one packet for the usual small answer
+        if self._head_only:
+            self.wfile.write(head)
+        elif len(body) < 65536:  # one write: one packet for the usual small answer
             self.wfile.write(head + body)
         else:
             self.wfile.write(head)

@@ -16,6 +16,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 
 import pyrun_display
 import ywmagics_wire as wire
@@ -24,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import traceback
     from collections.abc import Callable
-    from types import CodeType
+    from types import CodeType, FrameType, TracebackType
     from typing import Any
 
 # ast.PyCF_ALLOW_TOP_LEVEL_AWAIT and inspect.CO_COROUTINE, the same from Python 3.8 to 3.13
@@ -170,14 +171,21 @@ class Runner:
         self._interrupting = False  # the coming SIGINT comes from interrupt(), not a terminal
         self._terminating = False
         self._loop: Any = None
+        self._wakeup: Any = None
+        self._insisted_at = 0.0  # when _insist last repeated a signal (time.monotonic)
         self.reset()
 
     # main thread ---------------------------------------------------------------------------
 
     def serve(self) -> None:
-        """Run the queued jobs until ``stop()``; SIGTERM raises Terminate out of it."""
-        while True:
-            job = self.jobs.get()
+        """Run the queued jobs until ``stop()`` or SIGTERM (which raises Terminate out of it)."""
+        while not self._terminating:  # set by SIGTERM even if a cell caught the Terminate
+            try:
+                # A timeout, so that a signal handler runs soon even if the signal went to
+                # another thread (one that a cell started, say) and left this wait asleep.
+                job = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
             if job is None:
                 return
             job()
@@ -263,13 +271,20 @@ class Runner:
                     raise
                 # Interrupted while awaiting: cancel the cell, let it unwind, and report the
                 # interrupt where the cell was waiting.
+                waiting = task.get_stack(limit=1)  # the cell's frame, at its await
+                where = [(f, f.f_lasti, f.f_lineno) for f in waiting]
                 task.cancel()
                 try:
                     loop.run_until_complete(task)
                 except Terminate:
                     raise
                 except BaseException as unwound:  # CancelledError
-                    raise KeyboardInterrupt().with_traceback(unwound.__traceback__) from None
+                    tb = unwound.__traceback__
+                    if where and not _in_traceback(tb, where[0][0]):  # Python 3.8 drops it
+                        import types
+
+                        tb = types.TracebackType(None, *where[0])
+                    raise KeyboardInterrupt().with_traceback(tb) from None
                 raise
         finally:
             self._busy = False
@@ -340,6 +355,8 @@ class Runner:
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         ours, self._interrupting = self._interrupting, False
+        if not ours and time.monotonic() - self._insisted_at < 2.0:
+            return  # a repeat sent by _insist for an interrupt that was heard meanwhile
         if self._busy:
             raise KeyboardInterrupt
         if not ours:  # Ctrl-C in a terminal while no cell runs: stop the server
@@ -358,7 +375,7 @@ class Runner:
             return False
         self._interrupting = True
         if hasattr(signal, "pthread_kill"):
-            signal.pthread_kill(self._main_thread, signal.SIGINT)
+            self._insist(signal.SIGINT, lambda: not self._interrupting or not self._busy)
         else:  # no POSIX signals: an asynchronous exception, seen between two bytecodes
             import ctypes
 
@@ -367,11 +384,66 @@ class Runner:
             )
         return True
 
+    def _insist(self, signum: int, heard: Callable[[], bool], now: bool = True) -> None:
+        """Send ``signum`` to the main thread until ``heard()``, for up to 5 s, from a thread.
+
+        A signal that arrives just before the main thread enters a blocking call (the cell's
+        ``time.sleep(60)``) has its C handler run at once, but the Python handler only once the
+        call returns: sending it again interrupts the call. The thread is made by a thread that
+        blocks SIGINT and SIGTERM, so it blocks them too. A repeat may still arrive after the
+        first was heard: ``on_sigint`` ignores SIGINTs that it does not expect for 2 s after one.
+        """
+        main_thread = self._main_thread
+        if main_thread is None:
+            return
+
+        def insist() -> None:
+            for attempt in range(20):
+                if attempt or now:
+                    if attempt:
+                        self._insisted_at = time.monotonic()
+                    signal.pthread_kill(main_thread, signum)
+                time.sleep(0.25)
+                if heard():
+                    return
+
+        threading.Thread(target=insist, name="insist", daemon=True).start()
+
+    def watch_signals(self) -> None:
+        """Follow SIGTERM through a wakeup file descriptor (main thread, with SIGINT and SIGTERM
+        blocked): if the Python handler has not run 0.25 s later, insist."""
+        if not hasattr(signal, "pthread_kill"):
+            return
+        import socket
+
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+        def watch() -> None:
+            while True:
+                received = reader.recv(64)
+                if not received:
+                    return
+                if signal.SIGTERM in received and not self._terminating:
+                    self._insist(signal.SIGTERM, lambda: self._terminating, now=False)
+
+        self._wakeup = (reader, writer)  # kept open for the life of the process
+        threading.Thread(target=watch, name="signals", daemon=True).start()
+
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
 
     def stop(self) -> None:
         self.jobs.put(None)
+
+
+def _in_traceback(tb: TracebackType | None, frame: FrameType) -> bool:
+    while tb is not None:
+        if tb.tb_frame is frame:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def describe(exc: BaseException, filename: str) -> dict[str, Any]:

@@ -95,18 +95,29 @@ def main(argv: list[str] | None = None) -> int:
         os.chmod(socket_path, 0o600)
     else:
         server = pyrun_http.TCPServer(("127.0.0.1", port or 0), handler)
+    signals = {signal.SIGTERM, signal.SIGINT}
+    mask_threads = hasattr(signal, "pthread_sigmask")
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     signal.signal(signal.SIGINT, runner.on_sigint)
-    where = socket_path if socket_path is not None else server.server_address[1]
-    print(f"LISTENING {where}", flush=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True)
-    thread.start()
-    try:
+    try:  # from here on, SIGTERM raises Terminate
+        where = socket_path if socket_path is not None else server.server_address[1]
+        print(f"LISTENING {where}", flush=True)
+        # The HTTP threads block SIGTERM and SIGINT (threads inherit the mask of their creator),
+        # so that the kernel delivers them to the main thread: one delivered to another thread
+        # would not wake the main thread from a blocking wait, and only it runs Python handlers.
+        if mask_threads:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        thread.start()
+        runner.watch_signals()
+        if mask_threads:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         runner.serve()
     except pyrun_runner.Terminate:
         pass
     finally:
-        server.shutdown()
+        if thread.ident is not None:  # started: shutdown() waits for serve_forever to return
+            server.shutdown()
         server.server_close()
         if socket_path is not None and os.path.exists(socket_path):
             os.unlink(socket_path)
