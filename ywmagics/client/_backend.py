@@ -1,4 +1,8 @@
-"""Clients of one backend, bound to a partition: fetch-like calls through the orchestrator."""
+"""Clients of one backend, bound to a partition: fetch-like calls through the orchestrator.
+
+:class:`BackendClient` and :class:`AsyncBackendClient` are twins over an I/O-free base that builds
+the requests and reads the answers; only sending differs.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+Timeout = httpx.Timeout | float | None
 
 
 class _BackendBase:
-    """What both twins share: where the backend is and how to address it."""
+    """What both twins share: where the backend is, how to address it, how to read answers."""
+
+    _http: httpx.Client | httpx.AsyncClient
 
     def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
         self.connection = connection
@@ -32,19 +39,63 @@ class _BackendBase:
 
     @property
     def url_base(self) -> str:
-        """The backend's base URL on the orchestrator, e.g. ``http://127.0.0.1:PORT/backends/x/1.0.0``."""
+        """The backend's base URL, e.g. ``http://127.0.0.1:PORT/backends/NAME/VERSION``."""
         return f"{self.connection.url}/backends/{self.name}/{self.version}"
 
-    def _browser_link(self, path: str, code: str) -> str:
-        return f"{self._url(path)}?{urlencode({'yw_code': code, 'yw_partition': self.partition})}"
+    def _request(
+        self,
+        path: str,
+        method: str,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: Timeout = None,
+    ) -> httpx.Request:
+        url = self.url_base + (path if path.startswith("/") else "/" + path)
+        return self._http.build_request(
+            method.upper(),
+            url,
+            json=json,
+            content=content,
+            params=params,
+            headers={
+                **self.connection.headers,
+                PARTITION_HEADER: self.partition,
+                **(headers or {}),
+            },
+            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+        )
 
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
-        headers = {**self.connection.headers, PARTITION_HEADER: self.partition}
-        headers.update(extra or {})
-        return headers
+    def _browser_code_request(self) -> httpx.Request:
+        return self._http.build_request(
+            "POST", f"{self.connection.url}/browser-code", headers=self.connection.headers
+        )
 
-    def _url(self, path: str) -> str:
-        return self.url_base + (path if path.startswith("/") else "/" + path)
+    def _browser_link(self, path: str, code_answer: httpx.Response) -> str:
+        query = urlencode(
+            {"yw_code": check(code_answer).json()["code"], "yw_partition": self.partition}
+        )
+        return f"{self.url_base}/{path.lstrip('/')}?{query}"
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """httpx's transport errors as ours; timeouts stay httpx's: they are the caller's."""
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise
+        except httpx.TransportError as error:
+            raise translate_transport_error(error, self.connection.url) from None
+
+    @staticmethod
+    def _accepted(response: httpx.Response) -> httpx.Response:
+        """The response, unless it is the orchestrator's own error (then that is raised)."""
+        failure = orchestrator_error(response)
+        if failure is not None:
+            raise failure
+        return response
 
     def __repr__(self) -> str:
         return (
@@ -58,46 +109,41 @@ class BackendClient(_BackendBase):
 
     Errors: :class:`~ywmagics.errors.BackendHTTPError` when the backend answers an error status,
     another :class:`~ywmagics.errors.YwMagicsError` when the orchestrator could not reach it.
-    The ``afetch*`` twins do the same with ``await``.
+    The ``afetch*`` twins do the same with ``await`` (see :class:`AsyncBackendClient`).
     """
+
+    _http: httpx.Client
 
     def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
         super().__init__(connection, name, version, partition)
         self._http = shared_http()
         self._async: AsyncBackendClient | None = None
 
-    def fetch(
-        self,
-        path: str,
-        method: str = "GET",
-        *,
-        json: Any = None,
-        content: bytes | str | None = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        try:
-            response = self._http.request(
-                method.upper(),
-                self._url(path),
-                json=json,
-                content=content,
-                params=params,
-                headers=self._headers(headers),
-                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
-            )
-        except httpx.TimeoutException:
-            raise  # the caller's own limit: not a failure to reach the orchestrator
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, self.connection.url) from None
-        failure = orchestrator_error(response)
-        if failure is not None:
-            raise failure
-        return response
+    def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
+        """Send a request (``json``, ``content``, ``params``, ``headers``, ``timeout``)."""
+        with self._translated():
+            return self._accepted(self._http.send(self._request(path, method, **kwargs)))
 
     def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         return check(self.fetch(path, method, **kwargs)).json()
+
+    def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
+        return check(self.fetch(path, method, **kwargs)).text
+
+    @contextlib.contextmanager
+    def stream(self, path: str, method: str = "GET", **kwargs: Any) -> Iterator[httpx.Response]:
+        """Like :meth:`fetch`, with the body read as it arrives (``iter_lines``, ``iter_bytes``).
+
+        An error status raises, like :meth:`fetch_json`, with the body read for the message."""
+        with self._translated():
+            response = self._http.send(self._request(path, method, **kwargs), stream=True)
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                yield response
+            finally:
+                response.close()
 
     @property
     def docs_url(self) -> str:
@@ -109,53 +155,12 @@ class BackendClient(_BackendBase):
 
     def browser_url(self, path: str) -> str:
         """A link to ``path`` of the backend that a browser can open (see :attr:`docs_url`)."""
-        try:
-            response = self._http.post(
-                f"{self.connection.url}/browser-code", headers=self.connection.headers, timeout=10
-            )
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, self.connection.url) from None
-        return self._browser_link(path, check(response).json()["code"])
-
-    @contextlib.contextmanager
-    def stream(
-        self,
-        path: str,
-        method: str = "GET",
-        *,
-        json: Any = None,
-        content: bytes | str | None = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: httpx.Timeout | float | None = None,
-    ) -> Iterator[httpx.Response]:
-        """Like :meth:`fetch`, with the body read as it arrives (``iter_lines``, ``iter_bytes``).
-
-        An error status raises, like :meth:`fetch_json`, with the body read for the message."""
-        try:
-            with self._http.stream(
-                method.upper(),
-                self._url(path),
-                json=json,
-                content=content,
-                params=params,
-                headers=self._headers(headers),
-                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    check(response)
-                yield response
-        except httpx.TimeoutException:
-            raise  # the caller's own limit: not a failure to reach the orchestrator
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, self.connection.url) from None
-
-    def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
-        return check(self.fetch(path, method, **kwargs)).text
+        with self._translated():
+            return self._browser_link(path, self._http.send(self._browser_code_request()))
 
     @property
     def aio(self) -> AsyncBackendClient:
+        """The async twin, bound to the same backend and partition."""
         if self._async is None or self._async.closed:
             self._async = AsyncBackendClient(
                 self.connection, self.name, self.version, self.partition
@@ -175,45 +180,25 @@ class BackendClient(_BackendBase):
 class AsyncBackendClient(_BackendBase):
     """The async twin of :class:`BackendClient`."""
 
+    _http: httpx.AsyncClient
+
     def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
         super().__init__(connection, name, version, partition)
         self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
 
-    async def fetch(
-        self,
-        path: str,
-        method: str = "GET",
-        *,
-        json: Any = None,
-        content: bytes | str | None = None,
-        params: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        try:
-            response = await self._http.request(
-                method.upper(),
-                self._url(path),
-                json=json,
-                content=content,
-                params=params,
-                headers=self._headers(headers),
-                timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
-            )
-        except httpx.TimeoutException:
-            raise  # the caller's own limit: not a failure to reach the orchestrator
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, self.connection.url) from None
-        failure = orchestrator_error(response)
-        if failure is not None:
-            raise failure
-        return response
+    async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
+        with self._translated():
+            return self._accepted(await self._http.send(self._request(path, method, **kwargs)))
 
     async def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         return check(await self.fetch(path, method, **kwargs)).json()
 
     async def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
         return check(await self.fetch(path, method, **kwargs)).text
+
+    async def browser_url(self, path: str) -> str:
+        with self._translated():
+            return self._browser_link(path, await self._http.send(self._browser_code_request()))
 
     @property
     def closed(self) -> bool:
