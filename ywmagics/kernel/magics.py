@@ -17,7 +17,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from IPython.core import magic as _magic
 from IPython.core import magic_arguments as _magic_arguments
@@ -53,11 +53,11 @@ def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
 
 
 def line_cell_magic(func: _F) -> _F:
-    return _magic.line_cell_magic(func)  # type: ignore[no-any-return]
+    return cast(_F, _magic.line_cell_magic(func))
 
 
 def cell_magic(func: _F) -> _F:
-    return _magic.cell_magic(func)  # type: ignore[no-any-return]
+    return cast(_F, _magic.cell_magic(func))
 
 
 def arg_split(line: str) -> list[str]:
@@ -654,15 +654,12 @@ class YwMagics(Magics):
 
     def register_hooks(self) -> None:
         assert self.shell is not None
-        self.shell.set_hook(
+        shell: Any = self.shell  # set_hook's typing differs between IPython versions
+        shell.set_hook(
             "complete_command", _completer(self.complete_interpreter), str_key="%%interpreter"
         )
-        self.shell.set_hook(
-            "complete_command", _completer(self.complete_backends), str_key="%backends"
-        )
-        self.shell.set_hook(
-            "complete_command", _completer(self.complete_backends), str_key="%%backends"
-        )
+        shell.set_hook("complete_command", _completer(self.complete_backends), str_key="%backends")
+        shell.set_hook("complete_command", _completer(self.complete_backends), str_key="%%backends")
         atexit.register(self.stop_kernel_partition)
 
     def unregister(self) -> None:
@@ -685,7 +682,7 @@ class YwMagics(Magics):
             manager.magics[kind].pop(name, None)
         manager.registry.pop(type(self).__name__, None)
         with contextlib.suppress(ValueError):
-            shell.configurables.remove(self)
+            cast(list[Any], shell.configurables).remove(self)
         if self._runner is not None:
             self._runner.close()
             self._runner = None
