@@ -160,7 +160,15 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def cmd_registries(args: argparse.Namespace) -> int:
     from ywmagics.orchestrator.registry import Registry, default_registry_folders
 
-    registry = Registry(default_registry_folders())
+    from ywmagics.client import find_orchestrator
+
+    # A running orchestrator may have been given more folders (serve --registry): ask it.
+    connection = find_orchestrator()
+    if connection is not None:
+        with _client() as client:
+            registry = Registry([Path(f) for f in client.status()["registries"]])
+    else:
+        registry = Registry(default_registry_folders())
     for folder in registry.folders:
         print(f"{folder}{'' if folder.is_dir() else '  (does not exist)'}")
     for name, versions in sorted(registry.manifests().items()):
@@ -180,8 +188,9 @@ def cmd_new_backend(args: argparse.Namespace) -> int:
         raise YwMagicsError(f"{target} already exists", hint="choose another folder with --dir")
     template = Path(__file__).parent / "templates" / "python_backend"
     shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__"))
-    manifest = target / "ywbackend.toml"
-    manifest.write_text(manifest.read_text().replace("my_backend", name))
+    for file in (target / "ywbackend.toml", target / "README.md", target / "app.py"):
+        if file.exists():
+            file.write_text(file.read_text().replace("my_backend", name))
     print(f"created {target}; install it with: ywmagics install {name}")
     return 0
 

@@ -69,6 +69,7 @@ class Plan:
     config: dict[str, str]
     interpreter: Interpreter | None
     requirements: tuple[str, ...]
+    modules: tuple[str, ...]
     fingerprint: str
 
 
@@ -84,10 +85,11 @@ class Installer:
 
     def plan(self, manifest: Manifest, config: dict[str, str]) -> Plan:
         interpreter = None
-        requirements = tuple(manifest.requirements)
+        modules: tuple[str, ...] = ()
         if manifest.runtime is Runtime.PYTHON:
             interpreter = find_python(config.get("python", ""))
-            requirements += tuple(_split_requirements(config.get("modules", "")))
+            modules = tuple(_split_requirements(config.get("modules", "")))
+        requirements = manifest.requirements + modules
         identity = {
             "config": {k: v for k, v in sorted(config.items()) if k != "python"},
             "python": [str(interpreter.path), interpreter.version] if interpreter else None,
@@ -95,7 +97,7 @@ class Installer:
             "digest": manifest.digest,
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        return Plan(manifest, config, interpreter, requirements, fingerprint[:12])
+        return Plan(manifest, config, interpreter, requirements, modules, fingerprint[:12])
 
     def final_path(self, plan: Plan) -> Path:
         return self.root / plan.manifest.name / plan.manifest.version / plan.fingerprint
@@ -128,7 +130,6 @@ class Installer:
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise
-        self._compile(environment, report)
         return environment, True
 
     def _build_into(self, plan: Plan, folder: Path, final: Path, report: Report) -> Environment:
@@ -167,13 +168,9 @@ class Installer:
             shutil.copyfile(WIRE_SOURCE, folder / "app" / WIRE_MODULE)
             venv = folder / "venv"
             python = str(venv / "bin" / "python")
-            uv_env = {
-                **os.environ,
-                "UV_PYTHON_DOWNLOADS": "never",
-                "VIRTUAL_ENV": "",
-                "NO_COLOR": "1",
-            }
-            uv_env.pop("VIRTUAL_ENV")
+            uv_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+            uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
+            creating = f"creating a Python {interpreter.version} environment"
             if self.uv:
                 step(
                     [
@@ -186,18 +183,15 @@ class Installer:
                         str(interpreter.path),
                         str(venv),
                     ],
-                    f"creating a Python {interpreter.version} environment (uv)",
+                    creating + " (uv)",
                     0.1,
                     uv_env,
                 )
             else:
-                step(
-                    [str(interpreter.path), "-m", "venv", str(venv)],
-                    f"creating a Python {interpreter.version} environment (venv)",
-                    0.1,
-                )
-            if plan.requirements:
-                text = f"installing {' '.join(plan.requirements)}"
+                step([str(interpreter.path), "-m", "venv", str(venv)], creating + " (venv)", 0.1)
+
+            def install(requirements: tuple[str, ...], progress: float) -> None:
+                text = f"installing {' '.join(requirements)}"
                 if self.uv:
                     step(
                         [
@@ -207,10 +201,10 @@ class Installer:
                             "--no-config",
                             "--python",
                             python,
-                            *plan.requirements,
+                            *requirements,
                         ],
                         text,
-                        0.3,
+                        progress,
                         uv_env,
                     )
                 else:
@@ -221,11 +215,24 @@ class Installer:
                             "pip",
                             "install",
                             "--disable-pip-version-check",
-                            *plan.requirements,
+                            *requirements,
                         ],
                         text,
-                        0.3,
+                        progress,
                     )
+
+            if manifest.requirements:
+                install(manifest.requirements, 0.3)
+            # The backend's own code and requirements are what it imports to start: compile
+            # them now, as if already in their final place (-d) so that tracebacks show real
+            # paths. The user's extra modules are compiled in the background later.
+            step(
+                [python, "-m", "compileall", "-q", "-d", str(final), str(folder)],
+                "compiling bytecode",
+                0.5,
+            )
+            if plan.modules:
+                install(plan.modules, 0.6)
         for index, argv in enumerate(manifest.install):
             placeholders = self.placeholders(plan, folder)
             step(
@@ -257,24 +264,12 @@ class Installer:
         values.update({f"build.{k}": v for k, v in plan.config.items()})
         return values
 
-    def _compile(self, environment: Environment, report: Report) -> None:
-        """Compile the backend's own files now: its server starts from bytecode at once.
-
-        The rest of the environment (site-packages, which can be as big as numpy) is compiled
-        later by :meth:`compile_environment`, off the install's critical path; meanwhile the
-        backend writes the bytecode of what it imports (its process runs without
-        PYTHONDONTWRITEBYTECODE, which users' machines often set)."""
-        python = environment.python_bin
-        if python is None:
-            return
-        report("compiling bytecode", 0.9)
-        run_logged(
-            [str(python), "-m", "compileall", "-q", str(environment.app)],
-            log=self._log_of(environment),
-        )
-
     def compile_environment(self, environment: Environment) -> None:
-        """Compile every module of the environment, at low priority; idempotent."""
+        """Compile every module of the environment, at low priority; idempotent.
+
+        Called once the backend runs: what it imports meanwhile gets its bytecode written by the
+        backend itself (its process runs without PYTHONDONTWRITEBYTECODE, which users' machines
+        often set)."""
         python = environment.python_bin
         marker = environment.path / ".compiled"
         if python is None or marker.exists() or not environment.path.exists():

@@ -112,6 +112,8 @@ class Orchestrator:
         manifest = plan.manifest
         environment = await self._environment(plan, partition, emit)
         instance = await self.supervisor.ensure(partition, plan, environment, emit)
+        # Once it runs, not before: a compile competing for the CPU would slow its start.
+        self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         self._routes.clear()  # a range may now resolve to this instance
         self._last_used[(manifest.name, manifest.version)] = (plan, environment)
         return {
@@ -141,7 +143,6 @@ class Orchestrator:
         async with lock:
             existing = self.installer.find(plan)
             if existing is not None:
-                self._in_background(asyncio.to_thread(self.installer.compile_environment, existing))
                 emit(
                     Event(
                         EventKind.REUSED,
@@ -155,7 +156,6 @@ class Orchestrator:
                 return existing
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
-        self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         emit(
             Event(
                 EventKind.BUILT,
