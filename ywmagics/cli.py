@@ -158,9 +158,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def cmd_registries(args: argparse.Namespace) -> int:
-    from ywmagics.orchestrator.registry import Registry, default_registry_folders
-
     from ywmagics.client import find_orchestrator
+    from ywmagics.orchestrator.registry import Registry, default_registry_folders
 
     # A running orchestrator may have been given more folders (serve --registry): ask it.
     connection = find_orchestrator()

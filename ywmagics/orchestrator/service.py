@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ywmagics._version import __version__
-from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFound, StartError
+from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFound
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus
@@ -310,9 +310,3 @@ class Orchestrator:
     async def shutdown(self) -> None:
         await self.supervisor.stop_all()
 
-
-def start_error_for(instance: Instance) -> StartError:
-    return StartError(
-        f"{instance.manifest.name} {instance.manifest.version} is not running",
-        log_tail=tail_of(instance.log_path),
-    )
