@@ -309,4 +309,3 @@ class Orchestrator:
 
     async def shutdown(self) -> None:
         await self.supervisor.stop_all()
-
