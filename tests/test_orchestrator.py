@@ -20,7 +20,7 @@ import pytest
 
 import ywmagics
 from ywmagics.client import OrchestratorClient
-from ywmagics.discovery import Connection, pid_alive
+from ywmagics.discovery import Connection, pid_alive, read_discovery
 from ywmagics.errors import (
     AuthenticationError,
     BackendNotFound,
@@ -264,6 +264,30 @@ def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
         while any(_running(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_running(p) for p in pids)
+        # Its discovery file is now stale: a client starts a new orchestrator in its place.
+        env = {**os.environ, "YW_HOME": str(tmp_path / "home")}
+        status = subprocess.run(
+            [sys.executable, "-m", "ywmagics", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 1 and "no orchestrator is running" in status.stdout
+        listing = subprocess.run(
+            [sys.executable, "-m", "ywmagics", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert "Installed environments" in listing.stdout and "node_echo" in listing.stdout
+        restarted = read_discovery(tmp_path / "home" / "run" / "orchestrator.json")
+        assert restarted is not None and restarted.pid != connection.pid
+        OrchestratorClient(restarted).shutdown()
     finally:
         stop_orchestrator(process)
 
