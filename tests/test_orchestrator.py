@@ -364,3 +364,49 @@ def test_uninstall_removes_environments_and_stops_instances(tmp_path: Path) -> N
             client.uninstall("versions_demo#0.1.0")
     finally:
         stop_orchestrator(process)
+
+
+def test_proxy_strips_credentials_and_streams_big_bodies(orchestrator: Connection) -> None:
+    echo = ywmagics.install("node_echo as e", partition="Stream", connection=orchestrator).e
+    seen = echo.fetch_json("/headers", headers={"Cookie": "ywmagics_token=secret; theme=dark"})
+    assert "authorization" not in seen
+    assert seen["cookie"] == "theme=dark"
+    assert seen["x-backends-partition"] == "Stream"
+    assert seen["x-forwarded-prefix"] == "/backends/node_echo/1.0.0"
+
+    def chunks():  # a body without a length: streamed, chunk by chunk
+        for _ in range(40):
+            yield b"y" * 100_000
+
+    assert echo.fetch_json("/size", method="POST", content=chunks())["size"] == 4_000_000
+    big = b"z" * 3_000_000  # above the size read whole before forwarding
+    assert echo.fetch_json("/size", method="POST", content=big)["size"] == 3_000_000
+    with echo.stream("/big", params={"pieces": 80}) as response:
+        received = sum(len(chunk) for chunk in response.iter_bytes())
+    assert received == 80 * 64 * 1024
+
+
+def test_an_instance_that_keeps_crashing_is_given_up(tmp_path: Path) -> None:
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        crasher = ywmagics.install("crasher as c", partition="Flaky", connection=connection).c
+        errors: list[StartError] = []
+        for _ in range(12):  # each POST /crash is answered, then the process exits
+            try:
+                crasher.fetch_json("/crash", method="POST")
+                crasher.fetch_json("/")  # restarts it, after a growing pause
+            except StartError as error:
+                # A request can also meet the process as it exits: a POST is not sent again.
+                errors.append(error)
+                if "keeps crashing" in error.message:
+                    break
+        assert "keeps crashing" in errors[-1].message
+        assert "--- start" in errors[-1].log_tail
+        # Given up for good: no more restarts until it is installed again.
+        with pytest.raises(StartError, match="given up"):
+            crasher.fetch_json("/")
+        assert ywmagics.install("crasher as c", partition="Flaky", connection=connection)
+        assert crasher.fetch_json("/crash", method="POST")["crashing"]
+        assert crasher.fetch_json("/")["name"] == "crasher"  # restarted: its count began anew
+    finally:
+        stop_orchestrator(process)

@@ -71,13 +71,14 @@ def run_logged(
             message = f"cannot run {argv[0]!r}: {error.strerror or error}"
             sink.write(message + "\n")
             return 127, message
-        assert process.stdout is not None
-        for line in process.stdout:
-            sink.write(line)
-            tail.append(line)
-            if on_line is not None:
-                on_line(line.rstrip())
-        return process.wait(), "".join(tail)
+        with process:  # closes the pipe, or each step would leak a file descriptor
+            assert process.stdout is not None
+            for line in process.stdout:
+                sink.write(line)
+                tail.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip())
+            return process.wait(), "".join(tail)
 
 
 def tail_of(path: Path, lines: int = 30) -> str:

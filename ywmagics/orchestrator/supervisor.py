@@ -172,6 +172,7 @@ class Supervisor:
             self.by_token[instance.token] = instance
         async with instance.lock:
             if not (instance.alive and instance.state is InstanceState.READY):
+                instance.crashes = 0  # asked for on purpose: a given-up instance gets a new go
                 await self._start(instance, emit)
         return instance
 

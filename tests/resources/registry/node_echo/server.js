@@ -1,4 +1,5 @@
-// node_echo: GET / -> {"name":"node_echo"}; POST /echo -> the JSON body plus {"partition": ...}.
+// node_echo: GET / -> {"name":"node_echo"}; POST /echo -> the JSON body plus {"partition": ...};
+// GET /headers, POST /size and GET /big serve the proxy's tests.
 "use strict";
 const http = require("http");
 
@@ -25,6 +26,22 @@ const server = http.createServer((req, res) => {
       send(res, 200, { ...body, partition: process.env.YW_PARTITION ?? null });
     });
     return;
+  }
+  if (req.method === "GET" && path === "/headers") return send(res, 200, req.headers);
+  if (req.method === "POST" && path === "/size") {
+    // Counts the body as it streams in, and answers its length.
+    let size = 0;
+    req.on("data", (chunk) => (size += chunk.length));
+    req.on("end", () => send(res, 200, { size }));
+    return;
+  }
+  if (req.method === "GET" && path === "/big") {
+    // A large answer written in pieces, without a content-length: it must stream through.
+    const piece = "x".repeat(64 * 1024);
+    const count = Number(new URL(req.url, "http://x").searchParams.get("pieces") || "64");
+    res.writeHead(200, { "content-type": "text/plain" });
+    for (let i = 0; i < count; i++) res.write(piece);
+    return res.end();
   }
   send(res, 404, { detail: `no route ${req.method} ${path}` });
 });

@@ -1,0 +1,90 @@
+"""Building environments for real: uv, the venv + pip fallback, interrupted builds, bytecode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ywmagics.errors import ConfigurationError
+from ywmagics.orchestrator.environments import META_FILE, Installer
+from ywmagics.orchestrator.interpreters import find_python
+from ywmagics.orchestrator.manifest import load_manifest
+from ywmagics.paths import bundled_registry_dir
+
+PYRUN = bundled_registry_dir() / "pyrun_backend" / "ywbackend.toml"
+
+
+def _quiet(text: str, progress: float | None) -> None:
+    pass
+
+
+def test_uv_build_compiles_the_backend_and_is_complete(tmp_path: Path) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    manifest = load_manifest(PYRUN)
+    plan = installer.plan(manifest, manifest.build_config({"python": "3.10"}))
+    environment, built = installer.build(plan, _quiet)
+    assert built and environment.python_version and environment.python_version.startswith("3.10")
+    assert (environment.path / META_FILE).exists()
+    # The runner starts from bytecode even where PYTHONDONTWRITEBYTECODE is set, and its
+    # bytecode names the files where they are now, not the temporary build folder.
+    compiled = list((environment.app / "__pycache__").glob("pyrun_runner.*.pyc"))
+    assert compiled
+    filename = subprocess.run(
+        [
+            str(environment.python_bin),
+            "-c",
+            f"import marshal; print(marshal.loads(open({str(compiled[0])!r}, 'rb').read()[16:])"
+            ".co_filename)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert filename == str(environment.app / "pyrun_runner.py")
+    assert (environment.app / "ywmagics_wire.py").read_bytes() == (
+        Path(__file__).parents[1] / "ywmagics" / "wire.py"
+    ).read_bytes()
+    # Asked again, it is found, not built.
+    again, built_again = installer.build(plan, _quiet)
+    assert again.path == environment.path and not built_again
+
+
+def test_an_interrupted_build_is_never_used_and_is_swept(tmp_path: Path) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    manifest = load_manifest(PYRUN)
+    plan = installer.plan(manifest, manifest.build_config({}))
+    final = installer.final_path(plan)
+    # What a build killed half-way leaves: its temporary folder, and (worse) a final folder
+    # without the meta file that is written last.
+    leftover = final.parent / f".tmp-{plan.fingerprint}-deadbeef"
+    (leftover / "venv").mkdir(parents=True)
+    (final / "venv").mkdir(parents=True)
+    assert installer.find(plan) is None
+    environment, built = installer.build(plan, _quiet)
+    assert built and not leftover.exists()
+    assert (environment.path / META_FILE).exists()
+    assert [e.fingerprint for e in installer.environments()] == [plan.fingerprint]
+
+
+def test_venv_and_pip_when_uv_is_not_usable(tmp_path: Path) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    installer.uv = None
+    manifest = load_manifest(PYRUN)
+    plan = installer.plan(manifest, manifest.build_config({"python": sys.executable}))
+    steps: list[str] = []
+    environment, _ = installer.build(plan, lambda text, progress: steps.append(text))
+    assert any("(venv)" in step for step in steps)
+    assert environment.python_bin is not None and environment.python_bin.exists()
+
+
+def test_python_by_version_name_or_path(tmp_path: Path) -> None:
+    by_version = find_python("3.10")
+    assert find_python("python3.10") == by_version
+    assert find_python(str(by_version.path)).version == by_version.version
+    with pytest.raises(ConfigurationError, match="not a working Python"):
+        find_python(str(tmp_path / "nothing" / "python"))
+    with pytest.raises(ConfigurationError, match="is not a Python version"):
+        find_python("snake")
