@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from ywmagics.errors import (
 )
 from ywmagics.events import Event, EventKind
 
-from .conftest import start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
 
 
 def test_status_and_discovery_file_is_private(
@@ -410,3 +411,31 @@ def test_an_instance_that_keeps_crashing_is_given_up(tmp_path: Path) -> None:
         assert crasher.fetch_json("/")["name"] == "crasher"  # restarted: its count began anew
     finally:
         stop_orchestrator(process)
+
+
+def test_registries_from_the_config_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    extra = tmp_path / "mine"
+    shutil.copytree(TEST_REGISTRY / "node_echo", extra / "my_echo")
+    manifest = extra / "my_echo" / "ywbackend.toml"
+    manifest.write_text(manifest.read_text().replace('name = "node_echo"', 'name = "my_echo"'))
+    env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": ""}
+
+    def registries() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ywmagics", "registries"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert "my_echo" not in registries().stdout
+    (home / "config.toml").write_text(f'registries = ["{extra}"]\n')
+    listed = registries()
+    assert str(extra) in listed.stdout and "my_echo: 1.0.0" in listed.stdout
+    (home / "config.toml").write_text("registries = 'not a list'\n")
+    broken = registries()
+    assert broken.returncode == 2 and "'registries' must be a list of folders" in broken.stderr

@@ -45,6 +45,12 @@ def runtime_dir() -> Path:
     return path
 
 
+def config_file() -> Path:
+    """The user's settings (``registries = [...]``); optional."""
+    home = _home()
+    return home / "config.toml" if home else Path(platformdirs.user_config_dir(_APP), "config.toml")
+
+
 def discovery_file() -> Path:
     return runtime_dir() / "orchestrator.json"
 
