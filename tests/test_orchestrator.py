@@ -439,3 +439,122 @@ def test_registries_from_the_config_file(tmp_path: Path) -> None:
     (home / "config.toml").write_text("registries = 'not a list'\n")
     broken = registries()
     assert broken.returncode == 2 and "'registries' must be a list of folders" in broken.stderr
+
+
+def _instance_token(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(
+        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"YW_INSTANCE_TOKEN=")
+    )
+
+
+def test_an_instance_token_reaches_backends_only(orchestrator: Connection) -> None:
+    ywmagics.install("node_echo", partition="Scoped", connection=orchestrator)
+    token = _instance_token(_pid_of(orchestrator, "Scoped", "node_echo"))
+    as_backend = {"Authorization": f"Bearer {token}", "X-Backends-Partition": "Elsewhere"}
+    with httpx.Client(base_url=orchestrator.url, headers=as_backend) as http:
+        echoed = http.post("/backends/node_echo/^1/echo", json={"from": "backend"})
+        assert echoed.json()["partition"] == "Scoped"  # pinned, whatever the header says
+        for method, path in [
+            ("POST", "/browser-code"),
+            ("GET", "/list"),
+            ("POST", "/shutdown"),
+            ("POST", "/stop"),
+            ("GET", "/logs/node_echo"),
+        ]:
+            refused = http.request(method, path, json={})
+            assert refused.status_code == 403, path
+            assert "instance token" in refused.json()["error"]["message"]
+
+
+def test_browser_cookie_and_foreign_pages_cannot_drive_the_admin_routes(
+    orchestrator: Connection,
+) -> None:
+    cookie = {"Cookie": f"ywmagics_token={orchestrator.token}"}
+    with httpx.Client(base_url=orchestrator.url) as http:
+        assert http.get("/list", headers=cookie).status_code == 401
+        install = {"modules": ["node_echo"], "partition": "Evil"}
+        forged = http.post(
+            "/install",
+            headers={**orchestrator.headers, "Origin": "http://127.0.0.1:8888"},
+            json=install,
+        )
+        assert forged.status_code == 403
+        plain = http.post(
+            "/install",
+            headers={**orchestrator.headers, "Content-Type": "text/plain"},
+            content=json.dumps(install),
+        )
+        assert plain.status_code == 400 and "application/json" in plain.text
+        own_origin = http.get(
+            "/status", headers={**orchestrator.headers, "Origin": orchestrator.url}
+        )
+        assert own_origin.status_code == 200
+
+
+def test_expect_continue_does_not_desynchronise_pooled_connections(
+    orchestrator: Connection,
+) -> None:
+    echo = ywmagics.install("node_echo as e", partition="Expect", connection=orchestrator).e
+    answer = echo.fetch_json(
+        "/echo", method="POST", json={"n": 0}, headers={"Expect": "100-continue"}
+    )
+    assert answer == {"n": 0, "partition": "Expect"}
+    for n in range(1, 4):  # each answer is its own request's, on the same pooled connection
+        assert echo.fetch_json("/echo", method="POST", json={"n": n})["n"] == n
+
+
+def test_racing_installs_with_two_configurations_leave_one_tracked_instance(
+    orchestrator: Connection,
+) -> None:
+    results: list[BaseException | None] = []
+
+    def install(greeting: str) -> None:
+        try:
+            ywmagics.install(
+                {
+                    "modules": ["node_echo"],
+                    "configurations": {"node_echo": {"build": {"greeting": greeting}}},
+                },
+                partition="Race",
+                connection=orchestrator,
+            )
+            results.append(None)
+        except BaseException as error:  # surfaced below
+            results.append(error)
+
+    threads = [threading.Thread(target=install, args=(g,)) for g in ("race-a", "race-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [None, None]
+    tracked = [
+        i for i in OrchestratorClient(orchestrator).list()["instances"] if i["partition"] == "Race"
+    ]
+    assert len(tracked) == 1
+    # No untracked node_echo of this partition runs anywhere.
+    running = [p for p in _node_pids() if _partition_of_pid(p) == "Race"]
+    assert running == [tracked[0]["pid"]]
+
+
+def _node_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"node_echo" in (entry / "cmdline").read_bytes() and _running(int(entry.name)):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _partition_of_pid(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next(
+        (v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"YW_PARTITION=")), None
+    )

@@ -153,6 +153,12 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 15
     while pid_alive(connection.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    if pid_alive(connection.pid):
+        print(
+            f"orchestrator (pid {connection.pid}) is still stopping its backends after 15 s",
+            file=sys.stderr,
+        )
+        return 1
     print(f"orchestrator (pid {connection.pid}) stopped")
     return 0
 

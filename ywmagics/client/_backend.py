@@ -6,6 +6,7 @@ the requests and reads the answers; only sending differs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -118,6 +119,7 @@ class BackendClient(_BackendBase):
         super().__init__(connection, name, version, partition)
         self._http = shared_http()
         self._async: AsyncBackendClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
         """Send a request (``json``, ``content``, ``params``, ``headers``, ``timeout``)."""
@@ -160,11 +162,17 @@ class BackendClient(_BackendBase):
 
     @property
     def aio(self) -> AsyncBackendClient:
-        """The async twin, bound to the same backend and partition."""
-        if self._async is None or self._async.closed:
+        """The async twin, bound to the same backend and partition, and to the running event
+        loop (a new one is made for each new loop: its connections belong to their loop)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._async is None or self._async.closed or self._async_loop is not loop:
             self._async = AsyncBackendClient(
                 self.connection, self.name, self.version, self.partition
             )
+            self._async_loop = loop
         return self._async
 
     async def afetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:

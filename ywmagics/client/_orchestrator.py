@@ -118,7 +118,9 @@ class OrchestratorClient:
         with self._http.stream(
             "GET", self.connection.url + "/events", headers=self.connection.headers, timeout=None
         ) as response:
-            check(response)
+            if response.status_code >= 400:
+                response.read()
+                check(response)
             for line in response.iter_lines():
                 item = json.loads(line) if line.strip() else {}
                 if "event" in item:

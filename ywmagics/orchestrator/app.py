@@ -33,6 +33,9 @@ def _error_response(error: YwMagicsError) -> JSONResponse:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    # A JSON content type cannot be sent by a plain HTML form or a "simple" cross-site request.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise SpecError("send the request body as JSON (Content-Type: application/json)")
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):

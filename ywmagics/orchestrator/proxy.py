@@ -15,11 +15,11 @@ from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from ywmagics.errors import StartError, YwMagicsError
+from ywmagics.errors import ERROR_HEADER, StartError, YwMagicsError
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
 from ywmagics.orchestrator.supervisor import Instance
-from ywmagics.orchestrator.upstream import UpstreamError, UpstreamResponse
+from ywmagics.orchestrator.upstream import IDEMPOTENT, UpstreamError, UpstreamResponse
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
 
 BUFFERED_BODY_LIMIT = 1 << 20
@@ -40,9 +40,16 @@ _DROPPED_REQUEST = {
     b"transfer-encoding",
     b"x-backends-partition",
     b"cookie",
+    b"expect",  # uvicorn already answered any 100-continue
 }
-_IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
-_DROPPED_RESPONSE = {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade"}
+_DROPPED_RESPONSE = {
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"trailer",
+    b"upgrade",
+    ERROR_HEADER.encode(),  # only the orchestrator's own errors carry it
+}
 
 
 def partition_of(scope: Scope, headers: dict[bytes, bytes]) -> str:
@@ -65,21 +72,34 @@ def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:
     return jar[name].value if name in jar else None
 
 
+def _own_cookie(cookie: bytes) -> bool:
+    return cookie.strip().startswith((COOKIE.encode() + b"=", PARTITION_COOKIE.encode() + b"="))
+
+
 def _forwarded_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
     headers = [(k, v) for k, v in scope["headers"] if k not in _DROPPED_REQUEST]
     for name, value in scope["headers"]:
         if name == b"cookie":
-            kept = b"; ".join(
-                c
-                for c in value.split(b"; ")
-                if not c.startswith((COOKIE.encode() + b"=", PARTITION_COOKIE.encode() + b"="))
-            )
+            kept = b"; ".join(c.strip() for c in value.split(b";") if not _own_cookie(c))
             if kept:
                 headers.append((b"cookie", kept))
     base_path = f"/backends/{instance.manifest.name}/{instance.manifest.version}"
     headers.append((b"x-backends-partition", instance.partition.encode()))
     headers.append((b"x-forwarded-prefix", base_path.encode()))
     return headers
+
+
+def _returned_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    """The backend's headers, less hop-by-hop ones and any that would pass for ours."""
+    return [
+        (k, v)
+        for k, v in response.headers
+        if k not in _DROPPED_RESPONSE and not (k == b"set-cookie" and _own_cookie(v))
+    ]
+
+
+class ClientGone(Exception):
+    """The client hung up before its request was whole: nothing must reach the backend."""
 
 
 async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncIterator[bytes]:
@@ -90,6 +110,8 @@ async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncI
         chunks = []
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -98,12 +120,17 @@ async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncI
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise UpstreamError("the client went away", sent=True)
+                raise UpstreamError("the client went away mid-request", sent=True)
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
 
     return stream()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class Proxy:
@@ -114,13 +141,15 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response, instance = await self._open(scope, receive)
+            response = await self._open(scope, receive)
         except YwMagicsError as error:
             await send_error(send, error)
             return
-        await self._relay(response, instance, send)
+        except ClientGone:
+            return
+        await self._relay(response, receive, send)
 
-    async def _open(self, scope: Scope, receive: Receive) -> tuple[UpstreamResponse, Instance]:
+    async def _open(self, scope: Scope, receive: Receive) -> UpstreamResponse:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         parts = raw_path.split(b"/", 4)  # b"", b"backends", name, version, rest
         if len(parts) < 4 or not parts[2] or not parts[3]:
@@ -134,24 +163,24 @@ class Proxy:
         instance = await self.find(partition, name, version)
         body = await _body(headers, receive)
         try:
-            return await self._send(instance, scope, target, body), instance
+            return await self._send(instance, scope, target, body)
         except UpstreamError as error:
             # The process may have died an instant ago, before we noticed. Send the request again
             # to its revived successor when that is safe: nothing was sent, or the method is
             # idempotent and the body is still ours (never re-send a POST that may have run).
             process = instance.process
             replayable = isinstance(body, bytes) and (
-                not error.sent or scope["method"] in _IDEMPOTENT
+                not error.sent or scope["method"] in IDEMPOTENT
             )
             if process is None or not replayable:
                 raise self._gone(instance, error) from None
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), 2.0)
-            if process.returncode is None:
+                await asyncio.wait_for(process.wait(), 0.5)
+            if process.returncode is None:  # alive: it chose not to answer
                 raise self._gone(instance, error) from None
             instance = await self.find(partition, name, version)
             try:
-                return await self._send(instance, scope, target, body), instance
+                return await self._send(instance, scope, target, body)
             except UpstreamError as again:
                 raise self._gone(instance, again) from None
 
@@ -168,24 +197,40 @@ class Proxy:
 
     @staticmethod
     def _gone(instance: Instance, error: UpstreamError) -> StartError:
+        process = instance.process
+        exited = process is not None and process.returncode is not None
         return StartError(
             f"{instance.manifest.name} {instance.manifest.version} in partition "
             f"{instance.partition!r} did not answer: {error}",
-            hint="it may have crashed: the next request restarts it; see 'ywmagics logs'",
+            hint="it exited: the next request restarts it; see 'ywmagics logs'"
+            if exited
+            else "it dropped the connection without answering; see 'ywmagics logs'",
             log_tail=tail_of(instance.log_path),
         )
 
     @staticmethod
-    async def _relay(response: UpstreamResponse, instance: Instance, send: Send) -> None:
+    async def _relay(response: UpstreamResponse, receive: Receive, send: Send) -> None:
+        """Send the answer on; a long one stops when the client goes away (uvicorn's send then
+        does nothing, so without watching we would read the backend to its end)."""
+        watcher: asyncio.Future[None] | None = None
         try:
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": [(k, v) for k, v in response.headers if k not in _DROPPED_RESPONSE],
+                    "headers": _returned_headers(response),
                 }
             )
+            if not response.complete:
+                watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+                watcher.add_done_callback(lambda _: response.abandon())
             async for chunk, last in response.iter_body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        except UpstreamError:
+            # The client went away (we abandoned the backend's answer), or the backend broke
+            # off mid-answer: with the head sent, all we can do is end the connection short.
+            return
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await response.release()

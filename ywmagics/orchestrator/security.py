@@ -89,21 +89,35 @@ class SecurityMiddleware:
             )
             return
         origin = headers.get("origin")
-        if origin and not host_is_loopback(origin.split("://", 1)[-1]):
+        # Only our own origin: a page served on another local port (a notebook server, a dev
+        # server) is same-site for cookies, so the port must match too.
+        if origin and origin != f"http://{host}":
             await send_error(
                 send, AuthenticationError(f"cross-origin requests from {origin!r} are refused"), 403
             )
             return
-        given, from_query = _token_of(scope, headers)
+        to_backend = scope["path"].startswith("/backends/")
+        given, source = _token_of(scope, headers)
         state = scope.setdefault("state", {})
-        if from_query:
-            if self.codes.redeem(given):
+        if source == "query":
+            if to_backend and self.codes.redeem(given):
                 await self._browser_login(scope, receive, send)
                 return
             given = ""  # a used or expired code is no credential
+        if source == "cookie" and not to_backend:
+            given = ""  # the browser's cookie opens backends' pages, not the admin routes
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
             state["pinned_partition"] = None
         elif given and (partition := self.instance_for_token(given)) is not None:
+            if not (to_backend or scope["path"] == "/install"):
+                await send_error(
+                    send,
+                    AuthenticationError(
+                        "a backend's instance token reaches other backends and /install only"
+                    ),
+                    403,
+                )
+                return
             state["pinned_partition"] = partition
         else:
             error = AuthenticationError(
@@ -120,7 +134,7 @@ class SecurityMiddleware:
         the partition if given, in strict cookies, and drop them from the URL before the backend
         sees it. The partition cookie is scoped to the backend's path, so that the page's own
         requests (e.g. /docs fetching openapi.json) reach the same instance."""
-        pairs = parse_qsl(scope["query_string"].decode())
+        pairs = parse_qsl(scope["query_string"].decode(), keep_blank_values=True)
         partition = next((v for k, v in pairs if k == PARTITION_QUERY), None)
         scope["query_string"] = urlencode(
             [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
@@ -143,21 +157,22 @@ class SecurityMiddleware:
         await self.app(scope, receive, send_with_cookies)
 
 
-def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, bool]:
+def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, str]:
+    """The credential a request carries, and where: ``header``, ``query``, ``cookie`` or ``""``."""
     authorization = headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip(), False
+        return authorization[7:].strip(), "header"
     if QUERY.encode() in scope.get("query_string", b""):
         for key, value in parse_qsl(scope["query_string"].decode()):
             if key == QUERY:
-                return value, True
+                return value, "query"
     cookie = headers.get("cookie")
     if cookie:
         jar: SimpleCookie = SimpleCookie()
         jar.load(cookie)
         if COOKIE in jar:
-            return jar[COOKIE].value, False
-    return "", False
+            return jar[COOKIE].value, "cookie"
+    return "", ""
 
 
 async def send_error(send: Send, error: YwMagicsError, status: int | None = None) -> None:

@@ -19,11 +19,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 
 from ywmagics import __version__, paths
-from ywmagics.discovery import read_discovery, write_discovery
+from ywmagics.discovery import Connection, read_discovery, write_discovery
 from ywmagics.orchestrator.app import create_app
 from ywmagics.orchestrator.registry import default_registry_folders
 from ywmagics.orchestrator.service import Orchestrator, Settings
@@ -31,11 +32,20 @@ from ywmagics.orchestrator.service import Orchestrator, Settings
 log = logging.getLogger("ywmagics.orchestrator")
 
 
+def _answers(connection: Connection) -> bool:
+    """Whether an orchestrator really answers there (a stale file's pid may have been reused)."""
+    try:
+        response = httpx.get(f"{connection.url}/status", headers=connection.headers, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
 def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str = "warning") -> None:
     """Run the orchestrator in the foreground until it is told to stop."""
     discovery = paths.discovery_file()
     existing = read_discovery(discovery)
-    if existing is not None and existing.pid != os.getpid():
+    if existing is not None and existing.pid != os.getpid() and _answers(existing):
         raise SystemExit(
             f"an orchestrator already runs (pid {existing.pid}, {existing.url}); "
             "stop it first with 'ywmagics shutdown'"
@@ -93,6 +103,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         timeout_graceful_shutdown=5,
         proxy_headers=False,  # nothing stands in front of us: no X-Forwarded-* to trust
         server_header=False,
+        date_header=False,  # the backends' own Date passes through; no second one
     )
     server = uvicorn.Server(config)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)

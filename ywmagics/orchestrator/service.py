@@ -61,8 +61,8 @@ class Orchestrator:
 
         plans = await self._plan(request, emit)
         task = asyncio.ensure_future(
-            asyncio.gather(
-                *(self._install_one(request.partition, spec, plan, emit) for spec, plan in plans)
+            _all_or_nothing(
+                [self._install_one(request.partition, spec, plan, emit) for spec, plan in plans]
             )
         )
         try:
@@ -201,17 +201,22 @@ class Orchestrator:
         if running:
             best = max(running, key=lambda i: i.manifest.parsed_version)
             return await self.supervisor.revive(best)
+        # The environment last installed or started for a version is preferred; other
+        # installed versions count too.
         candidates = {v: p for (n, v), p in self._last_used.items() if n == name}
-        if not candidates:
-            for environment in self.installer.environments():
-                if environment.name == name and wanted.matches(environment.version):
-                    manifest = self._manifest_of(environment)
-                    if manifest is not None:
-                        plan = await asyncio.to_thread(
-                            self.installer.plan, manifest, environment.config
-                        )
-                        if plan.fingerprint == environment.fingerprint:
-                            candidates.setdefault(environment.version, (plan, environment))
+        for environment in self.installer.environments():
+            if (
+                environment.name == name
+                and environment.version not in candidates
+                and wanted.matches(environment.version)
+            ):
+                manifest = self._manifest_of(environment)
+                if manifest is not None:
+                    plan = await asyncio.to_thread(
+                        self.installer.plan, manifest, environment.config
+                    )
+                    if plan.fingerprint == environment.fingerprint:
+                        candidates.setdefault(environment.version, (plan, environment))
         version = wanted.best(candidates)
         if version is None:
             raise BackendNotFound(
@@ -309,3 +314,20 @@ class Orchestrator:
 
     async def shutdown(self) -> None:
         await self.supervisor.stop_all()
+
+
+async def _all_or_nothing(work: list[Coroutine[Any, Any, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run ``work`` concurrently; at the first failure, cancel the rest (``gather`` would let
+    them go on building and starting after the error was reported) and raise it."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            failure = task.exception() if task.done() else None
+            if failure is not None:
+                raise failure
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -111,6 +111,7 @@ class Supervisor:
         self.orchestrator_url = orchestrator_url
         self.emit = emit
         self.instances: dict[InstanceKey, Instance] = {}
+        self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
 
     # -- queries -----------------------------------------------------------------------------
@@ -134,9 +135,18 @@ class Supervisor:
     async def ensure(
         self, partition: str, plan: Plan, environment: Environment, emit: Emit
     ) -> Instance:
-        """A ready instance of ``environment`` in ``partition``; replaces one of another config."""
-        manifest = plan.manifest
-        key = (partition, manifest.name, manifest.version)
+        """A ready instance of ``environment`` in ``partition``; replaces one of another config.
+
+        Serialised per key: two installs racing with different configurations must not both
+        replace the old instance (one replacement would go untracked)."""
+        key = (partition, plan.manifest.name, plan.manifest.version)
+        async with self._key_locks.setdefault(key, asyncio.Lock()):
+            return await self._ensure(key, plan, environment, emit)
+
+    async def _ensure(
+        self, key: InstanceKey, plan: Plan, environment: Environment, emit: Emit
+    ) -> Instance:
+        partition, manifest = key[0], plan.manifest
         current = self.instances.get(key)
         if current is not None:
             async with current.lock:
@@ -223,8 +233,7 @@ class Supervisor:
 
     async def _start(self, instance: Instance, emit: Emit, restart: bool = False) -> None:
         manifest, environment = instance.manifest, instance.environment
-        if instance.alive:
-            await self._kill(instance)
+        await self._kill(instance)  # what a crashed run left in its process group
         emit(
             self._event(
                 instance,
@@ -293,7 +302,9 @@ class Supervisor:
             await self._wait_ready(instance)
         except BaseException as error:  # a failure, or the install was cancelled: no half-start
             await asyncio.shield(self._kill(instance))
-            instance.state = InstanceState.STOPPED
+            # A failed restart is one more crash (so backoff and giving up apply); a failed
+            # first start is reported to the install that asked for it.
+            instance.state = InstanceState.CRASHED if restart else InstanceState.STOPPED
             if isinstance(error, StartError):
                 emit(self._event(instance, EventKind.FAILED, error.message))
             raise
@@ -344,7 +355,8 @@ class Supervisor:
             await self._kill(instance)
             instance.state = InstanceState.STOPPED
         if forget:
-            self.instances.pop(instance.key, None)
+            if self.instances.get(instance.key) is instance:
+                del self.instances[instance.key]
             self.by_token.pop(instance.token, None)
         if instance.upstream is not None:
             await instance.upstream.aclose()
@@ -352,15 +364,16 @@ class Supervisor:
         self.emit(self._event(instance, EventKind.STOPPED, "stopped"))
 
     async def _kill(self, instance: Instance) -> None:
+        """Stop the instance's whole process group: even when its leader has died already,
+        what it started may live on in the group."""
         process = instance.process
         if process is None:
             return
-        if process.returncode is None:
-            await asyncio.to_thread(
-                terminate_group, process.pid, is_alive=lambda: process.returncode is None
-            )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), 5)
+        await asyncio.to_thread(
+            terminate_group, process.pid, is_alive=lambda: process.returncode is None
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.wait(), 5)
         if instance.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 instance.socket_path.unlink()

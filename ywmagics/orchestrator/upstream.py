@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import httptools
 
 Headers = list[tuple[bytes, bytes]]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ_SIZE = 256 * 1024
 
 
@@ -33,22 +34,38 @@ class _Parsed:
     def __init__(self) -> None:
         self.headers: Headers = []
         self.headers_done = False
+        self.interim = False
         self.chunks: list[bytes] = []
         self.complete = False
+        self.surplus = False  # bytes after the answer: the connection can't be trusted again
         # Read in the callback: httptools forgets it once the message has ended.
         self.keep_alive = False
         self.parser = httptools.HttpResponseParser(self)
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.surplus = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if not self.headers_done:  # later ones are trailers: not headers of this answer
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.interim = True
+            self.headers = []
+            return
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
 
@@ -87,6 +104,7 @@ class UpstreamResponse:
         self._parsed = parsed
         self._head_only = head_only
         self.status: int = parsed.parser.get_status_code()
+        self._abandoned = False
         self.headers = parsed.headers
 
     async def iter_body(self) -> AsyncIterator[tuple[bytes, bool]]:
@@ -110,12 +128,24 @@ class UpstreamResponse:
             if not more and not parsed.complete:
                 raise UpstreamError("the backend closed the connection mid-answer", sent=True)
 
+    @property
+    def complete(self) -> bool:
+        """The whole answer has arrived already (the common case for small ones)."""
+        return self._head_only or self._parsed.complete
+
+    def abandon(self) -> None:
+        """Stop reading: close the connection (a pending read then ends)."""
+        self._abandoned = True
+        self._connection.close()
+
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk, _ in self.iter_body()])
 
     async def release(self) -> None:
         """Give the connection back when the exchange completed cleanly, else close it."""
-        if self._head_only or (self._parsed.complete and self._parsed.keep_alive):
+        parsed = self._parsed
+        reusable = self._head_only or (parsed.complete and parsed.keep_alive)
+        if reusable and not parsed.surplus and not self._abandoned:
             self._pool._give_back(self._connection)
         else:
             self._connection.close()
@@ -160,8 +190,9 @@ class UpstreamPool:
         headers: Headers,
         body: bytes | AsyncIterator[bytes] | None = None,
     ) -> UpstreamResponse:
-        """Send one request; a pooled connection found dead before any answer is replaced once,
-        when the body can be sent again."""
+        """Send one request. A pooled connection that fails before any answer (the backend closed
+        it while idle) is replaced once, when sending again is safe: the method is idempotent
+        and the body is still ours. A POST is never sent twice: it may have been acted on."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.usable:
@@ -170,8 +201,8 @@ class UpstreamPool:
             try:
                 return await self._exchange(connection, method, target, headers, body)
             except UpstreamError as error:
-                # The backend closed the idle connection as we reused it: nothing was answered.
-                if error.sent and not isinstance(body, (bytes, type(None))):
+                replayable = method in IDEMPOTENT and isinstance(body, (bytes, type(None)))
+                if error.sent and not replayable:
                     raise
             break
         return await self._exchange(await self._open(), method, target, headers, body)
