@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -46,7 +45,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 class BackendsDispatch:
-    """Sends ``/backends/...`` straight to the proxy: the hot path skips the router."""
+    """Sends ``/backends/...`` straight to the proxy, and the rest to the admin application: the
+    hot path goes through no framework at all."""
 
     def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
         self.app = app
@@ -60,8 +60,15 @@ class BackendsDispatch:
 
 
 def create_app(
-    orchestrator: Orchestrator, token: str, lifespan: Lifespan[Starlette] | None = None
-) -> Starlette:
+    orchestrator: Orchestrator,
+    token: str,
+    lifespan: Lifespan[Starlette] | None = None,
+    request_exit: Callable[[], None] = lambda: None,
+) -> ASGIApp:
+    """The orchestrator's ASGI application: security first, then the proxy or the admin routes.
+
+    ``request_exit`` is called (soon after answering) when a client asks for a shutdown."""
+
     async def status(request: Request) -> Response:
         return JSONResponse(orchestrator.status())
 
@@ -139,7 +146,7 @@ def create_app(
 
     async def shutdown(request: Request) -> Response:
         # Answer first, then stop: the server's lifespan stops every backend.
-        asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
+        asyncio.get_running_loop().call_later(0.05, request_exit)
         return JSONResponse({"stopping": True})
 
     async def on_error(request: Request, error: Exception) -> Response:
@@ -167,19 +174,14 @@ def create_app(
         instance = supervisor.by_token.get(candidate)
         return instance.partition if instance else None
 
-    app = Starlette(
+    admin = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            Middleware(
-                SecurityMiddleware,
-                token=token,
-                instance_for_token=partition_for_token,
-                codes=codes,
-            ),
-            Middleware(BackendsDispatch, proxy=Proxy(orchestrator.instance_for)),
-        ],
         exception_handlers={YwMagicsError: on_error, ValueError: on_value_error},
     )
-    app.state.request_exit = lambda: None
-    return app
+    return SecurityMiddleware(
+        BackendsDispatch(admin, Proxy(orchestrator.instance_for)),
+        token=token,
+        instance_for_token=partition_for_token,
+        codes=codes,
+    )

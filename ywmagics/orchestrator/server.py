@@ -94,7 +94,13 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
                     discovery.unlink()
             shutil.rmtree(sockets_dir, ignore_errors=True)
 
-    app = create_app(orchestrator, token, lifespan)
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(orchestrator, token, lifespan, request_exit)
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -106,5 +112,4 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         date_header=False,  # the backends' own Date passes through; no second one
     )
     server = uvicorn.Server(config)
-    app.state.request_exit = lambda: setattr(server, "should_exit", True)
     server.run(sockets=[listener])
