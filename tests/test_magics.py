@@ -30,6 +30,7 @@ from ywmagics.kernel import (
     InterpreterTimeout,
     Interrupted,
     RemoteExecutionError,
+    RunnerExited,
     YwMagics,
     kernel_partition,
 )
@@ -322,8 +323,9 @@ def test_stop_by_alias(
     assert "StopMe" not in partitions
     run_line(shell, "%backends stop --partition StopMe")
     assert "nothing was running there" in capsys.readouterr().out
-    with pytest.raises(UsageError, match="not both"):
-        run_line(shell, "%backends stop stopMe --all")
+    for line in ("%backends stop stopMe --all", "%backends stop --all --partition StopMe"):
+        with pytest.raises(UsageError, match="give it alone"):
+            run_line(shell, line)
 
 
 @pytest.fixture(scope="module")
@@ -424,8 +426,9 @@ def test_interpreter_exception_has_the_cell_traceback(
         shell.run_cell_magic("interpreter", "pyRunner", "a = 1\nb = 0\nc = a / b\n")
     error = raised.value
     assert error.remote_type == "ZeroDivisionError"
-    assert error.lineno == 3
-    assert "line 3" in error.remote_traceback
+    # Numbered as Jupyter shows the cell: the %%interpreter line is line 1.
+    assert error.lineno == 4
+    assert "line 4" in error.remote_traceback
     lines = error._render_traceback_()
     assert "ZeroDivisionError" in lines[0] and "pyRunner" in lines[0]
     assert any("c = a / b" in line for line in lines)
@@ -542,3 +545,27 @@ def test_terminal_ipython_prints_text_and_never_hangs(orchestrator: Connection) 
     # that shell exited: its own partition was stopped
     with OrchestratorClient(orchestrator) as client:
         assert partition not in {i["partition"] for i in client.list()["instances"]}
+
+
+@slow
+def test_a_runner_that_exits_says_so_and_the_next_cell_runs(
+    magics: YwMagics, shell: InteractiveShell
+) -> None:
+    run_line(shell, f"%backends install {PYRUN} as exiting --partition Exiting")
+    shell.run_cell_magic("interpreter", "exiting", "kept = 1")
+    with pytest.raises(RunnerExited, match="exited while running the cell") as raised:
+        shell.run_cell_magic("interpreter", "exiting", "import os\nos._exit(3)")
+    assert "%backends logs exiting" in raised.value.hint
+    # The next cell runs in a fresh runner: its variables are gone, as the error said.
+    shell.run_cell_magic("interpreter", "exiting --out fresh", "fresh = 'kept' not in globals()")
+    assert shell.user_ns["fresh"] is True
+
+
+@slow
+def test_interpreter_on_a_backend_that_runs_no_cells(
+    magics: YwMagics, shell: InteractiveShell
+) -> None:
+    run_line(shell, f"%backends install {DEMO} as notARunner --partition NotARunner")
+    with pytest.raises(UsageError, match="runs no cells") as raised:
+        shell.run_cell_magic("interpreter", "notARunner", "x = 1")
+    assert "pyrun_backend" in str(raised.value)

@@ -157,7 +157,8 @@ def test_03_interpreter_cells(orchestrator: Connection, cwd: Path) -> None:
     assert error.ename == "RemoteExecutionError"
     assert "ZeroDivisionError" in error.evalue
     traceback = "\n".join(error.traceback)
-    assert "line 3" in traceback and "ratio = total / (len(values) - 3)" in traceback
+    # line 4 as Jupyter numbers the cell: the %%interpreter line is line 1
+    assert "line 4" in traceback and "ratio = total / (len(values) - 3)" in traceback
     assert "magics.py" not in traceback  # the runner's traceback, not the kernel's stack
 
     travel = error_of(cell_starting(nb, "%%interpreter pyRunner --out square"))

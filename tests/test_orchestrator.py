@@ -558,3 +558,23 @@ def _partition_of_pid(pid: int) -> str | None:
     return next(
         (v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"YW_PARTITION=")), None
     )
+
+
+def test_shutdown_of_an_orchestrator_this_process_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a kernel does: the client starts the orchestrator as its own child. 'ywmagics shutdown'
+    # from elsewhere must see it end (no zombie left looking alive).
+    monkeypatch.setenv("YW_HOME", str(tmp_path / "home"))
+    connection = ywmagics.connect()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ywmagics", "shutdown"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"orchestrator (pid {connection.pid}) stopped" in done.stdout
+    assert time.monotonic() - started < 10

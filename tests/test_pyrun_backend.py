@@ -100,3 +100,22 @@ def test_missing_python_version_fails_fast_with_the_list(orchestrator: Connectio
     with pytest.raises(ConfigurationError, match=r"no Python 3\.99 found") as error:
         _pyrun(orchestrator, "Missing", "3.99")
     assert find_python("3.10").version in error.value.hint
+
+
+def test_missing_strings_survive_pandas_3_to_pandas_2(orchestrator: Connection) -> None:
+    pd = pytest.importorskip("pandas")
+    from ywmagics import wire
+
+    py = _pyrun(orchestrator, "Pandas2", "3.10", "pandas<3")
+    series = pd.Series(["a", None, "c"])
+    answer = _run(
+        py,
+        "import pandas\nversion = pandas.__version__\nmissing = s.isna().tolist()\nback = s",
+        ["version", "missing", "back"],
+        {"s": wire.encode(series, "s")},
+    )
+    assert answer["exception"] is None, answer["exception"]
+    out = answer["capturedOut"]
+    assert out["version"].startswith("2.")
+    assert out["missing"] == [False, True, False]  # not the text 'None'
+    assert wire.decode(out["back"]).isna().tolist() == [False, True, False]

@@ -338,21 +338,22 @@ def test_streaming_ndjson(server: Server) -> None:
         for line in response.iter_lines():
             arrivals.append((time.monotonic() - start, json.loads(line)))
     events = [event for _, event in arrivals]
-    assert events[:2] == [
+    assert events[:3] == [
+        {"started": True},
         {"stream": "stdout", "text": "first\n"},
         {"stream": "stdout", "text": "no newline"},
     ]
-    assert arrivals[1][0] < 0.3  # text without a newline did not wait for the cell's end
-    assert events[2:4] == [
+    assert arrivals[2][0] < 0.3  # text without a newline did not wait for the cell's end
+    assert events[3:5] == [
         {"stream": "stderr", "text": "oops\n"},
         {"display": {"data": {"text/plain": "7"}, "metadata": {}}},
     ]
     result = events[-1]["result"]
-    assert len(events) == 5
+    assert len(events) == 6
     assert arrivals[-1][0] >= 0.4
-    assert result["output"] == "first\nno newline"
     assert result["capturedOut"] == {"streamed": 1}
-    assert result["displays"] == [{"data": {"text/plain": "7"}, "metadata": {}}]
+    # What was streamed is not sent a second time in the result.
+    assert (result["output"], result["error"], result["displays"]) == ("", "", [])
 
 
 @pytest.mark.parametrize(
@@ -370,6 +371,7 @@ def test_interrupt(server: Server, code: str) -> None:
     start = time.monotonic()
     with server.client.stream("POST", "/run", json=body, headers=headers) as response:
         lines = response.iter_lines()
+        assert json.loads(next(lines)) == {"started": True}
         assert json.loads(next(lines)) == {"stream": "stdout", "text": "started\n"}
         time.sleep(0.2)  # in the loop or the long call by now
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(server.socket_path))) as other:
@@ -381,7 +383,6 @@ def test_interrupt(server: Server, code: str) -> None:
     assert exception["lineno"] in (3, 4)
     assert '"<cell intr>"' in exception["traceback"]
     assert "pyrun_" not in exception["traceback"]
-    assert result["output"] == "started\n"
     assert server.run("after_interrupt = 1")["exception"] is None  # the runner goes on
 
 
@@ -424,6 +425,7 @@ def test_sigterm_during_a_cell(start_server: Callable[..., Server]) -> None:
     events: list[dict[str, Any]] = []
     with server.client.stream("POST", "/run", json=body, headers=headers) as response:
         lines = response.iter_lines()
+        assert json.loads(next(lines)) == {"started": True}
         assert json.loads(next(lines)) == {"stream": "stdout", "text": "started\n"}
         server.process.send_signal(signal.SIGTERM)
         with contextlib.suppress(httpx.HTTPError):  # it may end before the answer is complete
@@ -479,3 +481,65 @@ def test_no_import_outside_the_standard_library() -> None:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in ours, (path.name, name)
     assert os.access(BACKEND / "pyrun_server.py", os.R_OK)
+
+
+def test_interrupt_by_run_id_leaves_other_cells_alone(server: Server) -> None:
+    # Two clients share one runner (a named partition): one's stop button or timeout must not
+    # interrupt the other's cell, and a cell still waiting its turn is cancelled, not run.
+    headers = {"Accept": "application/x-ndjson"}
+    transport = httpx.HTTPTransport(uds=str(server.socket_path))
+    slow = {
+        "cellId": "a",
+        "code": "import time\ntime.sleep(1.5)\nslow_done = 1",
+        "capturedIn": {},
+        "capturedOut": ["slow_done"],
+        "runId": "run-a",
+    }
+    waiting = {
+        "cellId": "b",
+        "code": "waiting_ran = 1",
+        "capturedIn": {},
+        "capturedOut": [],
+        "runId": "run-b",
+    }
+    results: dict[str, Any] = {}
+
+    def run(body: dict[str, Any]) -> None:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(server.socket_path)), timeout=10
+        ) as client:
+            results[body["runId"]] = client.post("http://pyrun/run", json=body).json()
+
+    threads = [threading.Thread(target=run, args=(body,)) for body in (slow, waiting)]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    time.sleep(0.3)
+    with httpx.Client(transport=transport) as other:
+        assert other.post(
+            "http://pyrun/interrupt", json={"runId": "run-b"}, headers=headers
+        ).json() == {"interrupted": True}
+        assert other.post("http://pyrun/interrupt", json={"runId": "no-such-run"}).json() == {
+            "interrupted": False
+        }
+    for thread in threads:
+        thread.join(10)
+    assert results["run-a"]["exception"] is None
+    assert results["run-a"]["capturedOut"] == {"slow_done": 1}
+    assert results["run-b"]["exception"]["type"] == "KeyboardInterrupt"
+    assert "cancelled before it started" in results["run-b"]["exception"]["message"]
+    names = server.run("names = sorted(globals())", capturedOut=["names"])["capturedOut"]["names"]
+    assert "slow_done" in names and "waiting_ran" not in names
+
+
+def test_the_value_of_a_last_expression_shows_like_in_a_notebook(server: Server) -> None:
+    shown = server.run("x = 2\nx * 21")
+    assert shown["displays"] == [{"data": {"text/plain": "42"}, "metadata": {}}]
+    assert server.run("x * 21;")["displays"] == []  # a trailing ';' hides it, as in IPython
+    assert server.run("None")["displays"] == []
+    awaited = server.run(
+        "import asyncio\nawait asyncio.sleep(0)\nasyncio.get_running_loop() is not None"
+    )
+    assert awaited["exception"] is None
+    assert awaited["displays"] == [{"data": {"text/plain": "True"}, "metadata": {}}]
+    assert server.run("y = _ * 2", capturedOut=["y"])["capturedOut"] == {"y": 2}

@@ -11,7 +11,8 @@
     ├── InstanceNotFound      no running instance matches (stop, logs)
     ├── OrchestratorError     the orchestrator cannot be reached, started, or refused the request
     │   └── AuthenticationError   wrong or missing token, or a foreign Host
-    └── BackendHTTPError      a backend answered with an error status (carries status and body)
+    ├── BackendHTTPError      a backend answered with an error status (carries status and body)
+    └── IncompleteAnswerError a backend's answer broke off midway (it exited, most likely)
 
 Errors cross the HTTP boundary as ``{"type", "message", "hint", "log_tail"}`` and are rebuilt on the
 client side by :func:`error_from_dict`, so a user of the Python client catches the same class the
@@ -113,6 +114,10 @@ class BackendHTTPError(YwMagicsError):
         self.status = status
         self.body = body
         self.url = url
+
+
+class IncompleteAnswerError(YwMagicsError):
+    """A streamed answer broke off before its end: the backend most likely exited."""
 
 
 _BY_NAME: dict[str, type[YwMagicsError]] = {

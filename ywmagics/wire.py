@@ -651,7 +651,17 @@ class _Decoder:
 
     def _pd_extarray(self, obj: dict[str, Any]) -> Any:
         pd = _import("pandas", self.name)
-        return pd.array(self._items(obj), dtype=obj["dtype"])
+        items = self._items(obj)
+        dtype: Any = obj["dtype"]
+        try:
+            resolved = pd.api.types.pandas_dtype(dtype)
+        except TypeError:
+            resolved = None
+        if resolved is not None and not isinstance(resolved, pd.api.extensions.ExtensionDtype):
+            # This pandas reads the name as a numpy dtype: pandas 3's "str" is numpy's str in
+            # pandas 2, which would turn missing values into the text 'None'. Keep them missing.
+            dtype = "string" if obj["dtype"] == "str" else object
+        return pd.array(items, dtype=dtype)
 
     def _pd_timestamp(self, obj: dict[str, Any]) -> Any:
         pd = _import("pandas", self.name)

@@ -22,6 +22,7 @@ from ywmagics.client._http import (
 )
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
+from ywmagics.errors import IncompleteAnswerError
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 Timeout = httpx.Timeout | float | None
@@ -139,13 +140,21 @@ class BackendClient(_BackendBase):
         An error status raises, like :meth:`fetch_json`, with the body read for the message."""
         with self._translated():
             response = self._http.send(self._request(path, method, **kwargs), stream=True)
-            try:
-                if response.status_code >= 400:
+        try:
+            if response.status_code >= 400:
+                with self._translated():
                     response.read()
-                    check(response)
+                check(response)
+            try:
                 yield response
-            finally:
-                response.close()
+            except httpx.TransportError as error:  # raised while the caller read the body
+                raise IncompleteAnswerError(
+                    f"{self.name} {self.version} (partition {self.partition}) broke off its "
+                    f"answer to {method} {path}: {error!r}",
+                    hint="it most likely exited; the next request restarts it",
+                ) from None
+        finally:
+            response.close()
 
     @property
     def docs_url(self) -> str:

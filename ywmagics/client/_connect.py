@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import filelock
@@ -70,6 +71,9 @@ def _start(timeout: float) -> Connection:
             start_new_session=True,  # shared by all kernels: it must outlive the one starting it
             env=_orchestrator_environment(),
         )
+    # Reap it when it ends: a process that started the orchestrator (a kernel) would otherwise
+    # keep a zombie, which looks alive to 'ywmagics shutdown' and the discovery check.
+    threading.Thread(target=process.wait, name="ywmagics-reaper", daemon=True).start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         connection = read_discovery()

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ywmagics.kernel.interpreter import InterpreterTimeout, Interrupted, RemoteExecutionError
+from ywmagics.kernel.interpreter import (
+    InterpreterTimeout,
+    Interrupted,
+    RemoteExecutionError,
+    RunnerExited,
+)
 from ywmagics.kernel.magics import YwMagics, kernel_partition
 from ywmagics.kernel.transfer import TransferError
 
@@ -16,6 +21,7 @@ __all__ = [
     "InterpreterTimeout",
     "Interrupted",
     "RemoteExecutionError",
+    "RunnerExited",
     "TransferError",
     "YwMagics",
     "kernel_partition",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 NDJSON = "application/x-ndjson"
 INTERRUPT_TIMEOUT = 5.0
-# How long after ``--timeout`` (and its interrupt) we still wait for the runner's answer.
-TIMEOUT_GRACE = 10.0
 
 Write = Callable[[str], None]
 Display = Callable[[dict[str, Any]], None]
@@ -77,14 +76,19 @@ class InterpreterTimeout(YwMagicsError):
     """The cell ran longer than its ``--timeout`` and was interrupted."""
 
 
+class RunnerExited(YwMagicsError):
+    """The runner's process ended while it ran the cell (``os._exit``, a crash, out of memory)."""
+
+
 @dataclass
 class RunRequest:
-    """One ``POST /run``."""
+    """One ``POST /run``; ``run_id`` lets an interrupt reach this cell and no other."""
 
     cell_id: str
     code: str
     captured_in: dict[str, Any] = field(default_factory=dict)
     captured_out: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +96,7 @@ class RunRequest:
             "code": self.code,
             "capturedIn": self.captured_in,
             "capturedOut": self.captured_out,
+            "runId": self.run_id,
         }
 
 
@@ -101,10 +106,13 @@ class Runner:
     def close(self) -> None:
         """Nothing to release: clients share one connection pool."""
 
-    def interrupt(self, client: BackendClient) -> bool:
-        """Ask the runner to interrupt its running cell; ``False`` if it could not be asked."""
+    def interrupt(self, client: BackendClient, run_id: str) -> bool:
+        """Interrupt the run ``run_id`` (running, or cancel it if it waits for another cell);
+        ``False`` if the runner could not be asked. Other people's cells are left alone."""
         try:
-            response = client.fetch("/interrupt", method="POST", timeout=INTERRUPT_TIMEOUT)
+            response = client.fetch(
+                "/interrupt", method="POST", json={"runId": run_id}, timeout=INTERRUPT_TIMEOUT
+            )
         except YwMagicsError:
             return False
         return response.status_code < 400
@@ -114,6 +122,7 @@ class Runner:
         client: BackendClient,
         request: RunRequest,
         *,
+        alias: str,
         timeout: float | None,
         stdout: Write,
         stderr: Write,
@@ -121,55 +130,60 @@ class Runner:
     ) -> dict[str, Any]:
         """Run the cell; stream its output to ``stdout``/``stderr``/``display``; return the result.
 
-        Raises :class:`InterpreterTimeout` when ``timeout`` (seconds) passes first: the runner
-        is then interrupted. A ``KeyboardInterrupt`` interrupts the runner too, and propagates
-        as :class:`Interrupted` (a ``KeyboardInterrupt``).
+        ``timeout`` (seconds) counts from the moment the cell starts in the runner (it may first
+        wait for another cell of the same partition); when it passes, the cell is interrupted
+        and :class:`InterpreterTimeout` raised, unless the cell finished anyway. A
+        ``KeyboardInterrupt`` interrupts the cell too, and propagates as :class:`Interrupted`.
         """
         import httpx
 
-        timer: threading.Timer | None = None
+        from ywmagics.errors import IncompleteAnswerError
+
         timed_out = threading.Event()
+        timer: threading.Timer | None = None
         if timeout:
 
             def expire() -> None:
                 timed_out.set()
-                self.interrupt(client)
+                self.interrupt(client, request.run_id)
 
             timer = threading.Timer(timeout, expire)
             timer.daemon = True
-        read_timeout = timeout + TIMEOUT_GRACE if timeout else None
+        where = f"{alias}: {client.name} {client.version}, partition {client.partition}"
         try:
             with client.stream(
                 "/run",
                 "POST",
                 json=request.to_json(),
                 headers={"Accept": NDJSON},
-                timeout=httpx.Timeout(read_timeout, connect=5.0),
+                # No read limit: a cell may wait for another, and print nothing for long.
+                timeout=httpx.Timeout(None, connect=5.0),
             ) as response:
-                if timer is not None:
-                    timer.start()
                 if NDJSON in response.headers.get("content-type", ""):
-                    result = _read_stream(response.iter_lines(), stdout, stderr, display)
+                    started = timer.start if timer is not None else None
+                    result = _read_stream(response.iter_lines(), stdout, stderr, display, started)
                 else:
+                    if timer is not None:
+                        timer.start()
                     result = _read_whole(response, stdout, stderr, display)
         except KeyboardInterrupt:
             # A short error instead of the HTTP stack the interrupt landed in.
-            where = f"{client.name} {client.version}, partition {client.partition}"
-            if self.interrupt(client):
+            if self.interrupt(client, request.run_id):
                 raise Interrupted(f"the cell was interrupted in the runner ({where})") from None
             raise Interrupted(
                 f"interrupted, but the runner ({where}) could not be reached to stop the cell"
             ) from None
-        except httpx.TimeoutException:
-            self.interrupt(client)
-            raise InterpreterTimeout(
-                f"the runner did not answer within {read_timeout:.0f} s",
-                hint=f"see its log: %backends logs {client.name}",
+        except IncompleteAnswerError:
+            raise RunnerExited(
+                f"the runner ({where}) exited while running the cell: its variables are lost",
+                hint=f"it restarts, empty, on the next cell; see why in '%backends logs {alias}'",
             ) from None
         finally:
             if timer is not None:
                 timer.cancel()
-        if timed_out.is_set():
+        exception = result.get("exception")
+        interrupted = isinstance(exception, dict) and exception.get("type") == "KeyboardInterrupt"
+        if timed_out.is_set() and interrupted:
             raise InterpreterTimeout(
                 f"the cell ran longer than its timeout ({timeout:g} s) and was interrupted",
                 hint="raise it with --timeout SECONDS, or %config YwMagics.run_timeout = 0",
@@ -178,7 +192,11 @@ class Runner:
 
 
 def _read_stream(
-    lines: Iterator[str], stdout: Write, stderr: Write, display: Display
+    lines: Iterator[str],
+    stdout: Write,
+    stderr: Write,
+    display: Display,
+    on_started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     for line in lines:
         if not line.strip():
@@ -193,16 +211,18 @@ def _read_stream(
             (stderr if item["stream"] == "stderr" else stdout)(str(item.get("text", "")))
         elif "display" in item:
             display(item["display"])
+        elif "started" in item:
+            if on_started is not None:
+                on_started()
         elif "result" in item:
             return _result(item["result"])
         elif "error" in item:
             from ywmagics.errors import error_from_dict
 
             raise error_from_dict(item["error"])
-    raise YwMagicsError(
-        "the runner closed its answer without a result",
-        hint="it may have crashed: see '%backends logs ALIAS'",
-    )
+    from ywmagics.errors import IncompleteAnswerError
+
+    raise IncompleteAnswerError("the runner closed its answer without a result")
 
 
 def _read_whole(
@@ -242,7 +262,10 @@ def writer(stream_name: str) -> Write:
 
     def write(text: str) -> None:
         stream = sys.stderr if stream_name == "stderr" else sys.stdout
-        stream.write(text)
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:  # a lone surrogate, or a terminal that can't show it
+            stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
         with contextlib.suppress(Exception):
             stream.flush()
 

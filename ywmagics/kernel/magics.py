@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -70,6 +71,11 @@ def publish(data: dict[str, str]) -> None:
 
 SUBCOMMANDS = ("install", "list", "stop", "logs", "uninstall", "docs", "status")
 EXIT_STOP_TIMEOUT = 3.0
+
+
+# Whether anything was started in this kernel's own partition, to stop it at exit. Per process,
+# not per YwMagics: %reload_ext makes a new YwMagics, and must not forget what runs.
+_USED_KERNEL_PARTITION = threading.Event()
 
 
 @functools.cache
@@ -130,6 +136,23 @@ def parse_install_object(text: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def _needs_runner(alias: str, client: BackendClient) -> Iterator[None]:
+    """A backend without ``/run`` is not a python runner: say so, not "404 Not Found"."""
+    from ywmagics.errors import BackendHTTPError
+
+    try:
+        yield
+    except BackendHTTPError as error:
+        if error.status not in (404, 405):
+            raise
+        raise UsageError(
+            f"{alias} is {client.name} {client.version}, which runs no cells (its /run answered "
+            f"{error.status}): %%interpreter needs a python runner, e.g. "
+            f"%backends install pyrun_backend#^0.1.0 as {alias}"
+        ) from None
+
+
+@contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     try:
         yield
@@ -186,8 +209,6 @@ class YwMagics(Magics):
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         self._connection = None
         self._runner: Runner | None = None
-        # Whether anything was started in this kernel's own partition (to stop it at exit).
-        self._used_kernel_partition = False
         super().__init__(shell=shell, **kwargs)  # type: ignore[no-untyped-call]
 
     # ---- orchestrator -------------------------------------------------------------------------
@@ -259,6 +280,10 @@ class YwMagics(Magics):
 
         value = self.user_ns.get(alias)
         if isinstance(value, BackendClient):
+            # The orchestrator may have been restarted since (new port, new token).
+            current = self.connection
+            if value.connection != current:
+                value.connection = current
             return value
         bound = ", ".join(self.bound_clients()) or "none yet"
         if value is None:
@@ -409,7 +434,7 @@ class YwMagics(Magics):
             len(request.modules),
         )
         if request.partition == kernel_partition():
-            self._used_kernel_partition = True
+            _USED_KERNEL_PARTITION.set()
         try:
             with self.orchestrator(timeout=self.install_timeout) as orchestrator:
                 results = orchestrator.install(request, view.event)
@@ -423,7 +448,15 @@ class YwMagics(Magics):
             view.failed(error)
             raise
         for result in results:
-            self.user_ns[result["alias"]] = BackendClient(
+            alias = result["alias"]
+            previous = self.user_ns.get(alias)
+            if previous is not None and not isinstance(previous, BackendClient):
+                print(
+                    f"ywmagics: {alias!r} was a {type(previous).__name__}; it is now the "
+                    f"client of {result['name']}",
+                    file=sys.stderr,
+                )
+            self.user_ns[alias] = BackendClient(
                 connection, result["name"], result["version"], result["partition"]
             )
         view.done(results)
@@ -461,8 +494,11 @@ class YwMagics(Magics):
         alias = self._one_arg(args, "ALIAS")
         with self.orchestrator() as orchestrator:
             if args.all:
-                if alias:
-                    raise UsageError("give an ALIAS or --all, not both")
+                if alias or args.partition:
+                    raise UsageError(
+                        "--all stops every instance: give it alone, or use "
+                        "ALIAS or --partition instead"
+                    )
                 stopped = orchestrator.stop(all=True)
             elif alias:
                 name, version, partition = self._target(alias, args.partition)
@@ -478,6 +514,8 @@ class YwMagics(Magics):
         alias = self._one_arg(args, "ALIAS")
         if alias is None:
             raise UsageError("%backends logs ALIAS: name the backend")
+        if args.lines < 1:
+            raise UsageError("--lines must be at least 1")
         name, _, partition = self._target(alias, args.partition)
         with self.orchestrator() as orchestrator:
             print(orchestrator.logs(name, partition=partition, lines=args.lines).rstrip("\n"))
@@ -588,11 +626,14 @@ class YwMagics(Magics):
         if timeout < 0:
             raise UsageError("--timeout must be positive (or 0 for no limit)")
         count = getattr(self.shell, "execution_count", 0)
-        request = RunRequest(f"In[{count}]", cell, inputs, outputs)
-        with _user_errors():
+        # Jupyter numbers the %%interpreter line as the cell's line 1: so do the runner's
+        # tracebacks, with the body starting on line 2.
+        request = RunRequest(f"In[{count}]", "\n" + cell, inputs, outputs)
+        with _user_errors(), _needs_runner(args.alias, client):
             result = self.runner.run(
                 client,
                 request,
+                alias=args.alias,
                 timeout=timeout or None,
                 stdout=writer("stdout"),
                 stderr=writer("stderr"),
@@ -638,11 +679,11 @@ class YwMagics(Magics):
 
     def stop_kernel_partition(self) -> None:
         """Stop the instances of this kernel's partition (at exit; best effort, fast)."""
-        if not (self.stop_on_exit and self._used_kernel_partition):
+        if not (self.stop_on_exit and _USED_KERNEL_PARTITION.is_set()):
             return
         from ywmagics.discovery import read_discovery
 
-        self._used_kernel_partition = False
+        _USED_KERNEL_PARTITION.clear()
         # Never start an orchestrator here: only reach the one that runs (if any).
         with contextlib.suppress(Exception):
             connection = self.connection if self.orchestrator_url else read_discovery()

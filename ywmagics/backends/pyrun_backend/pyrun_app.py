@@ -3,11 +3,14 @@
 ::
 
     GET  /           {"name", "version", "python"}                        (readiness)
-    POST /run        {"cellId", "code", "capturedIn", "capturedOut"}
+    POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId" (optional)}
                      -> {"output", "error", "capturedOut", "exception", "displays"}
                      with "Accept: application/x-ndjson": one JSON object per line,
-                     {"stream", "text"} and {"display"} while the cell runs, then {"result"}
-    POST /interrupt  -> {"interrupted": bool}
+                     {"started": true} when the cell starts (it may wait for another),
+                     {"stream", "text"} and {"display"} while it runs, then {"result"}
+                     (whose output and displays are left out: they were streamed)
+    POST /interrupt  {"runId"} (optional) -> {"interrupted": bool}: that run only, running
+                     or waiting; without a runId, the running cell
     POST /reset      -> {"reset": true}          (a fresh namespace)
 """
 
@@ -42,6 +45,9 @@ def parse_run(body: bytes) -> dict[str, Any]:
         raise HTTPError(400, "the body must be a JSON object")
     code = request.get("code")
     cell_id = request.get("cellId", "cell")
+    run_id = request.get("runId")
+    if run_id is not None and not isinstance(run_id, str):
+        raise HTTPError(400, "'runId' must be a string")
     captured_in = request.get("capturedIn") or {}
     captured_out = request.get("capturedOut") or []
     if not isinstance(code, str):
@@ -52,7 +58,27 @@ def parse_run(body: bytes) -> dict[str, Any]:
         raise HTTPError(400, "'capturedIn' must be an object of encoded values")
     if not isinstance(captured_out, list) or not all(isinstance(n, str) for n in captured_out):
         raise HTTPError(400, "'capturedOut' must be a list of variable names")
-    return {"cellId": cell_id, "code": code, "capturedIn": captured_in, "capturedOut": captured_out}
+    return {
+        "cellId": cell_id,
+        "code": code,
+        "capturedIn": captured_in,
+        "capturedOut": captured_out,
+        "runId": run_id,
+    }
+
+
+def parse_interrupt(body: bytes) -> str | None:
+    """The ``runId`` of ``POST /interrupt``, if any (an empty body interrupts the running cell)."""
+    if not body.strip():
+        return None
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise HTTPError(400, f"the body is not JSON: {exc}") from None
+    run_id = request.get("runId") if isinstance(request, dict) else None
+    if run_id is not None and not isinstance(run_id, str):
+        raise HTTPError(400, "'runId' must be a string")
+    return run_id
 
 
 class App(Connection):
@@ -73,7 +99,8 @@ class App(Connection):
             elif route == ("POST", "/run"):
                 self._run(parse_run(request.body), NDJSON in request.headers.get("accept", ""))
             elif route == ("POST", "/interrupt"):
-                self.send_json(200, {"interrupted": self.runner.interrupt()})
+                run_id = parse_interrupt(request.body)
+                self.send_json(200, {"interrupted": self.runner.interrupt(run_id)})
             elif route == ("POST", "/reset"):
                 self._reset()
             elif request.path in ("/", "/run", "/interrupt", "/reset"):
@@ -96,7 +123,7 @@ class App(Connection):
 
     def _run(self, request: dict[str, Any], stream: bool) -> None:
         run = Run(request, stream)
-        self.runner.submit(lambda: self.runner.run_job(run))
+        self.runner.enqueue(run)
         if not stream:
             run.done.wait()
             self.send_json(200, run.result)
@@ -123,7 +150,8 @@ class App(Connection):
                 finished = "result" in items[-1]
                 try:
                     self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items))
-                except OSError:  # the client left; the cell goes on, and ends before the next
+                except OSError:  # the client left: a waiting cell never starts, a running one ends
+                    run.cancelled = True
                     self._keep_alive = False
                     return
         self.stream_end()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # (checked by the tests): importing ast, even _ast, takes milliseconds at each start.
 PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
 CO_COROUTINE = 0x80
+LAST_VALUE = "_yw_last_value"  # where a cell's last expression is kept, for a moment
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -49,6 +50,8 @@ class Run:
 
     def __init__(self, request: dict[str, Any], stream: bool) -> None:
         self.request = request
+        self.run_id: str | None = request.get("runId")
+        self.cancelled = False  # interrupted, or its client left, before it started
         self.events: queue.Queue[dict[str, Any]] | None = queue.Queue() if stream else None
         self.displays: list[dict[str, Any]] = []
         self.shown: set[int] = set()  # ids of the figures that the cell displayed itself
@@ -93,11 +96,16 @@ class Run:
             if self.events is not None:
                 self.events.put({"display": bundle})
 
+    def start(self) -> None:
+        if self.events is not None:
+            self.events.put({"started": True})
+
     def finish(self, result: dict[str, Any]) -> None:
         self.flush_streams()
         self.result = result
         if self.events is not None:
-            self.events.put({"result": result})
+            # What was printed and displayed went out as it happened: not twice.
+            self.events.put({"result": {**result, "output": "", "error": "", "displays": []}})
         self.done.set()
 
     def fail(self, exc: BaseException | None) -> None:
@@ -173,6 +181,8 @@ class Runner:
         self._loop: Any = None
         self._wakeup: Any = None
         self._insisted_at = 0.0  # when _insist last repeated a signal (time.monotonic)
+        self._runs: dict[str, Run] = {}  # waiting runs by runId, so that they can be cancelled
+        self._runs_lock = threading.Lock()
         self.reset()
 
     # main thread ---------------------------------------------------------------------------
@@ -212,8 +222,21 @@ class Runner:
             traceback.print_exc(file=sys.__stderr__)
             run.fail(exc)
 
+    def enqueue(self, run: Run) -> None:
+        """Queue ``run`` behind the running cell, if any (any thread)."""
+        with self._runs_lock:
+            if run.run_id is not None:
+                self._runs[run.run_id] = run
+        self.submit(lambda: self.run_job(run))
+
     def execute(self, run: Run) -> None:
         request = run.request
+        with self._runs_lock:
+            self._runs.pop(run.run_id, None)  # type: ignore[arg-type]
+        if run.cancelled:
+            run.finish(cancelled_result())
+            return
+        run.start()
         filename = f"<cell {request['cellId']}>"
         captured: dict[str, Any] = {}
         exception: dict[str, Any] | None = None
@@ -224,6 +247,11 @@ class Runner:
             try:
                 self.namespace.update(wire.decode_namespace(request["capturedIn"]))
                 self._execute(self._compile(request["code"], filename))
+                # Like a notebook: the value of a last expression shows.
+                value = self.namespace.pop(LAST_VALUE, None)
+                if value is not None:
+                    self.namespace["_"] = value
+                    self.display(value)
                 self._flush_figures(run)
                 captured = self._capture(request["capturedOut"])
             except Terminate:
@@ -245,14 +273,24 @@ class Runner:
         )
 
     def _compile(self, code: str, filename: str) -> CodeType:
+        """The cell's code; a last expression (unless it ends with ``;``) is kept in
+        ``LAST_VALUE``. One code object, so that a cell that awaits evaluates it in its loop."""
+        import ast
         import linecache
 
         # linecache holds the source so that tracebacks show the cell's lines.
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         flags = PyCF_ALLOW_TOP_LEVEL_AWAIT
-        return compile(code, filename, "exec", flags=flags, dont_inherit=True)
+        tree = compile(code, filename, "exec", flags=ast.PyCF_ONLY_AST | flags, dont_inherit=True)
+        self.namespace.pop(LAST_VALUE, None)
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
+            last = tree.body[-1]
+            keep = ast.Assign(targets=[ast.Name(id=LAST_VALUE, ctx=ast.Store())], value=last.value)
+            tree.body[-1] = ast.fix_missing_locations(ast.copy_location(keep, last))
+        return compile(tree, filename, "exec", flags=flags, dont_inherit=True)
 
     def _execute(self, code: CodeType) -> None:
+        """Run ``code``, awaiting it in the runner's loop if it awaits."""
         if not code.co_flags & CO_COROUTINE:
             self._busy = True
             try:
@@ -369,8 +407,18 @@ class Runner:
 
     # any thread ----------------------------------------------------------------------------
 
-    def interrupt(self) -> bool:
-        """Raise KeyboardInterrupt in the running cell, if there is one."""
+    def interrupt(self, run_id: str | None = None) -> bool:
+        """Raise KeyboardInterrupt in the running cell, if there is one and it is ``run_id``'s;
+        a run still waiting its turn is cancelled instead (it will not start)."""
+        if run_id is not None:
+            with self._runs_lock:
+                waiting = self._runs.get(run_id)
+            if waiting is not None:
+                waiting.cancelled = True
+                return True
+            current = self.current
+            if current is None or current.run_id != run_id:
+                return False  # finished already, or someone else's cell: leave it alone
         if not self._busy or self._main_thread is None:
             return False
         self._interrupting = True
@@ -436,6 +484,21 @@ class Runner:
 
     def stop(self) -> None:
         self.jobs.put(None)
+
+
+def cancelled_result() -> dict[str, Any]:
+    return {
+        "output": "",
+        "error": "",
+        "capturedOut": {},
+        "exception": {
+            "type": "KeyboardInterrupt",
+            "message": "cancelled before it started (it was waiting for another cell)",
+            "traceback": "",
+            "lineno": None,
+        },
+        "displays": [],
+    }
 
 
 def _in_traceback(tb: TracebackType | None, frame: FrameType) -> bool:
