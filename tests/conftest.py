@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,27 @@ def start_orchestrator(
         time.sleep(0.02)
     process.kill()
     raise RuntimeError((home / "serve.log").read_text())
+
+
+def run_concurrently(
+    function: Callable[[Any], object], arguments: list[Any]
+) -> list[BaseException]:
+    """Call ``function`` with each argument, each in its own thread (as several kernels would);
+    return what they raised."""
+    failures: list[BaseException] = []
+
+    def call(argument: Any) -> None:
+        try:
+            function(argument)
+        except BaseException as error:  # returned to the test
+            failures.append(error)
+
+    threads = [threading.Thread(target=call, args=(a,)) for a in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return failures
 
 
 def stop_orchestrator(process: subprocess.Popen[bytes]) -> None:

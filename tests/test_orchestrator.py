@@ -32,7 +32,7 @@ from ywmagics.errors import (
 )
 from ywmagics.events import Event, EventKind
 
-from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, run_concurrently, start_orchestrator, stop_orchestrator
 
 
 def test_status_and_discovery_file_is_private(
@@ -209,22 +209,11 @@ def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> 
         "modules": ["node_echo"],
         "configurations": {"node_echo": {"build": {"greeting": f"c{time.time_ns()}"}}},
     }
-    errors: list[BaseException] = []
 
     def install(partition: str) -> None:
-        try:
-            ywmagics.install(
-                request, partition=partition, on_event=on_event, connection=orchestrator
-            )
-        except BaseException as error:  # surfaced below
-            errors.append(error)
+        ywmagics.install(request, partition=partition, on_event=on_event, connection=orchestrator)
 
-    threads = [threading.Thread(target=install, args=(p,)) for p in ("Twin1", "Twin2")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors
+    assert run_concurrently(install, ["Twin1", "Twin2"]) == []
     kinds = [e.kind for e in events]
     assert kinds.count(EventKind.BUILT) == 1
     assert kinds.count(EventKind.REUSED) == 1
@@ -507,28 +496,17 @@ def test_expect_continue_does_not_desynchronise_pooled_connections(
 def test_racing_installs_with_two_configurations_leave_one_tracked_instance(
     orchestrator: Connection,
 ) -> None:
-    results: list[BaseException | None] = []
-
     def install(greeting: str) -> None:
-        try:
-            ywmagics.install(
-                {
-                    "modules": ["node_echo"],
-                    "configurations": {"node_echo": {"build": {"greeting": greeting}}},
-                },
-                partition="Race",
-                connection=orchestrator,
-            )
-            results.append(None)
-        except BaseException as error:  # surfaced below
-            results.append(error)
+        ywmagics.install(
+            {
+                "modules": ["node_echo"],
+                "configurations": {"node_echo": {"build": {"greeting": greeting}}},
+            },
+            partition="Race",
+            connection=orchestrator,
+        )
 
-    threads = [threading.Thread(target=install, args=(g,)) for g in ("race-a", "race-b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert results == [None, None]
+    assert run_concurrently(install, ["race-a", "race-b"]) == []
     tracked = [
         i for i in OrchestratorClient(orchestrator).list()["instances"] if i["partition"] == "Race"
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -19,21 +20,22 @@ def test_errors_form_one_tree() -> None:
     assert errors and all(issubclass(e, ywmagics.YwMagicsError) for e in errors)
 
 
-def test_importing_loads_neither_the_server_nor_the_notebook_stack() -> None:
+def _loaded_by(statement: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of ``prefixes`` that ``statement`` loads, in a fresh Python."""
     probe = (
-        "import sys, ywmagics; ywmagics.install; "
-        "print(sorted(m for m in ('starlette', 'uvicorn', 'IPython', 'ipywidgets') "
-        "if m in sys.modules))"
+        f"import json, sys; {statement}; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
+
+
+def test_importing_loads_neither_the_server_nor_the_notebook_stack() -> None:
+    heavy = ("starlette", "uvicorn", "IPython", "ipywidgets")
+    assert _loaded_by("import ywmagics; ywmagics.install", heavy) == []
 
 
 def test_the_orchestrator_never_loads_the_client_or_the_kernel_side() -> None:
-    probe = (
-        "import sys, ywmagics.orchestrator.server; "
-        "print(sorted(m for m in sys.modules if m.startswith(('ywmagics.client', "
-        "'ywmagics.kernel', 'IPython'))))"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    other_parts = ("ywmagics.client", "ywmagics.kernel", "IPython")
+    assert _loaded_by("import ywmagics.orchestrator.server", other_parts) == []

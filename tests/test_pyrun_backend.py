@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -12,6 +11,8 @@ from ywmagics.client import BackendClient
 from ywmagics.discovery import Connection
 from ywmagics.errors import ConfigurationError
 from ywmagics.orchestrator.interpreters import find_python
+
+from .conftest import run_concurrently
 
 
 def _run(
@@ -48,23 +49,13 @@ def _pyrun(
 def test_two_pythons_in_two_partitions_at_once(orchestrator: Connection) -> None:
     # Built concurrently, as two notebooks would: 3.10 with numpy, 3.12 without.
     clients: dict[str, BackendClient] = {}
-    failures: list[BaseException] = []
 
-    def install(partition: str, python: str, modules: str) -> None:
-        try:
-            clients[partition] = _pyrun(orchestrator, partition, python, modules)
-        except BaseException as error:  # surfaced below
-            failures.append(error)
+    def install(target: tuple[str, str, str]) -> None:
+        partition, python, modules = target
+        clients[partition] = _pyrun(orchestrator, partition, python, modules)
 
-    threads = [
-        threading.Thread(target=install, args=("Py310", "3.10", "numpy")),
-        threading.Thread(target=install, args=("Py312", "python3.12", "")),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not failures
+    targets = [("Py310", "3.10", "numpy"), ("Py312", "python3.12", "")]
+    assert run_concurrently(install, targets) == []
 
     code = "import sys\nversion = sys.version.split()[0]"
     assert _run(clients["Py310"], code, ["version"])["capturedOut"]["version"].startswith("3.10.")
