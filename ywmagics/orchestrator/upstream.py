@@ -193,6 +193,11 @@ class UpstreamPool:
         """Send one request. A pooled connection that fails before any answer (the backend closed
         it while idle) is replaced once, when sending again is safe: the method is idempotent
         and the body is still ours. A POST is never sent twice: it may have been acted on."""
+        if self._idle and method not in IDEMPOTENT:
+            # A request that can't be sent twice must not meet a connection the backend already
+            # closed (it exited an instant ago, say): one turn of the loop lets a pending EOF
+            # arrive, so that such a connection is seen and dropped below.
+            await asyncio.sleep(0)
         while self._idle:
             connection = self._idle.pop()
             if not connection.usable:
