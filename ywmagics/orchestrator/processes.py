@@ -42,6 +42,22 @@ def terminate_group(pid: int, *, timeout: float = 5.0, is_alive: Callable[[], bo
         os.killpg(pid, signal.SIGKILL)
 
 
+def has_exited(pid: int) -> bool:
+    """Whether ``pid`` has ended, reaped or not (a zombie has): the event loop may not have
+    reaped it yet when its sockets already report it gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (not Linux): ask the kernel whether it exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
 def run_logged(
     argv: list[str],
     *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import SimpleCookie
 from urllib.parse import unquote
@@ -16,9 +17,9 @@ from urllib.parse import unquote
 from starlette.types import Receive, Scope, Send
 
 from ywmagics.errors import ERROR_HEADER, StartError, YwMagicsError
-from ywmagics.orchestrator.processes import tail_of
+from ywmagics.orchestrator.processes import has_exited, tail_of
 from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
-from ywmagics.orchestrator.supervisor import Instance
+from ywmagics.orchestrator.supervisor import Instance, InstanceState
 from ywmagics.orchestrator.upstream import IDEMPOTENT, UpstreamError, UpstreamResponse
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
 
@@ -128,9 +129,25 @@ async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncI
     return stream()
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def _abandon_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    response.abandon()
+
+
+async def _note_if_exited(instance: Instance, patience: float = 1.0) -> None:
+    """After a backend broke off an answer: if its process has ended, mark the instance crashed
+    now, without waiting for the event loop to reap it, so that the next request restarts it
+    instead of meeting its dead sockets."""
+    process = instance.process
+    if process is None:
+        return
+    deadline = time.monotonic() + patience
+    while process.returncode is None and time.monotonic() < deadline:
+        if has_exited(process.pid):
+            instance.state = InstanceState.CRASHED
+            return
+        await asyncio.sleep(0.01)
 
 
 class Proxy:
@@ -141,15 +158,15 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await self._open(scope, receive)
+            response, instance = await self._open(scope, receive)
         except YwMagicsError as error:
             await send_error(send, error)
             return
         except ClientGone:
             return
-        await self._relay(response, receive, send)
+        await self._relay(response, instance, receive, send)
 
-    async def _open(self, scope: Scope, receive: Receive) -> UpstreamResponse:
+    async def _open(self, scope: Scope, receive: Receive) -> tuple[UpstreamResponse, Instance]:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         parts = raw_path.split(b"/", 4)  # b"", b"backends", name, version, rest
         if len(parts) < 4 or not parts[2] or not parts[3]:
@@ -163,7 +180,7 @@ class Proxy:
         instance = await self.find(partition, name, version)
         body = await _body(headers, receive)
         try:
-            return await self._send(instance, scope, target, body)
+            return await self._send(instance, scope, target, body), instance
         except UpstreamError as error:
             # The process may have died an instant ago, before we noticed. Send the request again
             # to its revived successor when that is safe: nothing was sent, or the method is
@@ -180,7 +197,7 @@ class Proxy:
                 raise self._gone(instance, error) from None
             instance = await self.find(partition, name, version)
             try:
-                return await self._send(instance, scope, target, body)
+                return await self._send(instance, scope, target, body), instance
             except UpstreamError as again:
                 raise self._gone(instance, again) from None
 
@@ -198,7 +215,7 @@ class Proxy:
     @staticmethod
     def _gone(instance: Instance, error: UpstreamError) -> StartError:
         process = instance.process
-        exited = process is not None and process.returncode is not None
+        exited = process is not None and (process.returncode is not None or has_exited(process.pid))
         return StartError(
             f"{instance.manifest.name} {instance.manifest.version} in partition "
             f"{instance.partition!r} did not answer: {error}",
@@ -209,7 +226,9 @@ class Proxy:
         )
 
     @staticmethod
-    async def _relay(response: UpstreamResponse, receive: Receive, send: Send) -> None:
+    async def _relay(
+        response: UpstreamResponse, instance: Instance, receive: Receive, send: Send
+    ) -> None:
         """Send the answer on; a long one stops when the client goes away (uvicorn's send then
         does nothing, so without watching we would read the backend to its end)."""
         watcher: asyncio.Future[None] | None = None
@@ -222,15 +241,22 @@ class Proxy:
                 }
             )
             if not response.complete:
-                watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-                watcher.add_done_callback(lambda _: response.abandon())
+                watcher = asyncio.ensure_future(_abandon_on_disconnect(receive, response))
             async for chunk, last in response.iter_body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
         except UpstreamError:
             # The client went away (we abandoned the backend's answer), or the backend broke
             # off mid-answer: with the head sent, all we can do is end the connection short.
+            # In the second case it most likely exited: wait for that to be seen (briefly), so
+            # that the client's next request finds it gone and restarts it, rather than meeting
+            # its dead sockets.
+            # (Both may happen at once: a client can see the break before we do.)
+            await _note_if_exited(instance, patience=0.2 if response.abandoned else 1.0)
             return
         finally:
             if watcher is not None:
+                # Done with before the connection goes back to the pool: a late abandon would
+                # close it under the next request.
                 watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await response.release()

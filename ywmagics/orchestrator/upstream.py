@@ -133,6 +133,10 @@ class UpstreamResponse:
         """The whole answer has arrived already (the common case for small ones)."""
         return self._head_only or self._parsed.complete
 
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
     def abandon(self) -> None:
         """Stop reading: close the connection (a pending read then ends)."""
         self._abandoned = True
