@@ -219,26 +219,30 @@ def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> 
     assert kinds.count(EventKind.REUSED) == 1
 
 
-def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home: Path) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ywmagics", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``ywmagics`` command, as a user runs it, in another process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ywmagics", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
-    done = cli("install", "node_echo#^1.0.0", "--partition", "Cli")
+
+def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home: Path) -> None:
+
+    done = _cli("install", "node_echo#^1.0.0", "--partition", "Cli")
     assert done.returncode == 0, done.stderr
     assert "ready" in done.stdout and "/backends/node_echo/1.0.0" in done.stdout
-    listing = cli("list")
+    listing = _cli("list")
     assert "Cli" in listing.stdout and "node_echo" in listing.stdout
-    assert "--- start" in cli("logs", "node_echo", "--partition", "Cli").stdout
-    assert "stopped node_echo 1.0.0 in partition Cli" in cli("stop", "--partition", "Cli").stdout
-    bad = cli("install", "nope#^1")
+    assert "--- start" in _cli("logs", "node_echo", "--partition", "Cli").stdout
+    assert "stopped node_echo 1.0.0 in partition Cli" in _cli("stop", "--partition", "Cli").stdout
+    bad = _cli("install", "nope#^1")
     assert bad.returncode == 2 and "unknown backend 'nope'" in bad.stderr
-    assert "orchestrator" in cli("status").stdout
+    assert "orchestrator" in _cli("status").stdout
 
 
 def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
@@ -256,23 +260,9 @@ def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
         assert not any(_running(p) for p in pids)
         # Its discovery file is now stale: a client starts a new orchestrator in its place.
         env = {**os.environ, "YW_HOME": str(tmp_path / "home")}
-        status = subprocess.run(
-            [sys.executable, "-m", "ywmagics", "status"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        status = _cli("status", env=env)
         assert status.returncode == 1 and "no orchestrator is running" in status.stdout
-        listing = subprocess.run(
-            [sys.executable, "-m", "ywmagics", "list"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        listing = _cli("list", env=env)
         assert listing.returncode == 0, listing.stderr
         assert "Installed environments" in listing.stdout and "node_echo" in listing.stdout
         restarted = read_discovery(tmp_path / "home" / "run" / "orchestrator.json")
@@ -412,14 +402,7 @@ def test_registries_from_the_config_file(tmp_path: Path) -> None:
     env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": ""}
 
     def registries() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ywmagics", "registries"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return _cli("registries", env=env)
 
     assert "my_echo" not in registries().stdout
     (home / "config.toml").write_text(f'registries = ["{extra}"]\n')
@@ -546,13 +529,7 @@ def test_shutdown_of_an_orchestrator_this_process_started(
     monkeypatch.setenv("YW_HOME", str(tmp_path / "home"))
     connection = ywmagics.connect()
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "ywmagics", "shutdown"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _cli("shutdown")
     assert done.returncode == 0, done.stderr
     assert f"orchestrator (pid {connection.pid}) stopped" in done.stdout
     assert time.monotonic() - started < 10

@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from ywmagics.events import Event, EventKind
 
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # Build tools color their output when the kernel's FORCE_COLOR reaches them; a Textarea can't.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 

@@ -192,11 +192,28 @@ def load_manifest(path: Path) -> Manifest:
     )
 
 
+def _backend_files(folder: Path) -> list[Path]:
+    """The files that make a backend (not caches or installed dependencies), in order."""
+    return sorted(
+        file
+        for file in folder.rglob("*")
+        if file.is_file() and "__pycache__" not in file.parts and "node_modules" not in file.parts
+    )
+
+
+def folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap to compute (no reading): changes when a file of the backend changes."""
+    signature = []
+    for file in _backend_files(folder):
+        stat = file.stat()
+        signature.append((str(file.relative_to(folder)), stat.st_mtime_ns, stat.st_size))
+    return tuple(signature)
+
+
 def _folder_digest(folder: Path) -> str:
     """A hash of the backend's files, so that editing a backend under development rebuilds it."""
     digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file() and "__pycache__" not in file.parts and "node_modules" not in file.parts:
-            digest.update(str(file.relative_to(folder)).encode())
-            digest.update(file.read_bytes())
+    for file in _backend_files(folder):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

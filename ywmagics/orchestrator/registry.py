@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from packaging.version import Version
 
 from ywmagics import paths
 from ywmagics.errors import BackendNotFound, ConfigurationError
@@ -14,6 +16,7 @@ from ywmagics.orchestrator.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,
+    folder_signature,
     load_manifest,
 )
 from ywmagics.spec import VersionRange
@@ -61,10 +64,11 @@ class Registry:
 
     def __init__(self, folders: Sequence[Path]) -> None:
         self.folders = list(folders)
+        # Folders are scanned at each install (a new backend is found without a restart); a
+        # manifest is read and its folder hashed again only when one of its files changed.
+        self._loaded: dict[Path, tuple[object, Manifest | ManifestError]] = {}
 
-    def manifests(self) -> dict[str, dict[str, Manifest]]:
-        """``{name: {version: manifest}}`` of every backend found. Broken manifests are logged."""
-        found: dict[str, dict[str, Manifest]] = {}
+    def _scan(self) -> Iterator[Manifest | ManifestError]:
         for folder in self.folders:
             if not folder.is_dir():
                 continue
@@ -72,12 +76,24 @@ class Registry:
                 folder.glob(f"*/*/{MANIFEST_NAME}")
             )
             for file in files:
-                try:
-                    manifest = load_manifest(file)
-                except ManifestError as error:
-                    log.warning("skipping backend: %s", error.message)
-                    continue
-                found.setdefault(manifest.name, {}).setdefault(manifest.version, manifest)
+                signature = folder_signature(file.parent)
+                cached = self._loaded.get(file)
+                if cached is None or cached[0] != signature:
+                    try:
+                        loaded: Manifest | ManifestError = load_manifest(file)
+                    except ManifestError as error:
+                        loaded = error
+                    cached = self._loaded[file] = (signature, loaded)
+                yield cached[1]
+
+    def manifests(self) -> dict[str, dict[str, Manifest]]:
+        """``{name: {version: manifest}}`` of every backend found. Broken manifests are logged."""
+        found: dict[str, dict[str, Manifest]] = {}
+        for manifest in self._scan():
+            if isinstance(manifest, ManifestError):
+                log.warning("skipping backend: %s", manifest.message)
+                continue
+            found.setdefault(manifest.name, {}).setdefault(manifest.version, manifest)
         return found
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
@@ -101,17 +117,8 @@ class Registry:
 
     def broken(self) -> list[str]:
         """The messages of manifests that failed to load (shown by ``ywmagics registries``)."""
-        errors = []
-        for folder in self.folders:
-            for file in [*folder.glob(f"*/{MANIFEST_NAME}"), *folder.glob(f"*/*/{MANIFEST_NAME}")]:
-                try:
-                    load_manifest(file)
-                except ManifestError as error:
-                    errors.append(error.message)
-        return errors
+        return [m.message for m in self._scan() if isinstance(m, ManifestError)]
 
 
 def _version_key(version: str) -> tuple[int, ...]:
-    from packaging.version import Version
-
     return Version(version).release

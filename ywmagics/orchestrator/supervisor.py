@@ -53,7 +53,6 @@ class Instance:
     state: InstanceState = InstanceState.STARTING
     started_at: float = 0.0
     crashes: int = 0
-    last_crash: float = 0.0
     upstream: UpstreamPool | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -212,11 +211,9 @@ class Supervisor:
         return instance
 
     def _note_crash(self, instance: Instance) -> None:
-        now = time.monotonic()
-        if now - instance.started_at > STABLE_AFTER:
+        if time.monotonic() - instance.started_at > STABLE_AFTER:
             instance.crashes = 0
         instance.crashes += 1
-        instance.last_crash = now
         if instance.crashes > MAX_RESTARTS:
             instance.state = InstanceState.FAILED
             self.emit(
