@@ -178,6 +178,13 @@ class Proxy:
         headers = dict(scope["headers"])
         partition = partition_of(scope, headers)
         instance = await self.find(partition, name, version)
+        process = instance.process
+        if scope["method"] not in IDEMPOTENT and process is not None and has_exited(process.pid):
+            # Ended, but not reaped yet by the event loop: a request that cannot be sent twice
+            # must not go to its dead sockets (it would fail, and could not be retried). Mark
+            # it crashed, and the lookup restarts it.
+            instance.state = InstanceState.CRASHED
+            instance = await self.find(partition, name, version)
         body = await _body(headers, receive)
         try:
             return await self._send(instance, scope, target, body), instance
