@@ -117,7 +117,9 @@ class BackendHTTPError(YwMagicsError):
 
 
 class IncompleteAnswerError(YwMagicsError):
-    """A streamed answer broke off before its end: the backend most likely exited."""
+    """A backend's answer broke off, or never came, because its process ended."""
+
+    http_status = 502
 
 
 _BY_NAME: dict[str, type[YwMagicsError]] = {
@@ -132,6 +134,7 @@ _BY_NAME: dict[str, type[YwMagicsError]] = {
         StartError,
         OrchestratorError,
         AuthenticationError,
+        IncompleteAnswerError,
     )
 }
 

@@ -8,7 +8,6 @@ after a crash; larger or chunked ones stream through, both ways.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import SimpleCookie
@@ -16,7 +15,7 @@ from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, StartError, YwMagicsError
+from ywmagics.errors import ERROR_HEADER, IncompleteAnswerError, StartError, YwMagicsError
 from ywmagics.orchestrator.processes import has_exited, tail_of
 from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
 from ywmagics.orchestrator.supervisor import Instance, InstanceState
@@ -135,19 +134,23 @@ async def _abandon_on_disconnect(receive: Receive, response: UpstreamResponse) -
     response.abandon()
 
 
-async def _note_if_exited(instance: Instance, patience: float = 1.0) -> None:
-    """After a backend broke off an answer: if its process has ended, mark the instance crashed
-    now, without waiting for the event loop to reap it, so that the next request restarts it
-    instead of meeting its dead sockets."""
+async def _note_if_exited(instance: Instance, patience: float = 1.0) -> bool:
+    """After a backend failed a request: whether its process has ended, waiting up to
+    ``patience`` for it to be seen so. An ended one is marked crashed now, without waiting for
+    the event loop to reap it, so that the next request restarts it instead of meeting its dead
+    sockets."""
     process = instance.process
     if process is None:
-        return
+        return False
     deadline = time.monotonic() + patience
-    while process.returncode is None and time.monotonic() < deadline:
+    while process.returncode is None:
         if has_exited(process.pid):
             instance.state = InstanceState.CRASHED
-            return
+            return True
+        if time.monotonic() >= deadline:
+            return False
         await asyncio.sleep(0.01)
+    return True
 
 
 class Proxy:
@@ -192,15 +195,12 @@ class Proxy:
             # The process may have died an instant ago, before we noticed. Send the request again
             # to its revived successor when that is safe: nothing was sent, or the method is
             # idempotent and the body is still ours (never re-send a POST that may have run).
-            process = instance.process
             replayable = isinstance(body, bytes) and (
                 not error.sent or scope["method"] in IDEMPOTENT
             )
-            if process is None or not replayable:
-                raise self._gone(instance, error) from None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), 0.5)
-            if process.returncode is None:  # alive: it chose not to answer
+            # Give an ending process the moment it takes to be seen as ended.
+            exited = await _note_if_exited(instance, patience=0.5)
+            if not (replayable and exited):  # alive, it chose not to answer; or not safe
                 raise self._gone(instance, error) from None
             instance = await self.find(partition, name, version)
             try:
@@ -220,15 +220,25 @@ class Proxy:
         )
 
     @staticmethod
-    def _gone(instance: Instance, error: UpstreamError) -> StartError:
+    def _gone(instance: Instance, error: UpstreamError) -> YwMagicsError:
         process = instance.process
         exited = process is not None and (process.returncode is not None or has_exited(process.pid))
-        return StartError(
+        where = (
             f"{instance.manifest.name} {instance.manifest.version} in partition "
-            f"{instance.partition!r} did not answer: {error}",
-            hint="it exited: the next request restarts it; see 'ywmagics logs'"
-            if exited
-            else "it dropped the connection without answering; see 'ywmagics logs'",
+            f"{instance.partition!r}"
+        )
+        if exited:
+            # Marked now, without waiting for the event loop to reap it: the next request
+            # restarts it rather than meeting its dead sockets.
+            instance.state = InstanceState.CRASHED
+            return IncompleteAnswerError(
+                f"{where} exited without answering ({error})",
+                hint="the next request restarts it; see 'ywmagics logs'",
+                log_tail=tail_of(instance.log_path),
+            )
+        return StartError(
+            f"{where} did not answer: {error}",
+            hint="it dropped the connection without answering; see 'ywmagics logs'",
             log_tail=tail_of(instance.log_path),
         )
 
