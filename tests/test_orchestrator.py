@@ -313,7 +313,7 @@ def test_live_event_stream_sees_installs(orchestrator: Connection) -> None:
                 if '"subscribed"' in line:
                     subscribed.set()
                 elif line:
-                    seen.append(Event.from_json(json.loads(line)["event"]))
+                    seen.append(Event.from_dict(json.loads(line)["event"]))
                     if seen[-1].kind is EventKind.READY and seen[-1].partition == "Live":
                         return
 
@@ -367,20 +367,27 @@ def test_proxy_strips_credentials_and_streams_big_bodies(orchestrator: Connectio
 
 
 def test_an_instance_that_keeps_crashing_is_given_up(tmp_path: Path) -> None:
-    process, connection = start_orchestrator(tmp_path / "home")
+    home = tmp_path / "home"
+    home.mkdir()
+    # The policy is the user's to set: 3 restarts in a row, short pauses (the test's time).
+    (home / "config.toml").write_text("[supervisor]\nrestart_limit = 3\nrestart_backoff = 0.01\n")
+    process, connection = start_orchestrator(home)
     try:
         crasher = ywmagics.install("crasher as c", partition="Flaky", connection=connection).c
         errors: list[StartError] = []
+        restarted = 0
         for _ in range(12):  # each POST /crash is answered, then the process exits
             try:
                 crasher.fetch_json("/crash", method="POST")
                 crasher.fetch_json("/")  # restarts it, after a growing pause
+                restarted += 1
             except StartError as error:
                 # A request can also meet the process as it exits: a POST is not sent again.
                 errors.append(error)
                 if "keeps crashing" in error.message:
                     break
-        assert "keeps crashing" in errors[-1].message
+        assert "keeps crashing (4 times)" in errors[-1].message
+        assert restarted <= 3
         assert "--- start" in errors[-1].log_tail
         # Given up for good: no more restarts until it is installed again.
         with pytest.raises(StartError, match="given up"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ywmagics import paths
 
@@ -53,3 +55,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def answers(connection: Connection, timeout: float = 5.0) -> bool:
+    """Whether an orchestrator really answers at ``connection`` with that token: a stale file's
+    pid may have been reused by another process. Stdlib only, so that neither the orchestrator
+    nor a kernel that has not used the client yet loads an HTTP library for it."""
+    url = urlsplit(connection.url)
+    if url.scheme != "http" or url.hostname is None or url.port is None:
+        return False
+    request = (
+        f"GET /status HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {connection.token}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=timeout) as probe:
+            probe.sendall(request)
+            head = probe.recv(64)
+    except OSError:
+        return False
+    return head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))

@@ -122,6 +122,16 @@ class IncompleteAnswerError(YwMagicsError):
     http_status = 502
 
 
+def internal_error(error: BaseException) -> OrchestratorError:
+    """An unexpected exception inside the orchestrator, said as the orchestrator's own error (so
+    that no backend is blamed for it), its type and message kept."""
+    return OrchestratorError(
+        f"internal error in the orchestrator: {type(error).__name__}: {error}",
+        hint="this is a fault of ywmagics, not of the backend; the orchestrator's log "
+        "('ywmagics status' shows where) has the traceback",
+    )
+
+
 _BY_NAME: dict[str, type[YwMagicsError]] = {
     cls.__name__: cls
     for cls in (

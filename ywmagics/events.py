@@ -39,13 +39,13 @@ class Event:
     progress: float | None = None
     time: float = field(default_factory=time.time)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Event:
+    def from_dict(cls, data: dict[str, Any]) -> Event:
         return cls(
             kind=EventKind(data["kind"]),
             name=str(data.get("name", "")),

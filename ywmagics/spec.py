@@ -272,7 +272,7 @@ class InstallRequest:
             partition=validate_partition(str(chosen)),
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "modules": [str(s) for s in self.modules],
             "configurations": self.configurations,

@@ -9,30 +9,18 @@ import threading
 import time
 
 import filelock
-import httpx
 
 from ywmagics import paths
-from ywmagics.client._pool import shared_http
-from ywmagics.discovery import Connection, pid_alive, read_discovery
+from ywmagics.discovery import Connection, answers, pid_alive, read_discovery
 from ywmagics.errors import OrchestratorError
 
 START_TIMEOUT = 30.0
 
 
-def _answers(connection: Connection) -> bool:
-    try:
-        response = shared_http().get(
-            f"{connection.url}/status", headers=connection.headers, timeout=5
-        )
-    except httpx.TransportError:
-        return False
-    return response.status_code == 200
-
-
 def find_orchestrator() -> Connection | None:
     """The running orchestrator of this user, or ``None``."""
     connection = read_discovery()
-    return connection if connection is not None and _answers(connection) else None
+    return connection if connection is not None and answers(connection) else None
 
 
 def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection:
@@ -77,7 +65,7 @@ def _start(timeout: float) -> Connection:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         connection = read_discovery()
-        if connection is not None and connection.pid == process.pid and _answers(connection):
+        if connection is not None and connection.pid == process.pid and answers(connection):
             return connection
         if process.poll() is not None:
             break

@@ -67,7 +67,7 @@ class OrchestratorClient:
             with self._http.stream(
                 "POST",
                 self.connection.url + "/install",
-                json=request.to_json(),
+                json=request.to_dict(),
                 headers=self.connection.headers,
                 timeout=self._timeout,
             ) as response:
@@ -80,7 +80,7 @@ class OrchestratorClient:
                     item = json.loads(line)
                     if "event" in item:
                         if on_event is not None:
-                            on_event(Event.from_json(item["event"]))
+                            on_event(Event.from_dict(item["event"]))
                     elif "result" in item:
                         return list(item["result"]["backends"])
                     elif "error" in item:
@@ -124,4 +124,4 @@ class OrchestratorClient:
             for line in response.iter_lines():
                 item = json.loads(line) if line.strip() else {}
                 if "event" in item:
-                    yield Event.from_json(item["event"])
+                    yield Event.from_dict(item["event"])

@@ -90,7 +90,7 @@ class RunRequest:
     captured_out: list[str] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "cellId": self.cell_id,
             "code": self.code,
@@ -154,7 +154,7 @@ class Runner:
             with client.stream(
                 "/run",
                 "POST",
-                json=request.to_json(),
+                json=request.to_dict(),
                 headers={"Accept": NDJSON},
                 # No read limit: a cell may wait for another, and print nothing for long.
                 timeout=httpx.Timeout(None, connect=5.0),

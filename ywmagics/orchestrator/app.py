@@ -1,4 +1,9 @@
-"""The orchestrator's HTTP application: admin routes, the install stream, events, the proxy."""
+"""The orchestrator's HTTP application: admin routes, the install stream, events, the proxy.
+
+Routes are plain functions that read what they work on from ``request.app.state``
+(``orchestrator``, ``codes``, ``request_exit``), so that tests can build the app around any
+:class:`~ywmagics.orchestrator.service.Orchestrator` and drive it in-process.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError
+from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import Proxy
 from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
@@ -31,17 +36,129 @@ def _error_response(error: YwMagicsError) -> JSONResponse:
     )
 
 
+def _line(item: dict[str, Any]) -> bytes:
+    return (json.dumps(item) + "\n").encode()
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     # A JSON content type cannot be sent by a plain HTML form or a "simple" cross-site request.
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise SpecError("send the request body as JSON (Content-Type: application/json)")
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SpecError("the request body is not JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError("the request body is not JSON") from error
     if not isinstance(body, dict):
         raise SpecError("the request body must be a JSON object")
     return body
+
+
+def _orchestrator(request: Request) -> Orchestrator:
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    return orchestrator
+
+
+async def status(request: Request) -> Response:
+    return JSONResponse(_orchestrator(request).status())
+
+
+async def listing(request: Request) -> Response:
+    return JSONResponse(_orchestrator(request).listing())
+
+
+async def install(request: Request) -> Response:
+    install_request = InstallRequest.from_object(await _json_body(request))
+    pinned = request.scope.get("state", {}).get("pinned_partition")
+    if pinned is not None:
+        install_request.partition = pinned
+    events = _orchestrator(request).install(install_request)
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for item in events:
+                if isinstance(item, Event):
+                    yield _line({"event": item.to_dict()})
+                else:
+                    yield _line({"result": item})
+        except YwMagicsError as error:
+            yield _line({"error": error.to_dict()})
+        except Exception as error:  # the stream has started: report, don't drop the line
+            log.exception("install failed")
+            yield _line({"error": internal_error(error).to_dict()})
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+async def event_stream(request: Request) -> Response:
+    bus = _orchestrator(request).bus
+
+    async def lines() -> AsyncIterator[bytes]:
+        async with bus.subscribe() as queue:
+            yield _line({"subscribed": True})
+            while True:
+                yield _line({"event": (await queue.get()).to_dict()})
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+async def stop(request: Request) -> Response:
+    body = await _json_body(request)
+    partition = body.get("partition")
+    if partition is not None:
+        validate_partition(partition)
+    if not body.get("all") and partition is None and body.get("name") is None:
+        raise SpecError("say what to stop: a partition, a name, or all")
+    stopped = await _orchestrator(request).stop(partition, body.get("name"), body.get("version"))
+    return JSONResponse({"stopped": stopped})
+
+
+async def logs(request: Request) -> Response:
+    name = request.path_params["name"]
+    partition = validate_partition(request.query_params.get("partition", DEFAULT_PARTITION))
+    text = request.query_params.get("lines", "200")
+    if not text.isdigit() or int(text) < 1:
+        raise SpecError(f"'lines' must be a whole number of at least 1, got {text!r}")
+    return PlainTextResponse(_orchestrator(request).logs(name, partition, int(text)))
+
+
+async def uninstall(request: Request) -> Response:
+    body = await _json_body(request)
+    return JSONResponse(await _orchestrator(request).uninstall(str(body.get("spec", ""))))
+
+
+async def browser_code(request: Request) -> Response:
+    codes: BrowserCodes = request.app.state.codes
+    return JSONResponse({"code": codes.issue(), "expires_in": CODE_LIFETIME})
+
+
+async def shutdown(request: Request) -> Response:
+    # Answer first, then stop: the server's lifespan stops every backend.
+    asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
+    return JSONResponse({"stopping": True})
+
+
+async def on_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, YwMagicsError)
+    return _error_response(error)
+
+
+async def on_unexpected(request: Request, error: Exception) -> Response:
+    # Outermost (ServerErrorMiddleware, which then re-raises it for the server to log): a fault
+    # of ours answers as the orchestrator's own error.
+    return _error_response(internal_error(error))
+
+
+ROUTES = [
+    Route("/status", status),
+    Route("/list", listing),
+    Route("/install", install, methods=["POST"]),
+    Route("/events", event_stream),
+    Route("/stop", stop, methods=["POST"]),
+    Route("/logs/{name}", logs),
+    Route("/uninstall", uninstall, methods=["POST"]),
+    Route("/shutdown", shutdown, methods=["POST"]),
+    Route("/browser-code", browser_code, methods=["POST"]),
+]
 
 
 class BackendsDispatch:
@@ -68,119 +185,23 @@ def create_app(
     """The orchestrator's ASGI application: security first, then the proxy or the admin routes.
 
     ``request_exit`` is called (soon after answering) when a client asks for a shutdown."""
-
-    async def status(request: Request) -> Response:
-        return JSONResponse(orchestrator.status())
-
-    async def listing(request: Request) -> Response:
-        return JSONResponse(orchestrator.listing())
-
-    async def install(request: Request) -> Response:
-        body = await _json_body(request)
-        install_request = InstallRequest.from_object(body)
-        pinned = request.scope.get("state", {}).get("pinned_partition")
-        if pinned is not None:
-            install_request.partition = pinned
-        events = orchestrator.install(install_request)
-
-        async def lines() -> AsyncIterator[bytes]:
-            try:
-                async for item in events:
-                    if isinstance(item, Event):
-                        yield (json.dumps({"event": item.to_json()}) + "\n").encode()
-                    else:
-                        yield (json.dumps({"result": item}) + "\n").encode()
-            except YwMagicsError as error:
-                yield (json.dumps({"error": error.to_dict()}) + "\n").encode()
-            except Exception as error:  # the stream has started: report, don't drop the line
-                message = f"internal error: {type(error).__name__}: {error}"
-                yield (
-                    json.dumps(
-                        {
-                            "error": {
-                                "type": "OrchestratorError",
-                                "message": message,
-                                "hint": "see the orchestrator's log",
-                                "log_tail": "",
-                            }
-                        }
-                    )
-                    + "\n"
-                ).encode()
-                log.exception("install failed")
-
-        return StreamingResponse(lines(), media_type=NDJSON)
-
-    async def event_stream(request: Request) -> Response:
-        async def lines() -> AsyncIterator[bytes]:
-            async with orchestrator.bus.subscribe() as queue:
-                yield b'{"subscribed": true}\n'
-                while True:
-                    event = await queue.get()
-                    yield (json.dumps({"event": event.to_json()}) + "\n").encode()
-
-        return StreamingResponse(lines(), media_type=NDJSON)
-
-    async def stop(request: Request) -> Response:
-        body = await _json_body(request)
-        partition = body.get("partition")
-        if partition is not None:
-            validate_partition(partition)
-        if not body.get("all") and partition is None and body.get("name") is None:
-            raise SpecError("say what to stop: a partition, a name, or all")
-        stopped = await orchestrator.stop(partition, body.get("name"), body.get("version"))
-        return JSONResponse({"stopped": stopped})
-
-    async def logs(request: Request) -> Response:
-        name = request.path_params["name"]
-        partition = validate_partition(request.query_params.get("partition", DEFAULT_PARTITION))
-        lines = int(request.query_params.get("lines", "200"))
-        return PlainTextResponse(orchestrator.logs(name, partition, lines))
-
-    async def uninstall(request: Request) -> Response:
-        body = await _json_body(request)
-        return JSONResponse(await orchestrator.uninstall(str(body.get("spec", ""))))
-
-    async def browser_code(request: Request) -> Response:
-        return JSONResponse({"code": codes.issue(), "expires_in": CODE_LIFETIME})
-
-    async def shutdown(request: Request) -> Response:
-        # Answer first, then stop: the server's lifespan stops every backend.
-        asyncio.get_running_loop().call_later(0.05, request_exit)
-        return JSONResponse({"stopping": True})
-
-    async def on_error(request: Request, error: Exception) -> Response:
-        assert isinstance(error, YwMagicsError)
-        return _error_response(error)
-
-    async def on_value_error(request: Request, error: Exception) -> Response:
-        return _error_response(SpecError(f"bad request: {error}"))
-
-    routes = [
-        Route("/status", status),
-        Route("/list", listing),
-        Route("/install", install, methods=["POST"]),
-        Route("/events", event_stream),
-        Route("/stop", stop, methods=["POST"]),
-        Route("/logs/{name}", logs),
-        Route("/uninstall", uninstall, methods=["POST"]),
-        Route("/shutdown", shutdown, methods=["POST"]),
-        Route("/browser-code", browser_code, methods=["POST"]),
-    ]
-    supervisor = orchestrator.supervisor
+    admin = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={YwMagicsError: on_error, Exception: on_unexpected},
+    )
     codes = BrowserCodes()
+    admin.state.orchestrator = orchestrator
+    admin.state.codes = codes
+    admin.state.request_exit = request_exit
+    supervisor = orchestrator.supervisor
 
     def partition_for_token(candidate: str) -> str | None:
         instance = supervisor.by_token.get(candidate)
         return instance.partition if instance else None
 
-    admin = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={YwMagicsError: on_error, ValueError: on_value_error},
-    )
     return SecurityMiddleware(
-        BackendsDispatch(admin, Proxy(orchestrator.instance_for)),
+        BackendsDispatch(admin, Proxy(orchestrator.instance_for, supervisor)),
         token=token,
         instance_for_token=partition_for_token,
         codes=codes,

@@ -55,7 +55,7 @@ class Environment:
     def python_bin(self) -> Path | None:
         return self.path / "venv" / "bin" / "python" if self.python else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"] = str(self.path)
         return data
@@ -250,7 +250,7 @@ class Installer:
             python_version=interpreter.version if interpreter else None,
             created=time.time(),
         )
-        (folder / META_FILE).write_text(json.dumps(environment.to_json(), indent=2))
+        (folder / META_FILE).write_text(json.dumps(environment.to_dict(), indent=2))
         return environment
 
     def placeholders(self, plan: Plan, folder: Path) -> dict[str, str]:

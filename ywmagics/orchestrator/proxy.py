@@ -8,21 +8,33 @@ after a crash; larger or chunked ones stream through, both ways.
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import SimpleCookie
 from urllib.parse import unquote
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, IncompleteAnswerError, StartError, YwMagicsError
-from ywmagics.orchestrator.processes import has_exited, tail_of
+from ywmagics.errors import (
+    ERROR_HEADER,
+    IncompleteAnswerError,
+    StartError,
+    YwMagicsError,
+    internal_error,
+)
+from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
-from ywmagics.orchestrator.supervisor import Instance, InstanceState
-from ywmagics.orchestrator.upstream import IDEMPOTENT, UpstreamError, UpstreamResponse
+from ywmagics.orchestrator.supervisor import Instance, Supervisor
+from ywmagics.orchestrator.upstream import (
+    IDEMPOTENT,
+    UpstreamError,
+    UpstreamResponse,
+    may_resend,
+)
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
 
 BUFFERED_BODY_LIMIT = 1 << 20
+log = logging.getLogger("ywmagics.orchestrator")
 InstanceFinder = Callable[[str, str, str], Awaitable[Instance]]
 
 # Hop-by-hop headers (RFC 9110 §7.6.1), the body framing we redo, and our own credentials
@@ -134,40 +146,36 @@ async def _abandon_on_disconnect(receive: Receive, response: UpstreamResponse) -
     response.abandon()
 
 
-async def _note_if_exited(instance: Instance, patience: float = 1.0) -> bool:
-    """After a backend failed a request: whether its process has ended, waiting up to
-    ``patience`` for it to be seen so. An ended one is marked crashed now, without waiting for
-    the event loop to reap it, so that the next request restarts it instead of meeting its dead
-    sockets."""
-    process = instance.process
-    if process is None:
-        return False
-    deadline = time.monotonic() + patience
-    while process.returncode is None:
-        if has_exited(process.pid):
-            instance.state = InstanceState.CRASHED
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 class Proxy:
-    """ASGI handler for ``/backends/...``; ``find`` gives the instance (starting it if needed)."""
+    """ASGI handler for ``/backends/...``: ``find`` gives the instance (starting it if needed);
+    whether a backend has ended is the supervisor's to say."""
 
-    def __init__(self, find: InstanceFinder) -> None:
+    def __init__(self, find: InstanceFinder, supervisor: Supervisor) -> None:
         self.find = find
+        self.supervisor = supervisor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            response, instance = await self._open(scope, receive)
+            try:
+                response, instance = await self._open(scope, receive)
+            except ClientGone:
+                return
+            await self._relay(response, instance, receive, tracked_send)
         except YwMagicsError as error:
-            await send_error(send, error)
-            return
-        except ClientGone:
-            return
-        await self._relay(response, instance, receive, send)
+            if not started:
+                await send_error(send, error)
+        except Exception as error:
+            # A fault of ours, not the backend's: said as the orchestrator's own error.
+            log.exception("proxy error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await send_error(send, internal_error(error))
 
     async def _open(self, scope: Scope, receive: Receive) -> tuple[UpstreamResponse, Instance]:
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -179,34 +187,30 @@ class Proxy:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         headers = dict(scope["headers"])
+        method = scope["method"]
         partition = partition_of(scope, headers)
         instance = await self.find(partition, name, version)
-        process = instance.process
-        if scope["method"] not in IDEMPOTENT and process is not None and has_exited(process.pid):
-            # Ended, but not reaped yet by the event loop: a request that cannot be sent twice
-            # must not go to its dead sockets (it would fail, and could not be retried). Mark
-            # it crashed, and the lookup restarts it.
-            instance.state = InstanceState.CRASHED
+        if method not in IDEMPOTENT and self.supervisor.has_ended(instance):
+            # Ended, but maybe not reaped yet: a request that cannot be sent twice must not go
+            # to its dead sockets (it would fail, and could not be sent again). The lookup
+            # restarts it.
             instance = await self.find(partition, name, version)
         body = await _body(headers, receive)
         try:
             return await self._send(instance, scope, target, body), instance
         except UpstreamError as error:
-            # The process may have died an instant ago, before we noticed. Send the request again
-            # to its revived successor when that is safe: nothing was sent, or the method is
-            # idempotent and the body is still ours (never re-send a POST that may have run).
-            replayable = isinstance(body, bytes) and (
-                not error.sent or scope["method"] in IDEMPOTENT
-            )
-            # Give an ending process the moment it takes to be seen as ended.
-            exited = await _note_if_exited(instance, patience=0.5)
-            if not (replayable and exited):  # alive, it chose not to answer; or not safe
-                raise self._gone(instance, error) from None
+            # The process may have ended an instant ago, before we noticed: give it the moment
+            # that takes to be seen, then send the request to its restarted successor when that
+            # is safe.
+            ended = await self.supervisor.wait_ended(instance, patience=0.5)
+            if not (ended and may_resend(method, body, error.sent)):
+                raise self._gone(instance, error, ended) from error
             instance = await self.find(partition, name, version)
             try:
                 return await self._send(instance, scope, target, body), instance
             except UpstreamError as again:
-                raise self._gone(instance, again) from None
+                ended = await self.supervisor.wait_ended(instance, patience=0.5)
+                raise self._gone(instance, again, ended) from again
 
     @staticmethod
     async def _send(
@@ -220,31 +224,21 @@ class Proxy:
         )
 
     @staticmethod
-    def _gone(instance: Instance, error: UpstreamError) -> YwMagicsError:
-        process = instance.process
-        exited = process is not None and (process.returncode is not None or has_exited(process.pid))
-        where = (
-            f"{instance.manifest.name} {instance.manifest.version} in partition "
-            f"{instance.partition!r}"
-        )
-        if exited:
-            # Marked now, without waiting for the event loop to reap it: the next request
-            # restarts it rather than meeting its dead sockets.
-            instance.state = InstanceState.CRASHED
+    def _gone(instance: Instance, error: UpstreamError, ended: bool) -> YwMagicsError:
+        if ended:
             return IncompleteAnswerError(
-                f"{where} exited without answering ({error})",
+                f"{instance.where} exited without answering ({error})",
                 hint="the next request restarts it; see 'ywmagics logs'",
                 log_tail=tail_of(instance.log_path),
             )
         return StartError(
-            f"{where} did not answer: {error}",
+            f"{instance.where} did not answer: {error}",
             hint="it dropped the connection without answering; see 'ywmagics logs'",
             log_tail=tail_of(instance.log_path),
         )
 
-    @staticmethod
     async def _relay(
-        response: UpstreamResponse, instance: Instance, receive: Receive, send: Send
+        self, response: UpstreamResponse, instance: Instance, receive: Receive, send: Send
     ) -> None:
         """Send the answer on; a long one stops when the client goes away (uvicorn's send then
         does nothing, so without watching we would read the backend to its end)."""
@@ -264,11 +258,10 @@ class Proxy:
         except UpstreamError:
             # The client went away (we abandoned the backend's answer), or the backend broke
             # off mid-answer: with the head sent, all we can do is end the connection short.
-            # In the second case it most likely exited: wait for that to be seen (briefly), so
-            # that the client's next request finds it gone and restarts it, rather than meeting
-            # its dead sockets.
+            # In the second case it most likely exited: let that be seen (briefly), so that
+            # the client's next request restarts it rather than meeting its dead sockets.
             # (Both may happen at once: a client can see the break before we do.)
-            await _note_if_exited(instance, patience=0.2 if response.abandoned else 1.0)
+            await self.supervisor.wait_ended(instance, 0.2 if response.abandoned else 1.0)
             return
         finally:
             if watcher is not None:

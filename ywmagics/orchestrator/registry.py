@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from packaging.version import Version
 
 from ywmagics import paths
-from ywmagics.errors import BackendNotFound, ConfigurationError
+from ywmagics.errors import BackendNotFound
+from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -21,38 +21,17 @@ from ywmagics.orchestrator.manifest import (
 )
 from ywmagics.spec import VersionRange
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 log = logging.getLogger(__name__)
 
 
-def configured_registry_folders() -> list[Path]:
-    """The ``registries`` list of the user's config file (:func:`ywmagics.paths.config_file`)."""
-    file = paths.config_file()
-    try:
-        data = tomllib.loads(file.read_text())
-    except FileNotFoundError:
-        return []
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"{file} is not valid TOML: {error}") from None
-    folders = data.get("registries", [])
-    if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
-        raise ConfigurationError(
-            f"{file}: 'registries' must be a list of folders",
-            hint='e.g. registries = ["~/my-backends"]',
-        )
-    return [Path(f).expanduser() for f in folders]
-
-
-def default_registry_folders(extra: Sequence[str | Path] = ()) -> list[Path]:
+def default_registry_folders(
+    extra: Sequence[str | Path] = (), configured: Sequence[Path] | None = None
+) -> list[Path]:
     """Bundled backends, the user's folder, folders from ``serve --registry`` and the config
-    file, then ``YW_BACKENDS_PATH``."""
+    file (``configured``, read from it when not given), then ``YW_BACKENDS_PATH``."""
     folders = [paths.bundled_registry_dir(), paths.user_registry_dir()]
     folders += [Path(f).expanduser() for f in extra]
-    folders += configured_registry_folders()
+    folders += load_user_config().registries if configured is None else configured
     folders += [
         Path(f).expanduser() for f in os.environ.get("YW_BACKENDS_PATH", "").split(os.pathsep) if f
     ]

@@ -19,33 +19,24 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 
 from ywmagics import __version__, paths
-from ywmagics.discovery import Connection, read_discovery, write_discovery
+from ywmagics.discovery import answers, read_discovery, write_discovery
 from ywmagics.orchestrator.app import create_app
+from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.registry import default_registry_folders
 from ywmagics.orchestrator.service import Orchestrator, Settings
 
 log = logging.getLogger("ywmagics.orchestrator")
 
 
-def _answers(connection: Connection) -> bool:
-    """Whether an orchestrator really answers there (a stale file's pid may have been reused)."""
-    try:
-        response = httpx.get(f"{connection.url}/status", headers=connection.headers, timeout=5)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
-
-
 def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str = "warning") -> None:
     """Run the orchestrator in the foreground until it is told to stop."""
     discovery = paths.discovery_file()
     existing = read_discovery(discovery)
-    if existing is not None and existing.pid != os.getpid() and _answers(existing):
+    if existing is not None and existing.pid != os.getpid() and answers(existing):
         raise SystemExit(
             f"an orchestrator already runs (pid {existing.pid}, {existing.url}); "
             "stop it first with 'ywmagics shutdown'"
@@ -56,14 +47,16 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     listener.bind(("127.0.0.1", port))
     listener.listen(128)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    user_config = load_user_config()
     sockets_dir = Path(tempfile.mkdtemp(prefix="yw-"))  # short (socket paths are limited), 0700
     orchestrator = Orchestrator(
         Settings(
             environments_dir=paths.environments_dir(),
             logs_dir=paths.logs_dir(),
             sockets_dir=sockets_dir,
-            registries=default_registry_folders(registries),
+            registries=default_registry_folders(registries, user_config.registries),
             url=url,
+            supervisor=user_config.supervisor,
         )
     )
 

@@ -6,19 +6,20 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ywmagics._version import __version__
 from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFound
 from ywmagics.events import Event, EventKind
+from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.registry import Registry
-from ywmagics.orchestrator.supervisor import Instance, InstanceState, Supervisor
+from ywmagics.orchestrator.supervisor import Instance, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name
 
 
@@ -29,6 +30,7 @@ class Settings:
     sockets_dir: Path
     registries: Sequence[Path]
     url: str = ""
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
 
 
 class Orchestrator:
@@ -39,7 +41,12 @@ class Orchestrator:
         self.registry = Registry(settings.registries)
         self.installer = Installer(settings.environments_dir, settings.logs_dir)
         self.supervisor = Supervisor(
-            self.installer, settings.sockets_dir, settings.logs_dir, settings.url, self.bus.publish
+            self.installer,
+            settings.sockets_dir,
+            settings.logs_dir,
+            settings.url,
+            self.bus.publish,
+            settings.supervisor,
         )
         self._build_locks: dict[str, asyncio.Lock] = {}
         # Which environment to start when a request reaches a backend that is installed but not
@@ -179,12 +186,7 @@ class Orchestrator:
     async def instance_for(self, partition: str, name: str, version_range: str) -> Instance:
         """The instance a proxied request goes to, started or revived when needed."""
         cached = self._routes.get((partition, name, version_range))
-        if (
-            cached is not None
-            and cached.alive
-            and cached.state is InstanceState.READY
-            and self.supervisor.instances.get(cached.key) is cached
-        ):
+        if cached is not None and self.supervisor.is_current_and_ready(cached):
             return cached
         instance = await self._find_instance(partition, name, version_range)
         self._routes[(partition, name, version_range)] = instance
@@ -200,7 +202,7 @@ class Orchestrator:
         ]
         if running:
             best = max(running, key=lambda i: i.manifest.parsed_version)
-            return await self.supervisor.revive(best)
+            return await self.supervisor.ensure_ready(best)
         # The environment last installed or started for a version is preferred; other
         # installed versions count too.
         candidates = {v: p for (n, v), p in self._last_used.items() if n == name}
@@ -249,8 +251,8 @@ class Orchestrator:
 
     def listing(self) -> dict[str, Any]:
         return {
-            "instances": [i.to_json() for i in self.supervisor.instances.values()],
-            "environments": [e.to_json() for e in self.installer.environments()],
+            "instances": [i.to_dict() for i in self.supervisor.instances.values()],
+            "environments": [e.to_dict() for e in self.installer.environments()],
             "backends": [
                 {
                     "name": m.name,
@@ -310,7 +312,7 @@ class Orchestrator:
         for environment in environments:
             await asyncio.to_thread(self.installer.remove, environment)
             self._last_used.pop((environment.name, environment.version), None)
-        return {"removed": [e.to_json() for e in environments], "stopped_partitions": stopped}
+        return {"removed": [e.to_dict() for e in environments], "stopped_partitions": stopped}
 
     async def shutdown(self) -> None:
         await self.supervisor.stop_all()

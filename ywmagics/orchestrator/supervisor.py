@@ -1,16 +1,28 @@
 """Instances: running processes of environments, keyed by (partition, name, version).
 
-The supervisor starts them on a private Unix socket (or a TCP port when the manifest asks), waits
-until their readiness path answers, restarts a crashed one on its next request with capped backoff,
-and stops them with TERM to the process group, a wait, then KILL.
+The supervisor is the one owner of an instance's life: it starts it on a private Unix socket (or
+a TCP port when the manifest asks), waits until its readiness path answers, watches its process
+(one task awaiting it), restarts it on its next request after a crash with capped backoff, gives
+it up after too many crashes in a row, and stops it with TERM to its process group, a wait, then
+KILL. Others (the proxy) only ask it: :meth:`Supervisor.ensure_ready`, :meth:`~Supervisor.has_ended`
+and :meth:`~Supervisor.wait_ended`.
+
+::
+
+    STARTING ──ready──► READY ──process ended──► CRASHED ──next request──► STARTING
+        │                 │                         └──too many in a row──► FAILED
+        └─first start     └─stop, replace──► STOPPING ──► STOPPED
+          failed ► STOPPED
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,23 +31,28 @@ from pathlib import Path
 
 from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
+from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit
 from ywmagics.orchestrator.manifest import Listen, Manifest, expand
-from ywmagics.orchestrator.processes import child_popen_kwargs, tail_of, terminate_group
+from ywmagics.orchestrator.processes import (
+    child_argv,
+    has_exited,
+    signal_group,
+    tail_of,
+)
 from ywmagics.orchestrator.upstream import UpstreamError, UpstreamPool
 
 InstanceKey = tuple[str, str, str]
-MAX_RESTARTS = 5
-BACKOFF_CAP = 5.0
-STABLE_AFTER = 60.0
+log = logging.getLogger("ywmagics.orchestrator")
 
 
 class InstanceState(str, Enum):
     STARTING = "starting"
     READY = "ready"
-    CRASHED = "crashed"
-    FAILED = "failed"
+    CRASHED = "crashed"  # its process ended on its own: the next request restarts it
+    FAILED = "failed"  # crashed too often in a row: given up until installed again
+    STOPPING = "stopping"
     STOPPED = "stopped"
 
 
@@ -52,29 +69,35 @@ class Instance:
     process: asyncio.subprocess.Process | None = None
     state: InstanceState = InstanceState.STARTING
     started_at: float = 0.0
-    crashes: int = 0
+    crashes_in_a_row: int = 0
     upstream: UpstreamPool | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    watcher: asyncio.Future[None] | None = None
 
     @property
     def key(self) -> InstanceKey:
         return (self.partition, self.manifest.name, self.manifest.version)
 
     @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+    def ready(self) -> bool:
+        return self.state is InstanceState.READY
 
-    def to_json(self) -> dict[str, object]:
+    @property
+    def where(self) -> str:
+        return f"{self.manifest.name} {self.manifest.version} in partition {self.partition!r}"
+
+    def to_dict(self) -> dict[str, object]:
+        running = self.state in (InstanceState.STARTING, InstanceState.READY)
         return {
             "partition": self.partition,
             "name": self.manifest.name,
             "version": self.manifest.version,
             "state": self.state.value,
             "pid": self.process.pid if self.process else None,
-            "uptime": round(time.monotonic() - self.started_at, 1) if self.alive else 0.0,
+            "uptime": round(time.monotonic() - self.started_at, 1) if running else 0.0,
             "config": self.environment.config,
             "fingerprint": self.environment.fingerprint,
-            "restarts": self.crashes,
+            "restarts": self.crashes_in_a_row,
             "log": str(self.log_path),
             "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
         }
@@ -103,20 +126,19 @@ class Supervisor:
         logs_dir: Path,
         orchestrator_url: str,
         emit: Emit,
+        settings: SupervisorSettings | None = None,
     ) -> None:
         self.installer = installer
         self.sockets_dir = sockets_dir
         self.logs_dir = logs_dir
         self.orchestrator_url = orchestrator_url
         self.emit = emit
+        self.settings = settings or SupervisorSettings()
         self.instances: dict[InstanceKey, Instance] = {}
         self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
 
     # -- queries -----------------------------------------------------------------------------
-
-    def find(self, partition: str, name: str, version: str) -> Instance | None:
-        return self.instances.get((partition, name, version))
 
     def matching(
         self, partition: str | None = None, name: str | None = None, version: str | None = None
@@ -128,6 +150,32 @@ class Supervisor:
             and (name is None or i.manifest.name == name)
             and (version is None or i.manifest.version == version)
         ]
+
+    def is_current_and_ready(self, instance: Instance) -> bool:
+        """Ready, and still the instance of its key (not stopped or replaced since)."""
+        return instance.ready and self.instances.get(instance.key) is instance
+
+    def has_ended(self, instance: Instance) -> bool:
+        """Whether the instance's process has ended, as the kernel knows it: also when the event
+        loop has not reaped it yet (its sockets may already say so). An end seen here is noted
+        at once, so that the next request restarts it rather than meeting its dead sockets."""
+        process = instance.process
+        if process is None:
+            return True
+        if process.returncode is None and not has_exited(process.pid):
+            return False
+        self._note_ended(instance, process)
+        return True
+
+    async def wait_ended(self, instance: Instance, patience: float) -> bool:
+        """After a request failed: whether the process has ended, giving an ending process up to
+        ``patience`` seconds to be seen so."""
+        process = instance.process
+        if process is None or self.has_ended(instance):
+            return True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), patience)
+        return self.has_ended(instance)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -147,23 +195,15 @@ class Supervisor:
     ) -> Instance:
         partition, manifest = key[0], plan.manifest
         current = self.instances.get(key)
-        if current is not None:
-            async with current.lock:
-                if (
-                    current.environment.fingerprint == environment.fingerprint
-                    and current.alive
-                    and current.state is InstanceState.READY
-                ):
-                    return current
-            if current.environment.fingerprint != environment.fingerprint:
-                await self.stop(current)
-                emit(
-                    self._event(
-                        current,
-                        EventKind.REPLACED,
-                        _replacement_reason(current.environment, environment),
-                    )
+        if current is not None and current.environment.fingerprint != environment.fingerprint:
+            await self.stop(current)
+            emit(
+                self._event(
+                    current,
+                    EventKind.REPLACED,
+                    _replacement_reason(current.environment, environment),
                 )
+            )
         instance = self.instances.get(key)
         if instance is None:
             instance = Instance(
@@ -180,53 +220,100 @@ class Supervisor:
             self.instances[key] = instance
             self.by_token[instance.token] = instance
         async with instance.lock:
-            if not (instance.alive and instance.state is InstanceState.READY):
-                instance.crashes = 0  # asked for on purpose: a given-up instance gets a new go
+            if not instance.ready or self.has_ended(instance):
+                instance.crashes_in_a_row = 0  # asked for on purpose: a given-up one gets a new go
                 await self._start(instance, emit)
         return instance
 
-    async def revive(self, instance: Instance) -> Instance:
-        """Called on each request: restart a crashed instance, with capped backoff."""
-        if instance.alive and instance.state is InstanceState.READY:
+    async def ensure_ready(self, instance: Instance) -> Instance:
+        """Called on each request: the instance, restarted first if it crashed (with capped
+        backoff); :class:`StartError` once it has been given up."""
+        if instance.ready:
             return instance
         async with instance.lock:
-            if instance.alive and instance.state is InstanceState.READY:
+            if instance.ready:  # restarted by another request meanwhile
                 return instance
             if instance.state is InstanceState.FAILED:
                 raise StartError(
-                    f"{instance.manifest.name} {instance.manifest.version} in partition "
-                    f"{instance.partition!r} crashed {instance.crashes} times and was given up",
+                    f"{instance.where} crashed {instance.crashes_in_a_row} times and was given up",
                     hint="look at its log ('ywmagics logs'), then install it again to retry",
                     log_tail=tail_of(instance.log_path),
                 )
-            if instance.state is not InstanceState.STOPPED:
-                self._note_crash(instance)
-                delay = (
-                    min(BACKOFF_CAP, 0.25 * 2 ** (instance.crashes - 1))
-                    if instance.crashes > 1
-                    else 0
-                )
-                await asyncio.sleep(delay)
+            if instance.state is InstanceState.CRASHED:
+                self._count_crash(instance)
+                await asyncio.sleep(self.settings.backoff(instance.crashes_in_a_row))
             await self._start(instance, self.emit, restart=True)
         return instance
 
-    def _note_crash(self, instance: Instance) -> None:
-        if time.monotonic() - instance.started_at > STABLE_AFTER:
-            instance.crashes = 0
-        instance.crashes += 1
-        if instance.crashes > MAX_RESTARTS:
+    def _note_ended(self, instance: Instance, process: asyncio.subprocess.Process) -> None:
+        """The one place where a running instance becomes CRASHED: its process ended, and it was
+        neither being stopped nor replaced by a newer process."""
+        running = (InstanceState.STARTING, InstanceState.READY)
+        if instance.process is process and instance.state in running:
+            log.warning(
+                "%s ended (pid %d, exit code %s)", instance.where, process.pid, process.returncode
+            )
+            self._crashed(instance)
+
+    @staticmethod
+    def _crashed(instance: Instance) -> None:
+        instance.state = InstanceState.CRASHED
+        if instance.upstream is not None:
+            instance.upstream.close_idle()  # connections to a dead process
+
+    def _count_crash(self, instance: Instance) -> None:
+        """One more crash in a row (a long run starts the count anew); past the limit, the
+        instance is given up."""
+        if time.monotonic() - instance.started_at > self.settings.stable_after:
+            instance.crashes_in_a_row = 0
+        instance.crashes_in_a_row += 1
+        if instance.crashes_in_a_row > self.settings.restart_limit:
             instance.state = InstanceState.FAILED
             self.emit(
                 self._event(
-                    instance, EventKind.FAILED, f"crashed {instance.crashes} times: given up"
+                    instance,
+                    EventKind.FAILED,
+                    f"crashed {instance.crashes_in_a_row} times: given up",
                 )
             )
             raise StartError(
                 f"{instance.manifest.name} {instance.manifest.version} keeps crashing "
-                f"({instance.crashes} times); it will not be restarted",
+                f"({instance.crashes_in_a_row} times); it will not be restarted",
                 hint="look at its log ('ywmagics logs'), then install it again to retry",
                 log_tail=tail_of(instance.log_path),
             )
+
+    def _command(self, instance: Instance) -> tuple[list[str], dict[str, str]]:
+        """The start command and environment of ``instance``, with a fresh socket or port."""
+        manifest, environment = instance.manifest, instance.environment
+        placeholders = self.installer.placeholders(instance.plan, environment.path)
+        instance.socket_path = instance.port = None
+        if manifest.listen is Listen.UNIX:
+            instance.socket_path = self.sockets_dir / f"{secrets.token_hex(6)}.sock"
+            placeholders.update(socket=str(instance.socket_path), port="")
+        else:
+            instance.port = _free_port()
+            placeholders.update(socket="", port=str(instance.port))
+        base_path = f"/backends/{manifest.name}/{manifest.version}"
+        placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
+        argv = [expand(arg, placeholders) for arg in manifest.start]
+        env = {
+            **os.environ,
+            "YW_ORCHESTRATOR_URL": self.orchestrator_url,
+            "YW_INSTANCE_TOKEN": instance.token,
+            "YW_PARTITION": instance.partition,
+            "YW_BASE_PATH": base_path,
+            "PYTHONPATH": str(environment.app),
+            **{f"YW_BUILD_{k.upper()}": v for k, v in environment.config.items()},
+            **{k: expand(v, placeholders) for k, v in manifest.env.items()},
+        }
+        if instance.port is not None:
+            env["PORT"] = str(instance.port)
+        # YW_HOME is the orchestrator's, not the backend's; bytecode writes are wanted (see
+        # Installer.compile_environment).
+        for private in ("YW_HOME", "PYTHONDONTWRITEBYTECODE"):
+            env.pop(private, None)
+        return argv, env
 
     async def _start(self, instance: Instance, emit: Emit, restart: bool = False) -> None:
         manifest, environment = instance.manifest, instance.environment
@@ -239,47 +326,20 @@ class Supervisor:
             )
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
-        placeholders = self.installer.placeholders(instance.plan, environment.path)
-        if manifest.listen is Listen.UNIX:
-            instance.socket_path = self.sockets_dir / f"{secrets.token_hex(6)}.sock"
-            placeholders["socket"] = str(instance.socket_path)
-            placeholders["port"] = ""
-        else:
-            instance.port = _free_port()
-            placeholders["port"] = str(instance.port)
-            placeholders["socket"] = ""
-        base_path = f"/backends/{manifest.name}/{manifest.version}"
-        placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
-        argv = [expand(arg, placeholders) for arg in manifest.start]
-        extra_env = {k: expand(v, placeholders) for k, v in manifest.env.items()}
-        env = {
-            **os.environ,
-            "YW_ORCHESTRATOR_URL": self.orchestrator_url,
-            "YW_INSTANCE_TOKEN": instance.token,
-            "YW_PARTITION": instance.partition,
-            "YW_BASE_PATH": base_path,
-            "PYTHONPATH": str(environment.app),
-            **{f"YW_BUILD_{k.upper()}": v for k, v in environment.config.items()},
-            **extra_env,
-        }
-        if instance.port is not None:
-            env["PORT"] = str(instance.port)
-        # YW_HOME is the orchestrator's, not the backend's; bytecode writes are wanted (see
-        # Installer.compile_environment).
-        for private in ("YW_HOME", "PYTHONDONTWRITEBYTECODE"):
-            env.pop(private, None)
-        with instance.log_path.open("ab") as log:
-            log.write(f"--- start {time.ctime()}: {' '.join(argv)}\n".encode())
-            log.flush()
+        argv, env = self._command(instance)
+        with instance.log_path.open("ab") as log_file:
+            log_file.write(f"--- start {time.ctime()}: {' '.join(argv)}\n".encode())
+            log_file.flush()
             try:
-                instance.process = await asyncio.create_subprocess_exec(
-                    *argv,
+                process = await asyncio.create_subprocess_exec(
+                    *child_argv(argv, cwd=environment.path, env=env),
                     cwd=environment.path,
                     env=env,
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    **child_popen_kwargs(),  # type: ignore[arg-type]
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,  # its own process group, signalled as a whole
+                    close_fds=True,
                 )
             except OSError as error:
                 instance.state = InstanceState.STOPPED
@@ -287,21 +347,26 @@ class Supervisor:
                     f"cannot start {manifest.name} {manifest.version}: {argv[0]!r}: "
                     f"{error.strerror or error}",
                     hint="is the program on PATH? Check the manifest's 'start' command",
-                ) from None
+                ) from error
+        instance.process = process
         instance.started_at = time.monotonic()
         instance.state = InstanceState.STARTING
+        instance.watcher = asyncio.ensure_future(self._watch(instance, process))
         if instance.upstream is not None:
-            await instance.upstream.aclose()
+            instance.upstream.close_idle()
         instance.upstream = UpstreamPool(
             uds=str(instance.socket_path) if instance.socket_path else None, port=instance.port
         )
         try:
-            await self._wait_ready(instance)
+            await self._wait_ready(instance, process)
         except BaseException as error:  # a failure, or the install was cancelled: no half-start
             await asyncio.shield(self._kill(instance))
             # A failed restart is one more crash (so backoff and giving up apply); a failed
             # first start is reported to the install that asked for it.
-            instance.state = InstanceState.CRASHED if restart else InstanceState.STOPPED
+            if restart:
+                self._crashed(instance)
+            else:
+                instance.state = InstanceState.STOPPED
             if isinstance(error, StartError):
                 emit(self._event(instance, EventKind.FAILED, error.message))
             raise
@@ -315,16 +380,20 @@ class Supervisor:
             )
         )
 
-    async def _wait_ready(self, instance: Instance) -> None:
-        assert instance.upstream is not None and instance.process is not None
+    async def _watch(self, instance: Instance, process: asyncio.subprocess.Process) -> None:
+        await process.wait()
+        self._note_ended(instance, process)
+
+    async def _wait_ready(self, instance: Instance, process: asyncio.subprocess.Process) -> None:
+        assert instance.upstream is not None
         manifest = instance.manifest
         deadline = time.monotonic() + manifest.ready_timeout
         delay = 0.005
         while True:
-            if instance.process.returncode is not None:
+            if process.returncode is not None:
                 raise StartError(
                     f"{manifest.name} {manifest.version} exited with code "
-                    f"{instance.process.returncode} while starting",
+                    f"{process.returncode} while starting",
                     hint=f"its log is {instance.log_path}",
                     log_tail=tail_of(instance.log_path),
                 )
@@ -344,7 +413,7 @@ class Supervisor:
                     log_tail=tail_of(instance.log_path),
                 )
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(instance.process.wait()), delay)
+                await asyncio.wait_for(asyncio.shield(process.wait()), delay)
             delay = min(delay * 1.5, 0.1)
 
     async def stop(self, instance: Instance, *, forget: bool = True) -> None:
@@ -356,21 +425,24 @@ class Supervisor:
                 del self.instances[instance.key]
             self.by_token.pop(instance.token, None)
         if instance.upstream is not None:
-            await instance.upstream.aclose()
+            instance.upstream.close_idle()
             instance.upstream = None
         self.emit(self._event(instance, EventKind.STOPPED, "stopped"))
 
     async def _kill(self, instance: Instance) -> None:
-        """Stop the instance's whole process group: even when its leader has died already,
-        what it started may live on in the group."""
+        """Stop the instance's whole process group: TERM, a wait for the process, then KILL,
+        even when its leader has ended already (what it started may live on in the group)."""
         process = instance.process
         if process is None:
             return
-        await asyncio.to_thread(
-            terminate_group, process.pid, is_alive=lambda: process.returncode is None
-        )
+        if instance.state in (InstanceState.STARTING, InstanceState.READY):
+            instance.state = InstanceState.STOPPING  # its end is not a crash
+        signal_group(process.pid, signal.SIGTERM)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(process.wait(), 5)
+            await asyncio.wait_for(asyncio.shield(process.wait()), self.settings.stop_timeout)
+        signal_group(process.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.TimeoutError):  # reaped; unless stuck in the kernel
+            await asyncio.wait_for(asyncio.shield(process.wait()), self.settings.stop_timeout)
         if instance.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 instance.socket_path.unlink()

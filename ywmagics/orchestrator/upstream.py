@@ -9,14 +9,23 @@ connection, bodies given whole or streamed (chunked), responses streamed back.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 from collections.abc import AsyncIterator
 
 import httptools
 
 Headers = list[tuple[bytes, bytes]]
+Body = bytes | AsyncIterator[bytes] | None
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ_SIZE = 256 * 1024
+
+
+def may_resend(method: str, body: Body, sent: bool) -> bool:
+    """The one rule for sending a request again after its connection failed: when nothing was
+    sent, or when the method is idempotent and the body is still ours (not a stream already
+    read). A POST that may have reached the backend is never sent twice: it may have run."""
+    return not sent or (method in IDEMPOTENT and isinstance(body, (bytes, type(None))))
 
 
 class UpstreamError(Exception):
@@ -77,7 +86,17 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        """Still open on both sides. An idle connection has nothing to read: if the socket is
+        readable, the backend closed it (or sent what no request asked for), even when the event
+        loop has not read that yet."""
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     async def feed(self, parsed: _Parsed) -> bool:
         """Read once into the parser; ``False`` at the end of the stream."""
@@ -192,16 +211,10 @@ class UpstreamPool:
         method: str,
         target: str,
         headers: Headers,
-        body: bytes | AsyncIterator[bytes] | None = None,
+        body: Body = None,
     ) -> UpstreamResponse:
         """Send one request. A pooled connection that fails before any answer (the backend closed
-        it while idle) is replaced once, when sending again is safe: the method is idempotent
-        and the body is still ours. A POST is never sent twice: it may have been acted on."""
-        if self._idle and method not in IDEMPOTENT:
-            # A request that can't be sent twice must not meet a connection the backend already
-            # closed (it exited an instant ago, say): one turn of the loop lets a pending EOF
-            # arrive, so that such a connection is seen and dropped below.
-            await asyncio.sleep(0)
+        it while idle) is replaced once, when :func:`may_resend` allows it."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.usable:
@@ -210,8 +223,7 @@ class UpstreamPool:
             try:
                 return await self._exchange(connection, method, target, headers, body)
             except UpstreamError as error:
-                replayable = method in IDEMPOTENT and isinstance(body, (bytes, type(None)))
-                if error.sent and not replayable:
+                if not may_resend(method, body, error.sent):
                     raise
             break
         return await self._exchange(await self._open(), method, target, headers, body)
@@ -222,7 +234,7 @@ class UpstreamPool:
         method: str,
         target: str,
         headers: Headers,
-        body: bytes | AsyncIterator[bytes] | None,
+        body: Body,
     ) -> UpstreamResponse:
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"host: backend\r\n"]
         head += [name + b": " + value + b"\r\n" for name, value in headers]
@@ -257,6 +269,7 @@ class UpstreamPool:
             raise
         return UpstreamResponse(self, connection, parsed, method == "HEAD")
 
-    async def aclose(self) -> None:
+    def close_idle(self) -> None:
+        """Close the idle connections (those in use close when their exchange ends)."""
         while self._idle:
             self._idle.pop().close()

@@ -1,0 +1,55 @@
+"""The user's config file: registries and the supervisor's restart settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ywmagics.errors import ConfigurationError
+from ywmagics.orchestrator.config import SupervisorSettings, load_user_config
+
+
+def test_no_file_means_the_defaults(tmp_path: Path) -> None:
+    config = load_user_config(tmp_path / "config.toml")
+    assert config.registries == []
+    assert config.supervisor == SupervisorSettings()
+
+
+def test_registries_and_supervisor_settings(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(
+        'registries = ["~/mine", "/opt/backends"]\n'
+        "[supervisor]\nrestart_limit = 2\nrestart_backoff = 0.01\nstop_timeout = 1.5\n"
+    )
+    config = load_user_config(file)
+    assert config.registries == [Path("~/mine").expanduser(), Path("/opt/backends")]
+    assert config.supervisor == SupervisorSettings(
+        restart_limit=2, restart_backoff=0.01, stop_timeout=1.5
+    )
+
+
+def test_backoff_none_then_doubling_up_to_the_cap() -> None:
+    settings = SupervisorSettings(restart_backoff=0.5, restart_backoff_cap=3.0)
+    assert [settings.backoff(n) for n in range(1, 7)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("registries = 'x'\n", "'registries' must be a list of folders"),
+        ("colour = 1\n", "unknown setting(s): colour"),
+        ("[supervisor]\nrestart_limits = 1\n", "unknown [supervisor] setting(s): restart_limits"),
+        ("[supervisor]\nrestart_limit = 1.5\n", "restart_limit must be a whole number"),
+        ("[supervisor]\nstop_timeout = -1\n", "stop_timeout must be a number of seconds"),
+        ("[supervisor]\nstop_timeout = true\n", "stop_timeout must be a number of seconds"),
+        ("supervisor = 3\n", "[supervisor] must be a table"),
+        ("registries = [\n", "is not valid TOML"),
+    ],
+)
+def test_a_wrong_file_is_a_clear_error_naming_it(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigurationError) as error:
+        load_user_config(file)
+    assert message in error.value.message and str(file) in error.value.message

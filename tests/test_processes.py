@@ -1,0 +1,87 @@
+"""Child processes: launched with the parent-death signal armed, found on the child's PATH."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ywmagics.orchestrator.processes import child_argv, has_exited, run_logged, tail_of
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+
+
+def test_a_missing_program_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        child_argv(["no-such-program-ywmagics"])
+    with pytest.raises(FileNotFoundError):
+        child_argv(["./run.sh"], cwd=tmp_path)
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    resolved = os.path.join(tmp_path, "./run.sh")
+    assert child_argv(["./run.sh", "x"], cwd=tmp_path)[-2:] == [resolved, "x"]
+
+
+def test_the_program_is_looked_up_on_the_childs_path(tmp_path: Path) -> None:
+    (tmp_path / "mytool").write_text("#!/bin/sh\necho from-mytool\n")
+    (tmp_path / "mytool").chmod(0o755)
+    argv = child_argv(["mytool"], env={"PATH": str(tmp_path)})
+    assert str(tmp_path / "mytool") in argv
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert done.stdout == "from-mytool\n"
+
+
+def test_run_logged_reports_a_missing_program_in_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "install.log"
+    code, tail = run_logged(["no-such-program-ywmagics", "--x"], log=log)
+    assert code == 127 and "cannot run 'no-such-program-ywmagics'" in tail
+    assert "cannot run" in tail_of(log)
+
+
+@linux_only
+def test_the_launcher_refuses_to_run_for_a_parent_that_is_not_its_own() -> None:
+    argv = child_argv(["true"])
+    position = argv.index(str(os.getpid()))
+    argv[position] = "1"  # as if our parent had died before the signal was armed
+    assert subprocess.run(argv, check=False).returncode == 70
+
+
+@linux_only
+def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from ywmagics.orchestrator.processes import child_argv\n"
+            "child = subprocess.Popen(child_argv(['sleep', '60']), start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{child}/cmdline")
+        while b"-c\0" in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the launcher has armed the signal once it has become 'sleep'
+        assert b"-c\0" not in cmdline.read_bytes()
+        assert not has_exited(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while not has_exited(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert has_exited(child)
+    finally:
+        parent.kill()
+        parent.wait()

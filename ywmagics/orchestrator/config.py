@@ -1,0 +1,107 @@
+"""The user's configuration file (``config.toml``), read once when the orchestrator starts.
+
+::
+
+    registries = ["~/my-backends"]      # more folders of backends
+
+    [supervisor]                        # how instances are kept running (all optional)
+    restart_limit = 5                   # restarts in a row before an instance is given up
+    restart_backoff = 0.5               # seconds before the second restart in a row; doubles
+    restart_backoff_cap = 5.0           # the longest pause between two restarts
+    stable_after = 60.0                 # a run this long (seconds) starts the count anew
+    stop_timeout = 5.0                  # seconds between SIGTERM and SIGKILL at a stop
+
+The names follow jupyter_client's restarter (``restart_limit``, ``stable_start_time``,
+``shutdown_wait_time``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ywmagics import paths
+from ywmagics.errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """How crashed instances come back, and how long a stop waits."""
+
+    restart_limit: int = 5
+    restart_backoff: float = 0.5
+    restart_backoff_cap: float = 5.0
+    stable_after: float = 60.0
+    stop_timeout: float = 5.0
+
+    def backoff(self, crashes_in_a_row: int) -> float:
+        """The pause before restarting after the ``crashes_in_a_row``-th crash: none after the
+        first, then ``restart_backoff`` doubling up to ``restart_backoff_cap``."""
+        if crashes_in_a_row <= 1:
+            return 0.0
+        return float(
+            min(self.restart_backoff_cap, self.restart_backoff * 2 ** (crashes_in_a_row - 2))
+        )
+
+    @classmethod
+    def from_table(cls, table: object, where: Path) -> SupervisorSettings:
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [supervisor] must be a table")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown [supervisor] setting(s): {', '.join(unknown)}",
+                hint=f"settings: {', '.join(known)}",
+            )
+        values: dict[str, Any] = {}
+        for name, value in table.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (name == "restart_limit" and not isinstance(value, int)):
+                kind = "a whole number" if name == "restart_limit" else "a number of seconds"
+                raise ConfigurationError(
+                    f"{where}: [supervisor] {name} must be {kind} (0 or more), got {value!r}"
+                )
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    registries: list[Path] = field(default_factory=list)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+
+
+def load_user_config(file: Path | None = None) -> UserConfig:
+    """The settings of ``file`` (default: :func:`ywmagics.paths.config_file`); defaults when it
+    does not exist, :class:`ConfigurationError` naming the file when it is wrong."""
+    file = file or paths.config_file()
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        return UserConfig()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"{file} is not valid TOML: {error}") from error
+    unknown = sorted(set(data) - {"registries", "supervisor"})
+    if unknown:
+        raise ConfigurationError(
+            f"{file}: unknown setting(s): {', '.join(unknown)}",
+            hint="the file takes 'registries = [...]' and a [supervisor] table",
+        )
+    folders = data.get("registries", [])
+    if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+        raise ConfigurationError(
+            f"{file}: 'registries' must be a list of folders",
+            hint='e.g. registries = ["~/my-backends"]',
+        )
+    return UserConfig(
+        registries=[Path(f).expanduser() for f in folders],
+        supervisor=SupervisorSettings.from_table(data.get("supervisor", {}), file),
+    )
