@@ -33,7 +33,7 @@ def main() -> None:
         shell.run_line_magic("backends", "install pyrun_backend#^0.1.0 as py --partition Bench")
         instance = next(
             i
-            for i in OrchestratorClient(connection).list()["instances"]
+            for i in OrchestratorClient(connection).listing()["instances"]
             if i["partition"] == "Bench"
         )
 

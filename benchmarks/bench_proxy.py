@@ -29,7 +29,7 @@ def main() -> None:
         ).b
         instance = next(
             i
-            for i in OrchestratorClient(connection).list()["instances"]
+            for i in OrchestratorClient(connection).listing()["instances"]
             if i["partition"] == "Bench"
         )
         proxied_url = client.url_base + "/"

@@ -28,7 +28,7 @@ def main() -> None:
             "pyrun_backend as py", partition="Start", connection=connection
         ).py
         admin = OrchestratorClient(connection)
-        environment = admin.list()["environments"][0]
+        environment = admin.listing()["environments"][0]
         python = f"{environment['path']}/venv/bin/python"
 
         def cold_start() -> None:

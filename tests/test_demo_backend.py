@@ -61,7 +61,7 @@ def test_docs_open_in_a_browser_through_the_proxy(
         assert "/backends/demo_yw_backend/0.1.1/openapi.json" in page.text
         spec = browser.get(f"{orchestrator.url}/backends/demo_yw_backend/0.1.1/openapi.json")
         assert spec.status_code == 200 and "/cow-say" in spec.json()["paths"]
-    listing = ywmagics.OrchestratorClient(orchestrator).list()["instances"]
+    listing = ywmagics.OrchestratorClient(orchestrator).listing()["instances"]
     assert not [
         i for i in listing if i["name"] == "demo_yw_backend" and i["partition"] == "Default"
     ]

@@ -34,7 +34,6 @@ from ywmagics.kernel import (
     YwMagics,
     kernel_partition,
 )
-from ywmagics.kernel.magics import group_specs, parse_install_object
 from ywmagics.kernel.progress import TextProgress, Tracker, WidgetProgress, make_progress
 
 DEMO = "demo_yw_backend#^0.1.1"
@@ -47,31 +46,6 @@ slow = pytest.mark.slow
 
 
 # ---- units: no orchestrator ----------------------------------------------------------------------
-
-
-def test_group_specs_joins_aliases() -> None:
-    assert group_specs(["a#^1", "as", "x", "b", "c#1.0.0 as y"]) == [
-        "a#^1 as x",
-        "b",
-        "c#1.0.0 as y",
-    ]
-    with pytest.raises(UsageError, match="alias"):
-        group_specs(["a", "as"])
-    with pytest.raises(UsageError, match="'as' must follow"):
-        group_specs(["as", "x"])
-
-
-def test_parse_install_object_json_or_python_literal() -> None:
-    text = '{"modules": ["pyrun_backend#^0.1.0 as pyRunner"], "partition": "Foo"}'
-    assert parse_install_object(text)["partition"] == "Foo"
-    assert parse_install_object("{'modules': ['demo_yw_backend']}") == {
-        "modules": ["demo_yw_backend"]
-    }
-    assert parse_install_object('["demo_yw_backend"]') == {"modules": ["demo_yw_backend"]}
-    with pytest.raises(UsageError, match="JSON object"):
-        parse_install_object("{modules: nope")
-    with pytest.raises(UsageError, match="JSON object"):
-        parse_install_object("__import__('os').getcwd()")  # never evaluated
 
 
 def _event(kind: EventKind, progress: float | None = None, name: str = "demo") -> Event:
@@ -151,8 +125,8 @@ def magics(shell: InteractiveShell, orchestrator: Connection) -> Iterator[YwMagi
     found = shell.magics_manager.registry["YwMagics"]
     assert isinstance(found, YwMagics)
     yield found
-    with OrchestratorClient(orchestrator) as client:
-        client.stop(partition=found.partition)
+    client = OrchestratorClient(orchestrator)
+    client.stop(partition=found.partition)
 
 
 def run_line(shell: InteractiveShell, line: str) -> Any:
@@ -318,8 +292,8 @@ def test_stop_by_alias(
     capsys.readouterr()
     run_line(shell, "%backends stop stopMe")
     assert "stopped demo_yw_backend 0.1.1 in partition StopMe" in capsys.readouterr().out
-    with OrchestratorClient(orchestrator) as client:
-        partitions = {i["partition"] for i in client.list()["instances"]}
+    client = OrchestratorClient(orchestrator)
+    partitions = {i["partition"] for i in client.listing()["instances"]}
     assert "StopMe" not in partitions
     run_line(shell, "%backends stop --partition StopMe")
     assert "nothing was running there" in capsys.readouterr().out
@@ -510,10 +484,10 @@ def test_kernel_partition_is_stopped_at_exit(
     magics: YwMagics, shell: InteractiveShell, orchestrator: Connection
 ) -> None:
     run_line(shell, f"%backends install {DEMO} as ywDemoClient")
-    with OrchestratorClient(orchestrator) as client:
-        assert magics.partition in {i["partition"] for i in client.list()["instances"]}
-        magics.stop_kernel_partition()  # what atexit calls
-        assert magics.partition not in {i["partition"] for i in client.list()["instances"]}
+    client = OrchestratorClient(orchestrator)
+    assert magics.partition in {i["partition"] for i in client.listing()["instances"]}
+    magics.stop_kernel_partition()  # what atexit calls
+    assert magics.partition not in {i["partition"] for i in client.listing()["instances"]}
 
 
 @slow
@@ -543,8 +517,8 @@ def test_terminal_ipython_prints_text_and_never_hangs(orchestrator: Connection) 
     assert partition.startswith("kernel-")
     assert f"[demo_yw_backend#0.1.1 @ {partition}] ready" in result.stdout
     # that shell exited: its own partition was stopped
-    with OrchestratorClient(orchestrator) as client:
-        assert partition not in {i["partition"] for i in client.list()["instances"]}
+    client = OrchestratorClient(orchestrator)
+    assert partition not in {i["partition"] for i in client.listing()["instances"]}
 
 
 @slow

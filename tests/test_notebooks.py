@@ -89,8 +89,8 @@ def check_progress_views(nb: NotebookNode, count: int, style: str = "success") -
 
 
 def instance_partitions(connection: Connection) -> set[str]:
-    with OrchestratorClient(connection) as client:
-        return {i["partition"] for i in client.list()["instances"]}
+    client = OrchestratorClient(connection)
+    return {i["partition"] for i in client.listing()["instances"]}
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_request_for_installed_backend_not_running_starts_it(orchestrator: Conne
 def test_logs_stop_list_uninstall(orchestrator: Connection) -> None:
     client = OrchestratorClient(orchestrator)
     ywmagics.install("node_echo", partition="Admin", connection=orchestrator)
-    listing = client.list()
+    listing = client.listing()
     mine = [i for i in listing["instances"] if i["partition"] == "Admin"]
     assert mine and mine[0]["name"] == "node_echo" and mine[0]["state"] == "ready"
     assert "--- start" in client.logs("node_echo", partition="Admin")
@@ -250,7 +250,7 @@ def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
     try:
         ywmagics.install("node_echo", partition="Orphans", connection=connection)
         ywmagics.install("crasher", partition="Orphans", connection=connection)
-        pids = [i["pid"] for i in OrchestratorClient(connection).list()["instances"]]
+        pids = [i["pid"] for i in OrchestratorClient(connection).listing()["instances"]]
         assert len(pids) == 2 and all(pid_alive(p) for p in pids)
         process.kill()
         process.wait()
@@ -275,7 +275,7 @@ def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
 def test_orchestrator_stopped_stops_its_backends(tmp_path: Path) -> None:
     process, connection = start_orchestrator(tmp_path / "home")
     ywmagics.install("node_echo", partition="Stop", connection=connection)
-    pid = OrchestratorClient(connection).list()["instances"][0]["pid"]
+    pid = OrchestratorClient(connection).listing()["instances"][0]["pid"]
     stop_orchestrator(process)
     assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert not _running(pid)
@@ -292,7 +292,7 @@ def _running(pid: int) -> bool:
 
 
 def _pid_of(connection: Connection, partition: str, name: str) -> int:
-    for instance in OrchestratorClient(connection).list()["instances"]:
+    for instance in OrchestratorClient(connection).listing()["instances"]:
         if instance["partition"] == partition and instance["name"] == name:
             return int(instance["pid"])
     raise AssertionError(f"no {name} in {partition}")
@@ -337,7 +337,7 @@ def test_uninstall_removes_environments_and_stops_instances(tmp_path: Path) -> N
         assert done["stopped_partitions"] == ["U1"]
         assert not _running(pid)
         assert not Path(done["removed"][0]["path"]).exists()
-        remaining = client.list()
+        remaining = client.listing()
         assert [e["version"] for e in remaining["environments"]] == ["0.2.0"]
         assert [i["partition"] for i in remaining["instances"]] == ["U2"]
         with pytest.raises(BackendNotFound, match="no installed environment"):
@@ -498,7 +498,9 @@ def test_racing_installs_with_two_configurations_leave_one_tracked_instance(
 
     assert run_concurrently(install, ["race-a", "race-b"]) == []
     tracked = [
-        i for i in OrchestratorClient(orchestrator).list()["instances"] if i["partition"] == "Race"
+        i
+        for i in OrchestratorClient(orchestrator).listing()["instances"]
+        if i["partition"] == "Race"
     ]
     assert len(tracked) == 1
     # No untracked node_echo of this partition runs anywhere.

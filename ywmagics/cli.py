@@ -9,48 +9,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ywmagics import commands
 from ywmagics.errors import YwMagicsError
 
-
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+if TYPE_CHECKING:
+    from ywmagics.client import OrchestratorClient
 
 
-def format_listing(listing: dict[str, Any]) -> str:
-    """The text of ``ywmagics list`` and ``%backends list``."""
-    instances = [
-        {
-            **i,
-            "config": " ".join(f"{k}={v}" for k, v in i["config"].items() if v) or "-",
-            "uptime": f"{i['uptime']:.0f}s",
-        }
-        for i in listing["instances"]
-    ]
-    environments = [
-        {
-            **e,
-            "config": " ".join(f"{k}={v}" for k, v in e["config"].items() if v) or "-",
-            "python": e.get("python_version") or "-",
-        }
-        for e in listing["environments"]
-    ]
-    return (
-        "Running instances:\n"
-        + _table(instances, ["partition", "name", "version", "state", "config", "pid", "uptime"])
-        + "\n\nInstalled environments:\n"
-        + _table(environments, ["name", "version", "fingerprint", "python", "config"])
-    )
-
-
-def _client() -> Any:
+def _client() -> OrchestratorClient:
     from ywmagics.client import OrchestratorClient
 
     return OrchestratorClient()
@@ -67,58 +35,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from ywmagics.client import OrchestratorClient
-    from ywmagics.spec import InstallRequest, parse_config_option
-
-    configurations: dict[str, Any] = {}
-    for option in args.config:
-        parse_config_option(option, configurations)
-    request = InstallRequest.from_object(
-        {"modules": args.specs, "configurations": configurations}, args.partition
-    )
-    with OrchestratorClient() as client:
-        results = client.install(request, on_event=lambda e: print(e, flush=True))
-        for r in results:
-            print(
-                f"{r['alias']}: {r['name']} {r['version']} in partition {r['partition']} at "
-                f"{client.connection.url}{r['path']}"
-            )
+    request = commands.build_install_request(args.specs, args.config, args.partition)
+    client = _client()
+    results = client.install(request, on_event=lambda e: print(e, flush=True))
+    print(commands.format_installed(results, client.connection.url))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _client() as client:
-        listing = client.list()
-    if args.json:
-        print(json.dumps(listing, indent=2))
-    else:
-        print(format_listing(listing))
+    listing = _client().listing()
+    print(json.dumps(listing, indent=2) if args.json else commands.format_listing(listing))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    with _client() as client:
-        print(client.logs(args.name, partition=args.partition, lines=args.lines), end="")
+    print(_client().logs(args.name, partition=args.partition, lines=args.lines), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    if not (args.name or args.partition or args.all):
-        raise YwMagicsError("say what to stop", hint="give a NAME, --partition P, or --all")
-    with _client() as client:
-        stopped = client.stop(partition=args.partition, name=args.name, all=args.all)
-    for s in stopped:
-        print(f"stopped {s['name']} {s['version']} in partition {s['partition']}")
-    if not stopped:
-        print("nothing was running there")
+    target = commands.stop_target(args.name, args.partition, args.all)
+    stopped = _client().stop(**target.as_arguments())
+    print(commands.format_stopped(stopped, target))
     return 0
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    with _client() as client:
-        done = client.uninstall(args.spec)
-    for e in done["removed"]:
-        print(f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}")
+    print(commands.format_removed(_client().uninstall(args.spec), args.spec))
     return 0
 
 
@@ -130,14 +73,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if connection is None:
         print(f"no orchestrator is running (discovery file: {paths.discovery_file()})")
         return 1
-    with _client() as client:
-        status = client.status()
-    print(
-        f"orchestrator {status['version']} at {status['url']} (pid {status['pid']}, "
-        f"up {status['uptime']:.0f}s)\n"
-        f"{status['instances']} running instance(s), {status['environments']} installed "
-        f"environment(s)\ndiscovery file: {paths.discovery_file()}"
-    )
+    status = _client().status()
+    print(f"{commands.format_status(status)}\ndiscovery file: {paths.discovery_file()}")
     return 0
 
 
@@ -170,8 +107,7 @@ def cmd_registries(args: argparse.Namespace) -> int:
     # A running orchestrator may have been given more folders (serve --registry): ask it.
     connection = find_orchestrator()
     if connection is not None:
-        with _client() as client:
-            registry = Registry([Path(f) for f in client.status()["registries"]])
+        registry = Registry([Path(f) for f in _client().status()["registries"]])
     else:
         registry = Registry(default_registry_folders())
     for folder in registry.folders:

@@ -3,20 +3,28 @@
 ::
 
     YwMagicsError
-    ├── SpecError             a backend spec or version range that cannot be parsed
-    ├── ConfigurationError    an unknown build option, or a value it does not accept
-    ├── BackendNotFound       no backend of that name, or no version matching the range
-    ├── InstallError          building the backend's environment failed (carries the build log tail)
-    ├── StartError            the backend did not start or become ready (carries its log tail)
-    ├── InstanceNotFound      no running instance matches (stop, logs)
-    ├── OrchestratorError     the orchestrator cannot be reached, started, or refused the request
-    │   └── AuthenticationError   wrong or missing token, or a foreign Host
-    ├── BackendHTTPError      a backend answered with an error status (carries status and body)
-    └── IncompleteAnswerError a backend's answer broke off midway (it exited, most likely)
+    ├── SpecError              a backend spec, version range or request that cannot be parsed
+    ├── ConfigurationError     an unknown build option or setting, or a value it does not accept
+    ├── ManifestError          a backend's ywbackend.toml that lacks a key or holds a wrong value
+    ├── BackendNotFound        no backend of that name, or no version matching the range
+    ├── InstanceNotFound       no running instance matches (stop, logs)
+    ├── InstallError           building the backend's environment failed (carries the log tail)
+    ├── StartError             the backend did not start, or did not answer (carries its log tail)
+    ├── IncompleteAnswerError  a backend's answer broke off, or never came: its process ended
+    │   └── RunnerExited       ... while it ran a notebook cell (its variables are lost)
+    ├── BackendHTTPError       a backend answered with an error status (status, body, response)
+    ├── BackendTimeout         no answer within the timeout (also a TimeoutError)
+    │   └── InterpreterTimeout a cell ran past its --timeout and was interrupted
+    ├── RemoteExecutionError   a notebook cell raised in the runner (carries the runner's traceback)
+    ├── TransferError          an --out value that could not come back (names the variable)
+    └── OrchestratorError      the orchestrator refused the request, or failed inside
+        ├── OrchestratorUnavailable  it cannot be reached or started
+        └── AuthenticationError      wrong or missing token, a foreign Host or Origin
 
 Errors cross the HTTP boundary as ``{"type", "message", "hint", "log_tail"}`` and are rebuilt on the
 client side by :func:`error_from_dict`, so a user of the Python client catches the same class the
-orchestrator raised.
+orchestrator raised. Not in the tree, on purpose: ``Interrupted`` (a ``KeyboardInterrupt``, for the
+stop button) and ``ywmagics.wire.WireError`` (the stdlib-only codec, which runs inside runners).
 """
 
 from __future__ import annotations
@@ -106,20 +114,90 @@ class AuthenticationError(OrchestratorError):
     http_status = 401
 
 
-class BackendHTTPError(YwMagicsError):
-    """A backend answered a request with an error status."""
+class OrchestratorUnavailable(OrchestratorError):
+    """The orchestrator cannot be reached (not running, or gone) or could not be started."""
 
-    def __init__(self, message: str, *, status: int, body: str = "", url: str = "") -> None:
+    http_status = 503
+
+
+class ManifestError(YwMagicsError):
+    """A ``ywbackend.toml`` that is missing a key or holds a wrong value."""
+
+
+class BackendHTTPError(YwMagicsError):
+    """A backend answered a request with an error status.
+
+    ``response`` is the ``httpx.Response`` (headers such as ``Retry-After`` included) when the
+    error was raised by a client."""
+
+    def __init__(
+        self, message: str, *, status: int, body: str = "", url: str = "", response: Any = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
         self.url = url
+        self.response = response
+
+
+class BackendTimeout(YwMagicsError, TimeoutError):
+    """No answer came within the request's timeout."""
+
+    http_status = 504
 
 
 class IncompleteAnswerError(YwMagicsError):
     """A backend's answer broke off, or never came, because its process ended."""
 
     http_status = 502
+
+
+class RunnerExited(IncompleteAnswerError):
+    """The runner's process ended while it ran the cell (``os._exit``, a crash, out of memory)."""
+
+
+class InterpreterTimeout(BackendTimeout):
+    """The cell ran longer than its ``--timeout`` and was interrupted."""
+
+
+class TransferError(YwMagicsError):
+    """A captured variable that could not come back from the runner (named in the message)."""
+
+
+class RemoteExecutionError(YwMagicsError):
+    """The cell raised in the runner; shown in the notebook with the runner's traceback.
+
+    ``remote_type``, ``remote_message``, ``remote_traceback`` (line numbers are those of the
+    cell) and ``lineno`` come from the runner's answer.
+    """
+
+    def __init__(self, exception: dict[str, Any], *, where: str = "") -> None:
+        self.remote_type = str(exception.get("type") or "Exception")
+        self.remote_message = str(exception.get("message") or "")
+        self.remote_traceback = str(exception.get("traceback") or "")
+        lineno = exception.get("lineno")
+        self.lineno = lineno if isinstance(lineno, int) else None
+        self.where = where
+        text = (
+            f"{self.remote_type}: {self.remote_message}"
+            if self.remote_message
+            else self.remote_type
+        )
+        if self.lineno is not None:
+            text += f" (line {self.lineno} of the cell)"
+        super().__init__(text)
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of the local stack: the runner's traceback, short."""
+        header = f"\x1b[0;31m{self.remote_type}\x1b[0m raised in the runner"
+        if self.where:
+            header += f" ({self.where})"
+        lines = [header]
+        if self.remote_traceback:
+            lines += self.remote_traceback.rstrip("\n").splitlines()
+        else:
+            lines.append(f"{self.remote_type}: {self.remote_message}")
+        return lines
 
 
 def internal_error(error: BaseException) -> OrchestratorError:
@@ -132,19 +210,26 @@ def internal_error(error: BaseException) -> OrchestratorError:
     )
 
 
+# The classes that an answer can name: those built from (message, hint, log_tail).
 _BY_NAME: dict[str, type[YwMagicsError]] = {
     cls.__name__: cls
     for cls in (
         YwMagicsError,
         SpecError,
         ConfigurationError,
+        ManifestError,
         BackendNotFound,
         InstanceNotFound,
         InstallError,
         StartError,
-        OrchestratorError,
-        AuthenticationError,
         IncompleteAnswerError,
+        RunnerExited,
+        BackendTimeout,
+        InterpreterTimeout,
+        TransferError,
+        OrchestratorError,
+        OrchestratorUnavailable,
+        AuthenticationError,
     )
 }
 

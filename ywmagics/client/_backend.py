@@ -1,31 +1,31 @@
 """Clients of one backend, bound to a partition: fetch-like calls through the orchestrator.
 
 :class:`BackendClient` and :class:`AsyncBackendClient` are twins over an I/O-free base that builds
-the requests and reads the answers; only sending differs.
+the requests and reads the answers; only sending differs. Each takes an ``http=`` client, as
+httpx's own clients take a transport: tests hand one that talks to the orchestrator's ASGI app
+in-process (``httpx.ASGITransport``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 
 from ywmagics.client._http import (
+    DEFAULT_TIMEOUT,
     PARTITION_HEADER,
-    check,
-    orchestrator_error,
-    translate_transport_error,
+    raise_for_error,
+    raise_for_orchestrator,
+    translated,
 )
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import IncompleteAnswerError
-
-DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
-Timeout = httpx.Timeout | float | None
 
 
 class _BackendBase:
@@ -50,11 +50,13 @@ class _BackendBase:
         method: str,
         *,
         json: Any = None,
-        content: bytes | str | None = None,
+        content: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        timeout: Timeout = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
     ) -> httpx.Request:
+        """As in httpx: leave ``timeout`` out for the client's default (5 s to connect, 300 s
+        for an answer); ``None`` waits as long as it takes."""
         url = self.url_base + (path if path.startswith("/") else "/" + path)
         return self._http.build_request(
             method.upper(),
@@ -67,7 +69,7 @@ class _BackendBase:
                 PARTITION_HEADER: self.partition,
                 **(headers or {}),
             },
-            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            timeout=timeout,
         )
 
     def _browser_code_request(self) -> httpx.Request:
@@ -77,27 +79,19 @@ class _BackendBase:
 
     def _browser_link(self, path: str, code_answer: httpx.Response) -> str:
         query = urlencode(
-            {"yw_code": check(code_answer).json()["code"], "yw_partition": self.partition}
+            {"yw_code": raise_for_error(code_answer).json()["code"], "yw_partition": self.partition}
         )
         return f"{self.url_base}/{path.lstrip('/')}?{query}"
 
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        """httpx's transport errors as ours; timeouts stay httpx's: they are the caller's."""
-        try:
-            yield
-        except httpx.TimeoutException:
-            raise
-        except httpx.TransportError as error:
-            raise translate_transport_error(error, self.connection.url) from None
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        return translated(self.connection.url, f"{self.name} {self.version}")
 
-    @staticmethod
-    def _accepted(response: httpx.Response) -> httpx.Response:
-        """The response, unless it is the orchestrator's own error (then that is raised)."""
-        failure = orchestrator_error(response)
-        if failure is not None:
-            raise failure
-        return response
+    def _broke_off(self, method: str, path: str, error: httpx.TransportError) -> Exception:
+        return IncompleteAnswerError(
+            f"{self.name} {self.version} (partition {self.partition}) broke off its answer to "
+            f"{method} {path}: {error!r}",
+            hint="it most likely exited; the next request restarts it",
+        )
 
     def __repr__(self) -> str:
         return (
@@ -110,28 +104,39 @@ class BackendClient(_BackendBase):
     """A backend's client; ``fetch`` returns the httpx response, the others raise on errors.
 
     Errors: :class:`~ywmagics.errors.BackendHTTPError` when the backend answers an error status,
-    another :class:`~ywmagics.errors.YwMagicsError` when the orchestrator could not reach it.
+    :class:`~ywmagics.errors.BackendTimeout` when no answer comes in time, another
+    :class:`~ywmagics.errors.YwMagicsError` when the orchestrator could not reach the backend.
     The ``afetch*`` twins do the same with ``await`` (see :class:`AsyncBackendClient`).
+
+    ``http`` is the ``httpx.Client`` to send with (default: one pool shared by the process).
     """
 
     _http: httpx.Client
 
-    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        name: str,
+        version: str,
+        partition: str,
+        *,
+        http: httpx.Client | None = None,
+    ) -> None:
         super().__init__(connection, name, version, partition)
-        self._http = shared_http()
+        self._http = http or shared_http()
         self._async: AsyncBackendClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
         """Send a request (``json``, ``content``, ``params``, ``headers``, ``timeout``)."""
         with self._translated():
-            return self._accepted(self._http.send(self._request(path, method, **kwargs)))
+            return raise_for_orchestrator(self._http.send(self._request(path, method, **kwargs)))
 
     def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
-        return check(self.fetch(path, method, **kwargs)).json()
+        return raise_for_error(self.fetch(path, method, **kwargs)).json()
 
     def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
-        return check(self.fetch(path, method, **kwargs)).text
+        return raise_for_error(self.fetch(path, method, **kwargs)).text
 
     @contextlib.contextmanager
     def stream(self, path: str, method: str = "GET", **kwargs: Any) -> Iterator[httpx.Response]:
@@ -144,15 +149,14 @@ class BackendClient(_BackendBase):
             if response.status_code >= 400:
                 with self._translated():
                     response.read()
-                check(response)
+                raise_for_error(response)
             try:
                 yield response
+            except httpx.TimeoutException as error:
+                with self._translated():
+                    raise error
             except httpx.TransportError as error:  # raised while the caller read the body
-                raise IncompleteAnswerError(
-                    f"{self.name} {self.version} (partition {self.partition}) broke off its "
-                    f"answer to {method} {path}: {error!r}",
-                    hint="it most likely exited; the next request restarts it",
-                ) from None
+                raise self._broke_off(method, path, error) from error
         finally:
             response.close()
 
@@ -195,23 +199,56 @@ class BackendClient(_BackendBase):
 
 
 class AsyncBackendClient(_BackendBase):
-    """The async twin of :class:`BackendClient`."""
+    """The async twin of :class:`BackendClient`; ``http`` is an ``httpx.AsyncClient`` (default:
+    its own, closed by :meth:`aclose`)."""
 
     _http: httpx.AsyncClient
 
-    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        name: str,
+        version: str,
+        partition: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         super().__init__(connection, name, version, partition)
-        self._http = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
 
     async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
         with self._translated():
-            return self._accepted(await self._http.send(self._request(path, method, **kwargs)))
+            request = self._request(path, method, **kwargs)
+            return raise_for_orchestrator(await self._http.send(request))
 
     async def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
-        return check(await self.fetch(path, method, **kwargs)).json()
+        return raise_for_error(await self.fetch(path, method, **kwargs)).json()
 
     async def fetch_text(self, path: str, method: str = "GET", **kwargs: Any) -> str:
-        return check(await self.fetch(path, method, **kwargs)).text
+        return raise_for_error(await self.fetch(path, method, **kwargs)).text
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, method: str = "GET", **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """The twin of :meth:`BackendClient.stream`: ``aiter_lines``, ``aiter_bytes``."""
+        with self._translated():
+            request = self._request(path, method, **kwargs)
+            response = await self._http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                with self._translated():
+                    await response.aread()
+                raise_for_error(response)
+            try:
+                yield response
+            except httpx.TimeoutException as error:
+                with self._translated():
+                    raise error
+            except httpx.TransportError as error:
+                raise self._broke_off(method, path, error) from error
+        finally:
+            await response.aclose()
 
     async def browser_url(self, path: str) -> str:
         with self._translated():

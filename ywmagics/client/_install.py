@@ -60,13 +60,13 @@ def install(
             request.configurations.setdefault(name, {"build": {}})["build"].update(
                 conf.get("build", {})
             )
-    with OrchestratorClient(connection) as orchestrator:
-        results = orchestrator.install(request, on_event)
-        return Clients(
-            {
-                r["alias"]: BackendClient(
-                    orchestrator.connection, r["name"], r["version"], r["partition"]
-                )
-                for r in results
-            }
-        )
+    orchestrator = OrchestratorClient(connection)
+    results = orchestrator.install(request, on_event)
+    return Clients(
+        {
+            r["alias"]: BackendClient(
+                orchestrator.connection, r["name"], r["version"], r["partition"]
+            )
+            for r in results
+        }
+    )

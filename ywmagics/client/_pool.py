@@ -11,6 +11,8 @@ import threading
 
 import httpx
 
+from ywmagics.client._http import DEFAULT_TIMEOUT
+
 _lock = threading.Lock()
 _client: httpx.Client | None = None
 
@@ -19,7 +21,7 @@ def shared_http() -> httpx.Client:
     global _client
     with _lock:
         if _client is None or _client.is_closed:
-            _client = httpx.Client(timeout=httpx.Timeout(300.0, connect=5.0))
+            _client = httpx.Client(timeout=DEFAULT_TIMEOUT)
         return _client
 
 

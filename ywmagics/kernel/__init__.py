@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ywmagics.kernel.interpreter import (
-    InterpreterTimeout,
-    Interrupted,
-    RemoteExecutionError,
-    RunnerExited,
-)
+from ywmagics.errors import InterpreterTimeout, RemoteExecutionError, RunnerExited, TransferError
+from ywmagics.kernel.interpreter import Interrupted
 from ywmagics.kernel.magics import YwMagics, kernel_partition
-from ywmagics.kernel.transfer import TransferError
 
 __all__ = [
     "InterpreterTimeout",

@@ -2,76 +2,41 @@
 
 Loaded by ``%load_ext ywmagics``. Importing this module must stay cheap: httpx (the client) loads
 on the first magic that needs it, ipywidgets when a progress view is drawn, and the server stack
-(starlette, uvicorn) never.
+(starlette, uvicorn) never. The subcommands of ``%backends`` live in
+:mod:`ywmagics.kernel.backends_command`, the ``/run`` exchange in
+:mod:`ywmagics.kernel.interpreter`.
 """
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import functools
-import json
+import inspect
 import re
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-from IPython.core import magic as _magic
-from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class
-from IPython.display import publish_display_data
-from IPython.utils import process as _process
 from traitlets import Bool, Enum, Float, Unicode, default, observe
 
 from ywmagics.errors import YwMagicsError
+from ywmagics.kernel import _ipython, backends_command
+from ywmagics.kernel._ipython import argument, cell_magic, line_cell_magic, magic_arguments_as
 
 if TYPE_CHECKING:
-    import argparse
-
     from IPython.core.interactiveshell import InteractiveShell
 
     from ywmagics.client import BackendClient, OrchestratorClient
     from ywmagics.discovery import Connection
-    from ywmagics.kernel.interpreter import Runner
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-# IPython's magic_arguments and arg_split are untyped: typed doors to them.
-
-
-def magic_arguments(name: str) -> Callable[[_F], _F]:
-    """``name`` as typed (``%%interpreter``), so that the usage line shows it that way."""
-    return _magic_arguments.magic_arguments(name[1:])  # type: ignore[no-untyped-call]
-
-
-def argument(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
-    return _magic_arguments.argument(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-
-def line_cell_magic(func: _F) -> _F:
-    return cast(_F, _magic.line_cell_magic(func))
-
-
-def cell_magic(func: _F) -> _F:
-    return cast(_F, _magic.cell_magic(func))
-
-
-def arg_split(line: str) -> list[str]:
-    return _process.arg_split(line, posix=True)  # type: ignore[attr-defined,no-untyped-call,no-any-return]
-
-
-def publish(data: dict[str, str]) -> None:
-    publish_display_data(data)  # type: ignore[no-untyped-call]
-
-
-SUBCOMMANDS = ("install", "list", "stop", "logs", "uninstall", "docs", "status")
 EXIT_STOP_TIMEOUT = 3.0
-
+_MAGICS = (("line", "backends"), ("cell", "backends"), ("cell", "interpreter"))
+_COMPLETED = ("%%interpreter", "%backends", "%%backends")
 
 # Whether anything was started in this kernel's own partition, to stop it at exit. Per process,
 # not per YwMagics: %reload_ext makes a new YwMagics, and must not forget what runs.
@@ -92,72 +57,6 @@ def kernel_partition() -> str:
                 if match:
                     return f"kernel-{match.group(1)}"
     return f"kernel-{secrets.token_hex(4)}"
-
-
-def group_specs(tokens: list[str]) -> list[str]:
-    """``["a#^1", "as", "x", "b"]`` -> ``["a#^1 as x", "b"]``: specs typed on one line."""
-    specs: list[str] = []
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        if token == "as":
-            raise UsageError("'as' must follow a backend spec, e.g. demo_yw_backend#^0.1.1 as demo")
-        if index + 1 < len(tokens) and tokens[index + 1] == "as":
-            if index + 2 >= len(tokens):
-                raise UsageError(f"'{token} as' needs an alias after 'as'")
-            specs.append(f"{token} as {tokens[index + 2]}")
-            index += 3
-        else:
-            specs.append(token)
-            index += 1
-    return specs
-
-
-def parse_install_object(text: str) -> dict[str, Any]:
-    """The body of ``%%backends install``: the tutorial's object, as JSON or a Python literal."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as json_error:
-        try:
-            data = ast.literal_eval(text.strip())  # a dict literal, never evaluated code
-        except (ValueError, SyntaxError):
-            raise UsageError(
-                f"the cell must hold a JSON object such as "
-                f'{{"modules": ["pyrun_backend#^0.1.0 as pyRunner"], "partition": "Foo"}}: '
-                f"{json_error}"
-            ) from None
-    if isinstance(data, (list, str)):
-        data = {"modules": data if isinstance(data, list) else [data]}
-    if not isinstance(data, dict):
-        raise UsageError(
-            "the cell must hold an object with 'modules', 'configurations', 'partition'"
-        )
-    return data
-
-
-@contextlib.contextmanager
-def _needs_runner(alias: str, client: BackendClient) -> Iterator[None]:
-    """A backend without ``/run`` is not a python runner: say so, not "404 Not Found"."""
-    from ywmagics.errors import BackendHTTPError
-
-    try:
-        yield
-    except BackendHTTPError as error:
-        if error.status not in (404, 405):
-            raise
-        raise UsageError(
-            f"{alias} is {client.name} {client.version}, which runs no cells (its /run answered "
-            f"{error.status}): %%interpreter needs a python runner, e.g. "
-            f"%backends install pyrun_backend#^0.1.0 as {alias}"
-        ) from None
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except YwMagicsError as error:
-        raise error from None  # shown short: see YwMagicsError._render_traceback_
 
 
 @magics_class
@@ -208,7 +107,7 @@ class YwMagics(Magics):
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         self._connection = None
-        self._runner: Runner | None = None
+        self._backends = backends_command.BackendsCommand(self)
         super().__init__(shell=shell, **kwargs)  # type: ignore[no-untyped-call]
 
     # ---- orchestrator -------------------------------------------------------------------------
@@ -223,8 +122,7 @@ class YwMagics(Magics):
         if read_discovery() is not None:
             return
         try:
-            with _user_errors():
-                self.connection  # noqa: B018 (starts the orchestrator)
+            self.connection  # noqa: B018 (starts the orchestrator)
         except YwMagicsError as error:
             print(f"ywmagics: {error}\n(the magics will try again when used)", file=sys.stderr)
 
@@ -250,13 +148,9 @@ class YwMagics(Magics):
 
         return OrchestratorClient(self.connection, timeout=timeout)
 
-    @property
-    def runner(self) -> Runner:
-        if self._runner is None:
-            from ywmagics.kernel.interpreter import Runner
-
-            self._runner = Runner()
-        return self._runner
+    def note_partition_used(self, partition: str) -> None:
+        if partition == kernel_partition():
+            _USED_KERNEL_PARTITION.set()
 
     @property
     def user_ns(self) -> dict[str, Any]:
@@ -276,16 +170,16 @@ class YwMagics(Magics):
         }
 
     def client_named(self, alias: str) -> BackendClient:
-        from ywmagics.client import BackendClient
-
-        value = self.user_ns.get(alias)
-        if isinstance(value, BackendClient):
+        """The client bound to ``alias``, pointed at the orchestrator that runs now."""
+        client = self.bound_clients().get(alias)
+        if client is not None:
             # The orchestrator may have been restarted since (new port, new token).
             current = self.connection
-            if value.connection != current:
-                value.connection = current
-            return value
+            if client.connection != current:
+                client.connection = current
+            return client
         bound = ", ".join(self.bound_clients()) or "none yet"
+        value = self.user_ns.get(alias)
         if value is None:
             raise UsageError(
                 f"no backend is bound to {alias!r} in this notebook (bound: {bound}); "
@@ -295,58 +189,18 @@ class YwMagics(Magics):
             f"{alias!r} is a {type(value).__name__}, not a backend client (bound: {bound})"
         )
 
-    # ---- argument parsing ---------------------------------------------------------------------
-
-    @staticmethod
-    def _parse(magic: Callable[..., Any], line: str) -> argparse.Namespace:
-        try:
-            tokens = arg_split(line)
-        except ValueError as error:
-            raise UsageError(f"cannot split the arguments: {error}") from None
-        for index, token in enumerate(tokens):  # a trailing comment
-            if token.startswith("#"):
-                tokens = tokens[:index]
-                break
-        parser = magic.parser  # type: ignore[attr-defined]
-        return parser.parse_intermixed_args(tokens)  # type: ignore[no-any-return]
-
     # ---- %backends ----------------------------------------------------------------------------
 
-    @magic_arguments("%backends")
-    @argument(
-        "command",
-        nargs="?",
-        default="list",
-        choices=SUBCOMMANDS,
-        metavar="COMMAND",
-        help="install | list | stop | logs | uninstall | docs | status (default: list)",
-    )
-    @argument(
-        "args",
-        nargs="*",
-        metavar="ARG",
-        help="install: SPEC [SPEC ...] with SPEC = 'name#range [as alias]'; "
-        "stop, logs, docs: ALIAS (or a backend name); uninstall: name[#range]",
-    )
-    @argument(
-        "--partition",
-        "-p",
-        default=None,
-        help="the partition (default: this kernel's own, see %%config YwMagics)",
-    )
-    @argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="NAME.build.OPTION=VALUE",
-        help="install: a build option, e.g. pyrun_backend.build.python=3.10 (repeatable)",
-    )
-    @argument("--all", action="store_true", help="stop: every running instance, in every partition")
-    @argument("--lines", "-n", type=int, default=200, help="logs: how many lines (default 200)")
     @line_cell_magic
     def backends(self, line: str, cell: str | None = None) -> None:
-        r"""Install, list, stop and inspect backends (local microservices run by the orchestrator).
+        parsed = backends_command.parse(line)
+        if parsed is None:  # help was asked for, and shown
+            return
+        self._backends.run(*parsed, cell)
+
+    backends.__doc__ = (
+        inspect.cleandoc(
+            r"""Install, list, stop and inspect backends (local services run by the orchestrator).
 
         Install, binding each alias in the notebook to a client of the backend::
 
@@ -379,192 +233,17 @@ class YwMagics(Magics):
             %backends uninstall NAME[#RANGE]   remove installed environments (stops instances)
             %backends docs ALIAS               a link to the backend's /docs page
             %backends status                   where the orchestrator runs, this kernel's partition
+
+        ``%backends COMMAND --help`` shows one command's options. All of them:
         """
-        args = self._parse(self.backends, line)
-        if cell is not None and args.command != "install":
-            raise UsageError("only '%%backends install' takes a cell body")
-        with _user_errors():
-            if args.command == "install":
-                self._install(args, cell)
-            elif args.command == "list":
-                self._list(args)
-            elif args.command == "stop":
-                self._stop(args)
-            elif args.command == "logs":
-                self._logs(args)
-            elif args.command == "uninstall":
-                self._uninstall(args)
-            elif args.command == "docs":
-                self._docs(args)
-            else:
-                self._status(args)
-
-    def _install(self, args: argparse.Namespace, cell: str | None) -> None:
-        from ywmagics.spec import InstallRequest, parse_config_option
-
-        data: dict[str, Any] = {}
-        if cell is not None and cell.strip():
-            data = parse_install_object(cell)
-        modules = data.get("modules") or []
-        if isinstance(modules, str):
-            modules = [modules]
-        modules = [*modules, *group_specs(args.args)]
-        if not modules:
-            raise UsageError(
-                "name at least one backend, e.g. "
-                "%backends install demo_yw_backend#^0.1.1 as ywDemoClient"
-            )
-        configurations = data.get("configurations") or {}
-        for option in args.config:
-            parse_config_option(option, configurations)
-        partition = args.partition or data.get("partition") or self.partition
-        request = InstallRequest.from_object(
-            {**data, "modules": modules, "configurations": configurations}, partition
         )
-        self._run_install(request)
-
-    def _run_install(self, request: Any) -> None:
-        from ywmagics.client import BackendClient
-        from ywmagics.kernel.progress import make_progress
-
-        specs = ", ".join(str(s) for s in request.modules)
-        view = make_progress(
-            self.progress,
-            f"Installing {specs} in partition {request.partition}",
-            len(request.modules),
-        )
-        if request.partition == kernel_partition():
-            _USED_KERNEL_PARTITION.set()
-        try:
-            with self.orchestrator(timeout=self.install_timeout) as orchestrator:
-                results = orchestrator.install(request, view.event)
-                connection = orchestrator.connection
-        except KeyboardInterrupt as error:
-            view.failed(error)
-            from ywmagics.kernel.interpreter import Interrupted
-
-            raise Interrupted("the install was interrupted (run it again to go on)") from None
-        except BaseException as error:
-            view.failed(error)
-            raise
-        for result in results:
-            alias = result["alias"]
-            previous = self.user_ns.get(alias)
-            if previous is not None and not isinstance(previous, BackendClient):
-                print(
-                    f"ywmagics: {alias!r} was a {type(previous).__name__}; it is now the "
-                    f"client of {result['name']}",
-                    file=sys.stderr,
-                )
-            self.user_ns[alias] = BackendClient(
-                connection, result["name"], result["version"], result["partition"]
-            )
-        view.done(results)
-
-    def _list(self, args: argparse.Namespace) -> None:
-        from ywmagics.cli import format_listing
-
-        with self.orchestrator() as orchestrator:
-            listing = orchestrator.list()
-        print(format_listing(listing))
-        bound = self.bound_clients()
-        if bound:
-            print("\nBound in this notebook:")
-            for alias, client in bound.items():
-                print(f"  {alias}: {client.name} {client.version} in partition {client.partition}")
-        print(f"\nThis kernel's partition: {self.partition}")
-
-    def _one_arg(self, args: argparse.Namespace, what: str) -> str | None:
-        if len(args.args) > 1:
-            raise UsageError(
-                f"%backends {args.command} takes one {what}, got: {' '.join(args.args)}"
-            )
-        return args.args[0] if args.args else None
-
-    def _target(self, alias: str, partition: str | None) -> tuple[str, str | None, str]:
-        """(name, version, partition) of ``alias``: a bound client, else a backend name."""
-        from ywmagics.client import BackendClient
-
-        value = self.user_ns.get(alias)
-        if isinstance(value, BackendClient):
-            return value.name, value.version, partition or value.partition
-        return alias, None, partition or self.partition
-
-    def _stop(self, args: argparse.Namespace) -> None:
-        alias = self._one_arg(args, "ALIAS")
-        with self.orchestrator() as orchestrator:
-            if args.all:
-                if alias or args.partition:
-                    raise UsageError(
-                        "--all stops every instance: give it alone, or use "
-                        "ALIAS or --partition instead"
-                    )
-                stopped = orchestrator.stop(all=True)
-            elif alias:
-                name, version, partition = self._target(alias, args.partition)
-                stopped = orchestrator.stop(partition=partition, name=name, version=version)
-            else:
-                stopped = orchestrator.stop(partition=args.partition or self.partition)
-        for item in stopped:
-            print(f"stopped {item['name']} {item['version']} in partition {item['partition']}")
-        if not stopped:
-            print("nothing was running there")
-
-    def _logs(self, args: argparse.Namespace) -> None:
-        alias = self._one_arg(args, "ALIAS")
-        if alias is None:
-            raise UsageError("%backends logs ALIAS: name the backend")
-        if args.lines < 1:
-            raise UsageError("--lines must be at least 1")
-        name, _, partition = self._target(alias, args.partition)
-        with self.orchestrator() as orchestrator:
-            print(orchestrator.logs(name, partition=partition, lines=args.lines).rstrip("\n"))
-
-    def _uninstall(self, args: argparse.Namespace) -> None:
-        spec = self._one_arg(args, "SPEC")
-        if spec is None:
-            raise UsageError("%backends uninstall NAME[#RANGE]: name the backend")
-        from ywmagics.client import BackendClient
-
-        value = self.user_ns.get(spec)
-        if isinstance(value, BackendClient):  # an alias: the environment behind it
-            spec = f"{value.name}#{value.version}"
-        with self.orchestrator() as orchestrator:
-            done = orchestrator.uninstall(spec)
-        removed = done.get("removed") or []
-        for item in removed:
-            print(f"removed {item['name']} {item['version']} ({item['fingerprint']})")
-        if not removed:
-            print(f"no installed environment matches {spec!r}")
-
-    def _docs(self, args: argparse.Namespace) -> None:
-        alias = self._one_arg(args, "ALIAS")
-        if alias is None:
-            raise UsageError("%backends docs ALIAS: name the backend")
-        client = self.client_named(alias)
-        url = client.docs_url
-        publish(
-            {
-                "text/plain": url,
-                "text/html": f'<a href="{url}" target="_blank" rel="noopener">'
-                f"{client.name} {client.version}: /docs</a>",
-            }
-        )
-
-    def _status(self, args: argparse.Namespace) -> None:
-        with self.orchestrator() as orchestrator:
-            status = orchestrator.status()
-        print(
-            f"orchestrator {status.get('version', '?')} at {self.connection.url} "
-            f"(pid {status.get('pid', '?')})\n"
-            f"{status.get('instances', 0)} running instance(s), "
-            f"{status.get('environments', 0)} installed environment(s)\n"
-            f"this kernel's partition: {self.partition}"
-        )
+        + "\n\n"
+        + backends_command.usage()
+    )
 
     # ---- %%interpreter ------------------------------------------------------------------------
 
-    @magic_arguments("%%interpreter")
+    @magic_arguments_as("%%interpreter")
     @argument("alias", metavar="ALIAS", help="a python runner bound by %%backends install")
     @argument(
         "--in",
@@ -610,43 +289,31 @@ class YwMagics(Magics):
         under the cell while it runs; an exception raises here with the runner's traceback, whose
         line numbers are those of the cell. The stop button interrupts the cell in the runner.
         """
-        args = self._parse(self.interpreter, line)
-        from ywmagics.kernel.interpreter import (
-            RemoteExecutionError,
-            RunRequest,
-            publish,
-            writer,
+        args = self.interpreter.parser.parse_intermixed_args(  # type: ignore[attr-defined]
+            _ipython.split_line(line)
         )
-        from ywmagics.kernel.transfer import check_names, decode_outputs, encode_inputs
+        from ywmagics.kernel.interpreter import run_interpreter_cell
+        from ywmagics.kernel.transfer import check_names
 
         client = self.client_named(args.alias)
-        inputs = encode_inputs(self.user_ns, check_names("--in", args.inputs))
+        inputs = check_names("--in", args.inputs)
         outputs = check_names("--out", args.outputs)
         timeout = args.timeout if args.timeout is not None else self.run_timeout
         if timeout < 0:
             raise UsageError("--timeout must be positive (or 0 for no limit)")
         count = getattr(self.shell, "execution_count", 0)
-        # Jupyter numbers the %%interpreter line as the cell's line 1: so do the runner's
-        # tracebacks, with the body starting on line 2.
-        request = RunRequest(f"In[{count}]", "\n" + cell, inputs, outputs)
-        with _user_errors(), _needs_runner(args.alias, client):
-            result = self.runner.run(
-                client,
-                request,
-                alias=args.alias,
-                timeout=timeout or None,
-                stdout=writer("stdout"),
-                stderr=writer("stderr"),
-                display=publish,
-            )
-            exception = result.get("exception")
-            if exception:
-                raise RemoteExecutionError(
-                    exception if isinstance(exception, dict) else {"message": str(exception)},
-                    where=f"{args.alias}: {client.name} {client.version}, "
-                    f"partition {client.partition}",
-                )
-            values = decode_outputs(result.get("capturedOut") or {}, outputs)
+        values = run_interpreter_cell(
+            client,
+            args.alias,
+            # Jupyter numbers the %%interpreter line as the cell's line 1: so do the
+            # runner's tracebacks, with the body starting on line 2.
+            "\n" + cell,
+            namespace=self.user_ns,
+            inputs=inputs,
+            outputs=outputs,
+            timeout=timeout or None,
+            cell_id=f"In[{count}]",
+        )
         self.user_ns.update(values)
 
     # ---- completion, exit, unload ----------------------------------------------------------------
@@ -667,16 +334,6 @@ class YwMagics(Magics):
             return sorted(n for n in self.user_ns if not n.startswith("_"))
         return options
 
-    def complete_backends(self, event: Any) -> list[str]:
-        """Completions after ``%backends``: the commands, then aliases where one is expected."""
-        words = event.line.split()
-        position = len(words) + (1 if event.line.endswith(" ") else 0)
-        if position <= 2:
-            return list(SUBCOMMANDS)
-        if words[1] in ("stop", "logs", "docs", "uninstall"):
-            return sorted(self.bound_clients())
-        return ["--partition", "--config"] if words[1] == "install" else []
-
     def stop_kernel_partition(self) -> None:
         """Stop the instances of this kernel's partition (at exit; best effort, fast)."""
         if not (self.stop_on_exit and _USED_KERNEL_PARTITION.is_set()):
@@ -690,50 +347,18 @@ class YwMagics(Magics):
             if connection is not None:
                 from ywmagics.client import OrchestratorClient
 
-                with OrchestratorClient(connection, timeout=EXIT_STOP_TIMEOUT) as orchestrator:
-                    orchestrator.stop(partition=kernel_partition())
+                orchestrator = OrchestratorClient(connection, timeout=EXIT_STOP_TIMEOUT)
+                orchestrator.stop(partition=kernel_partition())
 
     def register_hooks(self) -> None:
-        assert self.shell is not None
-        shell: Any = self.shell  # set_hook's typing differs between IPython versions
-        shell.set_hook(
-            "complete_command", _completer(self.complete_interpreter), str_key="%%interpreter"
-        )
-        shell.set_hook("complete_command", _completer(self.complete_backends), str_key="%backends")
-        shell.set_hook("complete_command", _completer(self.complete_backends), str_key="%%backends")
+        shell = self.shell
+        _ipython.add_completer(shell, self, "%%interpreter", self.complete_interpreter)
+        for key in ("%backends", "%%backends"):
+            _ipython.add_completer(shell, self, key, self._backends.complete)
         atexit.register(self.stop_kernel_partition)
 
     def unregister(self) -> None:
         """Undo :meth:`register_hooks` and the magics' registration (``%unload_ext``)."""
         atexit.unregister(self.stop_kernel_partition)
-        shell = self.shell
-        assert shell is not None
-        dispatcher = shell.strdispatchers.get("complete_command")
-        if dispatcher is not None:
-            for key in ("%%interpreter", "%backends", "%%backends"):
-                chain = dispatcher.strs.get(key)
-                if chain is not None:
-                    chain.chain = [
-                        (priority, hook)
-                        for priority, hook in chain.chain
-                        if getattr(getattr(hook, "__func__", None), "ywmagics", None) is not self
-                    ]
-        manager = shell.magics_manager
-        for kind, name in (("line", "backends"), ("cell", "backends"), ("cell", "interpreter")):
-            manager.magics[kind].pop(name, None)
-        manager.registry.pop(type(self).__name__, None)
-        with contextlib.suppress(ValueError):
-            cast(list[Any], shell.configurables).remove(self)
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
-
-
-def _completer(method: Callable[[Any], list[str]]) -> Callable[[Any, Any], list[str]]:
-    """Adapt ``method(event)`` to IPython's hook signature ``hook(shell, event)``."""
-
-    def hook(shell: Any, event: Any) -> list[str]:
-        return method(event)
-
-    hook.ywmagics = method.__self__  # type: ignore[attr-defined]
-    return hook
+        _ipython.remove_completers(self.shell, self, _COMPLETED)
+        _ipython.unregister_magics(self.shell, self, _MAGICS)

@@ -12,11 +12,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ywmagics import wire
-from ywmagics.errors import YwMagicsError
-
-
-class TransferError(YwMagicsError):
-    """A captured variable that could not come back from the runner (named in the message)."""
+from ywmagics.errors import TransferError
 
 
 def check_names(option: str, names: Iterable[str]) -> list[str]:
@@ -42,7 +38,7 @@ def encode_inputs(namespace: Mapping[str, Any], names: Iterable[str]) -> dict[st
         try:
             encoded[name] = wire.encode(namespace[name], name)
         except wire.WireError as error:
-            raise UsageError(f"--in {name}: {error}") from None
+            raise UsageError(f"--in {name}: {error}") from error
     return encoded
 
 
@@ -63,5 +59,5 @@ def decode_outputs(encoded: Any, names: Iterable[str]) -> dict[str, Any]:
         try:
             values[name] = wire.decode(encoded[name], name)
         except wire.WireError as error:
-            raise TransferError(f"--out {name}: {error}") from None
+            raise TransferError(f"--out {name}: {error}") from error
     return values

@@ -15,7 +15,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from ywmagics.errors import ConfigurationError, YwMagicsError
+from ywmagics.errors import ConfigurationError, ManifestError, YwMagicsError
 from ywmagics.spec import validate_name
 
 if sys.version_info >= (3, 11):
@@ -34,10 +34,6 @@ class Runtime(str, Enum):
 class Listen(str, Enum):
     UNIX = "unix"
     TCP = "tcp"
-
-
-class ManifestError(YwMagicsError):
-    """A ``ywbackend.toml`` that is missing a key or holds a wrong value."""
 
 
 @dataclass(frozen=True)
@@ -111,82 +107,135 @@ def expand(template: str, values: dict[str, str]) -> str:
         raise ManifestError(f"bad placeholder in {template!r}: {error}") from None
 
 
-def _require(data: dict[str, Any], key: str, kind: type, path: Path) -> Any:
-    if key not in data:
-        raise ManifestError(f"{path}: missing required key {key!r}")
-    value = data[key]
-    if not isinstance(value, kind):
-        raise ManifestError(f"{path}: {key!r} must be a {kind.__name__}")
-    return value
+_KEYS = {
+    "name",
+    "version",
+    "description",
+    "runtime",
+    "requirements",
+    "install",
+    "start",
+    "listen",
+    "readiness",
+    "ready_timeout",
+    "env",
+    "build",
+}
 
 
-def _argv(value: Any, key: str, path: Path) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
-        raise ManifestError(f"{path}: {key!r} must be a non-empty list of strings")
-    return tuple(value)
+class _Reader:
+    """Reads one manifest's keys, each error naming the file and the key."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    def fail(self, message: str, hint: str = "") -> ManifestError:
+        return ManifestError(f"{self.path}: {message}", hint=hint)
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.fail(f"missing required key {key!r}")
+        if not isinstance(value, str):
+            raise self.fail(f"{key!r} must be a string, got {value!r}")
+        return value
+
+    def choice(self, key: str, kind: type[Enum], default: str) -> Any:
+        value = self.string(key, default)
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(repr(k.value) for k in kind)
+            raise self.fail(f"{key!r} must be one of {choices}, got {value!r}") from None
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{key!r} must be a list of strings")
+        return tuple(value)
+
+    def argv(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+            raise self.fail(f"{key!r} must be a non-empty list of strings (an argv, no shell)")
+        return tuple(value)
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(f"[{key}] must be a table")
+        return value
 
 
 def load_manifest(path: Path) -> Manifest:
-    """Read and validate one manifest file; raise :class:`ManifestError` with the file's path."""
-    raw = path.read_bytes()
+    """Read and validate one manifest file; raise :class:`ManifestError` naming the file."""
     try:
-        data = tomllib.loads(raw.decode())
+        data = tomllib.loads(path.read_bytes().decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path}: not valid TOML: {error}") from None
-    name = _require(data, "name", str, path)
+        raise ManifestError(f"{path}: not valid TOML: {error}") from error
+    read = _Reader(path, data)
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise read.fail(
+            f"unknown key(s): {', '.join(unknown)}", hint=f"keys: {', '.join(sorted(_KEYS))}"
+        )
+    name = read.string("name")
     try:
         validate_name(name)
     except YwMagicsError as error:
-        raise ManifestError(f"{path}: {error.message}") from None
-    version = _require(data, "version", str, path)
+        raise read.fail(error.message, error.hint) from error
+    version = read.string("version")
     try:
         Version(version)
     except InvalidVersion:
-        raise ManifestError(f"{path}: version {version!r} is not a semantic version") from None
-    try:
-        runtime = Runtime(data.get("runtime", "command"))
-        listen = Listen(data.get("listen", "unix"))
-    except ValueError as error:
-        raise ManifestError(f"{path}: {error}") from None
+        raise read.fail(f"version {version!r} is not a semantic version") from None
     build: dict[str, BuildOption] = {}
-    for option, spec in (data.get("build") or {}).items():
-        if not isinstance(spec, dict):
-            raise ManifestError(f"{path}: [build.{option}] must be a table with default and help")
-        build[option] = BuildOption(option, str(spec.get("default", "")), str(spec.get("help", "")))
-    requirements = data.get("requirements", [])
-    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
-        raise ManifestError(f"{path}: 'requirements' must be a list of strings")
-    env = data.get("env", {})
-    if not isinstance(env, dict):
-        raise ManifestError(f"{path}: [env] must be a table")
-    readiness = str(data.get("readiness", "/"))
+    for option, spec in read.table("build").items():
+        if not isinstance(spec, dict) or set(spec) - {"default", "help"}:
+            raise read.fail(f"[build.{option}] must be a table with 'default' and 'help'")
+        default, help_text = spec.get("default", ""), spec.get("help", "")
+        if not isinstance(default, str) or not isinstance(help_text, str):
+            raise read.fail(f"[build.{option}] 'default' and 'help' must be strings")
+        build[option] = BuildOption(option, default, help_text)
+    env = read.table("env")
+    if not all(isinstance(v, str) for v in env.values()):
+        raise read.fail("[env] values must be strings")
+    readiness = read.string("readiness", "/")
     if not readiness.startswith("/"):
-        raise ManifestError(f"{path}: 'readiness' must be a path starting with '/'")
+        raise read.fail(f"'readiness' must be a path starting with '/', got {readiness!r}")
+    ready_timeout = data.get("ready_timeout", 30)
+    if isinstance(ready_timeout, bool) or not isinstance(ready_timeout, (int, float)):
+        raise read.fail(f"'ready_timeout' must be a number of seconds, got {ready_timeout!r}")
+    if ready_timeout <= 0:
+        raise read.fail(f"'ready_timeout' must be more than 0 seconds, got {ready_timeout!r}")
+    steps = data.get("install", [])
+    if not isinstance(steps, list):
+        raise read.fail("'install' must be a list of commands, each a list of strings")
+    install = tuple(read.argv(step, "install") for step in steps)
+    start = read.argv(data.get("start"), "start")
     known = dict.fromkeys(
         ["python", "app", "env", "socket", "port", "base_path", "orchestrator_url"]
         + [f"build.{o}" for o in build],
         "",
     )
-    for template in [*data.get("start", []), *env.values()] + [
-        a for step in data.get("install", []) for a in step
-    ]:
+    for template in [*start, *env.values(), *(a for step in install for a in step)]:
         try:
-            expand(str(template), known)
+            expand(template, known)
         except ManifestError as error:
-            raise ManifestError(f"{path}: {error.message}", hint=error.hint) from None
+            raise read.fail(error.message, error.hint) from error
     return Manifest(
         folder=path.parent,
         name=name,
         version=version,
-        description=_require(data, "description", str, path),
-        runtime=runtime,
-        start=_argv(data.get("start"), "start", path),
-        requirements=tuple(requirements),
-        install=tuple(_argv(step, "install", path) for step in data.get("install", [])),
-        listen=listen,
+        description=read.string("description"),
+        runtime=read.choice("runtime", Runtime, "command"),
+        start=start,
+        requirements=read.strings("requirements"),
+        install=install,
+        listen=read.choice("listen", Listen, "unix"),
         readiness=readiness,
-        ready_timeout=float(data.get("ready_timeout", 30)),
-        env={str(k): str(v) for k, v in env.items()},
+        ready_timeout=float(ready_timeout),
+        env=dict(env),
         build=build,
         digest=_folder_digest(path.parent),
     )

@@ -10,12 +10,11 @@ from pathlib import Path
 from packaging.version import Version
 
 from ywmagics import paths
-from ywmagics.errors import BackendNotFound
+from ywmagics.errors import BackendNotFound, ManifestError
 from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.manifest import (
     MANIFEST_NAME,
     Manifest,
-    ManifestError,
     folder_signature,
     load_manifest,
 )

@@ -73,61 +73,62 @@ class SecurityMiddleware:
         self.codes = codes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] not in ("http", "websocket"):  # fail closed: nothing we do not know
+            return
+        refusal = self._check(scope)
+        if refusal is not None:
+            await refuse(scope, send, *refusal)
+            return
+        if scope["type"] == "http" and scope["state"].pop("browser_login", False):
+            await self._browser_login(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope) -> tuple[AuthenticationError, int] | None:
+        """Why ``scope`` is refused (the error and its status), or ``None``; a request let
+        through gets ``scope["state"]["pinned_partition"]`` (``None`` for the master token)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
         if not host_is_loopback(host):
-            await send_error(
-                send,
-                AuthenticationError(
-                    f"Host {host!r} is not allowed: the orchestrator answers loopback names only",
-                    hint="use http://127.0.0.1:PORT or http://localhost:PORT",
-                ),
-                403,
-            )
-            return
+            return AuthenticationError(
+                f"Host {host!r} is not allowed: the orchestrator answers loopback names only",
+                hint="use http://127.0.0.1:PORT or http://localhost:PORT",
+            ), 403
         origin = headers.get("origin")
         # Only our own origin: a page served on another local port (a notebook server, a dev
         # server) is same-site for cookies, so the port must match too.
         if origin and origin != f"http://{host}":
-            await send_error(
-                send, AuthenticationError(f"cross-origin requests from {origin!r} are refused"), 403
-            )
-            return
+            return AuthenticationError(f"cross-origin requests from {origin!r} are refused"), 403
         to_backend = scope["path"].startswith("/backends/")
         given, source = _token_of(scope, headers)
         state = scope.setdefault("state", {})
         if source == "query":
-            if to_backend and self.codes.redeem(given):
-                await self._browser_login(scope, receive, send)
-                return
+            # A link's one-time code is traded for a cookie by a page load, nothing else.
+            if to_backend and scope["type"] == "http" and self.codes.redeem(given):
+                state["browser_login"] = True
+                state["pinned_partition"] = None
+                return None
             given = ""  # a used or expired code is no credential
         if source == "cookie" and not to_backend:
             given = ""  # the browser's cookie opens backends' pages, not the admin routes
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
             state["pinned_partition"] = None
-        elif given and (partition := self.instance_for_token(given)) is not None:
+            return None
+        if given and (partition := self.instance_for_token(given)) is not None:
             if not (to_backend or scope["path"] == "/install"):
-                await send_error(
-                    send,
-                    AuthenticationError(
-                        "a backend's instance token reaches other backends and /install only"
-                    ),
-                    403,
-                )
-                return
+                return AuthenticationError(
+                    "a backend's instance token reaches other backends and /install only"
+                ), 403
             state["pinned_partition"] = partition
-        else:
-            error = AuthenticationError(
-                "missing or wrong token" if given else "this request carries no token",
-                hint="send 'Authorization: Bearer <token>'; the token is in the discovery file "
-                "('ywmagics status' shows where)",
-            )
-            await send_error(send, error)
-            return
-        await self.app(scope, receive, send)
+            return None
+        return AuthenticationError(
+            "missing or wrong token" if given else "this request carries no token",
+            hint="send 'Authorization: Bearer <token>'; the token is in the discovery file "
+            "('ywmagics status' shows where)",
+        ), 401
 
     async def _browser_login(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A link opened in a browser (a backend's /docs) with a valid code: set the token, and
@@ -139,7 +140,6 @@ class SecurityMiddleware:
         scope["query_string"] = urlencode(
             [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
         ).encode()
-        scope["state"]["pinned_partition"] = None
         cookies = [f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"]
         if partition is not None and PARTITION_PATTERN.match(partition):
             scope["state"]["browser_partition"] = partition
@@ -175,6 +175,33 @@ def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, str]:
     return "", ""
 
 
+async def refuse(scope: Scope, send: Send, error: YwMagicsError, status: int) -> None:
+    """Refuse a request, or a websocket before it is accepted: with the HTTP answer when the
+    server can send one to a websocket handshake, else by closing it (policy violation)."""
+    if scope["type"] == "http":
+        await send_error(send, error, status)
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        payload = json.dumps({"error": error.to_dict()}).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": _error_headers(payload),
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": payload})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+
+
+def _error_headers(payload: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", b"application/json"),
+        (ERROR_HEADER.encode(), b"1"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+
+
 async def send_error(send: Send, error: YwMagicsError, status: int | None = None) -> None:
     """Answer with ``error`` as the orchestrator's JSON error (marked by ``ERROR_HEADER``)."""
     payload = json.dumps({"error": error.to_dict()}).encode()
@@ -182,11 +209,7 @@ async def send_error(send: Send, error: YwMagicsError, status: int | None = None
         {
             "type": "http.response.start",
             "status": status or error.http_status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (ERROR_HEADER.encode(), b"1"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
+            "headers": _error_headers(payload),
         }
     )
     await send({"type": "http.response.body", "body": payload})

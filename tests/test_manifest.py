@@ -1,0 +1,105 @@
+"""Manifests (``ywbackend.toml``): what loads, and a clear error naming the file for the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ywmagics.errors import ManifestError
+from ywmagics.orchestrator.manifest import Listen, Runtime, expand, load_manifest
+
+from .conftest import TEST_REGISTRY
+
+MINIMAL = 'name = "mine"\nversion = "1.2.3"\ndescription = "d"\nstart = ["./serve", "{socket}"]\n'
+BUNDLED = Path(__file__).parents[1] / "ywmagics" / "backends"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "mine"
+    folder.mkdir(exist_ok=True)
+    path = folder / "ywbackend.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_minimal_manifest_and_its_defaults(tmp_path: Path) -> None:
+    manifest = load_manifest(_write(tmp_path, MINIMAL))
+    assert (manifest.name, manifest.version, manifest.description) == ("mine", "1.2.3", "d")
+    assert manifest.runtime is Runtime.COMMAND and manifest.listen is Listen.UNIX
+    assert manifest.start == ("./serve", "{socket}")
+    assert (manifest.readiness, manifest.ready_timeout) == ("/", 30.0)
+    assert manifest.requirements == () and manifest.install == () and manifest.build == {}
+    assert len(manifest.digest) == 16
+
+
+def test_every_manifest_we_ship_or_test_with_loads() -> None:
+    files = [*BUNDLED.glob("*/ywbackend.toml"), *TEST_REGISTRY.glob("**/ywbackend.toml")]
+    files.append(BUNDLED.parent / "templates" / "python_backend" / "ywbackend.toml")
+    assert len(files) >= 10
+    for file in files:
+        assert load_manifest(file).folder == file.parent
+
+
+def test_the_digest_follows_the_backends_files(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL)
+    first = load_manifest(path).digest
+    (path.parent / "serve").write_text("#!/bin/sh\n")
+    assert load_manifest(path).digest != first
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("name = [", "not valid TOML"),
+        ("colour = 'red'", "unknown key(s): colour"),
+        ("name = 3", "'name' must be a string"),
+        ("name = '../etc'", "is not a valid backend name"),
+        ("version = '1.x'", "is not a semantic version"),
+        ("runtime = 'java'", "'runtime' must be one of 'python', 'command', got 'java'"),
+        ("listen = 'udp'", "'listen' must be one of 'unix', 'tcp'"),
+        ("requirements = 'numpy'", "'requirements' must be a list of strings"),
+        ("install = 'make'", "'install' must be a list of commands"),
+        ("install = [[]]", "'install' must be a non-empty list of strings"),
+        ("readiness = 'health'", "'readiness' must be a path starting with '/'"),
+        ("ready_timeout = 'soon'", "'ready_timeout' must be a number of seconds"),
+        ("ready_timeout = 0", "'ready_timeout' must be more than 0 seconds"),
+        ("env = 'A=1'", "[env] must be a table"),
+        ("[env]\nA = 1", "[env] values must be strings"),
+        ("build = 1", "[build] must be a table"),
+        ("[build.python]\ndefault = 3", "'default' and 'help' must be strings"),
+        ("[build.python]\ndefualt = ''", "must be a table with 'default' and 'help'"),
+        ("[env]\nA = '{nope}'", "unknown placeholder {nope}"),
+    ],
+)
+def test_a_wrong_manifest_says_what_and_where(tmp_path: Path, change: str, message: str) -> None:
+    key = change.split("=")[0].strip()
+    lines = [line for line in MINIMAL.splitlines() if not line.startswith(key + " ")]
+    path = _write(tmp_path, "\n".join(lines) + "\n" + change + "\n")
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    assert message in raised.value.message and str(path) in raised.value.message
+
+
+@pytest.mark.parametrize("missing", ["name", "version", "description", "start"])
+def test_a_missing_required_key_is_named(tmp_path: Path, missing: str) -> None:
+    text = "".join(
+        line + "\n" for line in MINIMAL.splitlines() if not line.startswith(missing + " ")
+    )
+    with pytest.raises(ManifestError, match=f"'{missing}'"):
+        load_manifest(_write(tmp_path, text))
+
+
+def test_start_is_an_argv_not_a_shell_line(tmp_path: Path) -> None:
+    text = MINIMAL.replace('start = ["./serve", "{socket}"]', 'start = "./serve {socket}"')
+    with pytest.raises(ManifestError, match="an argv, no shell"):
+        load_manifest(_write(tmp_path, text))
+
+
+def test_placeholders_of_build_options_and_literal_braces() -> None:
+    values = {"build.python": "3.10", "socket": "/s"}
+    assert expand("{build.python}:{socket}:{{x}}", values) == "3.10:/s:{x}"
+    with pytest.raises(ManifestError, match=r"placeholders: \{build.python\}, \{socket\}"):
+        expand("{port}", values)
+    with pytest.raises(ManifestError, match="bad placeholder"):
+        expand("{unclosed", values)

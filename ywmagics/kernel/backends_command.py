@@ -1,0 +1,272 @@
+"""``%backends``: one parser per subcommand, and the subcommands' bodies.
+
+Each body is the shared command layer (:mod:`ywmagics.commands`) plus a client call and what the
+notebook needs on top: aliases bound to clients, the kernel's own partition, progress views.
+An option that does not belong to the subcommand is refused, as ``ywmagics`` refuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from ywmagics import commands
+from ywmagics.errors import SpecError
+from ywmagics.kernel import _ipython
+
+if TYPE_CHECKING:
+    from ywmagics.client import BackendClient
+    from ywmagics.kernel.magics import YwMagics
+    from ywmagics.spec import InstallRequest
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = _ipython.parser_class()(
+        prog=f"backends {command}",  # the formatter adds the %
+        description=description,
+        formatter_class=_ipython.help_formatter(),
+    )
+    return parser
+
+
+def _partition_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--partition",
+        "-p",
+        default=None,
+        help=f"the partition {what} (default: this kernel's own, see %%config YwMagics)",
+    )
+
+
+def build_parsers() -> dict[str, argparse.ArgumentParser]:
+    install = _parser("install", "install and start backends, binding each alias to a client")
+    install.add_argument(
+        "specs", nargs="*", metavar="SPEC", help="name#range [as alias], e.g. demo#^0.1.1 as demo"
+    )
+    _partition_option(install, "to start them in")
+    install.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="NAME.build.OPTION=VALUE",
+        help="a build option, e.g. pyrun_backend.build.python=3.10 (repeatable)",
+    )
+    listing = _parser("list", "running instances, installed environments, bound aliases")
+    stop = _parser("stop", "stop the instance behind ALIAS, a partition's, or every instance")
+    stop.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias, or a backend name")
+    _partition_option(stop, "to stop")
+    stop.add_argument("--all", action="store_true", help="every running instance, everywhere")
+    logs = _parser("logs", "the last lines of a backend's log")
+    logs.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias, or a backend name")
+    _partition_option(logs, "of the instance")
+    logs.add_argument("--lines", "-n", type=int, default=200, help="how many (default 200)")
+    uninstall = _parser("uninstall", "remove installed environments (stops their instances)")
+    uninstall.add_argument("spec", nargs="?", metavar="NAME[#RANGE]", help="or a bound alias")
+    docs = _parser("docs", "a link to the backend's /docs page (a one-time code, not the token)")
+    docs.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias")
+    status = _parser("status", "where the orchestrator runs, and this kernel's partition")
+    return {
+        "install": install,
+        "list": listing,
+        "stop": stop,
+        "logs": logs,
+        "uninstall": uninstall,
+        "docs": docs,
+        "status": status,
+    }
+
+
+PARSERS = build_parsers()
+SUBCOMMANDS = tuple(PARSERS)
+
+
+def usage() -> str:
+    """Every subcommand's usage and options, for ``%backends?``."""
+    return "\n".join(parser.format_help() for parser in PARSERS.values())
+
+
+def parse(line: str) -> tuple[str, argparse.Namespace] | None:
+    """The subcommand (``list`` when none is given) and its arguments; ``None`` when help was
+    asked for (and printed)."""
+    tokens = _ipython.split_line(line)
+    command, rest = (tokens[0], tokens[1:]) if tokens else ("list", [])
+    parser = PARSERS.get(command)
+    if parser is None:
+        raise UsageError(
+            f"argument COMMAND: invalid choice: {command!r} (choose from {', '.join(SUBCOMMANDS)})"
+        )
+    if "-h" in rest or "--help" in rest:
+        print(parser.format_help())
+        return None
+    return command, parser.parse_intermixed_args(rest)
+
+
+@contextlib.contextmanager
+def _as_usage_errors() -> Iterator[None]:
+    """What the user typed is wrong: IPython's way to say so is a ``UsageError``."""
+    try:
+        yield
+    except SpecError as error:
+        raise UsageError(str(error)) from error
+
+
+class BackendsCommand:
+    """The bodies of ``%backends``'s subcommands, over the magics' connection and namespace."""
+
+    def __init__(self, magics: YwMagics) -> None:
+        self.magics = magics
+
+    def run(self, command: str, args: argparse.Namespace, cell: str | None) -> None:
+        if cell is not None and command != "install":
+            raise UsageError("only '%%backends install' takes a cell body")
+        body: dict[str, Callable[[argparse.Namespace], None]] = {
+            "list": self.listing,
+            "stop": self.stop,
+            "logs": self.logs,
+            "uninstall": self.uninstall,
+            "docs": self.docs,
+            "status": self.status,
+        }
+        if command == "install":
+            self.install(args, cell)
+        else:
+            body[command](args)
+
+    # -- install -------------------------------------------------------------------------------
+
+    def install(self, args: argparse.Namespace, cell: str | None) -> None:
+        with _as_usage_errors():
+            data = commands.parse_install_object(cell) if cell and cell.strip() else {}
+            specs = commands.group_specs(args.specs)
+        if not (specs or data.get("modules")):
+            raise UsageError(
+                "name at least one backend, e.g. "
+                "%backends install demo_yw_backend#^0.1.1 as ywDemoClient"
+            )
+        request = commands.build_install_request(
+            specs, args.config, args.partition, data, self.magics.partition
+        )
+        self.run_install(request)
+
+    def run_install(self, request: InstallRequest) -> None:
+        from ywmagics.client import BackendClient
+        from ywmagics.kernel.interpreter import Interrupted
+        from ywmagics.kernel.progress import make_progress
+
+        magics = self.magics
+        specs = ", ".join(str(s) for s in request.modules)
+        view = make_progress(
+            magics.progress,
+            f"Installing {specs} in partition {request.partition}",
+            len(request.modules),
+        )
+        magics.note_partition_used(request.partition)
+        try:
+            orchestrator = magics.orchestrator(timeout=magics.install_timeout)
+            results = orchestrator.install(request, view.event)
+        except KeyboardInterrupt as interrupt:
+            view.failed(interrupt)
+            raise Interrupted("the install was interrupted (run it again to go on)") from interrupt
+        except BaseException as error:
+            view.failed(error)
+            raise
+        for result in results:
+            alias = result["alias"]
+            previous = magics.user_ns.get(alias)
+            if previous is not None and not isinstance(previous, BackendClient):
+                print(
+                    f"ywmagics: {alias!r} was a {type(previous).__name__}; it is now the "
+                    f"client of {result['name']}",
+                    file=sys.stderr,
+                )
+            magics.user_ns[alias] = BackendClient(
+                orchestrator.connection, result["name"], result["version"], result["partition"]
+            )
+        view.done(results)
+
+    # -- the others ----------------------------------------------------------------------------
+
+    def listing(self, args: argparse.Namespace) -> None:
+        print(commands.format_listing(self.magics.orchestrator().listing()))
+        bound = self.magics.bound_clients()
+        if bound:
+            print("\nBound in this notebook:")
+            for alias, client in bound.items():
+                print(f"  {alias}: {client.name} {client.version} in partition {client.partition}")
+        print(f"\nThis kernel's partition: {self.magics.partition}")
+
+    def _target(self, alias: str, partition: str | None) -> tuple[str, str | None, str]:
+        """(name, version, partition) of ``alias``: a bound client, else a backend name."""
+        client = self._bound(alias)
+        if client is not None:
+            return client.name, client.version, partition or client.partition
+        return alias, None, partition or self.magics.partition
+
+    def _bound(self, alias: str) -> BackendClient | None:
+        return self.magics.bound_clients().get(alias)
+
+    def stop(self, args: argparse.Namespace) -> None:
+        name = version = None
+        partition = args.partition
+        if args.alias and not args.all:
+            name, version, partition = self._target(args.alias, args.partition)
+        elif not (args.alias or args.all):
+            partition = args.partition or self.magics.partition
+        with _as_usage_errors():
+            target = commands.stop_target(name or args.alias, partition, args.all, version=version)
+        stopped = self.magics.orchestrator().stop(**target.as_arguments())
+        print(commands.format_stopped(stopped, target))
+
+    def logs(self, args: argparse.Namespace) -> None:
+        if args.alias is None:
+            raise UsageError("%backends logs ALIAS: name the backend")
+        if args.lines < 1:
+            raise UsageError("--lines must be at least 1")
+        name, _, partition = self._target(args.alias, args.partition)
+        text = self.magics.orchestrator().logs(name, partition=partition, lines=args.lines)
+        print(text.rstrip("\n"))
+
+    def uninstall(self, args: argparse.Namespace) -> None:
+        spec = args.spec
+        if spec is None:
+            raise UsageError("%backends uninstall NAME[#RANGE]: name the backend")
+        client = self._bound(spec)
+        if client is not None:  # an alias: the environment behind it
+            spec = f"{client.name}#{client.version}"
+        print(commands.format_removed(self.magics.orchestrator().uninstall(spec), spec))
+
+    def docs(self, args: argparse.Namespace) -> None:
+        if args.alias is None:
+            raise UsageError("%backends docs ALIAS: name the backend")
+        client = self.magics.client_named(args.alias)
+        url = client.docs_url
+        _ipython.publish(
+            {
+                "text/plain": url,
+                "text/html": f'<a href="{url}" target="_blank" rel="noopener">'
+                f"{client.name} {client.version}: /docs</a>",
+            }
+        )
+
+    def status(self, args: argparse.Namespace) -> None:
+        status = self.magics.orchestrator().status()
+        print(f"{commands.format_status(status)}\nthis kernel's partition: {self.magics.partition}")
+
+    def complete(self, event: Any) -> list[str]:
+        """Completions after ``%backends``: the commands, then aliases where one is expected."""
+        words = event.line.split()
+        position = len(words) + (1 if event.line.endswith(" ") else 0)
+        if position <= 2:
+            return list(SUBCOMMANDS)
+        if words[1] in ("stop", "logs", "docs", "uninstall"):
+            return sorted(self.magics.bound_clients())
+        parser = PARSERS.get(words[1])
+        if parser is None:
+            return []
+        return [o for action in parser._actions for o in action.option_strings if o[:2] == "--"]
