@@ -483,16 +483,44 @@ def test_no_import_outside_the_standard_library() -> None:
     assert os.access(BACKEND / "pyrun_server.py", os.R_OK)
 
 
-def test_interrupt_by_run_id_leaves_other_cells_alone(server: Server) -> None:
+def test_the_runner_type_checks_as_installed(tmp_path: Path) -> None:
+    # As the installer lays it out: the backend's files with the codec next to them. (mypy checks
+    # for 3.10 at the oldest; that the runner runs on 3.8 is tested by running it there.)
+    app = tmp_path / "app"
+    shutil.copytree(BACKEND, app, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(Path(wire.__file__), app / "ywmagics_wire.py")
+    (app / "mypy.ini").write_text("[mypy]\nstrict = True\npython_version = 3.10\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--explicit-package-bases",
+            *sorted(p.name for p in app.glob("*.py")),
+        ],
+        cwd=app,
+        env={**os.environ, "MYPYPATH": str(app)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_interrupt_by_run_id_leaves_other_cells_alone(server: Server, tmp_path: Path) -> None:
     # Two clients share one runner (a named partition): one's stop button or timeout must not
     # interrupt the other's cell, and a cell still waiting its turn is cancelled, not run.
-    headers = {"Accept": "application/x-ndjson"}
-    transport = httpx.HTTPTransport(uds=str(server.socket_path))
-    slow = {
+    go_on = tmp_path / "go-on"
+    running = {
         "cellId": "a",
-        "code": "import time\ntime.sleep(1.5)\nslow_done = 1",
+        "code": (
+            "import os, time\n"
+            f"while not os.path.exists({str(go_on)!r}):\n"
+            "    time.sleep(0.01)\n"
+            "running_done = 1"
+        ),
         "capturedIn": {},
-        "capturedOut": ["slow_done"],
+        "capturedOut": ["running_done"],
         "runId": "run-a",
     }
     waiting = {
@@ -503,33 +531,47 @@ def test_interrupt_by_run_id_leaves_other_cells_alone(server: Server) -> None:
         "runId": "run-b",
     }
     results: dict[str, Any] = {}
+    started = threading.Event()
 
     def run(body: dict[str, Any]) -> None:
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(server.socket_path)), timeout=10
-        ) as client:
-            results[body["runId"]] = client.post("http://pyrun/run", json=body).json()
+        with (
+            httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(server.socket_path)), timeout=30
+            ) as client,
+            client.stream(
+                "POST", "http://pyrun/run", json=body, headers={"Accept": "application/x-ndjson"}
+            ) as answer,
+        ):
+            for line in answer.iter_lines():
+                item = json.loads(line) if line else {}
+                if "started" in item:
+                    started.set()
+                if "result" in item:
+                    results[body["runId"]] = item["result"]
 
-    threads = [threading.Thread(target=run, args=(body,)) for body in (slow, waiting)]
+    threads = [threading.Thread(target=run, args=(body,)) for body in (running, waiting)]
     threads[0].start()
-    time.sleep(0.3)
+    assert started.wait(10)  # run-a runs
     threads[1].start()
-    time.sleep(0.3)
-    with httpx.Client(transport=transport) as other:
-        assert other.post(
-            "http://pyrun/interrupt", json={"runId": "run-b"}, headers=headers
-        ).json() == {"interrupted": True}
-        assert other.post("http://pyrun/interrupt", json={"runId": "no-such-run"}).json() == {
-            "interrupted": False
-        }
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(server.socket_path))) as other:
+
+        def interrupt(run_id: str) -> Any:
+            return other.post("http://pyrun/interrupt", json={"runId": run_id}).json()
+
+        deadline = time.monotonic() + 10
+        while interrupt("run-b") != {"interrupted": True}:  # once run-b waits in the queue
+            assert time.monotonic() < deadline, "run-b never reached the runner"
+            time.sleep(0.01)
+        assert interrupt("no-such-run") == {"interrupted": False}
+    go_on.touch()
     for thread in threads:
         thread.join(10)
     assert results["run-a"]["exception"] is None
-    assert results["run-a"]["capturedOut"] == {"slow_done": 1}
+    assert results["run-a"]["capturedOut"] == {"running_done": 1}
     assert results["run-b"]["exception"]["type"] == "KeyboardInterrupt"
     assert "cancelled before it started" in results["run-b"]["exception"]["message"]
     names = server.run("names = sorted(globals())", capturedOut=["names"])["capturedOut"]["names"]
-    assert "slow_done" in names and "waiting_ran" not in names
+    assert "running_done" in names and "waiting_ran" not in names
 
 
 def test_the_value_of_a_last_expression_shows_like_in_a_notebook(server: Server) -> None:

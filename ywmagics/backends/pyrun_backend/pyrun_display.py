@@ -59,7 +59,7 @@ def mime_value(mime: str, value: Any) -> Any:
         except (TypeError, ValueError):
             return str(value)
     if isinstance(value, (bytes, bytearray)):
-        return _base64(value)
+        return _base64(bytes(value))
     return value if isinstance(value, str) else str(value)
 
 

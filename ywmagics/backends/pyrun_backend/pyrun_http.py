@@ -90,7 +90,7 @@ class Connection(socketserver.StreamRequestHandler):
                 if not self._answered:
                     self.send_json(500, {"detail": f"{type(exc).__name__}: {exc}"}, close=True)
                 return
-            if self.verbose:
+            if self.verbose and sys.__stderr__ is not None:
                 sys.__stderr__.write(f"{self.server_name}: {request.method} {request.path}\n")
             if not self._keep_alive:
                 return
@@ -144,7 +144,7 @@ class Connection(socketserver.StreamRequestHandler):
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 line = self._read_line()
                 try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from matplotlib.backends.backend_agg import (  # noqa: F401  (the names a backend module exports)
-    FigureCanvasAgg,
-    new_figure_manager,
-    new_figure_manager_given_figure,
-)
+from matplotlib.backends import backend_agg
 
+# The names a backend module exports. The two functions are made at run time (matplotlib < 3.6
+# needs them), so matplotlib's type stubs do not know them.
+FigureCanvasAgg = backend_agg.FigureCanvasAgg
+new_figure_manager = backend_agg.new_figure_manager  # type: ignore[attr-defined]
+new_figure_manager_given_figure = backend_agg.new_figure_manager_given_figure  # type: ignore[attr-defined]
 FigureCanvas = FigureCanvasAgg
 
 

@@ -1,10 +1,8 @@
 """The runner: one persistent namespace, cells run one at a time in the main thread.
 
 Cells run in the main thread, which owns the namespace, the asyncio loop of top-level ``await``
-and the signal handlers; HTTP threads hand cells over through ``Runner.jobs`` and wait. So an
-interrupt is a SIGINT sent to ourselves, which breaks a blocking call such as ``time.sleep(60)``
-at once (an asynchronous exception set on a thread is only seen between two bytecodes), and cells
-may use ``signal`` as in a script.
+and the signal handlers (``pyrun_signals``); HTTP threads hand cells over through ``Runner.jobs``
+and wait. So cells may use ``signal`` as in a script, and an interrupt is a SIGINT.
 """
 
 from __future__ import annotations
@@ -13,13 +11,12 @@ import builtins
 import io
 import os
 import queue
-import signal
 import sys
 import threading
-import time
 
 import pyrun_display
 import ywmagics_wire as wire
+from pyrun_signals import Signals, Terminate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,10 +31,6 @@ PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
 CO_COROUTINE = 0x80
 LAST_VALUE = "_yw_last_value"  # where a cell's last expression is kept, for a moment
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class Terminate(BaseException):
-    """Raised in the main thread by SIGTERM: stop the cell, if any, and the server."""
 
 
 class Run:
@@ -100,8 +93,19 @@ class Run:
         if self.events is not None:
             self.events.put({"started": True})
 
-    def finish(self, result: dict[str, Any]) -> None:
+    def finish(
+        self, captured: dict[str, Any] | None = None, exception: dict[str, Any] | None = None
+    ) -> None:
+        """End the run with its result: what it printed and displayed, the captured values,
+        and the exception it raised, if any (see :func:`exception_info`)."""
         self.flush_streams()
+        result = {
+            "output": self.text("stdout"),
+            "error": self.text("stderr"),
+            "capturedOut": captured or {},
+            "exception": exception,
+            "displays": self.displays,
+        }
         self.result = result
         if self.events is not None:
             # What was printed and displayed went out as it happened: not twice.
@@ -111,29 +115,24 @@ class Run:
     def fail(self, exc: BaseException | None) -> None:
         """Finish a run that the server could not take to its end (stopping, or a bug of ours)."""
         if exc is None:
-            exception = {"type": "Terminated", "message": "the runner is stopping", "tb": ""}
-        else:
-            import traceback
+            self.finish(exception=exception_info("Terminated", "the runner is stopping"))
+            return
+        import traceback
 
-            exception = {
-                "type": "InternalError",
-                "message": f"the runner failed: {exc!r}",
-                "tb": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            }
         self.finish(
-            {
-                "output": self.text("stdout"),
-                "error": self.text("stderr"),
-                "capturedOut": {},
-                "exception": {
-                    "type": exception["type"],
-                    "message": exception["message"],
-                    "traceback": exception["tb"],
-                    "lineno": None,
-                },
-                "displays": self.displays,
-            }
+            exception=exception_info(
+                "InternalError",
+                f"the runner failed: {exc!r}",
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
         )
+
+
+def exception_info(
+    type_name: str, message: str, traceback: str = "", lineno: int | None = None
+) -> dict[str, Any]:
+    """A run's ``exception``, as the kernel side reads it."""
+    return {"type": type_name, "message": message, "traceback": traceback, "lineno": lineno}
 
 
 class CellStream(io.TextIOBase):
@@ -174,13 +173,8 @@ class Runner:
         self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self.current: Run | None = None
         self.namespace: dict[str, Any] = {}
-        self._main_thread = threading.main_thread().ident
-        self._busy = False  # cell code is executing: SIGINT raises KeyboardInterrupt in it
-        self._interrupting = False  # the coming SIGINT comes from interrupt(), not a terminal
-        self._terminating = False
+        self.signals = Signals()
         self._loop: Any = None
-        self._wakeup: Any = None
-        self._insisted_at = 0.0  # when _insist last repeated a signal (time.monotonic)
         self._runs: dict[str, Run] = {}  # waiting runs by runId, so that they can be cancelled
         self._runs_lock = threading.Lock()
         self.reset()
@@ -189,7 +183,7 @@ class Runner:
 
     def serve(self) -> None:
         """Run the queued jobs until ``stop()`` or SIGTERM (which raises Terminate out of it)."""
-        while not self._terminating:  # set by SIGTERM even if a cell caught the Terminate
+        while not self.signals.terminating:  # set by SIGTERM even if a cell caught Terminate
             try:
                 # A timeout, so that a signal handler runs soon even if the signal went to
                 # another thread (one that a cell started, say) and left this wait asleep.
@@ -234,7 +228,12 @@ class Runner:
         with self._runs_lock:
             self._runs.pop(run.run_id, None)  # type: ignore[arg-type]
         if run.cancelled:
-            run.finish(cancelled_result())
+            run.finish(
+                exception=exception_info(
+                    "KeyboardInterrupt",
+                    "cancelled before it started (it was waiting for another cell)",
+                )
+            )
             return
         run.start()
         filename = f"<cell {request['cellId']}>"
@@ -262,15 +261,7 @@ class Runner:
         finally:
             sys.stdout, sys.stderr = saved
             self.current = None
-        run.finish(
-            {
-                "output": run.text("stdout"),
-                "error": run.text("stderr"),
-                "capturedOut": captured,
-                "exception": exception,
-                "displays": run.displays,
-            }
-        )
+        run.finish(captured, exception)
 
     def _compile(self, code: str, filename: str) -> CodeType:
         """The cell's code; a last expression (unless it ends with ``;``) is kept in
@@ -287,20 +278,17 @@ class Runner:
             last = tree.body[-1]
             keep = ast.Assign(targets=[ast.Name(id=LAST_VALUE, ctx=ast.Store())], value=last.value)
             tree.body[-1] = ast.fix_missing_locations(ast.copy_location(keep, last))
-        return compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        code_object: CodeType = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        return code_object
 
     def _execute(self, code: CodeType) -> None:
         """Run ``code``, awaiting it in the runner's loop if it awaits."""
         if not code.co_flags & CO_COROUTINE:
-            self._busy = True
-            try:
+            with self.signals.running_cell():
                 exec(code, self.namespace)
-            finally:
-                self._busy = False
             return
         loop = self._event_loop()
-        self._busy = True
-        try:
+        with self.signals.running_cell():
             task = loop.create_task(eval(code, self.namespace))
             try:
                 loop.run_until_complete(task)
@@ -324,8 +312,6 @@ class Runner:
                         tb = types.TracebackType(None, *where[0])
                     raise KeyboardInterrupt().with_traceback(tb) from None
                 raise
-        finally:
-            self._busy = False
 
     def _event_loop(self) -> Any:
         """The loop of top-level ``await``: one per process, kept from cell to cell."""
@@ -389,22 +375,6 @@ class Runner:
                 run.shown.add(id(obj))
             run.add_display(bundle)
 
-    # signal handlers (main thread) ---------------------------------------------------------
-
-    def on_sigint(self, signum: int, frame: Any) -> None:
-        ours, self._interrupting = self._interrupting, False
-        if not ours and time.monotonic() - self._insisted_at < 2.0:
-            return  # a repeat sent by _insist for an interrupt that was heard meanwhile
-        if self._busy:
-            raise KeyboardInterrupt
-        if not ours:  # Ctrl-C in a terminal while no cell runs: stop the server
-            self.on_sigterm(signum, frame)
-
-    def on_sigterm(self, signum: int, frame: Any) -> None:
-        if not self._terminating:
-            self._terminating = True
-            raise Terminate
-
     # any thread ----------------------------------------------------------------------------
 
     def interrupt(self, run_id: str | None = None) -> bool:
@@ -419,86 +389,13 @@ class Runner:
             current = self.current
             if current is None or current.run_id != run_id:
                 return False  # finished already, or someone else's cell: leave it alone
-        if not self._busy or self._main_thread is None:
-            return False
-        self._interrupting = True
-        if hasattr(signal, "pthread_kill"):
-            self._insist(signal.SIGINT, lambda: not self._interrupting or not self._busy)
-        else:  # no POSIX signals: an asynchronous exception, seen between two bytecodes
-            import ctypes
-
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._main_thread), ctypes.py_object(KeyboardInterrupt)
-            )
-        return True
-
-    def _insist(self, signum: int, heard: Callable[[], bool], now: bool = True) -> None:
-        """Send ``signum`` to the main thread until ``heard()``, for up to 5 s, from a thread.
-
-        A signal that arrives just before the main thread enters a blocking call (the cell's
-        ``time.sleep(60)``) has its C handler run at once, but the Python handler only once the
-        call returns: sending it again interrupts the call. The thread is made by a thread that
-        blocks SIGINT and SIGTERM, so it blocks them too. A repeat may still arrive after the
-        first was heard: ``on_sigint`` ignores SIGINTs that it does not expect for 2 s after one.
-        """
-        main_thread = self._main_thread
-        if main_thread is None:
-            return
-
-        def insist() -> None:
-            for attempt in range(20):
-                if attempt or now:
-                    if attempt:
-                        self._insisted_at = time.monotonic()
-                    signal.pthread_kill(main_thread, signum)
-                time.sleep(0.25)
-                if heard():
-                    return
-
-        threading.Thread(target=insist, name="insist", daemon=True).start()
-
-    def watch_signals(self) -> None:
-        """Follow SIGTERM through a wakeup file descriptor (main thread, with SIGINT and SIGTERM
-        blocked): if the Python handler has not run 0.25 s later, insist."""
-        if not hasattr(signal, "pthread_kill"):
-            return
-        import socket
-
-        reader, writer = socket.socketpair()
-        writer.setblocking(False)
-        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-
-        def watch() -> None:
-            while True:
-                received = reader.recv(64)
-                if not received:
-                    return
-                if signal.SIGTERM in received and not self._terminating:
-                    self._insist(signal.SIGTERM, lambda: self._terminating, now=False)
-
-        self._wakeup = (reader, writer)  # kept open for the life of the process
-        threading.Thread(target=watch, name="signals", daemon=True).start()
+        return self.signals.interrupt_cell()
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
 
     def stop(self) -> None:
         self.jobs.put(None)
-
-
-def cancelled_result() -> dict[str, Any]:
-    return {
-        "output": "",
-        "error": "",
-        "capturedOut": {},
-        "exception": {
-            "type": "KeyboardInterrupt",
-            "message": "cancelled before it started (it was waiting for another cell)",
-            "traceback": "",
-            "lineno": None,
-        },
-        "displays": [],
-    }
 
 
 def _in_traceback(tb: TracebackType | None, frame: FrameType) -> bool:
@@ -534,7 +431,7 @@ def describe(exc: BaseException, filename: str) -> dict[str, Any]:
         text = "".join(report.format())
     except Exception:
         text = f"{type(exc).__name__}: {message}\n"
-    return {"type": type(exc).__name__, "message": message, "traceback": text, "lineno": lineno}
+    return exception_info(type(exc).__name__, message, text, lineno)
 
 
 def _hide_runner_frames(report: traceback.TracebackException) -> None:

@@ -7,7 +7,8 @@ wire codec ``ywmagics_wire.py`` is copied next to this file by the installer.
 
 prints ``LISTENING <path or port>`` on its first line of output, then serves the routes of
 ``pyrun_app`` until SIGTERM. Modules: ``pyrun_http`` (HTTP/1.1), ``pyrun_app`` (routes),
-``pyrun_runner`` (namespace and cells), ``pyrun_display`` (mime bundles), ``pyrun_mpl_backend``.
+``pyrun_runner`` (namespace and cells), ``pyrun_signals`` (interrupts and SIGTERM),
+``pyrun_display`` (mime bundles), ``pyrun_mpl_backend``.
 This script is compiled at every start (scripts get no .pyc): keep it short.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyrun_runner  # found next to this file, also under python -I
 from pyrun_app import NAME, App
+from pyrun_signals import Terminate
 
 MPL_BACKEND = "module://pyrun_mpl_backend"
 
@@ -98,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     signals = {signal.SIGTERM, signal.SIGINT}
     mask_threads = hasattr(signal, "pthread_sigmask")
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True)
-    signal.signal(signal.SIGTERM, runner.on_sigterm)
-    signal.signal(signal.SIGINT, runner.on_sigint)
+    runner.signals.install()
     try:  # from here on, SIGTERM raises Terminate
-        where = socket_path if socket_path is not None else server.server_address[1]
+        where = socket_path if socket_path is not None else server.socket.getsockname()[1]
         print(f"LISTENING {where}", flush=True)
         # The HTTP threads block SIGTERM and SIGINT (threads inherit the mask of their creator),
         # so that the kernel delivers them to the main thread: one delivered to another thread
@@ -109,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         if mask_threads:
             signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         thread.start()
-        runner.watch_signals()
+        runner.signals.watch()
         if mask_threads:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         runner.serve()
-    except pyrun_runner.Terminate:
+    except Terminate:
         pass
     finally:
         if thread.ident is not None:  # started: shutdown() waits for serve_forever to return
