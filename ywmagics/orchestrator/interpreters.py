@@ -14,13 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ywmagics.errors import ConfigurationError
 
 _VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
+_INTERPRETER_NAME = re.compile(r"^python3\.\d+$")  # not python3.11-config, python3.11-gdb.py
 _PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.executable)"
 
 
@@ -45,8 +47,24 @@ def probe(path: str) -> Interpreter | None:
     return Interpreter(Path(path), lines[0])
 
 
+def _pyenv_root() -> Path:
+    return Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+
+
+def _path_folders() -> list[Path]:
+    """The folders of PATH, without pyenv's shims: a shim runs pyenv (about 0.1 s) and fails for
+    a version that is not active, while its interpreters are found in pyenv's versions folder."""
+    root = _pyenv_root()
+    folders = []
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        folder = Path(entry)
+        if entry and not (folder.name == "shims" and folder.is_relative_to(root)):
+            folders.append(folder)
+    return folders
+
+
 def _pyenv_versions() -> list[Path]:
-    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    root = _pyenv_root() / "versions"
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
@@ -84,14 +102,11 @@ def _uv_binary() -> str | None:
 
 
 def _candidates(request: str) -> Iterator[Path]:
-    parts = request.split(".")
-    short = ".".join(parts[:2])
-    names = [f"python{short}"]
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        for name in names:
-            candidate = Path(folder) / name
-            if candidate.exists():
-                yield candidate
+    short = ".".join(request.split(".")[:2])
+    for folder in _path_folders():
+        candidate = folder / f"python{short}"
+        if candidate.exists():
+            yield candidate
     for version_dir in _pyenv_versions():
         if version_dir.name == request or version_dir.name.startswith(request + "."):
             for name in (f"python{short}", "python3", "python"):
@@ -100,6 +115,20 @@ def _candidates(request: str) -> Iterator[Path]:
                     yield candidate
                     break
     yield from _uv_managed(request)
+
+
+def _probe_all(candidates: Iterable[Path]) -> list[Interpreter]:
+    """The working interpreters among ``candidates``, in their order, probed in parallel (each
+    probe starts a process: one after the other, a machine with many Pythons waits seconds)."""
+    by_file: dict[str, str] = {}
+    for candidate in candidates:  # /bin/python3.11 and /usr/bin/python3.11 are often one file
+        by_file.setdefault(os.path.realpath(candidate), str(candidate))
+    unique = list(by_file.values())
+    if not unique:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(unique))) as pool:
+        found = list(pool.map(probe, unique))
+    return [interpreter for interpreter in found if interpreter is not None]
 
 
 def find_python(request: str) -> Interpreter:
@@ -121,9 +150,8 @@ def find_python(request: str) -> Interpreter:
             hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
         )
     wanted = match.group(1)
-    for candidate in _candidates(wanted):
-        found = probe(str(candidate))
-        if found and (found.version == wanted or found.version.startswith(wanted + ".")):
+    for found in _probe_all(_candidates(wanted)):
+        if found.version == wanted or found.version.startswith(wanted + "."):
             return found
     available = ", ".join(sorted({i.version for i in available_interpreters()})) or "none"
     raise ConfigurationError(
@@ -135,17 +163,11 @@ def find_python(request: str) -> Interpreter:
 
 def available_interpreters() -> list[Interpreter]:
     """Every working Python found on PATH and in pyenv's folder, for error messages."""
-    seen: dict[str, Interpreter] = {}
     candidates: list[Path] = []
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        if os.path.isdir(folder):
-            candidates += sorted(Path(folder).glob("python3.[0-9]*"))
-    for version_dir in _pyenv_versions():
-        candidates += sorted((version_dir / "bin").glob("python3.[0-9]*"))[:1]
-    for candidate in candidates:
-        if candidate.name.endswith("-config"):
-            continue
-        found = probe(str(candidate))
-        if found:
-            seen.setdefault(found.version, found)
+    for folder in [*_path_folders(), *(v / "bin" for v in _pyenv_versions())]:
+        if folder.is_dir():
+            candidates += sorted(p for p in folder.iterdir() if _INTERPRETER_NAME.match(p.name))
+    seen: dict[str, Interpreter] = {}
+    for found in _probe_all(candidates):
+        seen.setdefault(found.version, found)
     return list(seen.values())

@@ -1,0 +1,71 @@
+"""Finding Pythons as users' machines have them: PATH, pyenv's versions, never pyenv's shims."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ywmagics.errors import ConfigurationError
+from ywmagics.orchestrator.interpreters import available_interpreters, find_python
+
+OURS = ".".join(map(str, sys.version_info[:3]))
+SHORT = ".".join(map(str, sys.version_info[:2]))
+
+
+def _tripwire(path: Path, marker: Path) -> None:
+    """A program that must never be run (it leaves ``marker`` if it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH with our Python under its usual name and pyenv's shims; a pyenv versions folder."""
+    root = tmp_path / "pyenv"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{SHORT}").symlink_to(sys.executable)
+    version_bin = root / "versions" / OURS / "bin"
+    version_bin.mkdir(parents=True)
+    (version_bin / f"python{SHORT}").symlink_to(sys.executable)  # one file, found twice
+    _tripwire(root / "shims" / f"python{SHORT}", tmp_path / "shim-ran")
+    _tripwire(root / "shims" / "python3.99", tmp_path / "shim-ran")
+    _tripwire(version_bin / f"python{SHORT}-config", tmp_path / "config-ran")
+    monkeypatch.setenv("PYENV_ROOT", str(root))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), str(root / "shims"), "/usr/bin"]))
+    return tmp_path
+
+
+def test_a_version_is_found_on_path_first(machine: Path) -> None:
+    found = find_python(SHORT)
+    assert found.version == OURS and found.path == machine / "bin" / f"python{SHORT}"
+    assert find_python(f"python{OURS}").version == OURS
+    assert not (machine / "shim-ran").exists()
+
+
+def test_every_python_is_listed_once_and_no_shim_or_config_script_runs(machine: Path) -> None:
+    versions = [i.version for i in available_interpreters()]
+    assert versions.count(OURS) == 1
+    assert not (machine / "shim-ran").exists() and not (machine / "config-ran").exists()
+
+
+def test_a_missing_version_lists_the_ones_found(machine: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"no Python 3\.99 found") as raised:
+        find_python("3.99")
+    assert OURS in raised.value.hint and "uv python install 3.99" in raised.value.hint
+    assert not (machine / "shim-ran").exists()
+
+
+@pytest.mark.parametrize("request_", ["3.x", "snake", "3.10.1.2"])
+def test_a_request_that_is_no_version_is_refused(request_: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not a Python version"):
+        find_python(request_)
+
+
+def test_a_path_that_is_no_interpreter_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="is not a working Python interpreter"):
+        find_python(str(tmp_path / "python"))
