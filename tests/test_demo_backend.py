@@ -12,6 +12,8 @@ from ywmagics.client import BackendClient
 from ywmagics.discovery import Connection
 from ywmagics.errors import BackendHTTPError
 
+pytestmark = pytest.mark.slow  # builds the demo's FastAPI environment
+
 
 @pytest.fixture(scope="module")
 def demo(orchestrator: Connection) -> BackendClient:

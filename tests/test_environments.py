@@ -21,6 +21,7 @@ def _quiet(text: str, progress: float | None) -> None:
     pass
 
 
+@pytest.mark.slow
 def test_uv_build_compiles_the_backend_and_is_complete(tmp_path: Path) -> None:
     installer = Installer(tmp_path / "envs", tmp_path / "logs")
     manifest = load_manifest(PYRUN)
@@ -52,6 +53,7 @@ def test_uv_build_compiles_the_backend_and_is_complete(tmp_path: Path) -> None:
     assert again.path == environment.path and not built_again
 
 
+@pytest.mark.slow
 def test_an_interrupted_build_is_never_used_and_is_swept(tmp_path: Path) -> None:
     installer = Installer(tmp_path / "envs", tmp_path / "logs")
     manifest = load_manifest(PYRUN)
@@ -69,6 +71,7 @@ def test_an_interrupted_build_is_never_used_and_is_swept(tmp_path: Path) -> None
     assert [e.fingerprint for e in installer.environments()] == [plan.fingerprint]
 
 
+@pytest.mark.slow
 def test_venv_and_pip_when_uv_is_not_usable(tmp_path: Path) -> None:
     installer = Installer(tmp_path / "envs", tmp_path / "logs")
     installer.uv = None

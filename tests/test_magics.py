@@ -164,19 +164,38 @@ def test_load_ext_is_fast_and_loads_no_server_stack(orchestrator: Connection) ->
 def test_help_shows_every_option(magics: YwMagics, shell: InteractiveShell) -> None:
     backends_doc = shell.find_line_magic("backends").__doc__
     for text in (
-        "install",
-        "--partition",
-        "--config",
-        "--all",
-        "--lines",
-        "%%backends install",
-        "uninstall",
-        "docs",
+        "%backends install [--partition PARTITION]",
+        "--config <NAME.build.OPTION=VALUE>, -c <NAME.build.OPTION=VALUE>",
+        "%backends stop [--partition PARTITION] [--all] [ALIAS]",
+        "%backends logs [--partition PARTITION] [--lines LINES] [ALIAS]",
+        "%backends uninstall [NAME[#RANGE]]",
+        "%backends docs [ALIAS]",
+        "%backends status",
+        "%backends list",
+        '%%backends install\n    {"modules"',  # the cell form
     ):
-        assert text in backends_doc
+        assert text in backends_doc, text
     interpreter_doc = shell.find_cell_magic("interpreter").__doc__
-    for text in ("--in", "--out", "--timeout", "ALIAS"):
-        assert text in interpreter_doc
+    for text in ("%%interpreter [--in NAME", "--out NAME", "--timeout SECONDS", "ALIAS"):
+        assert text in interpreter_doc, text
+
+
+@slow
+def test_options_of_another_subcommand_are_refused(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for line, message in (
+        ("%backends list extra", "unrecognized arguments: extra"),
+        ("%backends list --all", "unrecognized arguments: --all"),
+        ("%backends status --partition P", "unrecognized arguments: --partition P"),
+        ("%backends install demo --lines 5", "unrecognized arguments: --lines 5"),
+        ("%backends logs a b", "unrecognized arguments: b"),
+        ("%backends --partition P", "invalid choice: '--partition'"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            run_line(shell, line)
+    run_line(shell, "%backends stop --help")
+    assert "%backends stop [--partition PARTITION] [--all] [ALIAS]" in capsys.readouterr().out
 
 
 @slow

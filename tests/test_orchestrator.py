@@ -34,6 +34,8 @@ from ywmagics.events import Event, EventKind
 
 from .conftest import TEST_REGISTRY, run_concurrently, start_orchestrator, stop_orchestrator
 
+pytestmark = pytest.mark.slow  # installs backends into a real orchestrator
+
 
 def test_status_and_discovery_file_is_private(
     orchestrator: Connection, orchestrator_home: Path
@@ -184,7 +186,7 @@ def test_request_for_installed_backend_not_running_starts_it(orchestrator: Conne
     assert missing.status_code == 404 and "not installed" in missing.json()["error"]["message"]
 
 
-def test_logs_stop_list_uninstall(orchestrator: Connection) -> None:
+def test_logs_stop_and_list(orchestrator: Connection) -> None:
     client = OrchestratorClient(orchestrator)
     ywmagics.install("node_echo", partition="Admin", connection=orchestrator)
     listing = client.listing()
@@ -237,12 +239,25 @@ def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home:
     assert done.returncode == 0, done.stderr
     assert "ready" in done.stdout and "/backends/node_echo/1.0.0" in done.stdout
     listing = _cli("list")
-    assert "Cli" in listing.stdout and "node_echo" in listing.stdout
-    assert "--- start" in _cli("logs", "node_echo", "--partition", "Cli").stdout
-    assert "stopped node_echo 1.0.0 in partition Cli" in _cli("stop", "--partition", "Cli").stdout
+    assert listing.returncode == 0, listing.stderr
+    mine = [line.split() for line in listing.stdout.splitlines() if line.startswith("Cli ")]
+    assert mine and mine[0][1:4] == ["node_echo", "1.0.0", "ready"]
+    logs = _cli("logs", "node_echo", "--partition", "Cli")
+    assert logs.returncode == 0 and "--- start" in logs.stdout
+    stop = _cli("stop", "--partition", "Cli")
+    assert stop.returncode == 0 and "stopped node_echo 1.0.0 in partition Cli" in stop.stdout
     bad = _cli("install", "nope#^1")
     assert bad.returncode == 2 and "unknown backend 'nope'" in bad.stderr
-    assert "orchestrator" in _cli("status").stdout
+    status = _cli("status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"orchestrator {ywmagics.__version__} at {orchestrator.url} ")
+    assert f"(pid {orchestrator.pid}," in status.stdout
+    # A spec with an alias, typed as users type it on a line.
+    aliased = _cli("install", "node_echo#^1.0.0", "as", "echo", "--partition", "Cli")
+    assert aliased.returncode == 0, aliased.stderr
+    assert "echo: node_echo 1.0.0 in partition Cli" in aliased.stdout
+    wrong = _cli("stop", "--all", "--partition", "Cli")
+    assert wrong.returncode == 2 and "give it alone" in wrong.stderr
 
 
 def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
@@ -392,7 +407,8 @@ def test_an_instance_that_keeps_crashing_is_given_up(tmp_path: Path) -> None:
         # Given up for good: no more restarts until it is installed again.
         with pytest.raises(StartError, match="given up"):
             crasher.fetch_json("/")
-        assert ywmagics.install("crasher as c", partition="Flaky", connection=connection)
+        again = ywmagics.install("crasher as c", partition="Flaky", connection=connection)
+        assert list(again) == ["c"] and again.c.partition == "Flaky"
         assert crasher.fetch_json("/crash", method="POST")["crashing"]
         assert crasher.fetch_json("/")["name"] == "crasher"  # restarted: its count began anew
     finally:

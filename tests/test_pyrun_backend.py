@@ -14,6 +14,8 @@ from ywmagics.orchestrator.interpreters import find_python
 
 from .conftest import run_concurrently
 
+pytestmark = pytest.mark.slow  # builds runner environments on other Pythons
+
 
 def _run(
     client: BackendClient, code: str, out: list[str], captured_in: dict[str, Any] | None = None

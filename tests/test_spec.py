@@ -1,9 +1,16 @@
 import pytest
 
 from ywmagics.errors import ConfigurationError, SpecError
-from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, parse_config_option
+from ywmagics.spec import (
+    BackendSpec,
+    InstallRequest,
+    VersionRange,
+    is_semver,
+    parse_config_option,
+    version_key,
+)
 
-VERSIONS = ["0.0.3", "0.1.0", "0.1.1", "0.1.5", "0.2.0", "1.0.0", "1.4.2", "2.0.0", "2.1.0rc1"]
+VERSIONS = ["0.0.3", "0.1.0", "0.1.1", "0.1.5", "0.2.0", "1.0.0", "1.4.2", "2.0.0", "2.1.0-rc.1"]
 
 
 @pytest.mark.parametrize(
@@ -22,13 +29,65 @@ VERSIONS = ["0.0.3", "0.1.0", "0.1.1", "0.1.5", "0.2.0", "1.0.0", "1.4.2", "2.0.
         ("0.1", "0.1.5"),
         (">=0.1.1 <1", "0.2.0"),
         ("^3.0.0", None),
+        ("", "2.0.0"),
+        ("^0", "0.2.0"),
+        ("^1.2.x", "1.4.2"),
+        (">= 0.1.1 < 1", "0.2.0"),  # spaces after operators, as npm takes them
+        ("1.0.0 - 1.4.0", "1.0.0"),  # a hyphen range (its upper end included)
+        ("0.1 - 1", "1.4.2"),
+        ("^0.1.0 || ^2.0.0", "2.0.0"),
+        ("<1", "0.2.0"),  # no prerelease slips into a plain range
+        ("2.1.0-rc.1", "2.1.0-rc.1"),  # an exact prerelease
+        (">=2.0.0-rc.0", "2.0.0"),  # a prerelease only of the version the range names
+        (">=2.1.0-rc.0", "2.1.0-rc.1"),
     ],
 )
 def test_ranges_resolve_like_npm(text: str, best: str | None) -> None:
     assert VersionRange.parse(text).best(VERSIONS) == best
 
 
-@pytest.mark.parametrize("text", ["^abc", "1.2.3.4", "~x.y", ">=banana"])
+def test_prereleases_follow_npms_rule() -> None:
+    # A prerelease matches only a range that names a prerelease of the same MAJOR.MINOR.PATCH.
+    beta = VersionRange.parse("^1.0.0-beta")
+    assert beta.best(["1.0.0-beta.2", "1.1.0-rc.1"]) == "1.0.0-beta.2"
+    assert not beta.matches("1.1.0-rc.1") and beta.matches("1.5.0")
+    assert VersionRange.parse("latest").best(["1.0.0", "2.0.0-rc.1"]) == "1.0.0"
+    assert VersionRange.parse("*").best(["2.0.0-rc.1"]) is None
+
+
+def test_versions_that_are_not_semantic_are_ignored_not_guessed() -> None:
+    assert VersionRange.parse("*").best(["1.0", "2.0.0.post1", "v3.0.0", "0.5.0"]) == "0.5.0"
+    assert not VersionRange.parse("*").matches("2.1.0rc1")
+
+
+@pytest.mark.parametrize(
+    ("version", "strict"),
+    [
+        ("1.0.0", True),
+        ("0.1.1", True),
+        ("1.0.0-rc.1", True),
+        ("1.0.0-beta.2.x-y", True),
+        ("1", False),
+        ("1.0", False),
+        ("01.0.0", False),
+        ("1.0.0.post1", False),
+        ("v1.0.0", False),
+        ("=1.0.0", False),
+        ("1.0.0+build.5", False),  # build metadata would pass for another version in URLs
+        (" 1.0.0", False),
+        ("9007199254740992.0.0", False),
+    ],
+)
+def test_manifest_versions_are_strict_semver(version: str, strict: bool) -> None:
+    assert is_semver(version) is strict
+
+
+def test_versions_sort_as_npm_sorts_them() -> None:
+    versions = ["1.10.0", "1.9.0", "1.0.0", "1.0.0-rc.1", "0.2.0"]
+    assert sorted(versions, key=version_key) == ["0.2.0", "1.0.0-rc.1", "1.0.0", "1.9.0", "1.10.0"]
+
+
+@pytest.mark.parametrize("text", ["^abc", "1.2.3.4", "~x.y", ">=banana", "x.1", "1.x.3", "1 ||| 2"])
 def test_bad_range_is_a_clear_error(text: str) -> None:
     with pytest.raises(SpecError, match="not a version range"):
         VersionRange.parse(text)
@@ -37,6 +96,15 @@ def test_bad_range_is_a_clear_error(text: str) -> None:
 def test_spec_with_range_and_alias() -> None:
     spec = BackendSpec.parse("demo_yw_backend#^0.1.1 as ywDemoClient")
     assert (spec.name, str(spec.range), spec.alias) == ("demo_yw_backend", "^0.1.1", "ywDemoClient")
+    for text, written in [
+        ("d#>=1.0 <2 as x", ">=1.0 <2"),
+        ("d#1.0.0 - 1.4.0 as x", "1.0.0 - 1.4.0"),
+        ("d#^1 || ^2 as x", "^1 || ^2"),
+        ("d # ^1", "^1"),
+    ]:
+        parsed = BackendSpec.parse(text)
+        assert (parsed.name, str(parsed.range)) == ("d", written), text
+        assert parsed.alias == ("x" if " as x" in text else "d")
     bare = BackendSpec.parse("pyrun_backend")
     assert (bare.alias, bare.range.best(["0.1.0", "0.2.0"])) == ("pyrun_backend", "0.2.0")
 
@@ -73,16 +141,27 @@ def test_install_object_form() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "error", "message"),
     [
-        {"modules": []},
-        {"modules": "x"},
-        {"modules": ["a as x", "b as x"]},
-        {"modules": ["a"], "partition": "../../etc"},
-        {"modules": ["a"], "surprise": 1},
-        {"modules": ["a"], "configurations": {"a": {"run": {}}}},
+        ({"modules": []}, SpecError, "nothing to install"),
+        ({"modules": "x"}, SpecError, "'modules' must be a list of spec strings"),
+        ({"modules": ["a as x", "b as x"]}, SpecError, "alias used twice: x"),
+        ({"modules": ["a"], "partition": "../../etc"}, SpecError, "not a valid partition id"),
+        ({"modules": ["a"], "surprise": 1}, SpecError, "unknown install field(s): surprise"),
+        (
+            {"modules": ["a"], "configurations": {"a": {"run": {}}}},
+            ConfigurationError,
+            "configuration of 'a' must look like",
+        ),
+        ({"modules": ["a"], "configurations": ["x"]}, ConfigurationError, "must be an object"),
+        (
+            {"modules": ["a"], "configurations": {"a": {"build": 3}}},
+            ConfigurationError,
+            "'build' of 'a' must be an object",
+        ),
     ],
 )
-def test_bad_install_objects(data: dict[str, object]) -> None:
-    with pytest.raises((SpecError, ConfigurationError)):
+def test_bad_install_objects(data: dict[str, object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as raised:
         InstallRequest.from_object(data)
+    assert type(raised.value) is error and message in str(raised.value)

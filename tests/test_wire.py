@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import base64
 import collections
 import datetime
 import decimal
@@ -14,7 +13,6 @@ import pathlib
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -292,23 +290,12 @@ def test_unsupported_numpy_values() -> None:
         encode(np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]), "s")
 
 
-def test_big_array_is_fast() -> None:
-    """10 million elements cost about what base64 and JSON of their bytes cost: no Python loop
-    per element (which would take tens of seconds)."""
-    array = np.random.default_rng(0).random(10_000_000, dtype=np.float32)  # 40 MB
-
-    start = time.perf_counter()
-    text = json.dumps(encode(array, "big"))
-    back = decode(json.loads(text), "big")
-    elapsed = time.perf_counter() - start
-
-    start = time.perf_counter()
-    baseline_text = json.dumps({"b64": base64.b64encode(array.tobytes()).decode()})
-    np.frombuffer(base64.b64decode(json.loads(baseline_text)["b64"]), np.float32).copy()
-    baseline = time.perf_counter() - start
-
+def test_a_big_array_round_trips_exactly() -> None:
+    # Its speed against base64 + JSON is measured by benchmarks/bench_wire.py.
+    array = np.random.default_rng(0).random(1_000_000, dtype=np.float32)
+    back = decode(json.loads(json.dumps(encode(array, "big"))), "big")
+    assert back.dtype == np.float32 and back.shape == array.shape
     np.testing.assert_array_equal(back, array)
-    assert elapsed < 3 * baseline + 0.5, f"{elapsed:.2f} s, base64+JSON alone {baseline:.2f} s"
 
 
 def test_numpy_missing_on_the_receiving_side(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,18 +1,19 @@
 """Parsing of what users type: backend specs, npm-like version ranges, configuration options.
 
-I/O-free and shared by every part. ``name#^0.1.1 as alias`` resolves like npm: ``^0.1.1`` means
-``>=0.1.1,<0.2.0``; ``~1.2.3`` means ``>=1.2.3,<1.3.0``; ``1.2.3`` is exact; ``*``, ``latest`` or
-nothing take the highest version; ``1.x`` and comparator lists such as ``>=1.0 <2`` work too.
+I/O-free and shared by every part. ``name#^0.1.1 as alias`` resolves like npm, with npm's own
+rules (through ``node-semver``, a port of npm's semver): ``^0.1.1`` means ``>=0.1.1,<0.2.0``;
+``~1.2.3`` means ``>=1.2.3,<1.3.0``; ``1.2.3`` is exact; ``*``, ``latest`` or nothing take the
+highest release; x-ranges (``1.x``), comparators (``>=1.0 <2``), hyphen ranges
+(``1.0.0 - 1.4.0``) and ``||`` work too.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from packaging.version import InvalidVersion, Version
 
 from ywmagics.errors import ConfigurationError, SpecError
 
@@ -21,9 +22,10 @@ ALIAS_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PARTITION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PARTITION = "Default"
 
+# name#range as alias: the range is what lies between '#' and ' as ALIAS' (it may hold spaces:
+# '>=1.0 <2', '1.0.0 - 1.4.0', '^1 || ^2').
 _SPEC_PATTERN = re.compile(
-    r"^\s*(?P<name>[^\s#]+)\s*(?:#\s*(?P<range>[^\s]*(?:\s+[<>=~^][^\s]*)*))?"
-    r"\s*(?:\s+as\s+(?P<alias>\S+))?\s*$"
+    r"^\s*(?P<name>[^\s#]+)\s*(?:#(?P<range>.*?))?(?:\s+as\s+(?P<alias>\S+))?\s*$"
 )
 
 
@@ -47,120 +49,70 @@ def validate_partition(partition: str) -> str:
     return partition
 
 
-@dataclass(frozen=True)
-class _Comparator:
-    op: str
-    version: Version
-
-    def matches(self, version: Version) -> bool:
-        if self.op == ">=":
-            return version >= self.version
-        if self.op == ">":
-            return version > self.version
-        if self.op == "<=":
-            return version <= self.version
-        if self.op == "<":
-            return version < self.version
-        return version == self.version
+# npm's semver (7.8) refuses an x-range with a number after its x ("x.1", "1.x.3"); the port we
+# use still takes them.
+_NUMBER_AFTER_X = re.compile(r"(?<![\w.+-])[xX*]\.\d|(?<![\w.+-])\d+\.[xX*]\.\d")
+_MAX_SAFE_INTEGER = 2**53 - 1  # npm refuses larger version numbers
 
 
-def _parse_partial(text: str) -> tuple[list[int], int]:
-    """``1.2`` -> ([1, 2, 0], 2): the numbers padded to three, and how many were given."""
-    parts = text.split(".")
-    numbers: list[int] = []
-    for part in parts:
-        if part in ("x", "X", "*"):
-            break
-        if not part.isdigit():
-            raise ValueError(text)
-        numbers.append(int(part))
-    given = len(numbers)
-    if given == 0 and parts[0] not in ("x", "X", "*"):
-        raise ValueError(text)
-    if given > 3:
-        raise ValueError(text)
-    return numbers + [0] * (3 - given), given
+def _semver() -> Any:
+    import nodesemver  # a port of npm's semver; loaded on first use (it costs ~15 ms)
+
+    return nodesemver
 
 
-def _version(numbers: list[int]) -> Version:
-    return Version(".".join(str(n) for n in numbers))
+def is_semver(version: str) -> bool:
+    """Whether ``version`` is a strict semantic version, ``MAJOR.MINOR.PATCH[-PRERELEASE]``, as a
+    manifest must give it (no ``v``, no build metadata, no leading zeros)."""
+    parsed = _semver().valid(version, False) if len(version) <= 256 else None
+    return (
+        parsed is not None
+        and parsed.version == version
+        and max(parsed.major, parsed.minor, parsed.patch) <= _MAX_SAFE_INTEGER
+    )
 
 
-def _comparators_for(token: str) -> list[_Comparator]:
-    if token in ("*", "latest", "x", "X", ""):
-        return []
-    if token[0] in "^~" and not token[1:].lstrip(">")[:1].isdigit():
-        raise ValueError(token)
-    if token[0] == "^":
-        numbers, given = _parse_partial(token[1:])
-        lower = _version(numbers)
-        if numbers[0] > 0 or given == 1:
-            upper = [numbers[0] + 1, 0, 0]
-        elif numbers[1] > 0 or given == 2:
-            upper = [0, numbers[1] + 1, 0]
-        else:
-            upper = [0, 0, numbers[2] + 1]
-        return [_Comparator(">=", lower), _Comparator("<", _version(upper))]
-    if token[0] == "~":
-        numbers, given = _parse_partial(token[1:].lstrip(">"))
-        lower = _version(numbers)
-        upper = [numbers[0] + 1, 0, 0] if given == 1 else [numbers[0], numbers[1] + 1, 0]
-        return [_Comparator(">=", lower), _Comparator("<", _version(upper))]
-    match = re.match(r"^(>=|<=|>|<|=)?(.+)$", token)
-    assert match is not None
-    op, rest = match.group(1) or "", match.group(2)
-    if op in ("", "="):
-        numbers, given = _parse_partial(rest)
-        if given == 3:
-            try:
-                return [_Comparator("==", Version(rest))]
-            except InvalidVersion:
-                raise ValueError(token) from None
-        if given == 0:
-            return []
-        upper = numbers[:given]
-        upper[-1] += 1
-        return [
-            _Comparator(">=", _version(numbers)),
-            _Comparator("<", _version(upper + [0] * (3 - given))),
-        ]
-    try:
-        return [_Comparator(op, Version(rest))]
-    except InvalidVersion:
-        raise ValueError(token) from None
+def version_key(version: str) -> Any:
+    """A sort key that orders semantic versions as npm does (``1.10.0`` after ``1.9.0``, a
+    prerelease before its release)."""
+    return functools.cmp_to_key(lambda a, b: int(_semver().compare(a, b, False)))(version)
 
 
 @dataclass(frozen=True)
 class VersionRange:
-    """An npm-like version range; ``str()`` gives back what the user wrote."""
+    """An npm version range (npm's own rules: ``^``, ``~``, x-ranges, comparators, hyphen ranges
+    ``1.0.0 - 1.4.0``, ``||``, prereleases only when the range names one of the same version),
+    plus ``latest``: the highest release. ``str()`` gives back what the user wrote."""
 
     text: str
-    comparators: tuple[_Comparator, ...] = ()
+    normalized: str = "*"
 
     @classmethod
     def parse(cls, text: str) -> VersionRange:
         text = text.strip()
-        comparators: list[_Comparator] = []
-        try:
-            for token in text.split():
-                comparators.extend(_comparators_for(token))
-        except (ValueError, IndexError):
+        if text in ("", "*", "latest"):
+            return cls(text or "*")
+        normalized = None
+        if len(text) <= 256 and not _NUMBER_AFTER_X.search(text):
+            normalized = _semver().valid_range(text, False)
+        if normalized is None:
             raise SpecError(
                 f"{text!r} is not a version range",
-                hint="use e.g. '^0.1.1', '~1.2.0', '1.2.3', '1.x', '>=1.0 <2' or 'latest'",
-            ) from None
-        return cls(text or "*", tuple(comparators))
+                hint="use e.g. '^0.1.1', '~1.2.0', '1.2.3', '1.x', '>=1.0 <2', "
+                "'1.0.0 - 1.4.0', '^1 || ^2' or 'latest'",
+            )
+        return cls(text, normalized)
 
-    def matches(self, version: str | Version) -> bool:
-        parsed = Version(version) if isinstance(version, str) else version
-        if parsed.is_prerelease and not any(c.version.is_prerelease for c in self.comparators):
-            return False
-        return all(c.matches(parsed) for c in self.comparators)
+    def matches(self, version: str) -> bool:
+        return is_semver(version) and bool(
+            _semver().satisfies(version, self.normalized, loose=False)
+        )
 
     def best(self, versions: Iterable[str]) -> str | None:
         """The highest of ``versions`` in the range, or ``None``."""
-        candidates = [v for v in versions if self.matches(v)]
-        return max(candidates, key=Version) if candidates else None
+        valid = [v for v in versions if is_semver(v)]
+        best: str | None = _semver().max_satisfying(valid, self.normalized, loose=False)
+        return best
 
     def __str__(self) -> str:
         return self.text

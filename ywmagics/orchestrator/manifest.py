@@ -13,10 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
-
 from ywmagics.errors import ConfigurationError, ManifestError, YwMagicsError
-from ywmagics.spec import validate_name
+from ywmagics.spec import is_semver, validate_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,10 +57,6 @@ class Manifest:
     env: dict[str, str] = field(default_factory=dict)
     build: dict[str, BuildOption] = field(default_factory=dict)
     digest: str = ""
-
-    @property
-    def parsed_version(self) -> Version:
-        return Version(self.version)
 
     def build_config(self, requested: dict[str, Any] | None) -> dict[str, str]:
         """The effective build options: defaults overridden by ``requested``, all checked."""
@@ -185,10 +179,11 @@ def load_manifest(path: Path) -> Manifest:
     except YwMagicsError as error:
         raise read.fail(error.message, error.hint) from error
     version = read.string("version")
-    try:
-        Version(version)
-    except InvalidVersion:
-        raise read.fail(f"version {version!r} is not a semantic version") from None
+    if not is_semver(version):
+        raise read.fail(
+            f"version {version!r} is not a semantic version",
+            hint="write MAJOR.MINOR.PATCH, e.g. '0.1.0', or with a prerelease, '1.0.0-rc.1'",
+        )
     build: dict[str, BuildOption] = {}
     for option, spec in read.table("build").items():
         if not isinstance(spec, dict) or set(spec) - {"default", "help"}:

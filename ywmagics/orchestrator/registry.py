@@ -7,8 +7,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from packaging.version import Version
-
 from ywmagics import paths
 from ywmagics.errors import BackendNotFound, ManifestError
 from ywmagics.orchestrator.config import load_user_config
@@ -18,7 +16,7 @@ from ywmagics.orchestrator.manifest import (
     folder_signature,
     load_manifest,
 )
-from ywmagics.spec import VersionRange
+from ywmagics.spec import VersionRange, version_key
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +87,10 @@ class Registry:
         if best is None:
             raise BackendNotFound(
                 f"no version of {name!r} matches {str(version_range)!r}",
-                hint=f"available versions: {', '.join(sorted(versions, key=_version_key))}",
+                hint=f"available versions: {', '.join(sorted(versions, key=version_key))}",
             )
         return versions[best]
 
     def broken(self) -> list[str]:
         """The messages of manifests that failed to load (shown by ``ywmagics registries``)."""
         return [m.message for m in self._scan() if isinstance(m, ManifestError)]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return Version(version).release

@@ -20,7 +20,7 @@ from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, Supervisor
-from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name
+from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
 
 
 @dataclass
@@ -201,7 +201,7 @@ class Orchestrator:
             if wanted.matches(i.manifest.version)
         ]
         if running:
-            best = max(running, key=lambda i: i.manifest.parsed_version)
+            best = max(running, key=lambda i: version_key(i.manifest.version))
             return await self.supervisor.ensure_ready(best)
         # The environment last installed or started for a version is preferred; other
         # installed versions count too.
@@ -291,7 +291,7 @@ class Orchestrator:
                 f"no instance of {name!r} in partition {partition!r}",
                 hint=f"running instances: {known}",
             )
-        instance = max(matches, key=lambda i: i.manifest.parsed_version)
+        instance = max(matches, key=lambda i: version_key(i.manifest.version))
         return tail_of(instance.log_path, lines)
 
     async def uninstall(self, spec: str) -> dict[str, Any]:
