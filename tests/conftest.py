@@ -17,6 +17,21 @@ import pytest
 from ywmagics.discovery import Connection, pid_alive, read_discovery
 
 RESOURCES = Path(__file__).parent / "resources"
+
+
+def python_of(version: str) -> str | None:
+    """An interpreter of ``version`` found as the orchestrator finds them (PATH, pyenv, uv)."""
+    from ywmagics.errors import ConfigurationError
+    from ywmagics.orchestrator.interpreters import find_python
+
+    try:
+        return str(find_python(version).path)
+    except ConfigurationError:
+        return None
+
+
+PYTHON38 = python_of("3.8")
+needs_python38 = pytest.mark.skipif(PYTHON38 is None, reason="no Python 3.8 on this machine")
 TEST_REGISTRY = RESOURCES / "registry"
 
 

@@ -1,7 +1,7 @@
 """The orchestrator with real processes: a real server, real environments, real backends.
 
-Backends in Node.js (tests/resources/registry) keep these tests fast; the Python backends have
-their own files (test_bundled_backends.py).
+Backends in Node.js (tests/resources/registry) keep these tests fast; the bundled Python backends
+have their own files (test_demo_backend.py, test_pyrun_backend.py).
 """
 
 from __future__ import annotations
@@ -318,26 +318,18 @@ def test_live_event_stream_sees_installs(orchestrator: Connection) -> None:
     subscribed = threading.Event()
 
     def listen() -> None:
-        with (
-            httpx.Client(timeout=30) as http,
-            http.stream(
-                "GET", f"{orchestrator.url}/events", headers=orchestrator.headers
-            ) as stream,
-        ):
-            for line in stream.iter_lines():
-                if '"subscribed"' in line:
-                    subscribed.set()
-                elif line:
-                    seen.append(Event.from_dict(json.loads(line)["event"]))
-                    if seen[-1].kind is EventKind.READY and seen[-1].partition == "Live":
-                        return
+        for event in OrchestratorClient(orchestrator).events(on_subscribed=subscribed.set):
+            seen.append(event)
+            if event.kind is EventKind.READY and event.partition == "Live":
+                return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     assert subscribed.wait(10)
     ywmagics.install("node_echo", partition="Live", connection=orchestrator)
     listener.join(30)
-    assert [e.kind for e in seen if e.partition == "Live"][-1] is EventKind.READY
+    live = [e.kind for e in seen if e.partition == "Live"]
+    assert live[0] is EventKind.RESOLVED and live[-1] is EventKind.READY
 
 
 def test_uninstall_removes_environments_and_stops_instances(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import pytest
 from ywmagics.client import BackendClient
 from ywmagics.discovery import Connection
 from ywmagics.errors import (
-    ERROR_HEADER,
     IncompleteAnswerError,
     OrchestratorError,
     StartError,
@@ -27,6 +26,7 @@ from ywmagics.errors import (
 from ywmagics.orchestrator.proxy import Proxy
 from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE
 from ywmagics.orchestrator.upstream import UpstreamPool
+from ywmagics.protocol import ERROR_HEADER
 
 from .inprocess import BASE, TOKEN, LoopThread, make_app, sync_client
 

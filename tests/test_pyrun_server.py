@@ -22,8 +22,9 @@ import pytest
 
 from ywmagics import wire
 
+from .conftest import PYTHON38, needs_python38
+
 BACKEND = Path(__file__).parents[1] / "ywmagics" / "backends" / "pyrun_backend"
-PYTHON38 = Path.home() / ".pyenv/versions/3.8.18/bin/python"
 
 
 class Server:
@@ -436,7 +437,7 @@ def test_sigterm_during_a_cell(start_server: Callable[..., Server]) -> None:
         assert events[-1]["result"]["exception"]["type"] == "Terminated"
 
 
-@pytest.mark.skipif(not PYTHON38.exists(), reason="no Python 3.8 at ~/.pyenv/versions/3.8.18")
+@needs_python38
 def test_runs_on_python38(start_server: Callable[..., Server]) -> None:
     server = start_server(python=str(PYTHON38))
     assert server.client.get("/").json()["python"].startswith("3.8.")

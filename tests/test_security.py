@@ -13,9 +13,9 @@ import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from ywmagics.errors import ERROR_HEADER
 from ywmagics.orchestrator.security import COOKIE
 from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.protocol import ERROR_HEADER
 
 from .inprocess import (
     BASE,

@@ -23,8 +23,9 @@ import pytest
 from ywmagics import wire
 from ywmagics.wire import WireError, decode, decode_namespace, encode, encode_namespace
 
+from .conftest import PYTHON38, needs_python38
+
 WIRE_FILE = Path(wire.__file__)
-PYTHON38 = Path.home() / ".pyenv/versions/3.8.18/bin/python"
 
 
 def through_json(value: Any, name: str = "") -> Any:
@@ -378,7 +379,7 @@ def test_wire_module_is_stdlib_only() -> None:
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
 
 
-@pytest.mark.skipif(not PYTHON38.exists(), reason="no Python 3.8 at ~/.pyenv/versions/3.8.18")
+@needs_python38
 def test_wire_runs_on_python38(tmp_path: Path) -> None:
     copy = tmp_path / "ywmagics_wire.py"
     copy.write_bytes(WIRE_FILE.read_bytes())

@@ -242,7 +242,3 @@ def error_from_dict(data: dict[str, Any]) -> YwMagicsError:
         hint=str(data.get("hint") or ""),
         log_tail=str(data.get("log_tail") or ""),
     )
-
-
-ERROR_HEADER = "x-ywmagics-error"
-"""Set on answers that the orchestrator itself gives as errors, to tell them from a backend's."""

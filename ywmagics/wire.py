@@ -161,7 +161,7 @@ class _Encoder:
             return self._items(value, value)
         if cls is dict:
             return self._dict(value)
-        method = _EXACT.get(cls)
+        method = _ENCODERS_BY_TYPE.get(cls)
         if method is not None:
             return method(self, value)
         module = cls.__module__
@@ -266,7 +266,7 @@ class _Encoder:
         of modules imported on demand (datetime, Decimal, UUID, Path)."""
         if type(value).__module__.partition(".")[0] in _LAZY_MODULES:
             _load_lazy_types()
-            method = _EXACT.get(type(value))
+            method = _ENCODERS_BY_TYPE.get(type(value))
             if method is not None:
                 return method(self, value)
         if isinstance(value, int):
@@ -280,7 +280,7 @@ class _Encoder:
         if isinstance(value, dict):
             return self._dict(value)
         _load_lazy_types()
-        for cls, method in _EXACT.items():
+        for cls, method in _ENCODERS_BY_TYPE.items():
             if isinstance(value, cls):
                 return method(self, value)
         if isinstance(value, memoryview):
@@ -408,7 +408,7 @@ def _tz_name(tz: Any) -> str | None:
     return None if tz is None else str(tz)
 
 
-_EXACT: dict[type, Callable[[_Encoder, Any], Any]] = {
+_ENCODERS_BY_TYPE: dict[type, Callable[[_Encoder, Any], Any]] = {
     tuple: _Encoder._tuple,
     set: _Encoder._set,
     frozenset: _Encoder._frozenset,
@@ -419,14 +419,14 @@ _EXACT: dict[type, Callable[[_Encoder, Any], Any]] = {
 
 
 def _load_lazy_types() -> None:
-    """Add the types of datetime, decimal, pathlib and uuid to ``_EXACT``, once."""
+    """Add the types of datetime, decimal, pathlib and uuid to ``_ENCODERS_BY_TYPE``, once."""
     import datetime
     import decimal
     import pathlib
     import uuid
 
-    if datetime.datetime not in _EXACT:
-        _EXACT.update(
+    if datetime.datetime not in _ENCODERS_BY_TYPE:
+        _ENCODERS_BY_TYPE.update(
             {
                 datetime.datetime: _Encoder._datetime,  # before date: a datetime is a date
                 datetime.date: _Encoder._date,

@@ -18,7 +18,6 @@ import httpx
 
 from ywmagics.client._http import (
     DEFAULT_TIMEOUT,
-    PARTITION_HEADER,
     raise_for_error,
     raise_for_orchestrator,
     translated,
@@ -26,6 +25,7 @@ from ywmagics.client._http import (
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import IncompleteAnswerError
+from ywmagics.protocol import PARTITION_HEADER
 
 
 class _BackendBase:

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 
 from ywmagics.errors import (
-    ERROR_HEADER,
     BackendHTTPError,
     BackendTimeout,
     OrchestratorError,
@@ -18,9 +17,8 @@ from ywmagics.errors import (
     YwMagicsError,
     error_from_dict,
 )
+from ywmagics.protocol import ERROR_HEADER
 
-PARTITION_HEADER = "X-Backends-Partition"
-NDJSON = "application/x-ndjson"
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 Timeout = httpx.Timeout | float | None
 

@@ -90,12 +90,14 @@ class OrchestratorClient:
             "the install stream ended without a result", hint="see the orchestrator's log"
         )
 
-    def events(self) -> Iterator[Event]:
+    def events(self, on_subscribed: Callable[[], None] | None = None) -> Iterator[Event]:
         """The live stream of every event (installs, starts, stops of all kernels), until the
-        caller stops iterating."""
+        caller stops iterating; ``on_subscribed`` is called once no event can be missed."""
         for item in self._stream("GET", "/events", timeout=httpx.Timeout(None, connect=5.0)):
             if "event" in item:
                 yield Event.from_dict(item["event"])
+            elif item.get("subscribed") and on_subscribed is not None:
+                on_subscribed()
 
     def stop(
         self,

@@ -28,13 +28,13 @@ from ywmagics.errors import (
 )
 from ywmagics.kernel import _ipython
 from ywmagics.kernel.transfer import decode_outputs, encode_inputs
+from ywmagics.protocol import NDJSON
 
 if TYPE_CHECKING:
     import httpx
 
     from ywmagics.client import BackendClient
 
-NDJSON = "application/x-ndjson"
 INTERRUPT_TIMEOUT = 5.0
 
 Write = Callable[[str], None]

@@ -85,9 +85,8 @@ class ProgressView(Protocol):
 class TextProgress:
     """Prints each event on its own line as it comes (terminal IPython, plain shells)."""
 
-    def __init__(self, title: str, expected: int, *, verbose: bool = True) -> None:
+    def __init__(self, title: str, expected: int) -> None:
         self.tracker = Tracker(expected)
-        self.verbose = verbose
         self._print(title)
 
     @staticmethod
@@ -96,8 +95,7 @@ class TextProgress:
 
     def event(self, event: Event) -> None:
         self.tracker.update(event)
-        if self.verbose or event.kind is not EventKind.BUILDING:
-            self._print(str(event))
+        self._print(str(event))
 
     def done(self, results: Sequence[dict[str, Any]]) -> None:
         for line in summary_lines(results):
@@ -215,4 +213,4 @@ def make_progress(mode: str, title: str, expected: int) -> ProgressView:
             return WidgetProgress(title, expected)
         except ImportError:
             pass
-    return TextProgress(title, expected, verbose=mode != "quiet")
+    return TextProgress(title, expected)

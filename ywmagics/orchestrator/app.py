@@ -19,14 +19,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, SpecError, YwMagicsError, internal_error
+from ywmagics.errors import SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import Proxy
 from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.protocol import ERROR_HEADER, NDJSON
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
 
-NDJSON = "application/x-ndjson"
 log = logging.getLogger("ywmagics.orchestrator")
 
 

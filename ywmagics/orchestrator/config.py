@@ -17,18 +17,13 @@ The names follow jupyter_client's restarter (``restart_limit``, ``stable_start_t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ywmagics import paths
 from ywmagics.errors import ConfigurationError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ywmagics.orchestrator import toml
 
 
 @dataclass(frozen=True)
@@ -84,10 +79,10 @@ def load_user_config(file: Path | None = None) -> UserConfig:
     does not exist, :class:`ConfigurationError` naming the file when it is wrong."""
     file = file or paths.config_file()
     try:
-        data = tomllib.loads(file.read_text())
+        data = toml.loads(file.read_text())
     except FileNotFoundError:
         return UserConfig()
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"{file} is not valid TOML: {error}") from error
     unknown = sorted(set(data) - {"registries", "supervisor"})
     if unknown:

@@ -23,7 +23,7 @@ from typing import Any
 import filelock
 
 from ywmagics.errors import InstallError
-from ywmagics.orchestrator.interpreters import Interpreter, _uv_binary, find_python
+from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
 from ywmagics.orchestrator.manifest import Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import run_logged
 
@@ -81,7 +81,7 @@ class Installer:
     def __init__(self, root: Path, logs: Path) -> None:
         self.root = root
         self.logs = logs
-        self.uv = _uv_binary()
+        self.uv = uv_binary()
 
     def plan(self, manifest: Manifest, config: dict[str, str]) -> Plan:
         interpreter = None
@@ -135,7 +135,7 @@ class Installer:
     def _build_into(self, plan: Plan, folder: Path, final: Path, report: Report) -> Environment:
         manifest = plan.manifest
         folder.mkdir(parents=True)
-        log = self.logs / f"install-{manifest.name}-{manifest.version}-{plan.fingerprint}.log"
+        log = self.install_log(manifest.name, manifest.version, plan.fingerprint)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"# install of {manifest.name} {manifest.version} at {time.ctime()}\n")
         shutil.copytree(
@@ -277,14 +277,15 @@ class Installer:
         # One process (no -j): pool workers would be grandchildren, which the parent-death
         # signal does not reach if the orchestrator is killed.
         argv = ["nice", "-n", "10", str(python), "-m", "compileall", "-q", str(environment.path)]
-        code, _ = run_logged(argv, log=self._log_of(environment))
+        code, _ = run_logged(
+            argv,
+            log=self.install_log(environment.name, environment.version, environment.fingerprint),
+        )
         if code == 0 and environment.path.exists():
             marker.touch()
 
-    def _log_of(self, environment: Environment) -> Path:
-        return self.logs / (
-            f"install-{environment.name}-{environment.version}-{environment.fingerprint}.log"
-        )
+    def install_log(self, name: str, version: str, fingerprint: str) -> Path:
+        return self.logs / f"install-{name}-{version}-{fingerprint}.log"
 
     def _load(self, path: Path) -> Environment | None:
         try:

@@ -5,10 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from ywmagics.events import Event
+from ywmagics.events import Event, EventKind
 
 Emit = Callable[[Event], None]
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
+def event_of(
+    kind: EventKind, backend: Named, partition: str, text: str, progress: float | None = None
+) -> Event:
+    """An event about ``backend`` (a manifest) in ``partition``."""
+    return Event(kind, backend.name, backend.version, partition, text, progress)
 
 
 class EventBus:

@@ -71,7 +71,7 @@ def _pyenv_versions() -> list[Path]:
 
 
 def _uv_managed(request: str) -> list[Path]:
-    uv = _uv_binary()
+    uv = uv_binary()
     if uv is None:
         return []
     done = subprocess.run(
@@ -92,7 +92,7 @@ def _uv_managed(request: str) -> list[Path]:
     return [Path(done.stdout.strip())] if done.returncode == 0 and done.stdout.strip() else []
 
 
-def _uv_binary() -> str | None:
+def uv_binary() -> str | None:
     try:
         from uv import find_uv_bin
 

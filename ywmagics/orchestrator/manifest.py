@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import string
-import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ywmagics.errors import ConfigurationError, ManifestError, YwMagicsError
+from ywmagics.orchestrator import toml
 from ywmagics.spec import is_semver, validate_name
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MANIFEST_NAME = "ywbackend.toml"
 
@@ -164,8 +159,8 @@ class _Reader:
 def load_manifest(path: Path) -> Manifest:
     """Read and validate one manifest file; raise :class:`ManifestError` naming the file."""
     try:
-        data = tomllib.loads(path.read_bytes().decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        data = toml.loads(path.read_bytes().decode())
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid TOML: {error}") from error
     read = _Reader(path, data)
     unknown = sorted(set(data) - _KEYS)

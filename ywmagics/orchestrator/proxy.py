@@ -16,7 +16,6 @@ from urllib.parse import unquote
 from starlette.types import Message, Receive, Scope, Send
 
 from ywmagics.errors import (
-    ERROR_HEADER,
     IncompleteAnswerError,
     StartError,
     YwMagicsError,
@@ -31,6 +30,7 @@ from ywmagics.orchestrator.upstream import (
     UpstreamResponse,
     may_resend,
 )
+from ywmagics.protocol import ERROR_HEADER, PARTITION_HEADER
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
 
 BUFFERED_BODY_LIMIT = 1 << 20
@@ -50,7 +50,7 @@ _DROPPED_REQUEST = {
     b"authorization",
     b"content-length",
     b"transfer-encoding",
-    b"x-backends-partition",
+    PARTITION_HEADER.encode(),
     b"cookie",
     b"expect",  # uvicorn already answered any 100-continue
 }
@@ -69,7 +69,7 @@ def partition_of(scope: Scope, headers: dict[bytes, bytes]) -> str:
     state = scope.get("state", {})
     if state.get("pinned_partition") is not None:
         return str(state["pinned_partition"])
-    chosen = headers.get(b"x-backends-partition", b"").decode("latin-1")
+    chosen = headers.get(PARTITION_HEADER.encode(), b"").decode("latin-1")
     if not chosen:
         chosen = state.get("browser_partition") or _cookie(headers, PARTITION_COOKIE) or ""
     return validate_partition(chosen or DEFAULT_PARTITION)
@@ -96,7 +96,7 @@ def _forwarded_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, by
             if kept:
                 headers.append((b"cookie", kept))
     base_path = f"/backends/{instance.manifest.name}/{instance.manifest.version}"
-    headers.append((b"x-backends-partition", instance.partition.encode()))
+    headers.append((PARTITION_HEADER.encode(), instance.partition.encode()))
     headers.append((b"x-forwarded-prefix", base_path.encode()))
     return headers
 
@@ -111,7 +111,8 @@ def _returned_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
 
 
 class ClientGone(Exception):
-    """The client hung up before its request was whole: nothing must reach the backend."""
+    """The client hung up before its request was whole: what was sent of it is abandoned, and
+    nobody is left to answer."""
 
 
 async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncIterator[bytes]:
@@ -132,7 +133,7 @@ async def _body(headers: dict[bytes, bytes], receive: Receive) -> bytes | AsyncI
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise UpstreamError("the client went away mid-request", sent=True)
+                raise ClientGone
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
@@ -163,11 +164,10 @@ class Proxy:
             await send(message)
 
         try:
-            try:
-                response, instance = await self._open(scope, receive)
-            except ClientGone:
-                return
+            response, instance = await self._open(scope, receive)
             await self._relay(response, instance, receive, tracked_send)
+        except ClientGone:
+            return
         except YwMagicsError as error:
             if not started:
                 await send_error(send, error)

@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ywmagics.errors import ERROR_HEADER, AuthenticationError, YwMagicsError
+from ywmagics.errors import AuthenticationError, YwMagicsError
+from ywmagics.protocol import ERROR_HEADER
 from ywmagics.spec import PARTITION_PATTERN
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}

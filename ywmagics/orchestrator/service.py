@@ -15,7 +15,7 @@ from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFoun
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
-from ywmagics.orchestrator.events import Emit, EventBus
+from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.registry import Registry
@@ -101,10 +101,9 @@ class Orchestrator:
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(self.installer.plan, manifest, config)
             emit(
-                Event(
+                event_of(
                     EventKind.RESOLVED,
-                    manifest.name,
-                    manifest.version,
+                    manifest,
                     request.partition,
                     f"{spec.name}#{spec.range} resolved to {manifest.version}",
                     0.05,
@@ -139,9 +138,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
 
         def report(text: str, progress: float | None) -> None:
-            event = Event(
-                EventKind.BUILDING, manifest.name, manifest.version, partition, text, progress
-            )
+            event = event_of(EventKind.BUILDING, manifest, partition, text, progress)
             loop.call_soon_threadsafe(emit, event)
 
         lock = self._build_locks.setdefault(
@@ -151,10 +148,9 @@ class Orchestrator:
             existing = self.installer.find(plan)
             if existing is not None:
                 emit(
-                    Event(
+                    event_of(
                         EventKind.REUSED,
-                        manifest.name,
-                        manifest.version,
+                        manifest,
                         partition,
                         f"environment {existing.fingerprint} already installed",
                         0.8,
@@ -164,10 +160,9 @@ class Orchestrator:
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
         emit(
-            Event(
+            event_of(
                 EventKind.BUILT,
-                manifest.name,
-                manifest.version,
+                manifest,
                 partition,
                 f"environment {environment.fingerprint} built in "
                 f"{time.monotonic() - started:.1f} s",

@@ -33,7 +33,7 @@ from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
-from ywmagics.orchestrator.events import Emit
+from ywmagics.orchestrator.events import Emit, event_of
 from ywmagics.orchestrator.manifest import Listen, Manifest, expand
 from ywmagics.orchestrator.processes import (
     child_argv,
@@ -450,14 +450,8 @@ class Supervisor:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(i) for i in list(self.instances.values())))
 
+    @staticmethod
     def _event(
-        self, instance: Instance, kind: EventKind, text: str, progress: float | None = None
+        instance: Instance, kind: EventKind, text: str, progress: float | None = None
     ) -> Event:
-        return Event(
-            kind,
-            instance.manifest.name,
-            instance.manifest.version,
-            instance.partition,
-            text,
-            progress,
-        )
+        return event_of(kind, instance.manifest, instance.partition, text, progress)

@@ -37,7 +37,7 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
-class _Parsed:
+class _ResponseReader:
     """httptools' callbacks, collecting one response."""
 
     def __init__(self) -> None:
@@ -98,7 +98,7 @@ class _Connection:
         poller.register(sock.fileno(), select.POLLIN)
         return not poller.poll(0)
 
-    async def feed(self, parsed: _Parsed) -> bool:
+    async def feed(self, parsed: _ResponseReader) -> bool:
         """Read once into the parser; ``False`` at the end of the stream."""
         data = await self.reader.read(_READ_SIZE)
         if not data:
@@ -116,7 +116,7 @@ class UpstreamResponse:
     Reading happens in the caller's task, as the body is consumed: no task per request."""
 
     def __init__(
-        self, pool: UpstreamPool, connection: _Connection, parsed: _Parsed, head_only: bool
+        self, pool: UpstreamPool, connection: _Connection, parsed: _ResponseReader, head_only: bool
     ) -> None:
         self._pool = pool
         self._connection = connection
@@ -143,7 +143,7 @@ class UpstreamResponse:
             try:
                 more = await self._connection.feed(parsed)
             except (OSError, httptools.HttpParserError) as error:
-                raise UpstreamError(f"the answer broke off: {error}", sent=True) from None
+                raise UpstreamError(f"the answer broke off: {error}", sent=True) from error
             if not more and not parsed.complete:
                 raise UpstreamError("the backend closed the connection mid-answer", sent=True)
 
@@ -197,7 +197,7 @@ class UpstreamPool:
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as error:
-            raise UpstreamError(f"cannot connect: {error}", sent=False) from None
+            raise UpstreamError(f"cannot connect: {error}", sent=False) from error
         return _Connection(reader, writer)
 
     def _give_back(self, connection: _Connection) -> None:
@@ -245,7 +245,7 @@ class UpstreamPool:
             head.append(b"transfer-encoding: chunked\r\n")
         head.append(b"\r\n")
         writer = connection.writer
-        parsed = _Parsed()
+        parsed = _ResponseReader()
         try:
             writer.write(b"".join(head))
             if isinstance(body, bytes):
@@ -263,8 +263,8 @@ class UpstreamPool:
                     raise UpstreamError("connection closed before an answer", sent=True)
         except (OSError, httptools.HttpParserError) as error:
             connection.close()
-            raise UpstreamError(f"connection lost: {error}", sent=True) from None
-        except UpstreamError:
+            raise UpstreamError(f"connection lost: {error}", sent=True) from error
+        except BaseException:  # ours, or the body's (its client went away): half a request
             connection.close()
             raise
         return UpstreamResponse(self, connection, parsed, method == "HEAD")

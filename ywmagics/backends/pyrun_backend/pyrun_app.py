@@ -23,7 +23,7 @@ import threading
 import time
 
 from pyrun_http import Connection, HTTPError, Request
-from pyrun_runner import Run, Runner
+from pyrun_runner import CellRun, Runner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class App(Connection):
         self.send_json(200, {"reset": True})
 
     def _run(self, request: dict[str, Any], stream: bool) -> None:
-        run = Run(request, stream)
+        run = CellRun(request, stream)
         self.runner.enqueue(run)
         if not stream:
             run.done.wait()

@@ -33,7 +33,7 @@ LAST_VALUE = "_yw_last_value"  # where a cell's last expression is kept, for a m
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-class Run:
+class CellRun:
     """A cell to run, what it printed and displayed, and its result once done.
 
     Written by the main thread (the cell) and read by the HTTP thread that waits for it. When the
@@ -140,7 +140,7 @@ class CellStream(io.TextIOBase):
 
     encoding = "utf-8"
 
-    def __init__(self, run: Run, name: str) -> None:
+    def __init__(self, run: CellRun, name: str) -> None:
         super().__init__()
         self._run = run
         self._name = name
@@ -171,11 +171,11 @@ class Runner:
 
     def __init__(self) -> None:
         self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self.current: Run | None = None
+        self.current: CellRun | None = None
         self.namespace: dict[str, Any] = {}
         self.signals = Signals()
         self._loop: Any = None
-        self._runs: dict[str, Run] = {}  # waiting runs by runId, so that they can be cancelled
+        self._runs: dict[str, CellRun] = {}  # waiting runs by runId, so that they can be cancelled
         self._runs_lock = threading.Lock()
         self.reset()
 
@@ -203,7 +203,7 @@ class Runner:
         sys.modules["__main__"] = module
         self.namespace = module.__dict__
 
-    def run_job(self, run: Run) -> None:
+    def run_job(self, run: CellRun) -> None:
         """Execute ``run``; always finish it, so that its HTTP thread never waits forever."""
         try:
             self.execute(run)
@@ -216,14 +216,14 @@ class Runner:
             traceback.print_exc(file=sys.__stderr__)
             run.fail(exc)
 
-    def enqueue(self, run: Run) -> None:
+    def enqueue(self, run: CellRun) -> None:
         """Queue ``run`` behind the running cell, if any (any thread)."""
         with self._runs_lock:
             if run.run_id is not None:
                 self._runs[run.run_id] = run
         self.submit(lambda: self.run_job(run))
 
-    def execute(self, run: Run) -> None:
+    def execute(self, run: CellRun) -> None:
         request = run.request
         with self._runs_lock:
             self._runs.pop(run.run_id, None)  # type: ignore[arg-type]
@@ -330,7 +330,7 @@ class Runner:
             captured[name] = wire.encode(self.namespace[name], name)
         return captured
 
-    def _flush_figures(self, run: Run) -> None:
+    def _flush_figures(self, run: CellRun) -> None:
         """Send the matplotlib figures left open by the cell, as the inline backend does."""
         if "matplotlib.pyplot" not in sys.modules:
             return

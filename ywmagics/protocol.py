@@ -1,0 +1,16 @@
+"""Names of the HTTP protocol between clients, the orchestrator and backends, in one place.
+
+I/O-free and shared. The python runner, which must not import ywmagics, keeps its own copy of
+``NDJSON`` (``pyrun_app.py``).
+"""
+
+from __future__ import annotations
+
+NDJSON = "application/x-ndjson"
+"""Streams of events, cell output and results: one JSON object per line."""
+
+PARTITION_HEADER = "x-backends-partition"
+"""Which partition a request is for; on requests to backends, which partition they serve."""
+
+ERROR_HEADER = "x-ywmagics-error"
+"""Set on answers that the orchestrator itself gives as errors, to tell them from a backend's."""
