@@ -13,7 +13,7 @@ from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import OrchestratorError, error_from_dict
 from ywmagics.events import Event
-from ywmagics.spec import InstallRequest
+from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
 Listing = dict[str, Any]
@@ -112,7 +112,7 @@ class OrchestratorClient:
 
     def logs(self, name: str, *, partition: str = "Default", lines: int = 200) -> str:
         return self._call(
-            "GET", f"/logs/{name}", params={"partition": partition, "lines": lines}
+            "GET", f"/logs/{validate_name(name)}", params={"partition": partition, "lines": lines}
         ).text
 
     def uninstall(self, spec: str) -> dict[str, Any]:

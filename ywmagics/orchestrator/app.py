@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
-from ywmagics.errors import SpecError, YwMagicsError, internal_error
+from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import Proxy
 from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
@@ -142,6 +143,17 @@ async def on_error(request: Request, error: Exception) -> Response:
     return _error_response(error)
 
 
+async def on_http_error(request: Request, error: Exception) -> Response:
+    # The router's own answers (no such route, wrong method) are the orchestrator's too.
+    assert isinstance(error, HTTPException)
+    refused = OrchestratorError(
+        f"{request.method} {request.url.path}: {error.detail}",
+        hint="the orchestrator's routes: " + ", ".join(sorted({r.path for r in ROUTES})),
+    )
+    refused.http_status = error.status_code
+    return _error_response(refused)
+
+
 async def on_unexpected(request: Request, error: Exception) -> Response:
     # Outermost (ServerErrorMiddleware, which then re-raises it for the server to log): a fault
     # of ours answers as the orchestrator's own error.
@@ -188,7 +200,11 @@ def create_app(
     admin = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={YwMagicsError: on_error, Exception: on_unexpected},
+        exception_handlers={
+            YwMagicsError: on_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
     )
     codes = BrowserCodes()
     admin.state.orchestrator = orchestrator
