@@ -97,3 +97,66 @@ def test_the_routers_own_refusals_are_the_orchestrators(
         error = answer.json()["error"]
         assert error["type"] == "OrchestratorError" and path in error["message"]
         assert "/install" in error["hint"]
+
+
+def _post(client: OrchestratorClient, path: str, body: bytes) -> Any:
+    headers = {**client.connection.headers, "Content-Type": "application/json"}
+    return client._http.post(path, headers=headers, content=body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/install", b'{"modules": NaN}', "not JSON"),
+        ("/install", b'{"modules": 5}', "Expected `array`, got `int` - at `$.modules`"),
+        ("/install", b"[" * 100_000, "Expected `object`, got `array`"),
+        ("/install", b'{"modules": ["a"], "partition": ["x"]}', "at `$.partition`"),
+        ("/install", b'{"modules": ["a\\u0000b"]}', "not a valid backend name"),
+        (
+            "/install",
+            b'{"modules": ["a"], "partition": "NL\\n"}',
+            "'NL\\n' is not a valid partition",
+        ),
+        (
+            "/install",
+            b'{"modules": ["a"], "configurations": {"a": {"build": {"x": [1]}}}}',
+            "$.configurations",
+        ),
+        ("/install", b'{"modules": ["a"], "surprise": 1}', "unknown field `surprise`"),
+        ("/stop", b'{"all": "no"}', "Expected `bool`, got `str` - at `$.all`"),
+        ("/stop", b'{"partition": []}', "at `$.partition`"),
+        ("/stop", b'{"partition": {}}', "at `$.partition`"),
+        ("/stop", b'{"partition": true}', "at `$.partition`"),
+        ("/stop", b"{}", "say what to stop"),
+        ("/stop", b'{"all": true, "partition": "P"}', "or all"),
+        ("/stop", b'{"name": "echo\\n"}', "is not a valid backend name"),
+        ("/uninstall", b'{"spec": 3}', "Expected `str`, got `int` - at `$.spec`"),
+        ("/uninstall", b"{}", "missing required field `spec`"),
+        ("/uninstall", b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_every_wrong_body_is_a_400_saying_what_is_wrong(
+    served: tuple[OrchestratorClient, Orchestrator], path: str, body: bytes, message: str
+) -> None:
+    client, _ = served
+    answer = _post(client, path, body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] in ("SpecError", "ConfigurationError")
+    assert message in error["message"], error["message"]
+
+
+def test_big_bodies_and_long_specs_are_refused_before_any_work(
+    served: tuple[OrchestratorClient, Orchestrator],
+) -> None:
+    client, orchestrator = served
+    huge = b'{"modules": ["' + b" " * 300_000 + b'"]}'
+    answer = _post(client, "/install", huge)
+    assert answer.status_code == 413 and "larger than 256 KiB" in answer.json()["error"]["message"]
+    spaces = b'{"modules": ["node_echo#1' + b" " * 40_000 + b'x"]}'
+    answer = _post(client, "/install", spaces)
+    assert answer.status_code == 400 and "at `$.modules[0]`" in answer.json()["error"]["message"]
+    many = b'{"modules": [' + b",".join(b'"a as a%d"' % n for n in range(5_000)) + b"]}"
+    answer = _post(client, "/install", many)
+    assert answer.status_code == 400 and "at `$.modules`" in answer.json()["error"]["message"]
+    assert orchestrator.supervisor.instances == {}

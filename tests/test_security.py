@@ -184,3 +184,16 @@ def test_websockets_are_checked_like_requests(
 def test_unknown_scope_types_are_never_passed_on(served: tuple[ASGIApp, Orchestrator]) -> None:
     scope = {"type": "webtransport", "path": "/status", "headers": [], "query_string": b""}
     assert asyncio.run(call_asgi(served[0], scope)) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "message"),
+    [
+        ("/backends/node_echo%0a/1/", {}, "is not a valid backend name"),
+        ("/backends/..%2f..%2fetc/1/", {}, "is not a valid backend name"),
+    ],
+)
+def test_names_and_partitions_are_matched_whole(
+    http: httpx.Client, path: str, headers: dict[str, str], message: str
+) -> None:
+    _refused(http.get(path, headers={**MASTER, **headers}), 400, message)

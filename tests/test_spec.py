@@ -7,6 +7,8 @@ from ywmagics.spec import (
     VersionRange,
     is_semver,
     parse_config_option,
+    validate_name,
+    validate_partition,
     version_key,
 )
 
@@ -165,3 +167,26 @@ def test_bad_install_objects(data: dict[str, object], error: type[Exception], me
     with pytest.raises(error) as raised:
         InstallRequest.from_object(data)
     assert type(raised.value) is error and message in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ["Foo\n", "Foo\r\n", "\nFoo", "Fo o", "", "-x", "x" * 65])
+def test_partitions_and_names_are_matched_whole(text: str) -> None:
+    with pytest.raises(SpecError, match="not a valid partition id"):
+        validate_partition(text)
+    with pytest.raises(SpecError, match="not a valid backend name"):
+        validate_name(text)
+
+
+@pytest.mark.parametrize("value", [None, 3, ["a"], {"a": 1}, True])
+def test_names_and_partitions_must_be_strings(value: object) -> None:
+    with pytest.raises(SpecError, match="not a valid partition id"):
+        validate_partition(value)
+    with pytest.raises(SpecError, match="not a valid backend name"):
+        validate_name(value)
+
+
+def test_a_spec_parses_in_linear_time_and_is_bounded() -> None:
+    longest = "a#>=1.0" + " " * 386 + "<2 as b"
+    assert len(longest) == 400 and str(BackendSpec.parse(longest)) == "a#>=1.0 <2 as b"
+    with pytest.raises(SpecError, match="at most 400 characters"):
+        BackendSpec.parse("a#1" + " " * 40_000 + "x")

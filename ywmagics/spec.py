@@ -9,6 +9,7 @@ highest release; x-ranges (``1.x``), comparators (``>=1.0 <2``), hyphen ranges
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 from collections.abc import Iterable, Mapping
@@ -17,33 +18,35 @@ from typing import Any
 
 from ywmagics.errors import ConfigurationError, SpecError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-ALIAS_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PARTITION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Matched whole (fullmatch): '$' would also match before a final newline.
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+ALIAS_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+PARTITION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_PARTITION = "Default"
-
-# name#range as alias: the range is what lies between '#' and ' as ALIAS' (it may hold spaces:
-# '>=1.0 <2', '1.0.0 - 1.4.0', '^1 || ^2').
-_SPEC_PATTERN = re.compile(
-    r"^\s*(?P<name>[^\s#]+)\s*(?:#(?P<range>.*?))?(?:\s+as\s+(?P<alias>\S+))?\s*$"
-)
+MAX_SPEC_LENGTH = 400
+MAX_MODULES = 64
 
 
-def validate_name(name: str) -> str:
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_name(name: object) -> str:
     """Return ``name`` if it can name a backend (and so a folder); raise :class:`SpecError`."""
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
-            f"{name!r} is not a valid backend name",
-            hint="names start with a letter and use letters, digits, '_', '-' or '.'",
+            f"{_shown(name)} is not a valid backend name",
+            hint="names start with a letter and use at most 64 letters, digits, '_', '-' or '.'",
         )
     return name
 
 
-def validate_partition(partition: str) -> str:
+def validate_partition(partition: object) -> str:
     """Return ``partition`` if it is a valid partition id; raise :class:`SpecError`."""
-    if not PARTITION_PATTERN.match(partition):
+    if not isinstance(partition, str) or not PARTITION_PATTERN.fullmatch(partition):
         raise SpecError(
-            f"{partition!r} is not a valid partition id",
+            f"{_shown(partition)} is not a valid partition id",
             hint="use at most 64 letters, digits, '_', '-' or '.', starting with a letter or digit",
         )
     return partition
@@ -127,21 +130,33 @@ class BackendSpec:
     alias: str
 
     @classmethod
-    def parse(cls, text: str) -> BackendSpec:
-        match = _SPEC_PATTERN.match(text)
-        if not match:
+    def parse(cls, text: object) -> BackendSpec:
+        """``name#range as alias``; the range may hold spaces (``>=1.0 <2``, ``1.0.0 - 1.4.0``,
+        ``^1 || ^2``). Parsed in linear time: no regular expression backtracks over the text."""
+        if not isinstance(text, str) or len(text) > MAX_SPEC_LENGTH:
+            raise SpecError(
+                f"{_shown(text)} is not a backend spec",
+                hint=f"a spec is a string of at most {MAX_SPEC_LENGTH} characters, "
+                "e.g. 'demo_yw_backend#^0.1.1 as demo'",
+            )
+        words = text.split()
+        alias = None
+        if len(words) >= 3 and words[-2] == "as":
+            alias, words = words[-1], words[:-2]
+        name, _, version_range = " ".join(words).partition("#")
+        if not name.strip():
             raise SpecError(
                 f"{text!r} is not a backend spec",
                 hint="write it as 'name#range as alias', e.g. 'demo_yw_backend#^0.1.1 as demo'",
             )
-        name = validate_name(match.group("name"))
-        alias = match.group("alias") or name
-        if not ALIAS_PATTERN.match(alias):
+        name = validate_name(name.strip())
+        alias = alias or name
+        if not ALIAS_PATTERN.fullmatch(alias) or alias == "as":
             raise SpecError(
                 f"{alias!r} cannot be used as an alias",
                 hint="an alias must be a Python identifier, e.g. 'pyRunner'",
             )
-        return cls(name, VersionRange.parse(match.group("range") or "*"), alias)
+        return cls(name, VersionRange.parse(version_range or "*"), alias)
 
     def __str__(self) -> str:
         return f"{self.name}#{self.range} as {self.alias}"
@@ -196,15 +211,17 @@ class InstallRequest:
                 hint="the install object takes 'modules', 'configurations' and 'partition'",
             )
         modules = data.get("modules") or []
-        if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
             raise SpecError("'modules' must be a list of spec strings")
         if not modules:
             raise SpecError("nothing to install", hint="name at least one backend spec")
+        if len(modules) > MAX_MODULES:
+            raise SpecError(f"at most {MAX_MODULES} backends can be installed at once")
         specs = [BackendSpec.parse(m) for m in modules]
-        aliases = [s.alias for s in specs]
-        duplicated = {a for a in aliases if aliases.count(a) > 1}
+        counts = collections.Counter(s.alias for s in specs)
+        duplicated = sorted(a for a, n in counts.items() if n > 1)
         if duplicated:
-            raise SpecError(f"alias used twice: {', '.join(sorted(duplicated))}")
+            raise SpecError(f"alias used twice: {', '.join(duplicated)}")
         configurations = data.get("configurations") or {}
         if not isinstance(configurations, Mapping):
             raise ConfigurationError("'configurations' must be an object")
@@ -221,7 +238,7 @@ class InstallRequest:
             configurations={
                 str(k): {"build": dict(v.get("build", {}))} for k, v in configurations.items()
             },
-            partition=validate_partition(str(chosen)),
+            partition=validate_partition(chosen),
         )
 
     def to_dict(self) -> dict[str, Any]:

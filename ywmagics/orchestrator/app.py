@@ -23,10 +23,11 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
 from ywmagics.orchestrator.proxy import Proxy
+from ywmagics.orchestrator.requests import InstallBody, StopBody, UninstallBody, read_body
 from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.protocol import ERROR_HEADER, NDJSON
-from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_partition
+from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
 log = logging.getLogger("ywmagics.orchestrator")
 
@@ -39,19 +40,6 @@ def _error_response(error: YwMagicsError) -> JSONResponse:
 
 def _line(item: dict[str, Any]) -> bytes:
     return (json.dumps(item) + "\n").encode()
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    # A JSON content type cannot be sent by a plain HTML form or a "simple" cross-site request.
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise SpecError("send the request body as JSON (Content-Type: application/json)")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SpecError("the request body is not JSON") from error
-    if not isinstance(body, dict):
-        raise SpecError("the request body must be a JSON object")
-    return body
 
 
 def _orchestrator(request: Request) -> Orchestrator:
@@ -68,7 +56,8 @@ async def listing(request: Request) -> Response:
 
 
 async def install(request: Request) -> Response:
-    install_request = InstallRequest.from_object(await _json_body(request))
+    body = await read_body(request, InstallBody)
+    install_request = InstallRequest.from_object(body.as_object())
     pinned = request.scope.get("state", {}).get("pinned_partition")
     if pinned is not None:
         install_request.partition = pinned
@@ -103,13 +92,17 @@ async def event_stream(request: Request) -> Response:
 
 
 async def stop(request: Request) -> Response:
-    body = await _json_body(request)
-    partition = body.get("partition")
-    if partition is not None:
-        validate_partition(partition)
-    if not body.get("all") and partition is None and body.get("name") is None:
-        raise SpecError("say what to stop: a partition, a name, or all")
-    stopped = await _orchestrator(request).stop(partition, body.get("name"), body.get("version"))
+    body = await read_body(request, StopBody)
+    if body.partition is not None:
+        validate_partition(body.partition)
+    if body.name is not None:
+        validate_name(body.name)
+    if body.all == (body.partition is not None or body.name is not None):
+        raise SpecError(
+            "say what to stop: a partition, a name (or both), or all",
+            hint="'all' stops every instance: give it alone",
+        )
+    stopped = await _orchestrator(request).stop(body.partition, body.name, body.version)
     return JSONResponse({"stopped": stopped})
 
 
@@ -123,8 +116,8 @@ async def logs(request: Request) -> Response:
 
 
 async def uninstall(request: Request) -> Response:
-    body = await _json_body(request)
-    return JSONResponse(await _orchestrator(request).uninstall(str(body.get("spec", ""))))
+    body = await read_body(request, UninstallBody)
+    return JSONResponse(await _orchestrator(request).uninstall(body.spec))
 
 
 async def browser_code(request: Request) -> Response:

@@ -142,7 +142,7 @@ class SecurityMiddleware:
             [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
         ).encode()
         cookies = [f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"]
-        if partition is not None and PARTITION_PATTERN.match(partition):
+        if partition is not None and PARTITION_PATTERN.fullmatch(partition):
             scope["state"]["browser_partition"] = partition
             backend_path = "/".join(scope["path"].split("/")[:4])
             cookies.append(f"{PARTITION_COOKIE}={partition}; Path={backend_path}; SameSite=Strict")
