@@ -50,26 +50,39 @@ def test_async_twin(demo: BackendClient) -> None:
     assert asyncio.run(main()) == {"message": "Hello world"}
 
 
+def _as_a_browser(http: httpx.Client, url: str, cookie: str = "") -> httpx.Response:
+    """GET ``url`` as a browser does: ``*.localhost`` is loopback, the Host is the link's."""
+    parts = httpx.URL(url)
+    headers = {"Host": parts.netloc.decode(), **({"Cookie": cookie} if cookie else {})}
+    return http.get(f"http://127.0.0.1:{parts.port}{parts.raw_path.decode()}", headers=headers)
+
+
 def test_docs_open_in_a_browser_through_the_proxy(
     demo: BackendClient, orchestrator: Connection
 ) -> None:
-    # A browser has no Authorization header: the link's one-time code logs it in with a cookie,
-    # which the page's own request for openapi.json then carries, to the same partition.
+    # A browser has no Authorization header: the link's one-time code gives it a session for
+    # this instance's own host name, which the page's own request for openapi.json carries.
     link = demo.docs_url
     assert orchestrator.token not in link
+    assert httpx.URL(link).host.endswith(".localhost")
     with httpx.Client() as browser:
-        page = browser.get(link)
+        opened = _as_a_browser(browser, link)
+        assert opened.status_code == 303, opened.text
+        session = opened.headers["set-cookie"].split(";", 1)[0]
+        page_url = link.split("/backends/", 1)[0] + opened.headers["location"]
+        page = _as_a_browser(browser, page_url, session)
         assert page.status_code == 200 and "swagger" in page.text.lower()
         assert "/backends/demo_yw_backend/0.1.1/openapi.json" in page.text
-        spec = browser.get(f"{orchestrator.url}/backends/demo_yw_backend/0.1.1/openapi.json")
+        spec_url = link.split("/backends/", 1)[0] + "/backends/demo_yw_backend/0.1.1/openapi.json"
+        spec = _as_a_browser(browser, spec_url, session)
         assert spec.status_code == 200 and "/cow-say" in spec.json()["paths"]
-    listing = ywmagics.OrchestratorClient(orchestrator).listing()["instances"]
-    assert not [
-        i for i in listing if i["name"] == "demo_yw_backend" and i["partition"] == "Default"
-    ]
+        # The page is the instance in DemoP, the client's partition: nothing started in Default.
+        assert _as_a_browser(
+            browser, page_url.replace("/docs", "/partition-echo"), session
+        ).json() == {"partition": "DemoP"}
     # The code works once: a saved link, or one read from a notebook, opens nothing.
     with httpx.Client() as stranger:
-        assert stranger.get(link).status_code == 401
+        assert _as_a_browser(stranger, link).status_code == 401
 
 
 def test_calls_from_a_backend_stay_in_its_partition(

@@ -443,7 +443,7 @@ def test_an_instance_token_reaches_backends_only(orchestrator: Connection) -> No
         echoed = http.post("/backends/node_echo/^1/echo", json={"from": "backend"})
         assert echoed.json()["partition"] == "Scoped"  # pinned, whatever the header says
         for method, path in [
-            ("POST", "/browser-code"),
+            ("POST", "/browser-link"),
             ("GET", "/list"),
             ("POST", "/shutdown"),
             ("POST", "/stop"),

@@ -24,7 +24,6 @@ from ywmagics.errors import (
     StartError,
 )
 from ywmagics.orchestrator.proxy import Proxy
-from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE
 from ywmagics.orchestrator.upstream import UpstreamPool
 from ywmagics.protocol import ERROR_HEADER
 
@@ -56,7 +55,9 @@ class Backend:
                     seen = json.dumps({"line": lines[0], "headers": headers}).encode()
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                        b"set-cookie: theme=dark\r\nset-cookie: " + COOKIE.encode() + b"=forged\r\n"
+                        b"set-cookie: theme=dark\r\nset-cookie: ywmagics_session=forged\r\n"
+                        b"set-cookie: ywmagics_token =forged; Path=/\r\n"
+                        b"set-cookie: ywmagics_partition\t=EVIL; Path=/backends\r\n"
                         b"x-ywmagics-error: 1\r\nconnection: keep-alive\r\n"
                         b"content-length: %d\r\n\r\n%s" % (len(seen), seen)
                     )
@@ -114,6 +115,7 @@ def proxied(
             partition=partition,
             manifest=SimpleNamespace(name=name, version="1.0.0"),
             upstream=pool,
+            base_path=f"/backends/{name}/1.0.0",
             log_path=tmp_path / "backend.log",
             where=f"{name} 1.0.0 in partition {partition!r}",
         )
@@ -145,7 +147,7 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
         headers={
             **MASTER,
             "X-Backends-Partition": "P1",
-            "Cookie": f"{COOKIE}=secret; theme=dark; {PARTITION_COOKIE}=P9",
+            "Cookie": "ywmagics_session=s; theme=dark; ywmagics_token =T; ywmagics_partition\t=P9",
             "Proxy-Authorization": "Basic x",
             "Connection": "keep-alive, X-Hop",
             "X-Custom": "kept",
@@ -156,7 +158,7 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
     assert answer.json()["line"] == "GET /some/path%2Fx?q=1&yw_other=2 HTTP/1.1"
     seen = _seen(answer)
     assert "authorization" not in seen and "proxy-authorization" not in seen
-    assert seen["cookie"] == "theme=dark"  # ours stripped, the backend's own kept
+    assert seen["cookie"] == "theme=dark"  # ours stripped, however written; the backend's kept
     assert seen["x-backends-partition"] == "P1"
     assert seen["x-forwarded-prefix"] == "/backends/echo/1.0.0"
     assert seen["x-custom"] == "kept"
@@ -171,12 +173,13 @@ def test_what_comes_back_from_the_backend(proxied: Any) -> None:
     assert "connection" not in answer.headers or answer.headers["connection"] != "keep-alive"
 
 
-def test_the_partition_comes_from_the_header_else_the_cookie_else_default(proxied: Any) -> None:
+def test_the_partition_comes_from_the_header_else_default(proxied: Any) -> None:
     http, _, looked_up = proxied
     http.get("/backends/echo/1/", headers=MASTER)
-    http.get("/backends/echo/1/", headers={**MASTER, "Cookie": f"{PARTITION_COOKIE}=FromCookie"})
+    http.get("/backends/echo/1/", headers={**MASTER, "Cookie": "ywmagics_partition=FromCookie"})
+    http.get("/backends/echo/1/", headers={**MASTER, "X-Backends-Partition": "P2"})
     answer = http.get("/backends/echo/1/", headers={**MASTER, "X-Backends-Partition": "../x"})
-    assert [p for p, _, _ in looked_up] == ["Default", "FromCookie"]
+    assert [p for p, _, _ in looked_up] == ["Default", "Default", "P2"]  # no cookie picks one
     assert answer.status_code == 400 and "not a valid partition" in answer.text
 
 

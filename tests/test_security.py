@@ -13,7 +13,8 @@ import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from ywmagics.orchestrator.security import COOKIE
+from ywmagics.errors import InstanceNotFound
+from ywmagics.orchestrator.browser import SESSION_COOKIE
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.protocol import ERROR_HEADER
 
@@ -35,7 +36,7 @@ ADMIN_ROUTES = [
     ("POST", "/stop"),
     ("POST", "/uninstall"),
     ("POST", "/shutdown"),
-    ("POST", "/browser-code"),
+    ("POST", "/browser-link"),
 ]
 EVERY_ROUTE = [*ADMIN_ROUTES, ("GET", "/events"), ("GET", "/backends/node_echo/1/x")]
 MASTER = {"Authorization": f"Bearer {TOKEN}"}
@@ -100,8 +101,6 @@ def test_loopback_names_and_our_own_origin_pass(http: httpx.Client, host: str) -
 def test_the_master_token_opens_the_admin_routes(http: httpx.Client) -> None:
     assert http.get("/status", headers=MASTER).status_code == 200
     assert http.get("/list", headers=MASTER).json()["instances"] == []
-    code = http.post("/browser-code", headers=MASTER)
-    assert code.status_code == 200 and len(code.json()["code"]) > 20
     stop = http.post("/stop", headers=MASTER, json={"all": True})
     assert stop.json() == {"stopped": []}
 
@@ -113,18 +112,6 @@ def test_admin_posts_must_be_json(http: httpx.Client) -> None:
     _refused(plain, 400, "as JSON")
     form = http.post("/stop", headers=MASTER, data={"all": "1"})
     _refused(form, 400, "as JSON")
-
-
-@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
-def test_the_browser_cookie_opens_no_admin_route(
-    http: httpx.Client, method: str, path: str
-) -> None:
-    _refused(http.request(method, path, headers={"Cookie": f"{COOKIE}={TOKEN}"}), 401, "no token")
-
-
-def test_the_browser_cookie_reaches_backends(http: httpx.Client) -> None:
-    answer = http.get("/backends/node_echo/1/x", headers={"Cookie": f"{COOKIE}={TOKEN}"})
-    _refused(answer, 404, "not running in partition 'Default' and not installed")
 
 
 @pytest.mark.parametrize(("method", "path"), [r for r in ADMIN_ROUTES if r[1] != "/install"])
@@ -141,17 +128,134 @@ def test_an_instance_token_is_pinned_to_its_partition(http: httpx.Client) -> Non
     _refused(answer, 404, "not running in partition 'Pinned'")  # not 'Other'
 
 
-def test_a_one_time_code_opens_one_page_once_and_no_admin_route(http: httpx.Client) -> None:
-    code = http.post("/browser-code", headers=MASTER).json()["code"]
-    _refused(http.get(f"/status?yw_code={code}"), 401, "no token")  # not spent on this
-    page = http.get(f"/backends/node_echo/1/docs?yw_code={code}&yw_partition=P1")
-    _refused(page, 404, "not running in partition 'P1'")  # through security, to the proxy
-    cookies = page.headers.get_list("set-cookie")
-    assert any(c.startswith(f"{COOKIE}=") and "HttpOnly" in c for c in cookies)
-    assert any("ywmagics_partition=P1; Path=/backends/node_echo/1" in c for c in cookies)
-    http.cookies.clear()  # a browser without the cookie
-    _refused(http.get(f"/backends/node_echo/1/docs?yw_code={code}"), 401, "no token")
-    _refused(http.get("/backends/node_echo/1/docs?yw_code=made-up"), 401, "no token")
+class Pages:
+    """Browser pages of a stand-in instance of node_echo 1.0.0 in partition ``Pinned``: links
+    are made by the real /browser-link, and what reaches the proxy says where it would go."""
+
+    def __init__(
+        self, http: httpx.Client, served: tuple[ASGIApp, Orchestrator], label: str
+    ) -> None:
+        self.http = http
+        app, orchestrator = served
+        self.label = label
+        self.host = f"{label}.localhost:8765"
+        instance = SimpleNamespace(
+            partition="Pinned", base_path="/backends/node_echo/1.0.0", browser_label=label
+        )
+        orchestrator.supervisor.by_label[label] = instance  # type: ignore[assignment]
+
+        async def found(partition: str, name: str, version: str) -> Any:
+            return instance  # for /browser-link
+
+        async def reached(partition: str, name: str, version: str) -> Any:
+            raise InstanceNotFound(f"reached the proxy for {name} {version} in {partition}")
+
+        orchestrator.instance_for = found  # type: ignore[method-assign]
+        app.app.proxy.find = reached  # type: ignore[attr-defined]
+
+    def link(self, path: str = "/docs") -> str:
+        body = {"name": "node_echo", "version": "1.0.0", "partition": "Pinned", "path": path}
+        answer = self.http.post("/browser-link", headers=MASTER, json=body)
+        assert answer.status_code == 200, answer.text
+        url = str(answer.json()["url"])
+        assert url.startswith(f"http://{self.host}/backends/node_echo/1.0.0{path.split('?')[0]}")
+        assert "yw_code=" in url
+        return url
+
+    def get(self, url: str, cookie: str | None = None, **headers: str) -> httpx.Response:
+        """As a browser resolves *.localhost: to loopback, with the link's host name."""
+        parts = httpx.URL(url)
+        target = parts.raw_path.decode()
+        sent = {
+            "Host": parts.netloc.decode(),
+            **{k.replace("_", "-"): v for k, v in headers.items()},
+        }
+        if cookie:
+            sent["Cookie"] = cookie
+        self.http.cookies.clear()  # the cookie jar is ours to fill, per host name
+        return self.http.get(target, headers=sent)
+
+
+def _session(answer: httpx.Response) -> str:
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Path=/backends/node_echo/1.0.0;" in cookie and "Domain" not in cookie
+    return cookie.split(";", 1)[0]
+
+
+@pytest.fixture
+def pages(http: httpx.Client, served: tuple[ASGIApp, Orchestrator]) -> Pages:
+    return Pages(http, served, "b-0123456789abcdef")
+
+
+def test_a_link_opens_its_instance_pages_with_a_session_of_their_own(pages: Pages) -> None:
+    link = pages.link("/docs?theme=dark")
+    opened = pages.get(link)
+    assert opened.status_code == 303
+    assert opened.headers["location"] == "/backends/node_echo/1.0.0/docs?theme=dark"  # no code
+    session = _session(opened)
+    assert TOKEN not in session  # never the orchestrator's token
+    page = pages.get(f"http://{pages.host}{opened.headers['location']}", session)
+    _refused(page, 404, "reached the proxy for node_echo 1.0.0 in Pinned")  # its partition
+    # The page's own requests (openapi.json) carry the cookie: the same instance.
+    spec = pages.get(f"http://{pages.host}/backends/node_echo/1.0.0/openapi.json", session)
+    _refused(spec, 404, "reached the proxy for node_echo 1.0.0 in Pinned")
+    # A reload of the link (its code spent) keeps working: back to the page, no code.
+    reload = pages.get(link, session)
+    assert reload.status_code == 303 and "yw_code" not in reload.headers["location"]
+
+
+def test_a_link_works_once_and_a_session_opens_nothing_else(
+    pages: Pages, http: httpx.Client, served: tuple[ASGIApp, Orchestrator]
+) -> None:
+    link = pages.link()
+    session = _session(pages.get(link))
+    _refused(pages.get(link), 401, "needs a link from the notebook")  # spent, and no cookie
+    _refused(pages.get(link.replace("yw_code=", "yw_code=x")), 401, "needs a link")
+    other = Pages(http, served, "b-fedcba9876543210")
+    _refused(other.get(f"http://{other.host}/backends/node_echo/1.0.0/", session), 401, "link")
+    # Its code does not open another instance's host, and is not spent by trying.
+    second = other.link()
+    _refused(pages.get(second.replace(other.host, pages.host)), 401, "needs a link")
+    assert other.get(second).status_code == 303
+    # The session opens neither the orchestrator's API nor anything on its own host name.
+    for path in ("/status", "/backends/other/1.0.0/", "/backends/node_echo/1.0.1/"):
+        _refused(pages.get(f"http://{pages.host}{path}", session), 404, "serves /backends/node_e")
+    for path in ("/status", "/backends/node_echo/1.0.0/"):
+        _refused(http.get(path, headers={"Cookie": session}), 401, "carries no token")
+    # A stopped instance's sessions end with it.
+    del served[1].supervisor.by_label[pages.label]
+    _refused(pages.get(f"http://{pages.host}/backends/node_echo/1.0.0/", session), 404, "any more")
+
+
+def test_other_pages_scripts_cannot_use_a_session(pages: Pages) -> None:
+    session = _session(pages.get(pages.link()))
+    page = f"http://{pages.host}/backends/node_echo/1.0.0/run"
+    for headers in (
+        {"Origin": "http://b-fedcba9876543210.localhost:8765"},
+        {"Origin": "http://127.0.0.1:8765"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+    ):
+        answer = pages.get(page, session, **headers)
+        assert answer.status_code == 403, headers
+    # A link opened from another site (the notebook's) is a navigation: it is let through.
+    navigation = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    _refused(pages.get(page, session, **navigation), 404, "reached the proxy")
+    own = {"Origin": f"http://{pages.host}", "Sec-Fetch-Site": "same-origin"}
+    _refused(pages.get(page, session, **own), 404, "reached the proxy")
+
+
+def test_codes_and_cookies_open_nothing_on_the_orchestrators_host(pages: Pages) -> None:
+    link = pages.link()
+    code_only = "/backends/node_echo/1.0.0/docs?" + link.split("?", 1)[1]
+    refused = pages.http.get(code_only)
+    _refused(refused, 401, "carries no token")
+    assert "open on the backend's own host name" in refused.json()["error"]["hint"]
+    session = _session(pages.get(link))
+    for cookie in (session, f"ywmagics_token={TOKEN}", f"{SESSION_COOKIE} ={TOKEN}"):
+        _refused(pages.http.get("/status", headers={"Cookie": cookie}), 401, "no token")
 
 
 def _websocket(app: ASGIApp, path: str, headers: dict[str, str], **extra: Any) -> list[Any]:

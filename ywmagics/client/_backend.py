@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 
@@ -72,16 +71,23 @@ class _BackendBase:
             timeout=timeout,
         )
 
-    def _browser_code_request(self) -> httpx.Request:
+    def _browser_link_request(self, path: str) -> httpx.Request:
+        body = {
+            "name": self.name,
+            "version": self.version,
+            "partition": self.partition,
+            "path": "/" + path.lstrip("/"),
+        }
         return self._http.build_request(
-            "POST", f"{self.connection.url}/browser-code", headers=self.connection.headers
+            "POST",
+            f"{self.connection.url}/browser-link",
+            headers=self.connection.headers,
+            json=body,
         )
 
-    def _browser_link(self, path: str, code_answer: httpx.Response) -> str:
-        query = urlencode(
-            {"yw_code": raise_for_error(code_answer).json()["code"], "yw_partition": self.partition}
-        )
-        return f"{self.url_base}/{path.lstrip('/')}?{query}"
+    @staticmethod
+    def _browser_link(answer: httpx.Response) -> str:
+        return str(raise_for_error(answer).json()["url"])
 
     def _translated(self) -> contextlib.AbstractContextManager[None]:
         return translated(self.connection.url, f"{self.name} {self.version}")
@@ -164,14 +170,15 @@ class BackendClient(_BackendBase):
     def docs_url(self) -> str:
         """A link to the backend's ``/docs`` that opens in a browser, for a few minutes.
 
-        It carries a one-time code, not the orchestrator's token, so it is safe in a saved
-        notebook; read the property again for a fresh link."""
+        It opens on the backend instance's own host name (``b-<hex>.localhost``) with a one-time
+        code, not the orchestrator's token, so it is safe in a saved notebook; the browser then
+        holds a session for that instance only. Read the property again for a fresh link."""
         return self.browser_url("/docs")
 
     def browser_url(self, path: str) -> str:
         """A link to ``path`` of the backend that a browser can open (see :attr:`docs_url`)."""
         with self._translated():
-            return self._browser_link(path, self._http.send(self._browser_code_request()))
+            return self._browser_link(self._http.send(self._browser_link_request(path)))
 
     @property
     def aio(self) -> AsyncBackendClient:
@@ -252,7 +259,7 @@ class AsyncBackendClient(_BackendBase):
 
     async def browser_url(self, path: str) -> str:
         with self._translated():
-            return self._browser_link(path, await self._http.send(self._browser_code_request()))
+            return self._browser_link(await self._http.send(self._browser_link_request(path)))
 
     @property
     def closed(self) -> bool:

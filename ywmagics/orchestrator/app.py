@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,9 +23,16 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
+from ywmagics.orchestrator.browser import CODE_LIFETIME, CODE_QUERY, BrowserAccess
 from ywmagics.orchestrator.proxy import Proxy
-from ywmagics.orchestrator.requests import InstallBody, StopBody, UninstallBody, read_body
-from ywmagics.orchestrator.security import CODE_LIFETIME, BrowserCodes, SecurityMiddleware
+from ywmagics.orchestrator.requests import (
+    BrowserLinkBody,
+    InstallBody,
+    StopBody,
+    UninstallBody,
+    read_body,
+)
+from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.protocol import ERROR_HEADER, NDJSON
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
@@ -120,9 +128,23 @@ async def uninstall(request: Request) -> Response:
     return JSONResponse(await _orchestrator(request).uninstall(body.spec))
 
 
-async def browser_code(request: Request) -> Response:
-    codes: BrowserCodes = request.app.state.codes
-    return JSONResponse({"code": codes.issue(), "expires_in": CODE_LIFETIME})
+async def browser_link(request: Request) -> Response:
+    """A link that opens ``path`` of an instance in a browser, on the instance's own host name,
+    with a one-time code (the instance is started if it does not run)."""
+    body = await read_body(request, BrowserLinkBody)
+    path, _, query = body.path.partition("?")
+    if "//" in path or "\\" in path:
+        raise SpecError(f"{path!r} is not a path of the backend")
+    partition = request.scope["state"].get("pinned_partition") or body.partition
+    instance = await _orchestrator(request).instance_for(
+        validate_partition(partition), validate_name(body.name), body.version
+    )
+    access: BrowserAccess = request.app.state.access
+    code = access.issue_code(instance.browser_label)
+    port = urlsplit(_orchestrator(request).settings.url).port
+    query = urlencode([*parse_qsl(query, keep_blank_values=True), (CODE_QUERY, code)])
+    url = f"http://{instance.browser_label}.localhost:{port}{instance.base_path}{path}?{query}"
+    return JSONResponse({"url": url, "expires_in": CODE_LIFETIME})
 
 
 async def shutdown(request: Request) -> Response:
@@ -162,7 +184,7 @@ ROUTES = [
     Route("/logs/{name}", logs),
     Route("/uninstall", uninstall, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),
-    Route("/browser-code", browser_code, methods=["POST"]),
+    Route("/browser-link", browser_link, methods=["POST"]),
 ]
 
 
@@ -199,9 +221,9 @@ def create_app(
             Exception: on_unexpected,
         },
     )
-    codes = BrowserCodes()
+    access = BrowserAccess()
     admin.state.orchestrator = orchestrator
-    admin.state.codes = codes
+    admin.state.access = access
     admin.state.request_exit = request_exit
     supervisor = orchestrator.supervisor
 
@@ -209,9 +231,14 @@ def create_app(
         instance = supervisor.by_token.get(candidate)
         return instance.partition if instance else None
 
+    def pages_of_label(label: str) -> InstancePages | None:
+        instance = supervisor.by_label.get(label)
+        return InstancePages(instance.partition, instance.base_path) if instance else None
+
     return SecurityMiddleware(
         BackendsDispatch(admin, Proxy(orchestrator.instance_for, supervisor)),
         token=token,
         instance_for_token=partition_for_token,
-        codes=codes,
+        pages_of_label=pages_of_label,
+        access=access,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookies import SimpleCookie
 from urllib.parse import unquote
 
 from starlette.types import Message, Receive, Scope, Send
@@ -21,8 +20,9 @@ from ywmagics.errors import (
     YwMagicsError,
     internal_error,
 )
+from ywmagics.orchestrator.browser import cookie_pairs, is_ours, set_cookie_name
 from ywmagics.orchestrator.processes import tail_of
-from ywmagics.orchestrator.security import COOKIE, PARTITION_COOKIE, send_error
+from ywmagics.orchestrator.security import send_error
 from ywmagics.orchestrator.supervisor import Instance, Supervisor
 from ywmagics.orchestrator.upstream import (
     IDEMPOTENT,
@@ -65,48 +65,42 @@ _DROPPED_RESPONSE = {
 
 
 def partition_of(scope: Scope, headers: dict[bytes, bytes]) -> str:
-    """An instance token pins its partition; else the header; else a browser's link or cookie."""
-    state = scope.get("state", {})
-    if state.get("pinned_partition") is not None:
-        return str(state["pinned_partition"])
+    """A credential bound to a partition (an instance's token, a browser's session) pins it;
+    else the partition header; else ``Default``."""
+    pinned = scope.get("state", {}).get("pinned_partition")
+    if pinned is not None:
+        return str(pinned)
     chosen = headers.get(PARTITION_HEADER.encode(), b"").decode("latin-1")
-    if not chosen:
-        chosen = state.get("browser_partition") or _cookie(headers, PARTITION_COOKIE) or ""
     return validate_partition(chosen or DEFAULT_PARTITION)
 
 
-def _cookie(headers: dict[bytes, bytes], name: str) -> str | None:
-    raw = headers.get(b"cookie")
-    if not raw:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    jar.load(raw.decode("latin-1"))
-    return jar[name].value if name in jar else None
-
-
-def _own_cookie(cookie: bytes) -> bool:
-    return cookie.strip().startswith((COOKIE.encode() + b"=", PARTITION_COOKIE.encode() + b"="))
+def _without_our_cookies(value: bytes) -> bytes:
+    text = value.decode("latin-1")
+    return "; ".join(p.strip() for n, _, p in cookie_pairs(text) if not is_ours(n)).encode(
+        "latin-1"
+    )
 
 
 def _forwarded_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
     headers = [(k, v) for k, v in scope["headers"] if k not in _DROPPED_REQUEST]
     for name, value in scope["headers"]:
         if name == b"cookie":
-            kept = b"; ".join(c.strip() for c in value.split(b";") if not _own_cookie(c))
+            kept = _without_our_cookies(value)
             if kept:
                 headers.append((b"cookie", kept))
-    base_path = f"/backends/{instance.manifest.name}/{instance.manifest.version}"
     headers.append((PARTITION_HEADER.encode(), instance.partition.encode()))
-    headers.append((b"x-forwarded-prefix", base_path.encode()))
+    headers.append((b"x-forwarded-prefix", instance.base_path.encode()))
     return headers
 
 
 def _returned_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    """The backend's headers, less hop-by-hop ones and any that would pass for ours."""
+    """The backend's headers, less hop-by-hop ones and any that would pass for ours (our
+    error mark; a cookie of one of our names, which would log the browser out or steer it)."""
     return [
         (k, v)
         for k, v in response.headers
-        if k not in _DROPPED_RESPONSE and not (k == b"set-cookie" and _own_cookie(v))
+        if k not in _DROPPED_RESPONSE
+        and not (k == b"set-cookie" and is_ours(set_cookie_name(v.decode("latin-1"))))
     ]
 
 

@@ -49,6 +49,16 @@ class UninstallBody(msgspec.Struct, forbid_unknown_fields=True):
     spec: Annotated[str, msgspec.Meta(max_length=MAX_SPEC_LENGTH)]
 
 
+class BrowserLinkBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A link for a browser to ``path`` of the backend ``name`` (``version``: exact, or a range)
+    in ``partition``."""
+
+    name: Short
+    version: Short
+    partition: Short = "Default"
+    path: Annotated[str, msgspec.Meta(max_length=2048, pattern="^/")] = "/"
+
+
 Body = TypeVar("Body", bound=msgspec.Struct)
 
 

@@ -1,64 +1,74 @@
-"""Who may talk to the orchestrator: loopback Hosts only, and a token on every request.
+"""Who may talk to the orchestrator, checked before anything else runs.
 
-The token comes as ``Authorization: Bearer <token>``. A browser, which cannot send that header,
-opens a link carrying a one-time code instead (``?yw_code=``, valid for a few minutes), traded for
-the token in a strict same-site cookie: the token itself never appears in a URL, so it is not left
-in notebook outputs or browser history. Instance tokens, given to each backend, are valid too,
-and pin the caller's partition.
+Two kinds of host name reach it, on its one loopback port:
+
+- **Its own** (``127.0.0.1``, ``localhost``, ``[::1]``): every request carries a token in
+  ``Authorization: Bearer``, the orchestrator's (everything) or an instance's (other backends and
+  ``/install`` only, pinned to the instance's partition). No cookie and no link opens anything
+  there: a browser never holds the orchestrator's token.
+- **An instance's** (``b-<hex>.localhost``, see :mod:`ywmagics.orchestrator.browser`): a
+  browser with that instance's session cookie, or a link's one-time code that sets it, reaches
+  that instance's pages and nothing else.
+
+Every other host name is refused (DNS rebinding), and so are foreign origins and cross-site
+requests. Websocket handshakes are checked like requests; other scope types are never passed on.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import secrets
-import time
 from collections.abc import Callable
-from http.cookies import SimpleCookie
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ywmagics.errors import AuthenticationError, YwMagicsError
+from ywmagics.orchestrator.browser import (
+    CODE_QUERY,
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    BrowserAccess,
+    cookie_pairs,
+    label_of_host,
+)
 from ywmagics.protocol import ERROR_HEADER
-from ywmagics.spec import PARTITION_PATTERN
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
-COOKIE = "ywmagics_token"
-QUERY = "yw_code"
-CODE_LIFETIME = 300.0
-PARTITION_COOKIE = "ywmagics_partition"
-PARTITION_QUERY = "yw_partition"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+# A navigation (a link opened, a reload) may come from another site; a script's request may not.
+_NAVIGATION_DESTINATIONS = {"document", "empty"}
 
 
-class BrowserCodes:
-    """One-time codes for browser links, each good once within :data:`CODE_LIFETIME` seconds."""
+@dataclass(frozen=True)
+class InstancePages:
+    """What an instance host serves: its instance's partition and base path."""
 
-    def __init__(self) -> None:
-        self._codes: dict[str, float] = {}
+    partition: str
+    base_path: str
 
-    def issue(self) -> str:
-        now = time.monotonic()
-        self._codes = {c: t for c, t in self._codes.items() if t > now}
-        code = secrets.token_urlsafe(24)
-        self._codes[code] = now + CODE_LIFETIME
-        return code
 
-    def redeem(self, code: str) -> bool:
-        expires = self._codes.pop(code, 0.0)
-        return expires > time.monotonic()
+Refusal = tuple[YwMagicsError, int]
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """``(name, port)`` of a Host header, IPv6 literals kept in brackets, the name lower-cased."""
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        return name.lower() + "]", rest.removeprefix(":")
+    name, _, port = host.partition(":")
+    return name.lower(), port
 
 
 def host_is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return name.lower() in LOOPBACK_HOSTS
+    return split_host(host)[0] in LOOPBACK_HOSTS
 
 
 class SecurityMiddleware:
-    """Refuses foreign Hosts and Origins, and requests without a valid token.
+    """Refuses foreign Hosts and Origins, and requests without a valid credential.
 
-    ``instance_for_token`` maps an instance token to its partition (``None`` when unknown); the
-    partition is put in ``scope["state"]["pinned_partition"]``.
+    A request let through carries ``scope["state"]["pinned_partition"]``: ``None`` for the
+    orchestrator's token, else the partition its credential is bound to.
     """
 
     def __init__(
@@ -66,12 +76,14 @@ class SecurityMiddleware:
         app: ASGIApp,
         token: str,
         instance_for_token: Callable[[str], str | None],
-        codes: BrowserCodes,
+        pages_of_label: Callable[[str], InstancePages | None],
+        access: BrowserAccess,
     ) -> None:
         self.app = app
         self.token = token
         self.instance_for_token = instance_for_token
-        self.codes = codes
+        self.pages_of_label = pages_of_label
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -79,101 +91,131 @@ class SecurityMiddleware:
             return
         if scope["type"] not in ("http", "websocket"):  # fail closed: nothing we do not know
             return
+        scope.setdefault("state", {})
         refusal = self._check(scope)
         if refusal is not None:
             await refuse(scope, send, *refusal)
             return
-        if scope["type"] == "http" and scope["state"].pop("browser_login", False):
-            await self._browser_login(scope, receive, send)
+        login = scope["state"].pop("browser_login", None)
+        if login is not None:
+            await _redirect_with_session(scope, send, *login)
             return
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope) -> tuple[AuthenticationError, int] | None:
-        """Why ``scope`` is refused (the error and its status), or ``None``; a request let
-        through gets ``scope["state"]["pinned_partition"]`` (``None`` for the master token)."""
+    def _check(self, scope: Scope) -> Refusal | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
-        if not host_is_loopback(host):
-            return AuthenticationError(
-                f"Host {host!r} is not allowed: the orchestrator answers loopback names only",
-                hint="use http://127.0.0.1:PORT or http://localhost:PORT",
-            ), 403
+        name, _ = split_host(host)
         origin = headers.get("origin")
-        # Only our own origin: a page served on another local port (a notebook server, a dev
-        # server) is same-site for cookies, so the port must match too.
-        if origin and origin != f"http://{host}":
+        # Only the page's own origin: a page served on another local port (a notebook server,
+        # another user's server) is the same site, so the port must match too.
+        if origin is not None and origin != f"http://{host}":
             return AuthenticationError(f"cross-origin requests from {origin!r} are refused"), 403
-        to_backend = scope["path"].startswith("/backends/")
-        given, source = _token_of(scope, headers)
-        state = scope.setdefault("state", {})
-        if source == "query":
-            # A link's one-time code is traded for a cookie by a page load, nothing else.
-            if to_backend and scope["type"] == "http" and self.codes.redeem(given):
-                state["browser_login"] = True
-                state["pinned_partition"] = None
-                return None
-            given = ""  # a used or expired code is no credential
-        if source == "cookie" and not to_backend:
-            given = ""  # the browser's cookie opens backends' pages, not the admin routes
+        if name in LOOPBACK_HOSTS:
+            return self._check_token(scope, headers)
+        label = label_of_host(name)
+        if label is not None:
+            return self._check_browser(scope, headers, label)
+        return AuthenticationError(
+            f"Host {host!r} is not allowed: the orchestrator answers loopback names only",
+            hint="use http://127.0.0.1:PORT, or the link a notebook makes for a backend's pages",
+        ), 403
+
+    def _check_token(self, scope: Scope, headers: dict[str, str]) -> Refusal | None:
+        """The orchestrator's own host: a token in the Authorization header, nothing else."""
+        authorization = headers.get("authorization", "")
+        given = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
-            state["pinned_partition"] = None
+            scope["state"]["pinned_partition"] = None
             return None
-        if given and (partition := self.instance_for_token(given)) is not None:
-            if not (to_backend or scope["path"] == "/install"):
+        partition = self.instance_for_token(given) if given else None
+        if partition is not None:
+            if not (scope["path"].startswith("/backends/") or scope["path"] == "/install"):
                 return AuthenticationError(
                     "a backend's instance token reaches other backends and /install only"
                 ), 403
-            state["pinned_partition"] = partition
+            scope["state"]["pinned_partition"] = partition
             return None
+        hint = "send 'Authorization: Bearer <token>'; the token is in the discovery file "
+        hint += "('ywmagics status' shows where)"
+        if CODE_QUERY.encode() in scope.get("query_string", b""):
+            hint = "links for browsers open on the backend's own host name: make a new one "
+            hint += "in the notebook with '%backends docs ALIAS'"
         return AuthenticationError(
-            "missing or wrong token" if given else "this request carries no token",
-            hint="send 'Authorization: Bearer <token>'; the token is in the discovery file "
-            "('ywmagics status' shows where)",
+            "missing or wrong token" if given else "this request carries no token", hint=hint
         ), 401
 
-    async def _browser_login(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A link opened in a browser (a backend's /docs) with a valid code: set the token, and
-        the partition if given, in strict cookies, and drop them from the URL before the backend
-        sees it. The partition cookie is scoped to the backend's path, so that the page's own
-        requests (e.g. /docs fetching openapi.json) reach the same instance."""
-        pairs = parse_qsl(scope["query_string"].decode(), keep_blank_values=True)
-        partition = next((v for k, v in pairs if k == PARTITION_QUERY), None)
-        scope["query_string"] = urlencode(
-            [(k, v) for k, v in pairs if k not in (QUERY, PARTITION_QUERY)]
-        ).encode()
-        cookies = [f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"]
-        if partition is not None and PARTITION_PATTERN.fullmatch(partition):
-            scope["state"]["browser_partition"] = partition
-            backend_path = "/".join(scope["path"].split("/")[:4])
-            cookies.append(f"{PARTITION_COOKIE}={partition}; Path={backend_path}; SameSite=Strict")
+    def _check_browser(self, scope: Scope, headers: dict[str, str], label: str) -> Refusal | None:
+        """An instance's host: that instance's pages, for its session cookie or a link's code."""
+        pages = self.pages_of_label(label)
+        again = "open a new link from the notebook: '%backends docs ALIAS'"
+        if pages is None:
+            return AuthenticationError(
+                "this page's backend instance is not running any more", hint=again
+            ), 404
+        path = scope["path"]
+        if not (path == pages.base_path or path.startswith(pages.base_path + "/")):
+            return AuthenticationError(
+                f"this host serves {pages.base_path}/ only", hint="it is a backend's own host"
+            ), 404
+        site = headers.get("sec-fetch-site")
+        navigation = (
+            scope["type"] == "http"
+            and scope["method"] in ("GET", "HEAD")
+            and headers.get("sec-fetch-mode") == "navigate"
+            and headers.get("sec-fetch-dest", "document") in _NAVIGATION_DESTINATIONS
+        )
+        if site not in (None, "same-origin", "none") and not navigation:
+            return AuthenticationError(
+                "requests from other pages to a backend's pages are refused",
+                hint="only the backend's own pages, and links opened in the browser, reach it",
+            ), 403
+        state = scope["state"]
+        sessions = [v for n, v, _ in cookie_pairs(headers.get("cookie", "")) if n == SESSION_COOKIE]
+        signed_in = any(self.access.session_opens(s, label) for s in sessions)
+        code = _query_value(scope, CODE_QUERY)
+        if code is not None and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            session = self.access.redeem(code, label)
+            if session is not None or signed_in:  # a reload of the link: same page, no code
+                state["browser_login"] = (session, pages.base_path)
+                return None
+        if signed_in:
+            state["pinned_partition"] = pages.partition
+            return None
+        return AuthenticationError(
+            "this page needs a link from the notebook (links work once, for a few minutes)",
+            hint=again,
+        ), 401
 
-        async def send_with_cookies(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *((b"set-cookie", c.encode()) for c in cookies),
-                ]
-            await send(message)
 
-        await self.app(scope, receive, send_with_cookies)
+def _query_value(scope: Scope, key: str) -> str | None:
+    query = scope.get("query_string", b"")
+    if key.encode() not in query:
+        return None
+    return next((v for k, v in parse_qsl(query.decode("latin-1")) if k == key), None)
 
 
-def _token_of(scope: Scope, headers: dict[str, str]) -> tuple[str, str]:
-    """The credential a request carries, and where: ``header``, ``query``, ``cookie`` or ``""``."""
-    authorization = headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip(), "header"
-    if QUERY.encode() in scope.get("query_string", b""):
-        for key, value in parse_qsl(scope["query_string"].decode()):
-            if key == QUERY:
-                return value, "query"
-    cookie = headers.get("cookie")
-    if cookie:
-        jar: SimpleCookie = SimpleCookie()
-        jar.load(cookie)
-        if COOKIE in jar:
-            return jar[COOKIE].value, "cookie"
-    return "", ""
+async def _redirect_with_session(
+    scope: Scope, send: Send, session: str | None, base_path: str
+) -> None:
+    """To the same address without the code (a reload then works), with the session cookie."""
+    rest = [(k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1"), True)]
+    query = urlencode([(k, v) for k, v in rest if k != CODE_QUERY])
+    location = scope["path"] + (f"?{query}" if query else "")
+    headers = [
+        (b"location", location.encode("latin-1")),
+        (b"cache-control", b"no-store"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-length", b"0"),
+    ]
+    if session is not None:
+        cookie = (
+            f"{SESSION_COOKIE}={session}; Path={base_path}; HttpOnly; SameSite=Lax; "
+            f"Max-Age={int(SESSION_LIFETIME)}"
+        )
+        headers.append((b"set-cookie", cookie.encode()))
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def refuse(scope: Scope, send: Send, error: YwMagicsError, status: int) -> None:

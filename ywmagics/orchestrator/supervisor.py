@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
+from ywmagics.orchestrator.browser import new_label
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, event_of
@@ -73,6 +74,8 @@ class Instance:
     upstream: UpstreamPool | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Future[None] | None = None
+    # Its pages' own host name for browsers (b-<hex>.localhost); a new instance, a new name.
+    browser_label: str = field(default_factory=new_label)
 
     @property
     def key(self) -> InstanceKey:
@@ -81,6 +84,10 @@ class Instance:
     @property
     def ready(self) -> bool:
         return self.state is InstanceState.READY
+
+    @property
+    def base_path(self) -> str:
+        return f"/backends/{self.manifest.name}/{self.manifest.version}"
 
     @property
     def where(self) -> str:
@@ -137,6 +144,7 @@ class Supervisor:
         self.instances: dict[InstanceKey, Instance] = {}
         self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
+        self.by_label: dict[str, Instance] = {}
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class Supervisor:
             )
             self.instances[key] = instance
             self.by_token[instance.token] = instance
+            self.by_label[instance.browser_label] = instance
         async with instance.lock:
             if not instance.ready or self.has_ended(instance):
                 instance.crashes_in_a_row = 0  # asked for on purpose: a given-up one gets a new go
@@ -294,7 +303,7 @@ class Supervisor:
         else:
             instance.port = _free_port()
             placeholders.update(socket="", port=str(instance.port))
-        base_path = f"/backends/{manifest.name}/{manifest.version}"
+        base_path = instance.base_path
         placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
         argv = [expand(arg, placeholders) for arg in manifest.start]
         env = {
@@ -424,6 +433,7 @@ class Supervisor:
             if self.instances.get(instance.key) is instance:
                 del self.instances[instance.key]
             self.by_token.pop(instance.token, None)
+            self.by_label.pop(instance.browser_label, None)
         if instance.upstream is not None:
             instance.upstream.close_idle()
             instance.upstream = None

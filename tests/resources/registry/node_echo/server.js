@@ -1,7 +1,34 @@
 // node_echo: GET / -> {"name":"node_echo"}; POST /echo -> the JSON body plus {"partition": ...};
-// GET /headers, POST /size and GET /big serve the proxy's tests.
+// GET /headers, POST /size and GET /big serve the proxy's tests; GET /page (a page whose script
+// calls the URLs in ?targets=, as a hostile page would), POST /record and GET /hits serve the
+// browser's.
 "use strict";
 const http = require("http");
+
+let hits = 0;
+
+const PAGE = `<!doctype html><title>node_echo page</title><pre id="out">running</pre><script>
+(async () => {
+  const targets = JSON.parse(new URLSearchParams(location.search).get("targets") || "[]");
+  const results = {};
+  for (const url of targets) {
+    for (const [how, options] of [
+      ["cors", { method: "POST", credentials: "include", body: "{}",
+                 headers: { "content-type": "application/json" } }],
+      ["no-cors", { method: "POST", mode: "no-cors", credentials: "include", body: "x" }],
+      ["get", { credentials: "include" }],
+    ]) {
+      try {
+        const answer = await fetch(url, options);
+        results[how + " " + url] = answer.type === "opaque" ? "opaque" : answer.status;
+      } catch (error) {
+        results[how + " " + url] = "blocked";
+      }
+    }
+  }
+  document.getElementById("out").textContent = JSON.stringify(results);
+})();
+</script>`;
 
 function send(res, status, value) {
   const body = JSON.stringify(value);
@@ -28,6 +55,12 @@ const server = http.createServer((req, res) => {
     return;
   }
   if (req.method === "GET" && path === "/headers") return send(res, 200, req.headers);
+  if (req.method === "GET" && path === "/page") {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    return res.end(PAGE);
+  }
+  if (path === "/record") return send(res, 200, { hits: ++hits });
+  if (req.method === "GET" && path === "/hits") return send(res, 200, { hits });
   if (req.method === "POST" && path === "/size") {
     // Counts the body as it streams in, and answers its length.
     let size = 0;

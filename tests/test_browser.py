@@ -1,0 +1,163 @@
+"""In a real Chromium: backend pages on origins of their own, and no credential for anyone else.
+
+The browser is Debian's ``chromium`` (``.ci/run`` installs it), driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+import ywmagics
+from ywmagics.client import BackendClient, OrchestratorClient
+from ywmagics.discovery import Connection
+
+pytestmark = pytest.mark.slow  # starts a browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+if CHROMIUM is None:
+    pytest.skip("no chromium on PATH (.ci/run installs Debian's)", allow_module_level=True)
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Another local server, as another user may run one: it keeps what browsers send it."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        body = b"<!doctype html><title>elsewhere</title><img src='/pixel'>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def elsewhere() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",  # the tests run as root
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+def _instance(orchestrator: Connection, partition: str) -> BackendClient:
+    return ywmagics.install("node_echo as e", partition=partition, connection=orchestrator).e
+
+
+def _instances(orchestrator: Connection) -> set[tuple[str, str, str]]:
+    listing = OrchestratorClient(orchestrator).listing()["instances"]
+    return {(i["partition"], i["name"], i["version"]) for i in listing}
+
+
+def _text(page: Any) -> str:
+    return str(page.locator("body").inner_text())
+
+
+def test_backend_pages_get_no_credential_that_opens_more_than_their_instance(
+    orchestrator: Connection, browser: Any, elsewhere: int
+) -> None:
+    mine = _instance(orchestrator, "BrowserA")
+    other = _instance(orchestrator, "BrowserB")
+    context = browser.new_context()
+    page = context.new_page()
+    # The user opens the other backend's page first: the browser holds a session for it too.
+    page.goto(other.browser_url("/hits"))
+    assert json.loads(_text(page)) == {"hits": 0}
+    other_record = page.url.replace("/hits", "/record")
+    port = httpx.URL(page.url).port
+    targets = [
+        other_record,
+        f"http://127.0.0.1:{port}/install",
+        f"http://127.0.0.1:{port}/status",
+        f"http://localhost:{port}/backends/node_echo/1.0.0/record",
+    ]
+    before = _instances(orchestrator)
+    page.goto(mine.browser_url("/page?" + urlencode({"targets": json.dumps(targets)})))
+    assert "yw_code" not in page.url  # the code was traded and dropped from the address
+    page.wait_for_function("document.getElementById('out').textContent !== 'running'")
+    results = json.loads(page.locator("#out").inner_text())
+    # The page's script could read none of it...
+    assert {how for how, result in results.items() if result not in ("blocked", "opaque")} == set()
+    # ...nor change anything: the other instance was not called, nothing was installed.
+    assert other.fetch_json("/hits") == {"hits": 0}
+    assert mine.fetch_json("/hits") == {"hits": 0}
+    assert _instances(orchestrator) == before
+    # A reload of a backend page keeps working.
+    page.reload()
+    page.wait_for_function("document.getElementById('out').textContent !== 'running'")
+    # Servers on other ports of this machine get no credential of ours, whatever the host name.
+    for host in ("127.0.0.1", "localhost", httpx.URL(page.url).host):
+        page.goto(f"http://{host}:{elsewhere}/")
+    page.goto(f"http://127.0.0.1:{elsewhere}/elsewhere")
+    cookies = [seen.get("cookie", "") for seen in Recorder.seen]
+    assert len(cookies) >= 4
+    assert not any("ywmagics" in cookie for cookie in cookies), Recorder.seen
+    assert not any(orchestrator.token in json.dumps(seen) for seen in Recorder.seen)
+    # Nor does the browser hold one for the orchestrator's own host names.
+    for cookie in context.cookies():
+        assert cookie["domain"].endswith(".localhost") and cookie["domain"].startswith("b-")
+        assert cookie["httpOnly"] and cookie["path"] == "/backends/node_echo/1.0.0"
+    context.close()
+
+
+def test_a_stopped_instance_ends_its_pages_sessions(orchestrator: Connection, browser: Any) -> None:
+    mine = _instance(orchestrator, "BrowserC")
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(mine.browser_url("/hits"))
+    assert json.loads(_text(page)) == {"hits": 0}
+    OrchestratorClient(orchestrator).stop(partition="BrowserC")
+    answer = page.goto(page.url)
+    assert answer is not None and answer.status == 404
+    assert "not running any more" in _text(page)
+    context.close()
+
+
+def test_a_spent_link_opens_nothing_in_another_browser(
+    orchestrator: Connection, browser: Any, tmp_path: Path
+) -> None:
+    mine = _instance(orchestrator, "BrowserD")
+    link = mine.browser_url("/hits")
+    first = browser.new_context()
+    first.new_page().goto(link)
+    second = browser.new_context()  # another browser profile, e.g. someone the link was sent to
+    page = second.new_page()
+    answer = page.goto(link)
+    assert answer is not None and answer.status == 401
+    assert "needs a link from the notebook" in _text(page)
+    first.close()
+    second.close()
