@@ -137,4 +137,5 @@ def test_listing_and_status_text() -> None:
     assert format_status(status).startswith(
         "orchestrator 0.1.0 at http://127.0.0.1:1 (pid 7, up 61s)"
     )
-    assert format_removed({"removed": []}, "x#1") == "no installed environment matches 'x#1'"
+    removed = {"name": "echo", "version": "1.0.0", "fingerprint": "f00", "path": "/e"}
+    assert format_removed({"removed": [removed]}) == "removed echo 1.0.0 (f00) from /e"

@@ -196,6 +196,11 @@ def test_options_of_another_subcommand_are_refused(
             run_line(shell, line)
     run_line(shell, "%backends stop --help")
     assert "%backends stop [--partition PARTITION] [--all] [ALIAS]" in capsys.readouterr().out
+    run_line(shell, "%backends -h")
+    assert "%backends logs [--partition PARTITION]" in capsys.readouterr().out
+    # Options may come before their subcommand, as they did.
+    run_line(shell, "%backends --partition NoSuchPartition stop")
+    assert "no instance in partition NoSuchPartition" in capsys.readouterr().out
 
 
 @slow

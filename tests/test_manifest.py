@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ywmagics.errors import ManifestError
+from ywmagics.errors import BackendNotFound, ManifestError
 from ywmagics.orchestrator.manifest import Listen, Runtime, expand, load_manifest
+from ywmagics.orchestrator.registry import Registry
+from ywmagics.spec import VersionRange
 
 from .conftest import TEST_REGISTRY
 
@@ -67,7 +69,8 @@ def test_the_digest_follows_the_backends_files(tmp_path: Path) -> None:
         ("env = 'A=1'", "[env] must be a table"),
         ("[env]\nA = 1", "[env] values must be strings"),
         ("build = 1", "[build] must be a table"),
-        ("[build.python]\ndefault = 3", "'default' and 'help' must be strings"),
+        ("[build.python]\ndefault = true", "'default' must be a string or a number"),
+        ("[build.python]\nhelp = 3", "'help' a string"),
         ("[build.python]\ndefualt = ''", "must be a table with 'default' and 'help'"),
         ("[env]\nA = '{nope}'", "unknown placeholder {nope}"),
     ],
@@ -103,3 +106,17 @@ def test_placeholders_of_build_options_and_literal_braces() -> None:
         expand("{port}", values)
     with pytest.raises(ManifestError, match="bad placeholder"):
         expand("{unclosed", values)
+
+
+def test_a_number_is_a_default_as_a_typed_value_would_be(tmp_path: Path) -> None:
+    manifest = load_manifest(_write(tmp_path, MINIMAL + "[build.workers]\ndefault = 4\n"))
+    assert manifest.build["workers"].default == "4"
+
+
+def test_a_broken_manifest_is_named_when_its_backend_is_asked_for(tmp_path: Path) -> None:
+    _write(tmp_path, MINIMAL.replace('version = "1.2.3"', 'version = "1.2"'))
+    registry = Registry([tmp_path])
+    with pytest.raises(ManifestError, match=r"the manifest of .mine. is wrong: .* not a semantic"):
+        registry.resolve("mine", VersionRange.parse("*"))
+    with pytest.raises(BackendNotFound, match="unknown backend 'other'"):
+        registry.resolve("other", VersionRange.parse("*"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,39 @@ def test_a_missing_program_is_refused_before_anything_starts(tmp_path: Path) -> 
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o755)
     resolved = os.path.join(tmp_path, "./run.sh")
-    assert child_argv(["./run.sh", "x"], cwd=tmp_path)[-2:] == [resolved, "x"]
+    assert child_argv(["./run.sh", "x"], cwd=tmp_path)[-3:] == [resolved, "./run.sh", "x"]
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda p: p.mkdir(), IsADirectoryError),
+        (lambda p: p.write_text("#!/bin/sh\n"), PermissionError),  # not executable
+        (lambda p: (p.write_text("echo no shebang\n"), p.chmod(0o755)), OSError),
+    ],
+)
+def test_what_exec_would_refuse_is_refused_here(tmp_path: Path, make: Any, error: type) -> None:
+    program = tmp_path / "prog"
+    make(program)
+    with pytest.raises(error) as raised:
+        child_argv([str(program)])
+    assert raised.value.filename == str(program)
+    if error is OSError:
+        assert raised.value.errno == errno.ENOEXEC
+
+
+def test_relative_path_entries_are_the_childs_and_argv0_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "tool"
+    tool.write_text('#!/bin/sh\necho "$0"\n')
+    tool.chmod(0o755)
+    argv = child_argv(["tool"], cwd=tmp_path, env={"PATH": "bin"})
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("bin/tool")
+    shell = subprocess.run(
+        child_argv(["sh", "-c", 'echo "$0"']), capture_output=True, text=True, check=True
+    )
+    assert shell.stdout == "sh\n"  # as typed, not the resolved path
 
 
 def test_the_program_is_looked_up_on_the_childs_path(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    print(commands.format_removed(_client().uninstall(args.spec), args.spec))
+    print(commands.format_removed(_client().uninstall(args.spec)))
     return 0
 
 

@@ -195,10 +195,9 @@ def format_status(status: Mapping[str, Any]) -> str:
     )
 
 
-def format_removed(done: Mapping[str, Any], spec: str) -> str:
-    removed = done.get("removed") or []
-    if not removed:
-        return f"no installed environment matches {spec!r}"
+def format_removed(done: Mapping[str, Any]) -> str:
+    """What an uninstall removed (the orchestrator refuses one that matches nothing)."""
     return "\n".join(
-        f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}" for e in removed
+        f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}"
+        for e in done["removed"]
     )

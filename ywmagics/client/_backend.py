@@ -127,9 +127,11 @@ class BackendClient(_BackendBase):
         partition: str,
         *,
         http: httpx.Client | None = None,
+        async_http: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(connection, name, version, partition)
         self._http = http or shared_http()
+        self._given_async_http = async_http
         self._async: AsyncBackendClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -183,14 +185,19 @@ class BackendClient(_BackendBase):
     @property
     def aio(self) -> AsyncBackendClient:
         """The async twin, bound to the same backend and partition, and to the running event
-        loop (a new one is made for each new loop: its connections belong to their loop)."""
+        loop (a new one is made for each new loop: its connections belong to their loop),
+        sending with the ``async_http`` client given, if any."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if self._async is None or self._async.closed or self._async_loop is not loop:
             self._async = AsyncBackendClient(
-                self.connection, self.name, self.version, self.partition
+                self.connection,
+                self.name,
+                self.version,
+                self.partition,
+                http=self._given_async_http,
             )
             self._async_loop = loop
         return self._async

@@ -20,7 +20,6 @@ from ywmagics.errors import (
 from ywmagics.protocol import ERROR_HEADER
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
-Timeout = httpx.Timeout | float | None
 
 
 def orchestrator_error(response: httpx.Response) -> YwMagicsError | None:

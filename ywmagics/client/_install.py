@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import httpx
+
 from ywmagics.client._backend import BackendClient
 from ywmagics.client._orchestrator import EventHandler, OrchestratorClient
 from ywmagics.discovery import Connection
@@ -48,11 +50,13 @@ def install(
     configurations: Configurations | None = None,
     on_event: EventHandler | None = None,
     connection: Connection | None = None,
+    http: httpx.Client | None = None,
 ) -> Clients:
     """Install backends (building their environments if needed), start them, return clients.
 
     ``backends`` is a spec (``"demo_yw_backend#^0.1.1 as demo"``), a list of specs, or the
     tutorial's object ``{"modules": [...], "configurations": {...}, "partition": "Foo"}``.
+    ``http`` is the ``httpx.Client`` the install and the clients send with.
     """
     request = InstallRequest.from_object(backends, partition)
     if configurations:
@@ -60,12 +64,12 @@ def install(
             request.configurations.setdefault(name, {"build": {}})["build"].update(
                 conf.get("build", {})
             )
-    orchestrator = OrchestratorClient(connection)
+    orchestrator = OrchestratorClient(connection, http=http)
     results = orchestrator.install(request, on_event)
     return Clients(
         {
             r["alias"]: BackendClient(
-                orchestrator.connection, r["name"], r["version"], r["partition"]
+                orchestrator.connection, r["name"], r["version"], r["partition"], http=http
             )
             for r in results
         }

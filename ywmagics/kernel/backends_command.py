@@ -95,7 +95,15 @@ def parse(line: str) -> tuple[str, argparse.Namespace] | None:
     """The subcommand (``list`` when none is given) and its arguments; ``None`` when help was
     asked for (and printed)."""
     tokens = _ipython.split_line(line)
-    command, rest = (tokens[0], tokens[1:]) if tokens else ("list", [])
+    if tokens in (["-h"], ["--help"]):
+        print(usage())
+        return None
+    # The subcommand is the first word that names one (options may come before it).
+    first = next((i for i, token in enumerate(tokens) if token in PARSERS), None)
+    if first is not None and all(t.startswith("-") or i > 0 for i, t in enumerate(tokens[:first])):
+        command, rest = tokens[first], tokens[:first] + tokens[first + 1 :]
+    else:
+        command, rest = (tokens[0], tokens[1:]) if tokens else ("list", [])
     parser = PARSERS.get(command)
     if parser is None:
         raise UsageError(
@@ -143,14 +151,13 @@ class BackendsCommand:
     def install(self, args: argparse.Namespace, cell: str | None) -> None:
         with _as_usage_errors():
             data = commands.parse_install_object(cell) if cell and cell.strip() else {}
-            specs = commands.group_specs(args.specs)
-        if not (specs or data.get("modules")):
-            raise UsageError(
-                "name at least one backend, e.g. "
-                "%backends install demo_yw_backend#^0.1.1 as ywDemoClient"
-            )
+            if not (args.specs or data.get("modules")):
+                raise SpecError(
+                    "name at least one backend, e.g. "
+                    "%backends install demo_yw_backend#^0.1.1 as ywDemoClient"
+                )
         request = commands.build_install_request(
-            specs, args.config, args.partition, data, self.magics.partition
+            args.specs, args.config, args.partition, data, self.magics.partition
         )
         self.run_install(request)
 
@@ -239,7 +246,7 @@ class BackendsCommand:
         client = self._bound(spec)
         if client is not None:  # an alias: the environment behind it
             spec = f"{client.name}#{client.version}"
-        print(commands.format_removed(self.magics.orchestrator().uninstall(spec), spec))
+        print(commands.format_removed(self.magics.orchestrator().uninstall(spec)))
 
     def docs(self, args: argparse.Namespace) -> None:
         if args.alias is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -40,9 +40,11 @@ from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, vali
 log = logging.getLogger("ywmagics.orchestrator")
 
 
-def _error_response(error: YwMagicsError) -> JSONResponse:
+def _error_response(error: YwMagicsError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        {"error": error.to_dict()}, status_code=error.http_status, headers={ERROR_HEADER: "1"}
+        {"error": error.to_dict()},
+        status_code=error.http_status,
+        headers={**(headers or {}), ERROR_HEADER: "1"},
     )
 
 
@@ -166,7 +168,7 @@ async def on_http_error(request: Request, error: Exception) -> Response:
         hint="the orchestrator's routes: " + ", ".join(sorted({r.path for r in ROUTES})),
     )
     refused.http_status = error.status_code
-    return _error_response(refused)
+    return _error_response(refused, error.headers)  # a 405's Allow, say
 
 
 async def on_unexpected(request: Request, error: Exception) -> Response:

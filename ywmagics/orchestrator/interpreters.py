@@ -102,6 +102,7 @@ def uv_binary() -> str | None:
 
 
 def _candidates(request: str) -> Iterator[Path]:
+    """Interpreters that may be ``request``: on PATH, then in pyenv's versions folder."""
     short = ".".join(request.split(".")[:2])
     for folder in _path_folders():
         candidate = folder / f"python{short}"
@@ -114,7 +115,6 @@ def _candidates(request: str) -> Iterator[Path]:
                 if candidate.exists():
                     yield candidate
                     break
-    yield from _uv_managed(request)
 
 
 def _probe_all(candidates: Iterable[Path]) -> list[Interpreter]:
@@ -150,9 +150,11 @@ def find_python(request: str) -> Interpreter:
             hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
         )
     wanted = match.group(1)
-    for found in _probe_all(_candidates(wanted)):
-        if found.version == wanted or found.version.startswith(wanted + "."):
-            return found
+    # PATH and pyenv first, uv's managed Pythons only when they have none (it costs a process).
+    for candidates in (lambda: _candidates(wanted), lambda: _uv_managed(wanted)):
+        for found in _probe_all(candidates()):
+            if found.version == wanted or found.version.startswith(wanted + "."):
+                return found
     available = ", ".join(sorted({i.version for i in available_interpreters()})) or "none"
     raise ConfigurationError(
         f"no Python {wanted} found on this machine",

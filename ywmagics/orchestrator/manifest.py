@@ -184,8 +184,12 @@ def load_manifest(path: Path) -> Manifest:
         if not isinstance(spec, dict) or set(spec) - {"default", "help"}:
             raise read.fail(f"[build.{option}] must be a table with 'default' and 'help'")
         default, help_text = spec.get("default", ""), spec.get("help", "")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            default = str(default)  # as a user's --config value would be
         if not isinstance(default, str) or not isinstance(help_text, str):
-            raise read.fail(f"[build.{option}] 'default' and 'help' must be strings")
+            raise read.fail(
+                f"[build.{option}] 'default' must be a string or a number, 'help' a string"
+            )
         build[option] = BuildOption(option, default, help_text)
     env = read.table("env")
     if not all(isinstance(v, str) for v in env.values()):

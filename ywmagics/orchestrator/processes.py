@@ -20,13 +20,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-# Runs with -I -S (no site, no user paths): about 7 ms. argv: expected parent pid, program, args.
+# Runs with -I -S (no site, no user paths): about 7 ms. Its argv: the expected parent pid, the
+# program's path, then the program's own argv (argv[0] as given).
 _LAUNCHER = (
     "import ctypes,os,sys\n"
     "if ctypes.CDLL(None,use_errno=True).prctl(1,9)!=0 or os.getppid()!=int(sys.argv[1]):\n"
     " os._exit(70)\n"
-    "os.execv(sys.argv[2],sys.argv[2:])"
+    "try:\n"
+    " os.execv(sys.argv[2],sys.argv[3:])\n"
+    "except OSError as e:\n"
+    " sys.stderr.write('cannot run %r: %s\\n'%(sys.argv[3],e.strerror))\n"
+    " os._exit(127)"
 )
+_EXECUTABLE_MAGIC = (b"#!", b"\x7fELF")
 _ARMS_PDEATHSIG = sys.platform.startswith("linux")
 
 
@@ -38,18 +44,35 @@ def child_argv(
     Raises :class:`FileNotFoundError` for a program that does not exist, as ``Popen`` would: with
     a launcher in between, the failure would otherwise only show as an exit code."""
     program = argv[0]
+    where = os.fspath(cwd) if cwd is not None else os.getcwd()
     if os.sep in program:
-        resolved: str | None = os.path.join(cwd or "", program)
-        if not os.access(str(resolved), os.X_OK):
-            resolved = None
+        resolved: str | None = os.path.join(where, program)
     else:
+        # As the child would look it up: relative PATH entries are relative to its folder.
         path = (env if env is not None else os.environ).get("PATH", os.defpath)
-        resolved = shutil.which(program, path=path)
-    if resolved is None:
+        folders = [os.path.join(where, folder) for folder in path.split(os.pathsep)]
+        resolved = shutil.which(program, path=os.pathsep.join(folders))
+    if resolved is None or not os.path.exists(resolved):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    _check_runnable(resolved, program)
     if not _ARMS_PDEATHSIG:
         return [resolved, *argv[1:]]
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), resolved, *argv[1:]]
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), resolved, *argv]
+
+
+def _check_runnable(path: str, program: str) -> None:
+    """The errors ``exec`` would give, raised here, where the launcher would only exit."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4)
+    except OSError:
+        return  # executable but not readable: exec may still run it
+    if not start.startswith(_EXECUTABLE_MAGIC):
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), program)
 
 
 def signal_group(pid: int, signum: int) -> None:

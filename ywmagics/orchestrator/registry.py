@@ -76,6 +76,9 @@ class Registry:
         """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`."""
         every = self.manifests()
         versions = every.get(name)
+        broken = self._broken_named(name)
+        if broken is not None and (not versions or version_range.best(versions) is None):
+            raise broken  # what the user asked for is there, but its manifest is wrong
         if not versions:
             known = ", ".join(sorted(every)) or "none"
             raise BackendNotFound(
@@ -90,6 +93,19 @@ class Registry:
                 hint=f"available versions: {', '.join(sorted(versions, key=version_key))}",
             )
         return versions[best]
+
+    def _broken_named(self, name: str) -> ManifestError | None:
+        """A manifest that failed to load, in a folder named ``name`` (or ``name/VERSION``)."""
+        for file, (_, loaded) in self._loaded.items():
+            if isinstance(loaded, ManifestError) and name in (
+                file.parent.name,
+                file.parent.parent.name,
+            ):
+                return ManifestError(
+                    f"the manifest of {name!r} is wrong: {loaded.message}",
+                    hint=loaded.hint or "fix it; 'ywmagics registries' lists every broken manifest",
+                )
+        return None
 
     def broken(self) -> list[str]:
         """The messages of manifests that failed to load (shown by ``ywmagics registries``)."""

@@ -19,7 +19,7 @@ from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.registry import Registry
-from ywmagics.orchestrator.supervisor import Instance, Supervisor
+from ywmagics.orchestrator.supervisor import Instance, InstanceGone, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
 
 
@@ -183,7 +183,16 @@ class Orchestrator:
         cached = self._routes.get((partition, name, version_range))
         if cached is not None and self.supervisor.is_current_and_ready(cached):
             return cached
-        instance = await self._find_instance(partition, name, version_range)
+        try:
+            instance = await self._find_instance(partition, name, version_range)
+        except InstanceGone:  # stopped while this request waited for it: once more
+            try:
+                instance = await self._find_instance(partition, name, version_range)
+            except InstanceGone as again:
+                raise InstanceNotFound(
+                    f"{again} was stopped while this request waited for it",
+                    hint="send the request again",
+                ) from again
         self._routes[(partition, name, version_range)] = instance
         return instance
 

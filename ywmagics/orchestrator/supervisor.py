@@ -48,6 +48,11 @@ InstanceKey = tuple[str, str, str]
 log = logging.getLogger("ywmagics.orchestrator")
 
 
+class InstanceGone(Exception):
+    """The instance was stopped, and forgotten, while the caller waited for it: the caller looks
+    for the backend again (it may start a new instance) rather than restart a forgotten one."""
+
+
 class InstanceState(str, Enum):
     STARTING = "starting"
     READY = "ready"
@@ -201,37 +206,43 @@ class Supervisor:
     async def _ensure(
         self, key: InstanceKey, plan: Plan, environment: Environment, emit: Emit
     ) -> Instance:
-        partition, manifest = key[0], plan.manifest
-        current = self.instances.get(key)
-        if current is not None and current.environment.fingerprint != environment.fingerprint:
-            await self.stop(current)
-            emit(
-                self._event(
-                    current,
-                    EventKind.REPLACED,
-                    _replacement_reason(current.environment, environment),
+        while True:
+            current = self.instances.get(key)
+            if current is not None and current.environment.fingerprint != environment.fingerprint:
+                await self.stop(current)
+                emit(
+                    self._event(
+                        current,
+                        EventKind.REPLACED,
+                        _replacement_reason(current.environment, environment),
+                    )
                 )
-            )
-        instance = self.instances.get(key)
-        if instance is None:
-            instance = Instance(
-                partition=partition,
-                manifest=manifest,
-                plan=plan,
-                environment=environment,
-                token=secrets.token_urlsafe(32),
-                log_path=self.logs_dir
-                / "instances"
-                / partition
-                / f"{manifest.name}-{manifest.version}.log",
-            )
-            self.instances[key] = instance
-            self.by_token[instance.token] = instance
-            self.by_label[instance.browser_label] = instance
-        async with instance.lock:
-            if not instance.ready or self.has_ended(instance):
-                instance.crashes_in_a_row = 0  # asked for on purpose: a given-up one gets a new go
-                await self._start(instance, emit)
+                continue
+            instance = current or self._new_instance(key, plan, environment)
+            async with instance.lock:
+                if self.instances.get(key) is not instance:
+                    continue  # stopped while we waited for it: never start a forgotten one
+                if not instance.ready or self.has_ended(instance):
+                    instance.crashes_in_a_row = 0  # asked for on purpose: a given-up one too
+                    await self._start(instance, emit)
+            return instance
+
+    def _new_instance(self, key: InstanceKey, plan: Plan, environment: Environment) -> Instance:
+        partition, manifest = key[0], plan.manifest
+        instance = Instance(
+            partition=partition,
+            manifest=manifest,
+            plan=plan,
+            environment=environment,
+            token=secrets.token_urlsafe(32),
+            log_path=self.logs_dir
+            / "instances"
+            / partition
+            / f"{manifest.name}-{manifest.version}.log",
+        )
+        self.instances[key] = instance
+        self.by_token[instance.token] = instance
+        self.by_label[instance.browser_label] = instance
         return instance
 
     async def ensure_ready(self, instance: Instance) -> Instance:
@@ -240,6 +251,8 @@ class Supervisor:
         if instance.ready:
             return instance
         async with instance.lock:
+            if self.instances.get(instance.key) is not instance:
+                raise InstanceGone(instance.where)  # stopped while we waited: look again
             if instance.ready:  # restarted by another request meanwhile
                 return instance
             if instance.state is InstanceState.FAILED:
