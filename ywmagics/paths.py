@@ -6,7 +6,9 @@ and people who want a second, separate orchestrator use it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -22,13 +24,18 @@ def _home() -> Path | None:
 
 
 def data_dir() -> Path:
-    """Environments, install logs and the user's own registry."""
+    """Environments, install logs and the user's own registry (made private by the
+    orchestrator when it starts, see :func:`ywmagics.orchestrator.server.serve`)."""
     home = _home()
     return home / "data" if home else Path(platformdirs.user_data_dir(_APP))
 
 
 def runtime_dir() -> Path:
-    """The discovery file and the orchestrator's own log: private to the user (mode 0700)."""
+    """The discovery file and the orchestrator's own log: private to the user (mode 0700).
+
+    In a shared folder (``/tmp`` when there is no ``XDG_RUNTIME_DIR``), another user may have
+    made the name first, or planted a symbolic link there: such a folder is refused, never
+    followed or changed."""
     home = _home()
     if home:
         path = home / "run"
@@ -37,11 +44,30 @@ def runtime_dir() -> Path:
     else:
         # No session runtime folder (no systemd login, containers): a private folder in /tmp.
         path = Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_uid != os.getuid():
-        # Someone else made it first in a shared /tmp: its discovery file can't be trusted.
-        raise PermissionError(f"{path} belongs to another user; set YW_HOME to a folder of yours")
-    os.chmod(path, 0o700)
+    return private_dir(path)
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, made if needed, checked to be a real folder of ours that only we can enter."""
+    from ywmagics.errors import ConfigurationError
+
+    fix = "set YW_HOME (or XDG_RUNTIME_DIR) to a folder of yours"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        info = os.lstat(path)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot use {path} for ywmagics' private files: {error.strerror or error}", hint=fix
+        ) from error
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(f"{path} is not a folder (a link, or a file): refused", hint=fix)
+    if info.st_uid != os.getuid():
+        # Someone else made it first in a shared /tmp: what is in it can't be trusted.
+        raise ConfigurationError(f"{path} belongs to another user: refused", hint=fix)
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours and no link (checked above): only we can enter it
     return path
 
 

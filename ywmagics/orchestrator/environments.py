@@ -7,6 +7,7 @@ build leaves only a temporary folder that is never used and is swept by the next
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import filelock
 from ywmagics.errors import InstallError
 from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
 from ywmagics.orchestrator.manifest import Manifest, Runtime, expand
-from ywmagics.orchestrator.processes import run_logged
+from ywmagics.orchestrator.processes import RunningSteps, run_logged
 
 META_FILE = "ywmeta.json"
 WIRE_MODULE = "ywmagics_wire.py"
@@ -82,6 +83,7 @@ class Installer:
         self.root = root
         self.logs = logs
         self.uv = uv_binary()
+        self.running = RunningSteps()
 
     def plan(self, manifest: Manifest, config: dict[str, str]) -> Plan:
         interpreter = None
@@ -154,6 +156,8 @@ class Installer:
                 cwd=folder,
                 env=env,
                 on_line=lambda line: report(line, None) if line.strip() else None,
+                running=self.running,
+                key=str(final),
             )
             if code != 0:
                 raise InstallError(
@@ -272,7 +276,7 @@ class Installer:
         often set)."""
         python = environment.python_bin
         marker = environment.path / ".compiled"
-        if python is None or marker.exists() or not environment.path.exists():
+        if python is None or marker.exists() or not (environment.path / META_FILE).exists():
             return
         # One process (no -j): pool workers would be grandchildren, which the parent-death
         # signal does not reach if the orchestrator is killed.
@@ -280,14 +284,18 @@ class Installer:
         code, _ = run_logged(
             argv,
             log=self.install_log(environment.name, environment.version, environment.fingerprint),
+            running=self.running,
+            key=str(environment.path),
         )
-        if code == 0 and environment.path.exists():
+        if code == 0 and (environment.path / META_FILE).exists():
             marker.touch()
 
     def install_log(self, name: str, version: str, fingerprint: str) -> Path:
         return self.logs / f"install-{name}-{version}-{fingerprint}.log"
 
     def _load(self, path: Path) -> Environment | None:
+        if path.name.startswith("."):  # a build not done yet, or an environment being removed
+            return None
         try:
             data = json.loads((path / META_FILE).read_text())
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
@@ -304,8 +312,45 @@ class Installer:
         return found
 
     def remove(self, environment: Environment) -> None:
-        """Delete an environment: renamed away first so that no one sees it half-deleted."""
-        trash = environment.path.parent / f".trash-{uuid.uuid4().hex[:8]}"
-        with filelock.FileLock(str(environment.path) + ".lock"):
-            os.rename(environment.path, trash)
+        """Delete an environment. First it is made unusable at once (its meta file goes: a folder
+        without one is never used), then what still works in it is ended, then it is renamed
+        away and deleted: killed at any point, nothing half-deleted is ever used, and what is
+        left is swept (:meth:`sweep`)."""
+        path = environment.path
+        lock = str(path) + ".lock"
+        with filelock.FileLock(lock):
+            self.retire(environment)
+            self.running.end(str(path))  # its background compile, which would write in it
+            trash = path.parent / f".trash-{uuid.uuid4().hex[:8]}"
+            os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+    @staticmethod
+    def retire(environment: Environment) -> None:
+        """Make ``environment`` unusable at once (its meta file goes): it is no longer found,
+        listed or started; what runs from it goes on until stopped."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(environment.path / META_FILE, environment.path / f".{META_FILE}.removed")
+
+    def sweep(self) -> list[Path]:
+        """Remove what interrupted builds and removals left (at the orchestrator's start, when
+        no build of ours runs): ``.tmp-*`` and ``.trash-*`` folders, folders without a meta file,
+        and lock files of environments that are gone. Returns what was removed."""
+        removed: list[Path] = []
+        for version_dir in self.root.glob("*/*"):
+            if not version_dir.is_dir() or version_dir.name.startswith("."):
+                continue
+            for entry in version_dir.iterdir():
+                if entry.name.endswith(".lock"):
+                    if not Path(str(entry)[: -len(".lock")]).exists():
+                        entry.unlink(missing_ok=True)
+                        removed.append(entry)
+                elif entry.is_dir() and (
+                    entry.name.startswith((".tmp-", ".trash-"))
+                    or not (entry / META_FILE).exists()
+                ):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed

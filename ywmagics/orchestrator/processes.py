@@ -14,8 +14,10 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -98,6 +100,42 @@ def has_exited(pid: int) -> bool:
         return False
 
 
+class RunningSteps:
+    """The build steps running now, by the folder they work on: to be ended, group and all, when
+    that folder is removed or the orchestrator stops (a step must not outlive either)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, set[subprocess.Popen[str]]] = {}
+        self._ended: set[str] = set()
+
+    def add(self, key: str, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._by_key.setdefault(key, set()).add(process)
+            ended = key in self._ended
+        if ended:  # its folder went away while it started
+            signal_group(process.pid, signal.SIGKILL)
+
+    def discard(self, key: str, process: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._by_key.get(key, set()).discard(process)
+
+    def end(self, key: str | None = None) -> None:
+        """Kill the steps of ``key`` (every step when ``None``) and wait for them; later steps
+        of ``key`` are killed as they start."""
+        with self._lock:
+            if key is None:
+                processes = {p for group in self._by_key.values() for p in group}
+            else:
+                self._ended.add(key)
+                processes = set(self._by_key.get(key, ()))
+        for process in processes:
+            signal_group(process.pid, signal.SIGKILL)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+
+
 def run_logged(
     argv: list[str],
     *,
@@ -105,8 +143,12 @@ def run_logged(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    running: RunningSteps | None = None,
+    key: str = "",
 ) -> tuple[int, str]:
-    """Run ``argv`` to the end, its output appended to ``log``; return (exit code, last lines)."""
+    """Run ``argv`` to the end, its output appended to ``log``; return (exit code, last lines).
+
+    With ``running``, the step is known there under ``key`` while it runs."""
     tail: deque[str] = deque(maxlen=40)
     with log.open("a", encoding="utf-8") as sink:
         sink.write(f"$ {' '.join(argv)}\n")
@@ -128,14 +170,20 @@ def run_logged(
             message = f"cannot run {argv[0]!r}: {error.strerror or error}"
             sink.write(message + "\n")
             return 127, message
-        with process:  # closes the pipe, or each step would leak a file descriptor
-            assert process.stdout is not None
-            for line in process.stdout:
-                sink.write(line)
-                tail.append(line)
-                if on_line is not None:
-                    on_line(line.rstrip())
-            return process.wait(), "".join(tail)
+        if running is not None:
+            running.add(key, process)
+        try:
+            with process:  # closes the pipe, or each step would leak a file descriptor
+                assert process.stdout is not None
+                for line in process.stdout:
+                    sink.write(line)
+                    tail.append(line)
+                    if on_line is not None:
+                        on_line(line.rstrip())
+                return process.wait(), "".join(tail)
+        finally:
+            if running is not None:
+                running.discard(key, process)
 
 
 def tail_of(path: Path, lines: int = 30) -> str:

@@ -14,7 +14,6 @@ import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.applications import Starlette
 
 from ywmagics import __version__, paths
 from ywmagics.discovery import answers, read_discovery, write_discovery
+from ywmagics.orchestrator import housekeeping
 from ywmagics.orchestrator.app import create_app
 from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.registry import default_registry_folders
@@ -41,6 +41,9 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             f"an orchestrator already runs (pid {existing.pid}, {existing.url}); "
             "stop it first with 'ywmagics shutdown'"
         )
+    housekeeping.make_state_private()
+    housekeeping.raise_open_files_limit()
+    housekeeping.sweep_sockets_dirs()
     token = secrets.token_urlsafe(32)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,7 +51,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     listener.listen(128)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     user_config = load_user_config()
-    sockets_dir = Path(tempfile.mkdtemp(prefix="yw-"))  # short (socket paths are limited), 0700
+    sockets_dir = housekeeping.new_sockets_dir()
     orchestrator = Orchestrator(
         Settings(
             environments_dir=paths.environments_dir(),
@@ -59,6 +62,9 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             supervisor=user_config.supervisor,
         )
     )
+    # Before serving: a build that starts later must not lose its folder to the sweep.
+    for leftover in orchestrator.installer.sweep():
+        log.info("removed %s (left by an interrupted build or removal)", leftover)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

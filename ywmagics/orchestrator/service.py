@@ -308,6 +308,11 @@ class Orchestrator:
         if not environments:
             raise BackendNotFound(f"no installed environment matches {spec!r}")
         versions = {e.version for e in environments}
+        # Unusable first, so that no request starts them again while their instances stop.
+        for environment in environments:
+            self._last_used.pop((environment.name, environment.version), None)
+            self.installer.retire(environment)
+        self._routes.clear()
         stopped = []
         for instance in self.supervisor.matching(name=parsed.name):
             if instance.manifest.version in versions:
@@ -315,10 +320,11 @@ class Orchestrator:
                 stopped.append(instance.partition)
         for environment in environments:
             await asyncio.to_thread(self.installer.remove, environment)
-            self._last_used.pop((environment.name, environment.version), None)
         return {"removed": [e.to_dict() for e in environments], "stopped_partitions": stopped}
 
     async def shutdown(self) -> None:
+        # Build steps first: a half-done build is swept at the next start, but must not run on.
+        await asyncio.to_thread(self.installer.running.end)
         await self.supervisor.stop_all()
 
 
