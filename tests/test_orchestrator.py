@@ -550,3 +550,38 @@ def test_shutdown_of_an_orchestrator_this_process_started(
     assert done.returncode == 0, done.stderr
     assert f"orchestrator (pid {connection.pid}) stopped" in done.stdout
     assert time.monotonic() - started < 10
+
+
+def test_clients_follow_their_orchestrator_when_it_is_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a notebook: the client found its orchestrator itself (no connection given).
+    monkeypatch.setenv("YW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("YW_BACKENDS_PATH", str(TEST_REGISTRY))
+    echo = ywmagics.install("node_echo as e", partition="Follow").e
+    admin = OrchestratorClient()
+    first = echo.connection
+    try:
+        admin.shutdown()
+        deadline = time.monotonic() + 15
+        while pid_alive(first.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # A graceful restart: the next call finds the new orchestrator (another port and token)
+        # and the backend, installed, is started there in the same partition.
+        assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Follow"}
+        second = echo.connection
+        assert (second.url, second.token) != (first.url, first.token)
+        assert admin.listing()["instances"][0]["partition"] == "Follow"
+        # A kill -9: the same, once the process is gone (a zombie is not taken for a live one).
+        os.kill(second.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(second.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Follow"}
+        assert echo.connection.pid not in (first.pid, second.pid)
+        # A client given a connection explicitly is never swapped for another orchestrator.
+        pinned = ywmagics.BackendClient(second, "node_echo", "1.0.0", "Follow")
+        with pytest.raises(ywmagics.OrchestratorUnavailable):
+            pinned.fetch("/")
+    finally:
+        OrchestratorClient().shutdown()

@@ -46,15 +46,22 @@ def read_discovery(path: Path | None = None) -> Connection | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (ended, not reaped yet by its parent) does not."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc (not Linux): ask the kernel whether it exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def answers(connection: Connection, timeout: float = 5.0) -> bool:

@@ -23,8 +23,13 @@ from ywmagics.client._http import (
 )
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
-from ywmagics.errors import IncompleteAnswerError
-from ywmagics.protocol import PARTITION_HEADER
+from ywmagics.errors import IncompleteAnswerError, YwMagicsError
+from ywmagics.protocol import ERROR_HEADER, PARTITION_HEADER
+
+
+def _token_refused(response: httpx.Response) -> bool:
+    """The orchestrator's own 401: the token is not (any more) the one it wants."""
+    return response.status_code == 401 and response.headers.get(ERROR_HEADER) == "1"
 
 
 class _BackendBase:
@@ -32,11 +37,31 @@ class _BackendBase:
 
     _http: httpx.Client | httpx.AsyncClient
 
-    def __init__(self, connection: Connection, name: str, version: str, partition: str) -> None:
+    def __init__(
+        self, connection: Connection, name: str, version: str, partition: str, follow: bool
+    ) -> None:
         self.connection = connection
         self.name = name
         self.version = version
         self.partition = partition
+        self.follow = follow
+
+    def _moved(self) -> bool:
+        """Whether the user's orchestrator now answers elsewhere (it was restarted: another
+        port, another token), following it if so. Only for a client of the orchestrator found
+        through the discovery file: one given explicitly is never swapped for another."""
+        if not self.follow:
+            return False
+        from ywmagics.client._connect import connect
+
+        try:
+            current = connect()
+        except YwMagicsError:
+            return False
+        if current == self.connection:
+            return False
+        self.connection = current
+        return True
 
     @property
     def url_base(self) -> str:
@@ -115,6 +140,8 @@ class BackendClient(_BackendBase):
     The ``afetch*`` twins do the same with ``await`` (see :class:`AsyncBackendClient`).
 
     ``http`` is the ``httpx.Client`` to send with (default: one pool shared by the process).
+    With ``follow``, a client whose orchestrator was restarted (its connection refused, or its
+    token no longer valid) finds the new one through the discovery file and sends once more.
     """
 
     _http: httpx.Client
@@ -128,8 +155,9 @@ class BackendClient(_BackendBase):
         *,
         http: httpx.Client | None = None,
         async_http: httpx.AsyncClient | None = None,
+        follow: bool = False,
     ) -> None:
-        super().__init__(connection, name, version, partition)
+        super().__init__(connection, name, version, partition, follow)
         self._http = http or shared_http()
         self._given_async_http = async_http
         self._async: AsyncBackendClient | None = None
@@ -138,7 +166,23 @@ class BackendClient(_BackendBase):
     def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
         """Send a request (``json``, ``content``, ``params``, ``headers``, ``timeout``)."""
         with self._translated():
-            return raise_for_orchestrator(self._http.send(self._request(path, method, **kwargs)))
+            return raise_for_orchestrator(self._send(path, method, kwargs))
+
+    def _send(
+        self, path: str, method: str, kwargs: dict[str, Any], stream: bool = False
+    ) -> httpx.Response:
+        """Send; once more to a restarted orchestrator when nothing was received by the old one
+        (connection refused) or it refused the token (see ``follow``)."""
+        try:
+            response = self._http.send(self._request(path, method, **kwargs), stream=stream)
+        except httpx.ConnectError:
+            if not self._moved():
+                raise
+        else:
+            if not (_token_refused(response) and self._moved()):
+                return response
+            response.close()
+        return self._http.send(self._request(path, method, **kwargs), stream=stream)
 
     def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         return raise_for_error(self.fetch(path, method, **kwargs)).json()
@@ -152,7 +196,7 @@ class BackendClient(_BackendBase):
 
         An error status raises, like :meth:`fetch_json`, with the body read for the message."""
         with self._translated():
-            response = self._http.send(self._request(path, method, **kwargs), stream=True)
+            response = self._send(path, method, kwargs, stream=True)
         try:
             if response.status_code >= 400:
                 with self._translated():
@@ -198,6 +242,7 @@ class BackendClient(_BackendBase):
                 self.version,
                 self.partition,
                 http=self._given_async_http,
+                follow=self.follow,
             )
             self._async_loop = loop
         return self._async
@@ -226,14 +271,29 @@ class AsyncBackendClient(_BackendBase):
         partition: str,
         *,
         http: httpx.AsyncClient | None = None,
+        follow: bool = False,
     ) -> None:
-        super().__init__(connection, name, version, partition)
+        super().__init__(connection, name, version, partition, follow)
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
 
     async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
         with self._translated():
-            request = self._request(path, method, **kwargs)
-            return raise_for_orchestrator(await self._http.send(request))
+            return raise_for_orchestrator(await self._send(path, method, kwargs))
+
+    async def _send(
+        self, path: str, method: str, kwargs: dict[str, Any], stream: bool = False
+    ) -> httpx.Response:
+        """The twin of :meth:`BackendClient._send`."""
+        try:
+            response = await self._http.send(self._request(path, method, **kwargs), stream=stream)
+        except httpx.ConnectError:
+            if not await asyncio.to_thread(self._moved):
+                raise
+        else:
+            if not (_token_refused(response) and await asyncio.to_thread(self._moved)):
+                return response
+            await response.aclose()
+        return await self._http.send(self._request(path, method, **kwargs), stream=stream)
 
     async def fetch_json(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         return raise_for_error(await self.fetch(path, method, **kwargs)).json()
@@ -247,8 +307,7 @@ class AsyncBackendClient(_BackendBase):
     ) -> AsyncIterator[httpx.Response]:
         """The twin of :meth:`BackendClient.stream`: ``aiter_lines``, ``aiter_bytes``."""
         with self._translated():
-            request = self._request(path, method, **kwargs)
-            response = await self._http.send(request, stream=True)
+            response = await self._send(path, method, kwargs, stream=True)
         try:
             if response.status_code >= 400:
                 with self._translated():

@@ -69,7 +69,12 @@ def install(
     return Clients(
         {
             r["alias"]: BackendClient(
-                orchestrator.connection, r["name"], r["version"], r["partition"], http=http
+                orchestrator.connection,
+                r["name"],
+                r["version"],
+                r["partition"],
+                http=http,
+                follow=orchestrator.follow,
             )
             for r in results
         }

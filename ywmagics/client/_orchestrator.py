@@ -11,8 +11,9 @@ from ywmagics.client._connect import connect
 from ywmagics.client._http import ndjson_items, raise_for_error, translated
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
-from ywmagics.errors import OrchestratorError, error_from_dict
+from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
+from ywmagics.protocol import ERROR_HEADER
 from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
@@ -24,7 +25,8 @@ class OrchestratorClient:
 
     ``timeout`` is how long a call may wait for an answer (an install: for its next event);
     ``http`` is the ``httpx.Client`` to send with (default: one pool shared by the process, so
-    there is nothing to close)."""
+    there is nothing to close). A client that found its orchestrator itself (no
+    ``connection`` given) follows it when it is restarted, as :class:`BackendClient` does."""
 
     def __init__(
         self,
@@ -33,38 +35,59 @@ class OrchestratorClient:
         timeout: float | None = 600.0,
         http: httpx.Client | None = None,
     ) -> None:
+        self.follow = connection is None
         self.connection = connection or connect()
         self._http = http or shared_http()
         self._timeout = httpx.Timeout(timeout, connect=5.0)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        with translated(self.connection.url):
-            return raise_for_error(
-                self._http.request(
-                    method,
-                    self.connection.url + path,
-                    headers=self.connection.headers,
-                    timeout=self._timeout,
-                    **kwargs,
-                )
-            )
-
-    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """The objects of an NDJSON answer, as they come."""
-        with (
-            translated(self.connection.url),
-            self._http.stream(
+    def _send(self, method: str, path: str, stream: bool, **kwargs: Any) -> httpx.Response:
+        def request() -> httpx.Request:
+            return self._http.build_request(
                 method,
                 self.connection.url + path,
                 headers=self.connection.headers,
-                timeout=kwargs.pop("timeout", self._timeout),
-                **kwargs,
-            ) as response,
-        ):
-            if response.status_code >= 400:
-                response.read()
-                raise_for_error(response)
-            yield from ndjson_items(response.iter_lines())
+                timeout=kwargs.get("timeout", self._timeout),
+                **{k: v for k, v in kwargs.items() if k != "timeout"},
+            )
+
+        try:
+            response = self._http.send(request(), stream=stream)
+        except httpx.ConnectError:
+            if not self._moved():
+                raise
+        else:
+            refused = response.status_code == 401 and response.headers.get(ERROR_HEADER) == "1"
+            if not (refused and self._moved()):
+                return response
+            response.close()
+        return self._http.send(request(), stream=stream)
+
+    def _moved(self) -> bool:
+        """Whether the orchestrator was restarted elsewhere (then followed), see ``follow``."""
+        if not self.follow:
+            return False
+        try:
+            current = connect()
+        except YwMagicsError:
+            return False
+        moved, self.connection = current != self.connection, current
+        return moved
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with translated(self.connection.url):
+            return raise_for_error(self._send(method, path, stream=False, **kwargs))
+
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The objects of an NDJSON answer, as they come."""
+        with translated(self.connection.url):
+            response = self._send(method, path, stream=True, **kwargs)
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_error(response)
+                yield from ndjson_items(response.iter_lines())
+            finally:
+                response.close()
 
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/status").json())

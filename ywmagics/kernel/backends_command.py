@@ -193,7 +193,11 @@ class BackendsCommand:
                     file=sys.stderr,
                 )
             magics.user_ns[alias] = BackendClient(
-                orchestrator.connection, result["name"], result["version"], result["partition"]
+                orchestrator.connection,
+                result["name"],
+                result["version"],
+                result["partition"],
+                follow=not magics.orchestrator_url,  # the user's own, found through discovery
             )
         view.done(results)
 
