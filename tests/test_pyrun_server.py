@@ -30,7 +30,9 @@ BACKEND = Path(__file__).parents[1] / "ywmagics" / "backends" / "pyrun_backend"
 class Server:
     """A running pyrun_server process and an httpx client to it."""
 
-    def __init__(self, app: Path, workdir: Path, python: str, tcp: bool) -> None:
+    def __init__(
+        self, app: Path, workdir: Path, python: str, tcp: bool, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = workdir / "server.log"
         self.socket_path = workdir / "pyrun.sock"
         where = ["--port", "0"] if tcp else ["--socket", str(self.socket_path)]
@@ -40,7 +42,8 @@ class Server:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=workdir,
-                env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps its threads
+                # SIGABRT dumps its threads
+                env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
             )
         assert self.process.stdout is not None
         first_line = self.process.stdout.readline().decode()
@@ -94,10 +97,12 @@ def start_server(app: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start servers for one test; each is stopped at the end."""
     servers: list[Server] = []
 
-    def start(python: str = sys.executable, tcp: bool = False) -> Server:
+    def start(
+        python: str = sys.executable, tcp: bool = False, env: dict[str, str] | None = None
+    ) -> Server:
         workdir = tmp_path / f"server{len(servers)}"
         workdir.mkdir()
-        servers.append(Server(app, workdir, python, tcp))
+        servers.append(Server(app, workdir, python, tcp, env))
         return servers[-1]
 
     yield start
@@ -586,3 +591,50 @@ def test_the_value_of_a_last_expression_shows_like_in_a_notebook(server: Server)
     assert awaited["exception"] is None
     assert awaited["displays"] == [{"data": {"text/plain": "True"}, "metadata": {}}]
     assert server.run("y = _ * 2", capturedOut=["y"])["capturedOut"] == {"y": 2}
+
+
+def test_a_body_over_the_limit_is_refused_unread(start_server: Callable[..., Server]) -> None:
+    server = start_server(env={"YW_BUILD_MAX_BODY": "1MiB"})
+    code = "x = 1  # " + "p" * (2 << 20)
+    body = {"cellId": "big", "code": code, "capturedIn": {}, "capturedOut": []}
+    answer = server.client.post("/run", json=body)
+    assert answer.status_code == 413
+    assert "larger than this runner takes (1048576 bytes)" in answer.json()["detail"]
+    assert "pyrun_backend.build.max_body" in answer.json()["detail"]
+
+    def pieces() -> Iterator[bytes]:
+        yield json.dumps(body).encode()
+
+    chunked = server.client.post("/run", content=pieces())
+    assert chunked.status_code == 413
+    assert server.run("small = 1")["exception"] is None  # and it goes on
+
+
+def test_sizes_of_the_body_limit() -> None:
+    sys.path.insert(0, str(BACKEND))
+    try:
+        import pyrun_http
+    finally:
+        sys.path.remove(str(BACKEND))
+    for size, expected in [
+        ("512MiB", 512 << 20),
+        ("2GiB", 2 << 30),
+        ("3 gib", 3 << 30),
+        ("100MB", 10**8),
+        ("1048576", 1 << 20),
+        ("", 2 << 30),
+    ]:
+        assert pyrun_http.max_body(size) == expected, size
+    with pytest.raises(ValueError, match="is not a size"):
+        pyrun_http.max_body("lots")
+
+
+def test_only_recent_cells_sources_are_kept(server: Server) -> None:
+    for n in range(230):
+        server.run(f"cell_{n} = {n}", cellId=f"In[{n}]")
+    count = "import linecache\nkept = sorted(k for k in linecache.cache if k.startswith('<cell'))"
+    kept = server.run(count, cellId="count", capturedOut=["kept"])["capturedOut"]["kept"]
+    assert 0 < len(kept) <= 200 and "<cell In[229]>" in kept and "<cell In[0]>" not in kept
+    assert server.client.post("/reset").json() == {"reset": True}
+    after = server.run(count, cellId="count", capturedOut=["kept"])["capturedOut"]["kept"]
+    assert after == ["<cell count>"]

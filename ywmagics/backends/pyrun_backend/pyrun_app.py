@@ -88,8 +88,10 @@ class App(Connection):
     runner: Runner
 
     @classmethod
-    def bind(cls, runner: Runner, verbose: bool) -> type[App]:
-        return type("BoundApp", (cls,), {"runner": runner, "verbose": verbose})
+    def bind(cls, runner: Runner, verbose: bool, max_body: int) -> type[App]:
+        return type(
+            "BoundApp", (cls,), {"runner": runner, "verbose": verbose, "max_body": max_body}
+        )
 
     def respond(self, request: Request) -> None:
         route = (request.method, request.path)

@@ -24,12 +24,30 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Content Too Large",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     505: "HTTP Version Not Supported",
 }
 MAX_LINE = 65536
 MAX_HEADERS = 200
+DEFAULT_MAX_BODY = 2 << 30  # bytes; YW_BUILD_MAX_BODY (the max_body build option) changes it
+
+
+def max_body(text: str) -> int:
+    """``2GiB``, ``512MiB``, ``100MB``, ``1048576``: a size in bytes (the default if empty)."""
+    text = text.strip().upper().replace(" ", "")
+    if not text:
+        return DEFAULT_MAX_BODY
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+    for unit, factor in units.items():
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * factor
+    if text.endswith("B"):
+        text = text[:-1]
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a size (say e.g. 2GiB or 512MiB)")
+    return int(text)
 
 
 class HTTPError(Exception):
@@ -63,6 +81,7 @@ class Connection(socketserver.StreamRequestHandler):
 
     server_name = "pyrun"
     verbose = False
+    max_body = DEFAULT_MAX_BODY
 
     def handle(self) -> None:
         self._head_only = False
@@ -145,6 +164,7 @@ class Connection(socketserver.StreamRequestHandler):
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             parts: list[bytes] = []
+            total = 0
             while True:
                 line = self._read_line()
                 try:
@@ -155,6 +175,9 @@ class Connection(socketserver.StreamRequestHandler):
                     while self._read_line() not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return b"".join(parts)
+                total += size
+                if total > self.max_body:
+                    raise self._too_big(total)
                 parts.append(self.rfile.read(size))
                 self.rfile.readline(3)
         length = headers.get("content-length", "")
@@ -162,10 +185,21 @@ class Connection(socketserver.StreamRequestHandler):
             return b""
         if not length.isdigit():
             raise HTTPError(400, f"malformed Content-Length {length!r}")
+        if int(length) > self.max_body:
+            raise self._too_big(int(length))
         body = self.rfile.read(int(length))
         if len(body) != int(length):
             raise OSError("the client closed the connection in the middle of the body")
         return body
+
+    def _too_big(self, size: int) -> HTTPError:
+        self._keep_alive = False  # the rest of the body is not read
+        return HTTPError(
+            413,
+            f"the request's body ({size} bytes or more) is larger than this runner takes "
+            f"({self.max_body} bytes): send less, or install the runner with "
+            "--config pyrun_backend.build.max_body=SIZE (e.g. 4GiB)",
+        )
 
     # writing -----------------------------------------------------------------------------
 

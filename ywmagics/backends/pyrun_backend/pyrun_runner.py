@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 PyCF_ALLOW_TOP_LEVEL_AWAIT = 0x2000
 CO_COROUTINE = 0x80
 LAST_VALUE = "_yw_last_value"  # where a cell's last expression is kept, for a moment
+KEPT_SOURCES = 200  # cells whose source tracebacks can show
+KEPT_SOURCE_BYTES = 16 << 20
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -174,6 +176,7 @@ class Runner:
         self.current: CellRun | None = None
         self.namespace: dict[str, Any] = {}
         self.signals = Signals()
+        self._sources: dict[str, int] = {}  # cells' filenames in linecache, oldest first
         self._loop: Any = None
         self._runs: dict[str, CellRun] = {}  # waiting runs by runId, so that they can be cancelled
         self._runs_lock = threading.Lock()
@@ -202,6 +205,7 @@ class Runner:
         # Classes and functions of cells live in "__main__": pickle and multiprocessing find them.
         sys.modules["__main__"] = module
         self.namespace = module.__dict__
+        self._forget_sources()
 
     def run_job(self, run: CellRun) -> None:
         """Execute ``run``; always finish it, so that its HTTP thread never waits forever."""
@@ -271,6 +275,7 @@ class Runner:
 
         # linecache holds the source so that tracebacks show the cell's lines.
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        self._keep_source(filename, len(code))
         flags = PyCF_ALLOW_TOP_LEVEL_AWAIT
         tree = compile(code, filename, "exec", flags=ast.PyCF_ONLY_AST | flags, dont_inherit=True)
         self.namespace.pop(LAST_VALUE, None)
@@ -280,6 +285,30 @@ class Runner:
             tree.body[-1] = ast.fix_missing_locations(ast.copy_location(keep, last))
         code_object: CodeType = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
         return code_object
+
+    def _keep_source(self, filename: str, size: int) -> None:
+        """Keep the sources of recent cells only (for tracebacks of functions they define):
+        every cell's, kept forever, grew a runner by megabytes per big cell."""
+        import linecache
+
+        sources = self._sources
+        sources.pop(filename, None)
+        sources[filename] = size
+        while len(sources) > KEPT_SOURCES or (
+            sum(sources.values()) > KEPT_SOURCE_BYTES and len(sources) > 1
+        ):
+            oldest = next(iter(sources))
+            del sources[oldest]
+            linecache.cache.pop(oldest, None)
+
+    def _forget_sources(self) -> None:
+        if not self._sources:
+            return
+        import linecache
+
+        for filename in self._sources:
+            linecache.cache.pop(filename, None)
+        self._sources.clear()
 
     def _execute(self, code: CodeType) -> None:
         """Run ``code``, awaiting it in the runner's loop if it awaits."""

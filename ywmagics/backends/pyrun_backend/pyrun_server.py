@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     import pyrun_http
 
     runner = pyrun_runner.active = pyrun_runner.Runner()
-    handler = App.bind(runner, verbose)
+    try:
+        limit = pyrun_http.max_body(os.environ.get("YW_BUILD_MAX_BODY", ""))
+    except ValueError as error:
+        raise SystemExit(f"{NAME}: build option max_body: {error}") from None
+    handler = App.bind(runner, verbose, limit)
     server: pyrun_http.TCPServer | pyrun_http.UnixServer
     if socket_path is not None:
         _remove_stale_socket(socket_path)
