@@ -87,7 +87,7 @@ def test_python_by_version_name_or_path(tmp_path: Path) -> None:
     by_version = find_python("3.10")
     assert find_python("python3.10") == by_version
     assert find_python(str(by_version.path)).version == by_version.version
-    with pytest.raises(ConfigurationError, match="not a working Python"):
+    with pytest.raises(ConfigurationError, match="is not a Python interpreter"):
         find_python(str(tmp_path / "nothing" / "python"))
     with pytest.raises(ConfigurationError, match="is not a Python version"):
         find_python("snake")

@@ -67,5 +67,5 @@ def test_a_request_that_is_no_version_is_refused(request_: str) -> None:
 
 
 def test_a_path_that_is_no_interpreter_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="is not a working Python interpreter"):
+    with pytest.raises(ConfigurationError, match="is not a Python interpreter"):
         find_python(str(tmp_path / "python"))

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -27,6 +26,7 @@ from ywmagics.errors import InstallError
 from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
 from ywmagics.orchestrator.manifest import Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import RunningSteps, run_logged
+from ywmagics.orchestrator.requirements import parse_requirements
 
 META_FILE = "ywmeta.json"
 WIRE_MODULE = "ywmagics_wire.py"
@@ -74,10 +74,6 @@ class Plan:
     fingerprint: str
 
 
-def _split_requirements(text: str) -> list[str]:
-    return [r for r in re.split(r"[\s,]+", text.strip()) if r]
-
-
 class Installer:
     def __init__(self, root: Path, logs: Path) -> None:
         self.root = root
@@ -90,10 +86,13 @@ class Installer:
         modules: tuple[str, ...] = ()
         if manifest.runtime is Runtime.PYTHON:
             interpreter = find_python(config.get("python", ""))
-            modules = tuple(_split_requirements(config.get("modules", "")))
+            modules = parse_requirements(config.get("modules", ""))
         requirements = manifest.requirements + modules
+        # For a Python runtime, python and modules count as what they resolve to: an
+        # interpreter and requirements (so 'six  idna' and 'six idna' are one environment).
+        resolved = ("python", "modules") if manifest.runtime is Runtime.PYTHON else ()
         identity = {
-            "config": {k: v for k, v in sorted(config.items()) if k != "python"},
+            "config": {k: v for k, v in sorted(config.items()) if k not in resolved},
             "python": [str(interpreter.path), interpreter.version] if interpreter else None,
             "requirements": requirements,
             "digest": manifest.digest,
@@ -348,8 +347,7 @@ class Installer:
                         entry.unlink(missing_ok=True)
                         removed.append(entry)
                 elif entry.is_dir() and (
-                    entry.name.startswith((".tmp-", ".trash-"))
-                    or not (entry / META_FILE).exists()
+                    entry.name.startswith((".tmp-", ".trash-")) or not (entry / META_FILE).exists()
                 ):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)

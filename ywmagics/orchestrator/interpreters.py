@@ -47,6 +47,32 @@ def probe(path: str) -> Interpreter | None:
     return Interpreter(Path(path), lines[0])
 
 
+_NAME = re.compile(r"python(\d+(\.\d+)?t?)?(\.exe)?", re.IGNORECASE)
+# ELF, Mach-O (thin and universal) and PE: programs, not scripts that a shell would run.
+_PROGRAM_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe", b"MZ")
+
+
+def _not_an_interpreter(path: Path) -> str | None:
+    """Why ``path`` is not to be run as a Python interpreter (it is run to learn its version),
+    or ``None``: it must be named like one and be a program, not a script or anything else."""
+    if not _NAME.fullmatch(path.name):
+        return "its name is not python, python3 or python3.X"
+    try:
+        with path.open("rb") as file:  # follows links: a venv's python is one to a program
+            start = file.read(4)
+    except OSError as error:
+        return error.strerror or str(error)
+    if not start.startswith(_PROGRAM_MAGIC):
+        return (
+            "it is a script (a pyenv shim, say), not a program"
+            if start[:2] == b"#!"
+            else ("it is not a program")
+        )
+    if not os.access(path, os.X_OK):
+        return "it is not executable"
+    return None
+
+
 def _pyenv_root() -> Path:
     return Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
 
@@ -139,7 +165,15 @@ def find_python(request: str) -> Interpreter:
         assert found is not None
         return found
     if os.sep in request or request.startswith("."):
-        found = probe(str(Path(request).expanduser()))
+        path = Path(request).expanduser()
+        refusal = _not_an_interpreter(path)
+        if refusal is not None:
+            raise ConfigurationError(
+                f"{request!r} is not a Python interpreter: {refusal}",
+                hint="give the interpreter itself, e.g. ~/.pyenv/versions/3.10.13/bin/python3.10, "
+                "or a version such as 3.10",
+            )
+        found = probe(str(path))
         if found is None:
             raise ConfigurationError(f"{request!r} is not a working Python interpreter")
         return found
