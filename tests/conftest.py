@@ -36,15 +36,17 @@ TEST_REGISTRY = RESOURCES / "registry"
 
 
 def start_orchestrator(
-    home: Path, *, timeout: float = 30.0
+    home: Path, *, timeout: float = 30.0, nofile: int | None = None
 ) -> tuple[subprocess.Popen[bytes], Connection]:
-    """Start ``ywmagics serve`` with ``YW_HOME=home``; wait until its discovery file is written."""
+    """Start ``ywmagics serve`` with ``YW_HOME=home``; wait until its discovery file is written.
+    ``nofile`` sets its limit of open files (soft and hard), as a stricter machine would."""
     env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
     home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "ywmagics", "serve"]
+    if nofile is not None:
+        command = ["prlimit", f"--nofile={nofile}:{nofile}", *command]
     with (home / "serve.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ywmagics", "serve"], env=env, stdout=log, stderr=log
-        )
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + timeout
     discovery = home / "run" / "orchestrator.json"
     while time.monotonic() < deadline:

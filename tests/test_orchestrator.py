@@ -585,3 +585,42 @@ def test_clients_follow_their_orchestrator_when_it_is_restarted(
             pinned.fetch("/")
     finally:
         OrchestratorClient().shutdown()
+
+
+def test_idle_connections_cannot_lock_the_orchestrator_out(tmp_path: Path) -> None:
+    # Any local user can open connections, token or not. With the usual 'ulimit -n 1024', 2,000
+    # connections that never finish their headers would use up every descriptor.
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    home = tmp_path / "home"
+    process, connection = start_orchestrator(home, nofile=1024)
+    port = int(connection.url.rsplit(":", 1)[1])
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(2000):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the end
+            idle.append(sock)
+        with httpx.Client(timeout=10) as http:
+            for _ in range(5):
+                answer = http.get(f"{connection.url}/status", headers=connection.headers)
+                assert answer.status_code == 200
+        descriptors = len(os.listdir(f"/proc/{process.pid}/fd"))
+        assert descriptors < 600, descriptors  # the oldest waiting ones were closed
+        # A refused request does not keep its connection either.
+        refused = socket.create_connection(("127.0.0.1", port))
+        refused.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        refused.settimeout(10)
+        answer = b""
+        while chunk := refused.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer.lower()
+        refused.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        stop_orchestrator(process)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -222,7 +222,8 @@ async def refuse(scope: Scope, send: Send, error: YwMagicsError, status: int) ->
     """Refuse a request, or a websocket before it is accepted: with the HTTP answer when the
     server can send one to a websocket handshake, else by closing it (policy violation)."""
     if scope["type"] == "http":
-        await send_error(send, error, status)
+        # Closed after the answer: a refused client must not hold a kept-alive connection.
+        await send_error(send, error, status, close=True)
     elif "websocket.http.response" in scope.get("extensions", {}):
         payload = json.dumps({"error": error.to_dict()}).encode()
         await send(
@@ -245,14 +246,19 @@ def _error_headers(payload: bytes) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def send_error(send: Send, error: YwMagicsError, status: int | None = None) -> None:
+async def send_error(
+    send: Send, error: YwMagicsError, status: int | None = None, *, close: bool = False
+) -> None:
     """Answer with ``error`` as the orchestrator's JSON error (marked by ``ERROR_HEADER``)."""
     payload = json.dumps({"error": error.to_dict()}).encode()
+    headers = _error_headers(payload)
+    if close:
+        headers.append((b"connection", b"close"))
     await send(
         {
             "type": "http.response.start",
             "status": status or error.http_status,
-            "headers": _error_headers(payload),
+            "headers": headers,
         }
     )
     await send({"type": "http.response.body", "body": payload})

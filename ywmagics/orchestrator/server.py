@@ -26,6 +26,7 @@ from ywmagics.discovery import answers, read_discovery, write_discovery
 from ywmagics.orchestrator import housekeeping
 from ywmagics.orchestrator.app import create_app
 from ywmagics.orchestrator.config import load_user_config
+from ywmagics.orchestrator.connections import GuardedHttpToolsProtocol
 from ywmagics.orchestrator.registry import default_registry_folders
 from ywmagics.orchestrator.service import Orchestrator, Settings
 
@@ -48,7 +49,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
-    listener.listen(128)
+    listener.listen(socket.SOMAXCONN)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     user_config = load_user_config()
     sockets_dir = housekeeping.new_sockets_dir()
@@ -102,6 +103,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     app = create_app(orchestrator, token, lifespan, request_exit)
     config = uvicorn.Config(
         app,
+        http=GuardedHttpToolsProtocol,  # headers deadline, cap on connections waiting for them
         log_level=log_level,
         lifespan="on",
         access_log=False,
