@@ -45,7 +45,9 @@ def start_orchestrator(
     command = [sys.executable, "-m", "ywmagics", "serve"]
     if nofile is not None:
         command = ["prlimit", f"--nofile={nofile}:{nofile}", *command]
-    with (home / "serve.log").open("ab") as log:
+    # Private, as the log of an orchestrator that a client starts is (in its runtime folder).
+    descriptor = os.open(home / "serve.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + timeout
     discovery = home / "run" / "orchestrator.json"

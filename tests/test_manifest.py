@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ywmagics.errors import BackendNotFound, ManifestError
-from ywmagics.orchestrator.manifest import Listen, Runtime, expand, load_manifest
+from ywmagics.orchestrator.manifest import Listen, Network, Runtime, expand, load_manifest
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.spec import VersionRange
 
@@ -29,6 +29,7 @@ def test_a_minimal_manifest_and_its_defaults(tmp_path: Path) -> None:
     manifest = load_manifest(_write(tmp_path, MINIMAL))
     assert (manifest.name, manifest.version, manifest.description) == ("mine", "1.2.3", "d")
     assert manifest.runtime is Runtime.COMMAND and manifest.listen is Listen.UNIX
+    assert manifest.network is Network.PRIVATE
     assert manifest.start == ("./serve", "{socket}")
     assert (manifest.readiness, manifest.ready_timeout) == ("/", 30.0)
     assert manifest.requirements == () and manifest.install == () and manifest.build == {}
@@ -60,6 +61,7 @@ def test_the_digest_follows_the_backends_files(tmp_path: Path) -> None:
         ("version = '1.x'", "is not a semantic version"),
         ("runtime = 'java'", "'runtime' must be one of 'python', 'command', got 'java'"),
         ("listen = 'udp'", "'listen' must be one of 'unix', 'tcp'"),
+        ("network = 'open'", "'network' must be one of 'private', 'shared'"),
         ("requirements = 'numpy'", "'requirements' must be a list of strings"),
         ("install = 'make'", "'install' must be a list of commands"),
         ("install = [[]]", "'install' must be a non-empty list of strings"),

@@ -521,7 +521,10 @@ def _node_pids() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"node_echo" in (entry / "cmdline").read_bytes() and _running(int(entry.name)):
+                cmdline = (entry / "cmdline").read_bytes()
+                # (the launcher's connector of a private network is not a backend process)
+                backend = b"node_echo" in cmdline and b"launcher.py" not in cmdline
+                if backend and _running(int(entry.name)):
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -624,3 +627,16 @@ def test_idle_connections_cannot_lock_the_orchestrator_out(tmp_path: Path) -> No
             sock.close()
         stop_orchestrator(process)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_tcp_backend_in_its_private_network_still_calls_the_orchestrator(
+    orchestrator: Connection,
+) -> None:
+    echo = ywmagics.install("node_echo as e", partition="Calls", connection=orchestrator).e
+    ywmagics.install("node_unix", partition="Calls", connection=orchestrator)
+    listing = OrchestratorClient(orchestrator).listing()["instances"]
+    mine = next(i for i in listing if i["partition"] == "Calls" and i["name"] == "node_echo")
+    assert mine["reachable_by"] == "this user"
+    answer = echo.fetch_json("/call", params={"path": "/backends/node_unix/^1/"})
+    assert answer["status"] == 200
+    assert json.loads(answer["body"]) == {"name": "node_unix", "partition": "Calls"}

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ywmagics.orchestrator.processes import child_argv, has_exited, run_logged, tail_of
+from ywmagics.orchestrator.processes import (
+    LAUNCHER,
+    child_argv,
+    has_exited,
+    private_network_available,
+    run_logged,
+    tail_of,
+)
+from ywmagics.orchestrator.supervisor import _free_port
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
@@ -119,3 +131,59 @@ def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+SERVE_INSIDE = """
+import http.server, socketserver, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", "6"); self.end_headers()
+        self.wfile.write(b"inside")
+    def log_message(self, *a): pass
+socketserver.TCPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def _as_whom(whom: str) -> list[str]:
+    return [] if whom == "me" else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@linux_only
+@pytest.mark.parametrize("whom", ["me", "nobody"])
+def test_a_private_network_is_reached_through_its_connector_only(whom: str) -> None:
+    if whom == "nobody" and (os.getuid() != 0 or shutil.which("setpriv") is None):
+        pytest.skip("acting as another user needs root and setpriv")
+    if not private_network_available():
+        pytest.skip("this machine gives no private network namespace")
+    shared = Path(tempfile.mkdtemp(prefix="ywnet-"))  # a folder the other user can enter too
+    os.chmod(shared, 0o777)
+    connector = shared / "c.sock"
+    port = _free_port()
+    # Another user may not enter our Python's folders: the system's Python serves for it.
+    python = sys.executable if whom == "me" else shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 for another user")
+    launcher = [
+        python, "-I", "-S", LAUNCHER, str(os.getpid()), "--private-network",
+        str(connector), str(port), python, "python", "-c", SERVE_INSIDE, str(port),
+    ]  # fmt: skip
+    backend = subprocess.Popen([*_as_whom(whom), *launcher])  # setpriv execs it: we are its parent
+    try:
+        deadline = time.monotonic() + 10
+        answer = b""
+        while time.monotonic() < deadline and not answer.endswith(b"inside"):
+            time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                with socket.socket(socket.AF_UNIX) as asking:
+                    asking.connect(str(connector))
+                    _, fds, _, _ = socket.recv_fds(asking, 1, 1)
+                with socket.socket(fileno=fds[0]) as tcp:
+                    tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    answer = tcp.recv(1000)
+        assert answer.endswith(b"inside")
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on this machine's port
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        backend.kill()
+        backend.wait()
+        shutil.rmtree(shared, ignore_errors=True)

@@ -29,6 +29,14 @@ class Listen(str, Enum):
     TCP = "tcp"
 
 
+class Network(str, Enum):
+    """For a TCP backend: a network namespace of its own (no other user reaches it, and it
+    reaches nothing but the orchestrator), or the machine's network (open to every user)."""
+
+    PRIVATE = "private"
+    SHARED = "shared"
+
+
 @dataclass(frozen=True)
 class BuildOption:
     name: str
@@ -47,6 +55,7 @@ class Manifest:
     requirements: tuple[str, ...] = ()
     install: tuple[tuple[str, ...], ...] = ()
     listen: Listen = Listen.UNIX
+    network: Network = Network.PRIVATE
     readiness: str = "/"
     ready_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)
@@ -105,6 +114,7 @@ _KEYS = {
     "install",
     "start",
     "listen",
+    "network",
     "readiness",
     "ready_timeout",
     "env",
@@ -227,6 +237,7 @@ def load_manifest(path: Path) -> Manifest:
         requirements=read.strings("requirements"),
         install=install,
         listen=read.choice("listen", Listen, "unix"),
+        network=read.choice("network", Network, "private"),
         readiness=readiness,
         ready_timeout=float(ready_timeout),
         env=dict(env),

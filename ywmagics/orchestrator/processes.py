@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -20,31 +21,48 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-# Runs with -I -S (no site, no user paths): about 7 ms. Its argv: the expected parent pid, the
-# program's path, then the program's own argv (argv[0] as given).
-_LAUNCHER = (
-    "import ctypes,os,sys\n"
-    "if ctypes.CDLL(None,use_errno=True).prctl(1,9)!=0 or os.getppid()!=int(sys.argv[1]):\n"
-    " os._exit(70)\n"
-    "try:\n"
-    " os.execv(sys.argv[2],sys.argv[3:])\n"
-    "except OSError as e:\n"
-    " sys.stderr.write('cannot run %r: %s\\n'%(sys.argv[3],e.strerror))\n"
-    " os._exit(127)"
-)
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))  # run with -I -S: about 7 ms
 _EXECUTABLE_MAGIC = (b"#!", b"\x7fELF")
 _ARMS_PDEATHSIG = sys.platform.startswith("linux")
 
 
+@dataclass(frozen=True)
+class PrivateNetwork:
+    """A network namespace of its own for a TCP backend: where its connector listens, the port
+    the backend listens on inside, and the orchestrator's port and Unix socket to relay."""
+
+    connector: Path
+    port: int
+    orchestrator_port: int | None = None
+    orchestrator_socket: Path | None = None
+
+    def launcher_arguments(self) -> list[str]:
+        arguments = ["--private-network", str(self.connector), str(self.port)]
+        if self.orchestrator_port is not None and self.orchestrator_socket is not None:
+            arguments += [
+                "--orchestrator",
+                str(self.orchestrator_port),
+                str(self.orchestrator_socket),
+            ]
+        return arguments
+
+
 def child_argv(
-    argv: Sequence[str], *, cwd: Path | str | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    private_network: PrivateNetwork | None = None,
 ) -> list[str]:
     """``argv`` as started by the launcher (Linux), its program resolved on the child's PATH.
 
     Raises :class:`FileNotFoundError` for a program that does not exist, as ``Popen`` would: with
-    a launcher in between, the failure would otherwise only show as an exit code."""
+    a launcher in between, the failure would otherwise only show as an exit code. With
+    ``private_network`` (a connector socket and a port), the program runs in a network
+    namespace of its own (see :mod:`ywmagics.orchestrator.launcher`)."""
     program = argv[0]
     where = os.fspath(cwd) if cwd is not None else os.getcwd()
     if os.sep in program:
@@ -59,7 +77,20 @@ def child_argv(
     _check_runnable(resolved, program)
     if not _ARMS_PDEATHSIG:
         return [resolved, *argv[1:]]
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), resolved, *argv]
+    private = private_network.launcher_arguments() if private_network is not None else []
+    return [sys.executable, "-I", "-S", LAUNCHER, str(os.getpid()), *private, resolved, *argv]
+
+
+@functools.cache
+def private_network_available() -> bool:
+    """Whether this machine gives a child a network namespace of its own (Linux, as root or
+    with unprivileged user namespaces allowed)."""
+    if not _ARMS_PDEATHSIG:
+        return False
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", LAUNCHER, "--probe"], capture_output=True, check=False
+    )
+    return done.returncode == 0
 
 
 def _check_runnable(path: str, program: str) -> None:

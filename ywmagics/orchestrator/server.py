@@ -51,6 +51,14 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     listener.bind(("127.0.0.1", port))
     listener.listen(socket.SOMAXCONN)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    # The same server on a Unix socket of the private runtime folder: backends in private
+    # network namespaces reach the orchestrator there (their connector relays the port).
+    unix_path = paths.runtime_dir() / "orchestrator.sock"
+    with contextlib.suppress(FileNotFoundError):
+        unix_path.unlink()  # a dead orchestrator's (a live one was refused above)
+    unix_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix_listener.bind(str(unix_path))
+    unix_listener.listen(socket.SOMAXCONN)
     user_config = load_user_config()
     sockets_dir = housekeeping.new_sockets_dir()
     orchestrator = Orchestrator(
@@ -61,6 +69,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             registries=default_registry_folders(registries, user_config.registries),
             url=url,
             supervisor=user_config.supervisor,
+            unix_socket=unix_path,
         )
     )
     # Before serving: a build that starts later must not lose its folder to the sweep.
@@ -92,6 +101,8 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             if current is not None and current.pid == os.getpid():
                 with contextlib.suppress(FileNotFoundError):
                     discovery.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    unix_path.unlink()
             shutil.rmtree(sockets_dir, ignore_errors=True)
 
     server: uvicorn.Server | None = None
@@ -113,4 +124,4 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         date_header=False,  # the backends' own Date passes through; no second one
     )
     server = uvicorn.Server(config)
-    server.run(sockets=[listener])
+    server.run(sockets=[listener, unix_listener])

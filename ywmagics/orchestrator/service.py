@@ -31,6 +31,8 @@ class Settings:
     registries: Sequence[Path]
     url: str = ""
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    # the orchestrator's own Unix socket, which TCP backends in private networks call it on
+    unix_socket: Path | None = None
 
 
 class Orchestrator:
@@ -47,6 +49,7 @@ class Orchestrator:
             settings.url,
             self.bus.publish,
             settings.supervisor,
+            settings.unix_socket,
         )
         self._build_locks: dict[str, asyncio.Lock] = {}
         # Which environment to start when a request reaches a backend that is installed but not

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
@@ -35,10 +36,12 @@ from ywmagics.orchestrator.browser import new_label
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, event_of
-from ywmagics.orchestrator.manifest import Listen, Manifest, expand
+from ywmagics.orchestrator.manifest import Listen, Manifest, Network, expand
 from ywmagics.orchestrator.processes import (
+    PrivateNetwork,
     child_argv,
     has_exited,
+    private_network_available,
     signal_group,
     tail_of,
 )
@@ -71,6 +74,8 @@ class Instance:
     token: str
     log_path: Path
     socket_path: Path | None = None
+    # TCP only: the connector of its private network namespace, if this machine gives one
+    connector_path: Path | None = None
     port: int | None = None
     process: asyncio.subprocess.Process | None = None
     state: InstanceState = InstanceState.STARTING
@@ -89,6 +94,13 @@ class Instance:
     @property
     def ready(self) -> bool:
         return self.state is InstanceState.READY
+
+    @property
+    def reachable_by(self) -> str:
+        """Who can reach its process without the orchestrator."""
+        if self.socket_path is not None or self.connector_path is not None:
+            return "this user"  # a socket in a private folder, or a private network
+        return "every local user (TCP on the machine's network)"
 
     @property
     def base_path(self) -> str:
@@ -112,6 +124,7 @@ class Instance:
             "restarts": self.crashes_in_a_row,
             "log": str(self.log_path),
             "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
+            "reachable_by": self.reachable_by,
         }
 
 
@@ -139,6 +152,7 @@ class Supervisor:
         orchestrator_url: str,
         emit: Emit,
         settings: SupervisorSettings | None = None,
+        orchestrator_socket: Path | None = None,
     ) -> None:
         self.installer = installer
         self.sockets_dir = sockets_dir
@@ -146,6 +160,7 @@ class Supervisor:
         self.orchestrator_url = orchestrator_url
         self.emit = emit
         self.settings = settings or SupervisorSettings()
+        self.orchestrator_socket = orchestrator_socket
         self.instances: dict[InstanceKey, Instance] = {}
         self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
@@ -309,12 +324,14 @@ class Supervisor:
         """The start command and environment of ``instance``, with a fresh socket or port."""
         manifest, environment = instance.manifest, instance.environment
         placeholders = self.installer.placeholders(instance.plan, environment.path)
-        instance.socket_path = instance.port = None
+        instance.socket_path = instance.port = instance.connector_path = None
         if manifest.listen is Listen.UNIX:
             instance.socket_path = self.sockets_dir / f"{secrets.token_hex(6)}.sock"
             placeholders.update(socket=str(instance.socket_path), port="")
         else:
             instance.port = _free_port()
+            if manifest.network is Network.PRIVATE and private_network_available():
+                instance.connector_path = self.sockets_dir / f"{secrets.token_hex(6)}.conn"
             placeholders.update(socket="", port=str(instance.port))
         base_path = instance.base_path
         placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
@@ -348,13 +365,36 @@ class Supervisor:
             )
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(private_network_available)  # learnt once, off the loop
         argv, env = self._command(instance)
+        if instance.port is not None and instance.connector_path is None:
+            why = (
+                "its manifest asks for the machine's network"
+                if manifest.network is Network.SHARED
+                else "this machine gives no private network namespace (user namespaces are off)"
+            )
+            emit(
+                self._event(
+                    instance,
+                    EventKind.STARTING,
+                    f"it listens on TCP port {instance.port}, which every local user can reach: "
+                    + why,
+                )
+            )
+        private = None
+        if instance.connector_path is not None and instance.port is not None:
+            private = PrivateNetwork(
+                instance.connector_path,
+                instance.port,
+                urlsplit(self.orchestrator_url).port,
+                self.orchestrator_socket,
+            )
         with instance.log_path.open("ab") as log_file:
             log_file.write(f"--- start {time.ctime()}: {' '.join(argv)}\n".encode())
             log_file.flush()
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *child_argv(argv, cwd=environment.path, env=env),
+                    *child_argv(argv, cwd=environment.path, env=env, private_network=private),
                     cwd=environment.path,
                     env=env,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -377,7 +417,9 @@ class Supervisor:
         if instance.upstream is not None:
             instance.upstream.close_idle()
         instance.upstream = UpstreamPool(
-            uds=str(instance.socket_path) if instance.socket_path else None, port=instance.port
+            uds=str(instance.socket_path) if instance.socket_path else None,
+            port=instance.port,
+            connector=str(instance.connector_path) if instance.connector_path else None,
         )
         try:
             await self._wait_ready(instance, process)
@@ -466,9 +508,10 @@ class Supervisor:
         signal_group(process.pid, signal.SIGKILL)
         with contextlib.suppress(asyncio.TimeoutError):  # reaped; unless stuck in the kernel
             await asyncio.wait_for(asyncio.shield(process.wait()), self.settings.stop_timeout)
-        if instance.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                instance.socket_path.unlink()
+        for path in (instance.socket_path, instance.connector_path):
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(i) for i in list(self.instances.values())))

@@ -79,6 +79,34 @@ class _ResponseReader:
         self.keep_alive = self.parser.should_keep_alive()
 
 
+async def _from_connector(path: str) -> socket.socket:
+    """A socket connected to the backend, received from its connector."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asking:
+        asking.setblocking(False)
+        await loop.sock_connect(asking, path)
+        received: asyncio.Future[list[int]] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                _, fds, _, _ = socket.recv_fds(asking, 1, 1)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                received.set_exception(error)
+            else:
+                received.set_result(fds)
+
+        loop.add_reader(asking.fileno(), readable)
+        try:
+            fds = await asyncio.wait_for(received, 10)
+        finally:
+            loop.remove_reader(asking.fileno())
+    if not fds:
+        raise ConnectionRefusedError("the backend's connector could not reach it")
+    return socket.socket(fileno=fds[0])
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -175,13 +203,22 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Keep-alive connections to one backend."""
+    """Keep-alive connections to one backend: on a Unix socket (``uds``), on loopback TCP
+    (``port``), or on TCP in the backend's private network namespace, through the connector
+    that hands connected sockets out (``connector``, see :mod:`ywmagics.orchestrator.launcher`).
+    """
 
     def __init__(
-        self, *, uds: str | None = None, port: int | None = None, max_idle: int = 16
+        self,
+        *,
+        uds: str | None = None,
+        port: int | None = None,
+        connector: str | None = None,
+        max_idle: int = 16,
     ) -> None:
         self.uds = uds
         self.port = port
+        self.connector = connector
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
 
@@ -190,12 +227,16 @@ class UpstreamPool:
             if self.uds is not None:
                 reader, writer = await asyncio.open_unix_connection(self.uds, limit=_READ_SIZE)
             else:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", self.port, limit=_READ_SIZE
-                )
-                sock = writer.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = await _from_connector(self.connector) if self.connector else None
+                if sock is None:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port, limit=_READ_SIZE
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_SIZE)
+                tcp = writer.get_extra_info("socket")
+                if tcp is not None:
+                    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as error:
             raise UpstreamError(f"cannot connect: {error}", sent=False) from error
         return _Connection(reader, writer)

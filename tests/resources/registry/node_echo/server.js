@@ -60,6 +60,21 @@ const server = http.createServer((req, res) => {
     return res.end(PAGE);
   }
   if (path === "/record") return send(res, 200, { hits: ++hits });
+  if (req.method === "GET" && path === "/call") {
+    // Calls the orchestrator with its instance token, as a backend calling another does.
+    const target = new URL(req.url, "http://x").searchParams.get("path");
+    const call = http.get(
+      process.env.YW_ORCHESTRATOR_URL + target,
+      { headers: { authorization: `Bearer ${process.env.YW_INSTANCE_TOKEN}` } },
+      (answer) => {
+        const chunks = [];
+        answer.on("data", (chunk) => chunks.push(chunk));
+        answer.on("end", () => send(res, 200, { status: answer.statusCode, body: Buffer.concat(chunks).toString() }));
+      },
+    );
+    call.on("error", (error) => send(res, 502, { detail: error.message }));
+    return;
+  }
   if (req.method === "GET" && path === "/hits") return send(res, 200, { hits });
   if (req.method === "POST" && path === "/size") {
     // Counts the body as it streams in, and answers its length.
