@@ -161,3 +161,30 @@ def test_a_runtime_folder_that_cannot_be_made_says_what_to_set(tmp_path: Path) -
         read_only.write_text("")
     with pytest.raises(ConfigurationError, match=r"cannot use .* for ywmagics. private files"):
         paths.private_dir(read_only / "run")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small file system needs root")
+def test_a_full_disk_is_said_plainly_and_leaves_nothing(tmp_path: Path) -> None:
+    from ywmagics.errors import InstallError
+    from ywmagics.orchestrator.manifest import load_manifest
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        backend = tmp_path / "big_backend"
+        backend.mkdir()
+        (backend / "ywbackend.toml").write_text(
+            'name = "big_backend"\nversion = "1.0.0"\ndescription = "d"\nstart = ["true"]\n'
+        )
+        (backend / "data.bin").write_bytes(b"x" * 200_000)
+        installer = Installer(small / "envs", tmp_path / "logs")
+        manifest = load_manifest(backend / "ywbackend.toml")
+        with pytest.raises(InstallError, match="no space left on device") as raised:
+            installer.build(installer.plan(manifest, {}), lambda text, progress: None)
+        assert str(small / "envs") in raised.value.hint
+        assert [p.name for p in (small / "envs" / "big_backend" / "1.0.0").iterdir()] == [
+            f"{installer.plan(manifest, {}).fingerprint}.lock"
+        ]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

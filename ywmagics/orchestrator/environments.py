@@ -128,6 +128,15 @@ class Installer:
             try:
                 environment = self._build_into(plan, temporary, final, report)
                 os.rename(temporary, final)
+            except OSError as error:  # the disk is full, say: what and where, not a fault of ours
+                shutil.rmtree(temporary, ignore_errors=True)
+                where = f" ({error.filename})" if error.filename else ""
+                raise InstallError(
+                    f"installing {plan.manifest.name} {plan.manifest.version} failed: "
+                    f"{(error.strerror or str(error)).lower()}{where}",
+                    hint=f"environments are built in {self.root}; free some space there "
+                    "(or set YW_HOME elsewhere), then install again",
+                ) from error
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise
