@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -567,3 +568,22 @@ def test_interpreter_on_a_backend_that_runs_no_cells(
     with pytest.raises(UsageError, match="runs no cells") as raised:
         shell.run_cell_magic("interpreter", "notARunner", "x = 1")
     assert "pyrun_backend" in str(raised.value)
+
+
+@slow
+def test_load_ext_with_an_unusable_runtime_folder_says_what_to_set(tmp_path: Path) -> None:
+    blocked = tmp_path / "home"
+    blocked.write_text("a file where YW_HOME's folder should be")
+    code = "from IPython.core.interactiveshell import InteractiveShell\n"
+    code += "InteractiveShell.instance().run_line_magic('load_ext', 'ywmagics')\nprint('loaded')\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "YW_HOME": str(blocked)},
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr
+    assert "cannot use" in result.stderr and "set YW_HOME" in result.stderr
+    assert "Traceback" not in result.stderr

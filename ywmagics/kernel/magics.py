@@ -118,12 +118,11 @@ class YwMagics(Magics):
             return
         from ywmagics.discovery import read_discovery
 
-        # A live discovery file is enough here: this keeps %load_ext free of the HTTP stack.
-        if read_discovery() is not None:
-            return
         try:
-            self.connection  # noqa: B018 (starts the orchestrator)
-        except YwMagicsError as error:
+            # A live discovery file is enough here: this keeps %load_ext free of the HTTP stack.
+            if read_discovery() is None:
+                self.connection  # noqa: B018 (starts the orchestrator)
+        except YwMagicsError as error:  # a runtime folder that can't be used, say
             print(f"ywmagics: {error}\n(the magics will try again when used)", file=sys.stderr)
 
     @property
