@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import httptools
@@ -19,6 +20,8 @@ Headers = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterator[bytes] | None
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ_SIZE = 256 * 1024
+_CONNECT_TRIES = 30
+IDLE_TIMEOUT = 4.0  # seconds an idle pooled connection is kept (under uvicorn's 5 s keep-alive)
 
 
 def may_resend(method: str, body: Body, sent: bool) -> bool:
@@ -111,6 +114,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0
 
     @property
     def usable(self) -> bool:
@@ -214,15 +218,30 @@ class UpstreamPool:
         uds: str | None = None,
         port: int | None = None,
         connector: str | None = None,
-        max_idle: int = 16,
+        max_idle: int = 256,
     ) -> None:
         self.uds = uds
         self.port = port
         self.connector = connector
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
+        self._prune: asyncio.TimerHandle | None = None
 
     async def _open(self) -> _Connection:
+        """A new connection; a connect refused for a full backlog (EAGAIN: the backend is busy
+        accepting) is tried again at once, then with short pauses, for up to a second."""
+        pause = 0.0
+        for _ in range(_CONNECT_TRIES):
+            try:
+                return await self._connect()
+            except UpstreamError as error:
+                if not isinstance(error.__cause__, BlockingIOError):
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(0.05, pause * 2 or 0.001)
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
         try:
             if self.uds is not None:
                 reader, writer = await asyncio.open_unix_connection(self.uds, limit=_READ_SIZE)
@@ -242,10 +261,26 @@ class UpstreamPool:
         return _Connection(reader, writer)
 
     def _give_back(self, connection: _Connection) -> None:
+        """Keep it for the next request: as many as recent concurrency needed, each for at most
+        :data:`IDLE_TIMEOUT` unused (then the orchestrator's descriptors are back to what they
+        were before a burst)."""
         if connection.usable and len(self._idle) < self.max_idle:
+            connection.idle_since = time.monotonic()
             self._idle.append(connection)
+            if self._prune is None:
+                self._prune = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._close_old)
         else:
             connection.close()
+
+    def _close_old(self) -> None:
+        self._prune = None
+        cutoff = time.monotonic() - IDLE_TIMEOUT
+        old = [c for c in self._idle if c.idle_since <= cutoff]
+        self._idle = [c for c in self._idle if c.idle_since > cutoff]
+        for connection in old:
+            connection.close()
+        if self._idle:
+            self._prune = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._close_old)
 
     async def request(
         self,
@@ -314,3 +349,6 @@ class UpstreamPool:
         """Close the idle connections (those in use close when their exchange ends)."""
         while self._idle:
             self._idle.pop().close()
+        if self._prune is not None:
+            self._prune.cancel()
+            self._prune = None

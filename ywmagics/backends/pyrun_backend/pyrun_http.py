@@ -244,10 +244,16 @@ class Connection(socketserver.StreamRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+# socketserver's default backlog is 5: a burst of clients (kernels, the proxy's pool filling up)
+# had its connects refused with EAGAIN.
+BACKLOG = 1024
+
+
 class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = BACKLOG
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
@@ -261,3 +267,4 @@ if hasattr(socketserver, "UnixStreamServer"):
     class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         daemon_threads = True
         block_on_close = False
+        request_queue_size = BACKLOG
