@@ -113,7 +113,8 @@ def proxied(
         looked_up.append((partition, name, version))
         return SimpleNamespace(
             partition=partition,
-            manifest=SimpleNamespace(name=name, version="1.0.0"),
+            manifest=SimpleNamespace(name=name, version="1.0.0", host=""),
+            port=None,
             upstream=pool,
             base_path=f"/backends/{name}/1.0.0",
             log_path=tmp_path / "backend.log",
@@ -151,6 +152,8 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
             "Proxy-Authorization": "Basic x",
             "Connection": "keep-alive, X-Hop",
             "X-Custom": "kept",
+            "X-Forwarded-Host": "evil.example",  # the client's word for it does not count
+            "X-Forwarded-Prefix": "/elsewhere",
         },
     )
     assert answer.status_code == 200
@@ -161,7 +164,10 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
     assert seen["cookie"] == "theme=dark"  # ours stripped, however written; the backend's kept
     assert seen["x-backends-partition"] == "P1"
     assert seen["x-forwarded-prefix"] == "/backends/echo/1.0.0"
+    assert seen["host"] == seen["x-forwarded-host"] == "127.0.0.1:8765"  # the client's Host
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-port"]) == ("http", "8765")
     assert seen["x-custom"] == "kept"
+    assert [k for k, _ in answer.json()["headers"]].count("host") == 1
 
 
 def test_what_comes_back_from_the_backend(proxied: Any) -> None:
@@ -254,3 +260,15 @@ def test_the_clients_take_an_http_client_and_raise_the_orchestrators_errors(
     supervisor.ended = False
     with pytest.raises(StartError, match="did not answer"):
         client.fetch_json("/x", method="POST")
+
+
+def test_a_redirect_never_leaves_the_backends_base_path(proxied: Any, backend: Backend) -> None:
+    http, _, _ = proxied
+    backend.answer = (
+        b"HTTP/1.1 302 Found\r\nlocation: /db/\r\nlink: </app.css>; rel=preload\r\n"
+        b"content-length: 0\r\n\r\n"
+    )
+    answer = http.get("/backends/echo/1/db", headers=MASTER, follow_redirects=False)
+    assert answer.status_code == 302
+    assert answer.headers["location"] == "/backends/echo/1.0.0/db/"
+    assert answer.headers["link"] == "</backends/echo/1.0.0/app.css>; rel=preload"

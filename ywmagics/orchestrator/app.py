@@ -120,7 +120,7 @@ async def logs(request: Request) -> Response:
     name = request.path_params["name"]
     partition = validate_partition(request.query_params.get("partition", DEFAULT_PARTITION))
     text = request.query_params.get("lines", "200")
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise SpecError(f"'lines' must be a whole number of at least 1, got {text!r}")
     return PlainTextResponse(_orchestrator(request).logs(name, partition, int(text)))
 

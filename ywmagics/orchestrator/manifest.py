@@ -56,6 +56,7 @@ class Manifest:
     install: tuple[tuple[str, ...], ...] = ()
     listen: Listen = Listen.UNIX
     network: Network = Network.PRIVATE
+    host: str = ""  # the Host header it is sent; empty: the one the client used
     readiness: str = "/"
     ready_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)
@@ -115,6 +116,7 @@ _KEYS = {
     "start",
     "listen",
     "network",
+    "host",
     "readiness",
     "ready_timeout",
     "env",
@@ -238,6 +240,7 @@ def load_manifest(path: Path) -> Manifest:
         install=install,
         listen=read.choice("listen", Listen, "unix"),
         network=read.choice("network", Network, "private"),
+        host=read.string("host", ""),
         readiness=readiness,
         ready_timeout=float(ready_timeout),
         env=dict(env),

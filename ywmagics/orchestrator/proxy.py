@@ -21,6 +21,7 @@ from ywmagics.errors import (
     internal_error,
 )
 from ywmagics.orchestrator.browser import cookie_pairs, is_ours, set_cookie_name
+from ywmagics.orchestrator.forwarding import Rewriter, forwarded_headers
 from ywmagics.orchestrator.processes import tail_of
 from ywmagics.orchestrator.security import send_error
 from ywmagics.orchestrator.supervisor import Instance, Supervisor
@@ -53,6 +54,13 @@ _DROPPED_REQUEST = {
     PARTITION_HEADER.encode(),
     b"cookie",
     b"expect",  # uvicorn already answered any 100-continue
+    # where the request comes from is ours to say (forwarding.forwarded_headers)
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
 }
 _DROPPED_RESPONSE = {
     b"connection",
@@ -81,27 +89,45 @@ def _without_our_cookies(value: bytes) -> bytes:
     )
 
 
+def _client_host(scope: Scope) -> str:
+    host: bytes = dict(scope["headers"]).get(b"host", b"")
+    return host.decode("latin-1")
+
+
 def _forwarded_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
-    headers = [(k, v) for k, v in scope["headers"] if k not in _DROPPED_REQUEST]
+    headers = forwarded_headers(
+        _client_host(scope),
+        instance.base_path,
+        str(scope.get("scheme", "http")),
+        instance.manifest.host,
+    )
+    headers += [(k, v) for k, v in scope["headers"] if k not in _DROPPED_REQUEST]
     for name, value in scope["headers"]:
         if name == b"cookie":
             kept = _without_our_cookies(value)
             if kept:
                 headers.append((b"cookie", kept))
     headers.append((PARTITION_HEADER.encode(), instance.partition.encode()))
-    headers.append((b"x-forwarded-prefix", instance.base_path.encode()))
     return headers
 
 
-def _returned_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+def _returned_headers(
+    scope: Scope, instance: Instance, response: UpstreamResponse
+) -> list[tuple[bytes, bytes]]:
     """The backend's headers, less hop-by-hop ones and any that would pass for ours (our
-    error mark; a cookie of one of our names, which would log the browser out or steer it)."""
-    return [
+    error mark; a cookie of one of our names, which would log the browser out or steer it),
+    with its links moved into its base path."""
+    kept = [
         (k, v)
         for k, v in response.headers
         if k not in _DROPPED_RESPONSE
         and not (k == b"set-cookie" and is_ours(set_cookie_name(v.decode("latin-1"))))
     ]
+    client_host = _client_host(scope)
+    own = [instance.manifest.host or client_host]
+    if instance.port is not None:
+        own += [f"127.0.0.1:{instance.port}", f"localhost:{instance.port}"]
+    return Rewriter(instance.base_path, client_host, own).headers(kept)
 
 
 class ClientGone(Exception):
@@ -159,7 +185,7 @@ class Proxy:
 
         try:
             response, instance = await self._open(scope, receive)
-            await self._relay(response, instance, receive, tracked_send)
+            await self._relay(scope, response, instance, receive, tracked_send)
         except ClientGone:
             return
         except YwMagicsError as error:
@@ -232,7 +258,12 @@ class Proxy:
         )
 
     async def _relay(
-        self, response: UpstreamResponse, instance: Instance, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        response: UpstreamResponse,
+        instance: Instance,
+        receive: Receive,
+        send: Send,
     ) -> None:
         """Send the answer on; a long one stops when the client goes away (uvicorn's send then
         does nothing, so without watching we would read the backend to its end)."""
@@ -242,7 +273,7 @@ class Proxy:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": _returned_headers(response),
+                    "headers": _returned_headers(scope, instance, response),
                 }
             )
             if not response.complete:

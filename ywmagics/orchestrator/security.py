@@ -33,6 +33,7 @@ from ywmagics.orchestrator.browser import (
     cookie_pairs,
     label_of_host,
 )
+from ywmagics.orchestrator.forwarding import split_host
 from ywmagics.protocol import ERROR_HEADER
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
@@ -49,15 +50,6 @@ class InstancePages:
 
 
 Refusal = tuple[YwMagicsError, int]
-
-
-def split_host(host: str) -> tuple[str, str]:
-    """``(name, port)`` of a Host header, IPv6 literals kept in brackets, the name lower-cased."""
-    if host.startswith("["):
-        name, _, rest = host.partition("]")
-        return name.lower() + "]", rest.removeprefix(":")
-    name, _, port = host.partition(":")
-    return name.lower(), port
 
 
 def host_is_loopback(host: str) -> bool:

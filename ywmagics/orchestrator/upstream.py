@@ -312,7 +312,9 @@ class UpstreamPool:
         headers: Headers,
         body: Body,
     ) -> UpstreamResponse:
-        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"host: backend\r\n"]
+        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+        if not any(name == b"host" for name, _ in headers):
+            head.append(b"host: localhost\r\n")  # the readiness probe's, say: HTTP/1.1 wants one
         head += [name + b": " + value + b"\r\n" for name, value in headers]
         streaming = body is not None and not isinstance(body, bytes)
         if isinstance(body, bytes) and (body or method not in ("GET", "HEAD")):
