@@ -161,3 +161,15 @@ def test_a_spent_link_opens_nothing_in_another_browser(
     assert "needs a link from the notebook" in _text(page)
     first.close()
     second.close()
+
+
+def test_a_backend_page_uses_its_websocket(orchestrator: Connection, browser: Any) -> None:
+    echo = ywmagics.install("ws_echo as w", partition="BrowserWs", connection=orchestrator).w
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(echo.browser_url("/page"))
+    page.wait_for_function("document.getElementById('out').textContent !== 'running'")
+    hello, reply = json.loads(page.locator("#out").inner_text())
+    assert json.loads(hello)["host"] == httpx.URL(page.url).netloc.decode()  # the page's host
+    assert reply == "ping from the page"
+    context.close()

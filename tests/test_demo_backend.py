@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -99,3 +100,27 @@ def test_calls_from_a_backend_stay_in_its_partition(
         },
     )
     assert answer == {"partition": "DemoP"}
+
+
+def test_websockets_through_the_proxy(orchestrator: Connection) -> None:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    ywmagics.install("ws_echo", partition="Ws", connection=orchestrator)
+    base = orchestrator.url.replace("http://", "ws://") + "/backends/ws_echo/^1"
+    headers = {**orchestrator.headers, "X-Backends-Partition": "Ws"}
+    with connect(f"{base}/echo", additional_headers=headers, subprotocols=["superchat"]) as ws:
+        assert ws.subprotocol == "superchat"
+        hello = json.loads(ws.recv())
+        assert hello == {"subprotocol": "superchat", "host": orchestrator.url.split("//")[1]}
+        ws.send("text")
+        assert ws.recv() == "text"
+        ws.send(b"\x00bytes" * 1000)
+        assert ws.recv() == b"\x00bytes" * 1000
+    with connect(f"{base}/close", additional_headers=headers) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    with pytest.raises(InvalidStatus) as refused:  # no token: refused at the handshake
+        connect(f"{base}/echo").close()
+    assert refused.value.response.status_code == 401

@@ -640,3 +640,16 @@ def test_a_tcp_backend_in_its_private_network_still_calls_the_orchestrator(
     answer = echo.fetch_json("/call", params={"path": "/backends/node_unix/^1/"})
     assert answer["status"] == 200
     assert json.loads(answer["body"]) == {"name": "node_unix", "partition": "Calls"}
+
+
+def test_server_sent_events_pass_unbuffered(orchestrator: Connection) -> None:
+    echo = ywmagics.install("node_echo as e", partition="Sse", connection=orchestrator).e
+    arrived: list[tuple[float, str]] = []
+    with echo.stream("/events") as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrived.append((time.monotonic(), line[6:]))
+    assert [data for _, data in arrived] == ["0", "1", "2"]
+    # Each came as it was sent (300 ms apart), not all at the end.
+    assert arrived[2][0] - arrived[0][0] > 0.4

@@ -34,6 +34,7 @@ from ywmagics.orchestrator.requests import (
 )
 from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.orchestrator.websocket import WebsocketProxy
 from ywmagics.protocol import ERROR_HEADER, NDJSON
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
@@ -194,15 +195,20 @@ class BackendsDispatch:
     """Sends ``/backends/...`` straight to the proxy, and the rest to the admin application: the
     hot path goes through no framework at all."""
 
-    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
+    def __init__(self, app: ASGIApp, proxy: Proxy, websockets: WebsocketProxy) -> None:
         self.app = app
         self.proxy = proxy
+        self.websockets = websockets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/backends/"):
-            await self.proxy(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope.get("path", "").startswith("/backends/"):
+            if scope["type"] == "http":
+                await self.proxy(scope, receive, send)
+                return
+            if scope["type"] == "websocket":
+                await self.websockets(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -238,7 +244,11 @@ def create_app(
         return InstancePages(instance.partition, instance.base_path) if instance else None
 
     return SecurityMiddleware(
-        BackendsDispatch(admin, Proxy(orchestrator.instance_for, supervisor)),
+        BackendsDispatch(
+            admin,
+            Proxy(orchestrator.instance_for, supervisor),
+            WebsocketProxy(orchestrator.instance_for),
+        ),
         token=token,
         instance_for_token=partition_for_token,
         pages_of_label=pages_of_label,

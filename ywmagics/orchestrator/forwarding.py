@@ -37,6 +37,7 @@ def forwarded_headers(
 ) -> Headers:
     """The headers that tell a backend where it is seen from: ``Host`` (the client's, unless
     the manifest gives one) and the ``X-Forwarded-*`` set."""
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)  # a websocket's handshake
     port = split_host(client_host)[1] or ("443" if scheme == "https" else "80")
     return [
         (b"host", (host or client_host).encode("latin-1")),

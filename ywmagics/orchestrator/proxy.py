@@ -89,14 +89,27 @@ def _without_our_cookies(value: bytes) -> bytes:
     )
 
 
-def _client_host(scope: Scope) -> str:
+def address_of(scope: Scope) -> tuple[str, str, bytes]:
+    """``(name, version or range, target)`` of ``/backends/NAME/VERSION/PATH?QUERY``."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    parts = raw_path.split(b"/", 4)  # b"", b"backends", name, version, rest
+    if len(parts) < 4 or not parts[2] or not parts[3]:
+        raise YwMagicsError("a backend URL looks like /backends/NAME/VERSION/PATH")
+    name, version = unquote(parts[2].decode()), unquote(parts[3].decode())
+    target = b"/" + (parts[4] if len(parts) > 4 else b"")
+    if scope.get("query_string"):
+        target += b"?" + scope["query_string"]
+    return name, version, target
+
+
+def client_host(scope: Scope) -> str:
     host: bytes = dict(scope["headers"]).get(b"host", b"")
     return host.decode("latin-1")
 
 
-def _forwarded_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
+def request_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
     headers = forwarded_headers(
-        _client_host(scope),
+        client_host(scope),
         instance.base_path,
         str(scope.get("scheme", "http")),
         instance.manifest.host,
@@ -123,11 +136,11 @@ def _returned_headers(
         if k not in _DROPPED_RESPONSE
         and not (k == b"set-cookie" and is_ours(set_cookie_name(v.decode("latin-1"))))
     ]
-    client_host = _client_host(scope)
-    own = [instance.manifest.host or client_host]
+    seen_as = client_host(scope)
+    own = [instance.manifest.host or seen_as]
     if instance.port is not None:
         own += [f"127.0.0.1:{instance.port}", f"localhost:{instance.port}"]
-    return Rewriter(instance.base_path, client_host, own).headers(kept)
+    return Rewriter(instance.base_path, seen_as, own).headers(kept)
 
 
 class ClientGone(Exception):
@@ -198,14 +211,7 @@ class Proxy:
                 await send_error(send, internal_error(error))
 
     async def _open(self, scope: Scope, receive: Receive) -> tuple[UpstreamResponse, Instance]:
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        parts = raw_path.split(b"/", 4)  # b"", b"backends", name, version, rest
-        if len(parts) < 4 or not parts[2] or not parts[3]:
-            raise YwMagicsError("a backend URL looks like /backends/NAME/VERSION/PATH")
-        name, version = unquote(parts[2].decode()), unquote(parts[3].decode())
-        target = b"/" + (parts[4] if len(parts) > 4 else b"")
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
+        name, version, target = address_of(scope)
         headers = dict(scope["headers"])
         method = scope["method"]
         partition = partition_of(scope, headers)
@@ -240,7 +246,7 @@ class Proxy:
         if pool is None:
             raise UpstreamError("the instance is stopped", sent=False)
         return await pool.request(
-            scope["method"], target.decode("latin-1"), _forwarded_headers(scope, instance), body
+            scope["method"], target.decode("latin-1"), request_headers(scope, instance), body
         )
 
     @staticmethod

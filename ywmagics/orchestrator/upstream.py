@@ -82,7 +82,7 @@ class _ResponseReader:
         self.keep_alive = self.parser.should_keep_alive()
 
 
-async def _from_connector(path: str) -> socket.socket:
+async def socket_from_connector(path: str) -> socket.socket:
     """A socket connected to the backend, received from its connector."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asking:
@@ -246,7 +246,7 @@ class UpstreamPool:
             if self.uds is not None:
                 reader, writer = await asyncio.open_unix_connection(self.uds, limit=_READ_SIZE)
             else:
-                sock = await _from_connector(self.connector) if self.connector else None
+                sock = await socket_from_connector(self.connector) if self.connector else None
                 if sock is None:
                     reader, writer = await asyncio.open_connection(
                         "127.0.0.1", self.port, limit=_READ_SIZE

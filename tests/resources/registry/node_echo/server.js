@@ -60,6 +60,19 @@ const server = http.createServer((req, res) => {
     return res.end(PAGE);
   }
   if (path === "/record") return send(res, 200, { hits: ++hits });
+  if (req.method === "GET" && path === "/events") {
+    // Server-Sent Events, a few at a pace: each must reach the client as it is sent.
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    let n = 0;
+    const tick = setInterval(() => {
+      res.write(`data: ${n}\n\n`);
+      if (++n === 3) {
+        clearInterval(tick);
+        res.end();
+      }
+    }, 300);
+    return;
+  }
   if (req.method === "GET" && path === "/call") {
     // Calls the orchestrator with its instance token, as a backend calling another does.
     const target = new URL(req.url, "http://x").searchParams.get("path");
