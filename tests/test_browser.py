@@ -173,3 +173,19 @@ def test_a_backend_page_uses_its_websocket(orchestrator: Connection, browser: An
     assert json.loads(hello)["host"] == httpx.URL(page.url).netloc.decode()  # the page's host
     assert reply == "ping from the page"
     context.close()
+
+
+def test_the_demo_backends_docs_work_offline(orchestrator: Connection, browser: Any) -> None:
+    demo = ywmagics.install(
+        "demo_yw_backend#^0.1.1 as d", partition="BrowserDocs", connection=orchestrator
+    ).d
+    context = browser.new_context()
+    page = context.new_page()
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.goto(demo.docs_url)
+    # Swagger UI, from the backend's own files (this machine reaches no CDN), shows the routes.
+    page.get_by_text("/cow-say", exact=True).wait_for(timeout=15_000)
+    assert "demo_yw_backend" in page.title()
+    assert failed == []
+    context.close()

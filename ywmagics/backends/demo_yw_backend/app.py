@@ -10,15 +10,18 @@ import os
 
 import cowsay
 import httpx
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 NAME = "demo_yw_backend"
 VERSION = "0.1.1"
 CHARACTERS = sorted(cowsay.char_names)
 
-app = FastAPI(
+# FastAPIOffline serves /docs and /redoc with their scripts from the backend itself (a FastAPI
+# app loads them from a CDN): the pages work with no internet.
+app = FastAPIOffline(
     title=NAME,
     version=VERSION,
     description="The demo backend of ywmagics: hello world and cowsay pictures.",
