@@ -629,6 +629,56 @@ def test_idle_connections_cannot_lock_the_orchestrator_out(tmp_path: Path) -> No
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.parametrize("attack", ["one endless value", "many small headers", "endless path"])
+def test_an_oversized_head_is_refused_without_stalling_anyone(
+    orchestrator: Connection, attack: str
+) -> None:
+    # Parsers build a head by concatenation: one endless header used to spend the event loop's
+    # time for the whole headers deadline, and small headers took gigabytes, token or not.
+    import socket
+
+    from ywmagics.orchestrator.connections import MAX_HEAD_BYTES
+
+    port = int(orchestrator.url.rsplit(":", 1)[1])
+    start = {
+        "one endless value": b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: ",
+        "many small headers": b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        "endless path": b"GET /",
+    }[attack]
+    piece = b"x-h: 1\r\n" if attack == "many small headers" else b"a" * 8
+    attacker = socket.create_connection(("127.0.0.1", port))
+    attacker.settimeout(10)
+    attacker.sendall(start)
+    began = time.monotonic()
+    for _ in range(8 * MAX_HEAD_BYTES // (len(piece) * 1024)):
+        attacker.sendall(piece * 1024)
+    answer = b""
+    while chunk := attacker.recv(65536):
+        answer += chunk
+    # Refused when the cap was passed, not at the headers deadline (10 s).
+    assert time.monotonic() - began < 3
+    attacker.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"x-ywmagics-error: 1" in answer and b"connection: close" in answer
+    assert b"64 KiB" in answer
+    with httpx.Client(timeout=10) as http:
+        began = time.monotonic()
+        assert http.get(f"{orchestrator.url}/status", headers=orchestrator.headers).is_success
+        assert time.monotonic() - began < 1
+
+
+def test_heads_under_the_cap_and_large_bodies_pass(orchestrator: Connection) -> None:
+    long = "v" * 60_000  # under the 64 KiB cap, with the rest of the request
+    with httpx.Client(timeout=10) as http:
+        headers = {**orchestrator.headers, "X-Long": long}
+        assert http.get(f"{orchestrator.url}/status", headers=headers).is_success
+    echo = ywmagics.install("node_echo as e", partition="Heads", connection=orchestrator).e
+    long = "v" * 12_000  # Node's own cap is 16 KiB
+    assert echo.fetch_json("/headers", headers={"X-Long": long})["x-long"] == long
+    body = os.urandom(3 << 20)  # a body is not a head: no cap here
+    assert echo.fetch_json("/size", method="POST", content=body) == {"size": len(body)}
+
+
 def test_a_tcp_backend_in_its_private_network_still_calls_the_orchestrator(
     orchestrator: Connection,
 ) -> None:
