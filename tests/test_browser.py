@@ -134,6 +134,26 @@ def test_backend_pages_get_no_credential_that_opens_more_than_their_instance(
     context.close()
 
 
+def test_backend_pages_give_their_host_name_to_no_other_site(
+    orchestrator: Connection, browser: Any, elsewhere: int
+) -> None:
+    # The host name is where the theft of a session starts (another local user's server on
+    # another port sets a cookie for it): it must not reach other sites in a Referer, whatever
+    # the backend asks for (node_echo's /links says 'Referrer-Policy: unsafe-url').
+    mine = _instance(orchestrator, "BrowserRef")
+    context = browser.new_context()
+    page = context.new_page()
+    Recorder.seen.clear()
+    page.goto(mine.browser_url("/links?" + urlencode({"to": f"http://127.0.0.1:{elsewhere}"})))
+    host = httpx.URL(page.url).host
+    page.click("#away")
+    page.wait_for_url(f"http://127.0.0.1:{elsewhere}/away")
+    paths = {seen["path"] for seen in Recorder.seen}
+    assert {"/pixel", "/away"} <= paths, Recorder.seen
+    assert not any(host in json.dumps(seen) for seen in Recorder.seen), Recorder.seen
+    context.close()
+
+
 def test_a_stopped_instance_ends_its_pages_sessions(orchestrator: Connection, browser: Any) -> None:
     mine = _instance(orchestrator, "BrowserC")
     context = browser.new_context()
@@ -143,7 +163,7 @@ def test_a_stopped_instance_ends_its_pages_sessions(orchestrator: Connection, br
     OrchestratorClient(orchestrator).stop(partition="BrowserC")
     answer = page.goto(page.url)
     assert answer is not None and answer.status == 404
-    assert "not running any more" in _text(page)
+    assert "no such page" in _text(page)
     context.close()
 
 

@@ -193,6 +193,8 @@ def test_a_link_opens_its_instance_pages_with_a_session_of_their_own(pages: Page
     opened = pages.get(link)
     assert opened.status_code == 303
     assert opened.headers["location"] == "/backends/node_echo/1.0.0/docs?theme=dark"  # no code
+    # Nothing on an instance's host gives its name away to other sites (see test_browser).
+    assert opened.headers["referrer-policy"] == "same-origin"
     session = _session(opened)
     assert TOKEN not in session  # never the orchestrator's token
     page = pages.get(f"http://{pages.host}{opened.headers['location']}", session)
@@ -203,6 +205,15 @@ def test_a_link_opens_its_instance_pages_with_a_session_of_their_own(pages: Page
     # A reload of the link (its code spent) keeps working: back to the page, no code.
     reload = pages.get(link, session)
     assert reload.status_code == 303 and "yw_code" not in reload.headers["location"]
+
+
+@pytest.mark.parametrize("path", ["/%E2%82%AC", "/a%3Fb", "/x%23y", "/sp%20ace", "/q"])
+def test_a_link_leads_to_the_very_address_it_names(pages: Pages, path: str) -> None:
+    # Built from the decoded path, '%3F' became a query, '%23' a fragment, and '€' a 500.
+    link = pages.link(path + "?a=1&b=%26&c")
+    opened = pages.get(link)
+    assert opened.status_code == 303, opened.text
+    assert opened.headers["location"] == f"/backends/node_echo/1.0.0{path}?a=1&b=%26&c"
 
 
 def test_a_link_works_once_and_a_session_opens_nothing_else(
@@ -220,12 +231,14 @@ def test_a_link_works_once_and_a_session_opens_nothing_else(
     assert other.get(second).status_code == 303
     # The session opens neither the orchestrator's API nor anything on its own host name.
     for path in ("/status", "/backends/other/1.0.0/", "/backends/node_echo/1.0.1/"):
-        _refused(pages.get(f"http://{pages.host}{path}", session), 404, "serves /backends/node_e")
+        refused = pages.get(f"http://{pages.host}{path}", session)
+        _refused(refused, 404, "no such page")
+        assert "node_echo" not in refused.text  # which pages a host serves is not said
     for path in ("/status", "/backends/node_echo/1.0.0/"):
         _refused(http.get(path, headers={"Cookie": session}), 401, "carries no token")
     # A stopped instance's sessions end with it.
     del served[1].supervisor.by_label[pages.label]
-    _refused(pages.get(f"http://{pages.host}/backends/node_echo/1.0.0/", session), 404, "any more")
+    _refused(pages.get(f"http://{pages.host}/backends/node_echo/1.0.0/", session), 404, "no such")
 
 
 def test_other_pages_scripts_cannot_use_a_session(pages: Pages) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -135,7 +135,8 @@ async def browser_link(request: Request) -> Response:
     """A link that opens ``path`` of an instance in a browser, on the instance's own host name,
     with a one-time code (the instance is started if it does not run)."""
     body = await read_body(request, BrowserLinkBody)
-    path, _, query = body.path.partition("?")
+    path, _, fragment = body.path.partition("#")
+    path, _, query = path.partition("?")
     if "//" in path or "\\" in path:
         raise SpecError(f"{path!r} is not a path of the backend")
     partition = request.scope["state"].get("pinned_partition") or body.partition
@@ -145,8 +146,11 @@ async def browser_link(request: Request) -> Response:
     access: BrowserAccess = request.app.state.access
     code = access.issue_code(instance.browser_label)
     port = urlsplit(_orchestrator(request).settings.url).port
-    query = urlencode([*parse_qsl(query, keep_blank_values=True), (CODE_QUERY, code)])
+    # The query as given, byte for byte (the redirect that spends the code keeps it so too).
+    query = f"{query}&{CODE_QUERY}={code}" if query else f"{CODE_QUERY}={code}"
     url = f"http://{instance.browser_label}.localhost:{port}{instance.base_path}{path}?{query}"
+    if fragment:
+        url += f"#{fragment}"
     return JSONResponse({"url": url, "expires_in": CODE_LIFETIME})
 
 

@@ -20,9 +20,9 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ywmagics.errors import AuthenticationError, YwMagicsError
 from ywmagics.orchestrator.browser import (
@@ -85,6 +85,8 @@ class SecurityMiddleware:
             return
         scope.setdefault("state", {})
         refusal = self._check(scope)
+        if scope["state"].get("instance_host"):
+            send = _same_origin_referrers(send)
         if refusal is not None:
             await refuse(scope, send, *refusal)
             return
@@ -139,16 +141,15 @@ class SecurityMiddleware:
 
     def _check_browser(self, scope: Scope, headers: dict[str, str], label: str) -> Refusal | None:
         """An instance's host: that instance's pages, for its session cookie or a link's code."""
+        scope["state"]["instance_host"] = True
         pages = self.pages_of_label(label)
         again = "open a new link from the notebook: '%backends docs ALIAS'"
-        if pages is None:
-            return AuthenticationError(
-                "this page's backend instance is not running any more", hint=again
-            ), 404
         path = scope["path"]
-        if not (path == pages.base_path or path.startswith(pages.base_path + "/")):
+        if pages is None or not (path == pages.base_path or path.startswith(pages.base_path + "/")):
+            # One answer for both: which pages a host name serves is not said to strangers.
             return AuthenticationError(
-                f"this host serves {pages.base_path}/ only", hint="it is a backend's own host"
+                "no such page: its backend instance stopped, or the address is not one of its",
+                hint=again,
             ), 404
         site = headers.get("sec-fetch-site")
         navigation = (
@@ -180,6 +181,21 @@ class SecurityMiddleware:
         ), 401
 
 
+def _same_origin_referrers(send: Send) -> Send:
+    """Every answer on an instance's host tells the browser to send no ``Referer`` to other
+    origins (whatever the backend said): the host name is what a session's theft starts from,
+    and a page's links to other sites would give it away."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.http.response.start"):
+            headers = [(k, v) for k, v in message.get("headers", []) if k != b"referrer-policy"]
+            headers.append((b"referrer-policy", b"same-origin"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
+
+
 def _query_value(scope: Scope, key: str) -> str | None:
     query = scope.get("query_string", b"")
     if key.encode() not in query:
@@ -191,13 +207,18 @@ async def _redirect_with_session(
     scope: Scope, send: Send, session: str | None, base_path: str
 ) -> None:
     """To the same address without the code (a reload then works), with the session cookie."""
-    rest = [(k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1"), True)]
-    query = urlencode([(k, v) for k, v in rest if k != CODE_QUERY])
-    location = scope["path"] + (f"?{query}" if query else "")
+    # From the path and query as sent, byte for byte: decoded, '%3F' would become a query and
+    # a character beyond Latin-1 could not be written.
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    kept = [
+        pair
+        for pair in scope["query_string"].split(b"&")
+        if pair and unquote_plus(pair.split(b"=", 1)[0].decode("latin-1")) != CODE_QUERY
+    ]
+    location = path + (b"?" + b"&".join(kept) if kept else b"")
     headers = [
-        (b"location", location.encode("latin-1")),
+        (b"location", location),
         (b"cache-control", b"no-store"),
-        (b"referrer-policy", b"no-referrer"),
         (b"content-length", b"0"),
     ]
     if session is not None:

@@ -1,7 +1,7 @@
 // node_echo: GET / -> {"name":"node_echo"}; POST /echo -> the JSON body plus {"partition": ...};
 // GET /headers, POST /size and GET /big serve the proxy's tests; GET /page (a page whose script
-// calls the URLs in ?targets=, as a hostile page would), POST /record and GET /hits serve the
-// browser's.
+// calls the URLs in ?targets=, as a hostile page would), GET /links (links to ?to=), POST /record
+// and GET /hits serve the browser's.
 "use strict";
 const http = require("http");
 
@@ -58,6 +58,13 @@ const server = http.createServer((req, res) => {
   if (req.method === "GET" && path === "/page") {
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
     return res.end(PAGE);
+  }
+  if (req.method === "GET" && path === "/links") {
+    // A page with a link and an image from another site, asking browsers to tell it everything.
+    const to = new URL(req.url, "http://x").searchParams.get("to") || "";
+    const quoted = to.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+    res.writeHead(200, { "content-type": "text/html", "referrer-policy": "unsafe-url" });
+    return res.end(`<!doctype html><img src="${quoted}/pixel"><a id="away" href="${quoted}/away">away</a>`);
   }
   if (path === "/record") return send(res, 200, { hits: ++hits });
   if (req.method === "GET" && path === "/events") {
