@@ -106,3 +106,55 @@ def test_kill_9_at_random_moments_leaves_nothing_used_or_running(tmp_path: Path)
     finally:
         stop_orchestrator(process)
     assert _processes_of(home) == []
+
+
+LEAVE_PROCESSES = """
+import os, subprocess, time
+plain = subprocess.Popen(["sleep", "777"])
+away = subprocess.Popen(["sleep", "778"], start_new_session=True)
+read, write = os.pipe()
+if os.fork() == 0:  # a daemon: double fork, a session of its own
+    if os.fork() == 0:
+        os.setsid()
+        os.write(write, str(os.getpid()).encode())
+        time.sleep(600)
+    os._exit(0)
+pids = [plain.pid, away.pid, int(os.read(read, 20))]
+"""
+
+
+@pytest.mark.parametrize("how", ["kill -9", "shutdown", "stop"])
+def test_nothing_a_backend_started_outlives_it_or_the_orchestrator(
+    tmp_path: Path, how: str
+) -> None:
+    # What a cell starts, even in a session of its own or as a daemon, ends with its backend:
+    # the launcher under each backend is the reaper of all it leaves.
+    from .test_pyrun_backend import _run
+
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        runner = ywmagics.install("pyrun_backend as r", partition="Leave", connection=connection).r
+        pids = _run(runner, LEAVE_PROCESSES, ["pids"])["capturedOut"]["pids"]
+        assert len(pids) == 3 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+        if how == "kill -9":
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        elif how == "shutdown":
+            OrchestratorClient(connection).shutdown()
+            process.wait(30)
+        else:
+            OrchestratorClient(connection).stop(partition="Leave")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.02)
+        assert [pid for pid in pids if _running(pid)] == []
+    finally:
+        stop_orchestrator(process)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

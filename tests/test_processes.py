@@ -20,9 +20,11 @@ import pytest
 from ywmagics.orchestrator.processes import (
     LAUNCHER,
     child_argv,
+    end_all,
     has_exited,
     private_network_available,
     run_logged,
+    signal_group,
     tail_of,
 )
 from ywmagics.orchestrator.supervisor import _free_port
@@ -98,39 +100,103 @@ def test_the_launcher_refuses_to_run_for_a_parent_that_is_not_its_own() -> None:
     assert subprocess.run(argv, check=False).returncode == 70
 
 
+# A program that leaves processes everywhere: a plain child, one in a session of its own, and a
+# daemon (double fork), then writes their pids and waits (or ends with the given code).
+SPAWNER = """
+import os, signal, subprocess, sys, time
+plain = subprocess.Popen(["sleep", "600"])
+away = subprocess.Popen(["sleep", "601"], start_new_session=True)
+read, write = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.setsid()
+        os.write(write, str(os.getpid()).encode())
+        time.sleep(600)
+    os._exit(0)
+daemon = int(os.read(read, 20))
+open(sys.argv[1], "w").write(f"{plain.pid} {away.pid} {daemon}")
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(5))
+if sys.argv[2] != "wait":
+    sys.exit(int(sys.argv[2]))
+time.sleep(600)
+"""
+
+
+def _spawned(pid_file: Path) -> list[int]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if pid_file.exists() and len(pid_file.read_text().split()) == 3:
+            return [int(pid) for pid in pid_file.read_text().split()]
+        time.sleep(0.01)
+    raise AssertionError("the program did not start its processes")
+
+
+def _all_end(pids: list[int], within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(has_exited(pid) for pid in pids):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 @linux_only
-def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> None:
-    pid_file = tmp_path / "child.pid"
+def test_nothing_a_child_started_outlives_its_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import subprocess, sys, time\n"
             "from ywmagics.orchestrator.processes import child_argv\n"
-            "child = subprocess.Popen(child_argv(['sleep', '60']), start_new_session=True)\n"
-            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "argv = [sys.executable, '-c', sys.argv[1], sys.argv[2], 'wait']\n"
+            "subprocess.Popen(child_argv(argv), start_new_session=True)\n"
             "time.sleep(60)\n",
+            SPAWNER,
+            str(pid_file),
         ]
     )
     try:
-        deadline = time.monotonic() + 10
-        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        child = int(pid_file.read_text())
-        cmdline = Path(f"/proc/{child}/cmdline")
-        while b"-c\0" in cmdline.read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the launcher has armed the signal once it has become 'sleep'
-        assert b"-c\0" not in cmdline.read_bytes()
-        assert not has_exited(child)
-        os.kill(parent.pid, signal.SIGKILL)
+        spawned = _spawned(pid_file)
+        assert not any(has_exited(pid) for pid in spawned)
+        os.kill(parent.pid, signal.SIGKILL)  # as 'kill -9' of the orchestrator
         parent.wait()
-        deadline = time.monotonic() + 5
-        while not has_exited(child) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert has_exited(child)
+        assert _all_end(spawned), [pid for pid in spawned if not has_exited(pid)]
     finally:
         parent.kill()
         parent.wait()
+
+
+def _launched(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], list[int]]:
+    pid_file = tmp_path / "pids"
+    argv = [sys.executable, "-c", SPAWNER, str(pid_file), how]
+    process = subprocess.Popen(child_argv(argv), start_new_session=True)
+    return process, _spawned(pid_file)
+
+
+@linux_only
+def test_a_stop_ends_everything_a_child_started_wherever_it_went(tmp_path: Path) -> None:
+    process, spawned = _launched(tmp_path, "wait")
+    signal_group(process.pid, signal.SIGTERM)  # passed on to the program: it exits with 5
+    assert process.wait(10) == 5
+    assert _all_end(spawned, 1)  # its processes ended before the launcher did
+
+
+@linux_only
+def test_the_end_signal_kills_everything_at_once(tmp_path: Path) -> None:
+    process, spawned = _launched(tmp_path, "wait")
+    end_all(process.pid)
+    assert process.wait(10) == -signal.SIGKILL  # as the program ended
+    assert _all_end(spawned, 1)
+
+
+@linux_only
+def test_a_child_ends_as_its_program_did_and_takes_what_it_left(tmp_path: Path) -> None:
+    process, spawned = _launched(tmp_path, "3")
+    assert process.wait(10) == 3
+    assert _all_end(spawned, 1)
+    killed = subprocess.Popen(child_argv(["sh", "-c", "kill -HUP $$"]), start_new_session=True)
+    assert killed.wait(10) == -signal.SIGHUP
 
 
 SERVE_INSIDE = """

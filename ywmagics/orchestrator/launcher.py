@@ -6,10 +6,22 @@ own program, standard library only (run with ``python -I -S``, about 7 ms).
     launcher.py PARENT_PID [--private-network SOCKET PORT [--orchestrator PORT SOCKET]]
                 PROGRAM ARGV0 [ARG ...]
 
-It arms ``PR_SET_PDEATHSIG`` (SIGKILL when the orchestrator ends, however it ends), checks that
-its parent is still the orchestrator (one that died before the signal was armed would never send
-it), then ``exec``\\ s the program. The alternative, a ``preexec_fn``, runs Python between fork
-and exec, which is unsafe once threads run.
+It stays the parent of the program, and of everything the program starts: nothing a backend
+or a build step started outlives it, nor the orchestrator, however that ends.
+
+- It arms ``PR_SET_PDEATHSIG`` (a signal when the orchestrator ends, even by SIGKILL) and checks
+  that its parent is still the orchestrator (one that died before the signal was armed would
+  never send it). It is a ``PR_SET_CHILD_SUBREAPER``: what the program's processes leave
+  behind, even through ``setsid`` or a double fork, becomes its child, not init's.
+- It forks the program into a process group of its own, armed to be killed when the launcher
+  dies, and forwards to that group the signals it gets (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+  SIGUSR1): the orchestrator's stop, or a user's ``kill`` of the pid it lists.
+- When the program ends, when the orchestrator is gone, or on :data:`END_SIGNAL` (the
+  orchestrator's last word to a stop), it kills every process left under it, then ends as the
+  program ended (its exit code, or its signal).
+
+The alternative to a launcher, a ``preexec_fn``, runs Python between fork and exec, which is
+unsafe once threads run.
 
 With ``--private-network``, the program gets a network namespace of its own (inside a user
 namespace when not run as root), whose loopback no other local user can reach: a backend that
@@ -24,11 +36,18 @@ URL it was given. The namespace has no other network: no internet, no other mach
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+END_SIGNAL = signal.SIGUSR2  # from the orchestrator: kill everything now, then end
+# The parent-death signal, caught to kill everything first (launchers run on Linux only).
+_ORPHANED = getattr(signal, "SIGRTMIN", 34) + 1
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _SIOCSIFFLAGS = 0x8914
@@ -39,9 +58,114 @@ NO_PRIVATE_NETWORK = 71  # exit code: this machine gives no private network name
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with(parent: int) -> None:
-    if _libc.prctl(_PR_SET_PDEATHSIG, 9) != 0 or os.getppid() != parent:
+def _die_with(parent: int, signum: int = signal.SIGKILL) -> None:
+    if _libc.prctl(_PR_SET_PDEATHSIG, signum) != 0 or os.getppid() != parent:
         os._exit(NO_PARENT)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+class Launcher:
+    """The program's parent, and the reaper of all it leaves behind."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.program = 0
+        self.ended: dict[int, int] = {}  # wait statuses of the children reaped
+
+    def watch_signals(self) -> None:
+        for signum in _FORWARDED:
+            signal.signal(signum, self._forward)
+        signal.signal(END_SIGNAL, self._end_now)
+        signal.signal(_ORPHANED, self._parent_died)
+
+    def _forward(self, signum: int, frame: object) -> None:
+        if self.program:
+            try:
+                os.killpg(self.program, signum)
+            except ProcessLookupError:  # it left its group (setsid): to itself, then
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.program, signum)
+
+    def _end_now(self, signum: int, frame: object) -> None:
+        self.end_everything()
+        self.exit_as_the_program()
+
+    def _parent_died(self, signum: int, frame: object) -> None:
+        if os.getppid() != self.parent:  # not a thread of it that ended: the orchestrator
+            self.end_everything()
+            os._exit(NO_PARENT)
+
+    def end_everything(self) -> None:
+        """Kill every process under this one, until none is left: the children of one killed
+        become ours (we are their subreaper), and are killed in the next round."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {*_FORWARDED, END_SIGNAL, _ORPHANED})
+        here = os.getpid()
+        for _ in range(10_000):  # a fork bomb, killed faster than it forks, still ends
+            children = _children(here)
+            if not children:
+                return
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            for child in children:
+                with contextlib.suppress(ChildProcessError):
+                    _, status = os.waitpid(child, 0)
+                    self.ended[child] = status
+
+    def run(self, program: str, argv: list[str]) -> None:
+        """Fork and exec the program; reap until it ends; then end what it left; end as it did."""
+        here = os.getpid()
+        self.program = os.fork()
+        if self.program == 0:
+            for signum in (*_FORWARDED, END_SIGNAL, _ORPHANED):
+                signal.signal(signum, signal.SIG_DFL)
+            os.setpgid(0, 0)
+            _die_with(here)
+            try:
+                os.execv(program, argv)
+            except OSError as error:
+                sys.stderr.write(f"cannot run {argv[0]!r}: {error.strerror}\n")
+            os._exit(127)
+        with contextlib.suppress(OSError):  # as the child does: whichever runs first
+            os.setpgid(self.program, self.program)
+        while self.program not in self.ended:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.ended[pid] = status
+        self.end_everything()
+        self.exit_as_the_program()
+
+    def exit_as_the_program(self) -> None:
+        status = self.ended.get(self.program)
+        if status is None:  # killed by us before it was reaped: it was, by SIGKILL
+            status = signal.SIGKILL
+        if os.WIFSIGNALED(status):
+            import resource
+
+            signum = os.WTERMSIG(status)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its core, if any, was its own
+            if signum != signal.SIGKILL:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+            os.kill(os.getpid(), signum)
+            os._exit(128 + signum)
+        os._exit(os.waitstatus_to_exitcode(status))
 
 
 def enter_private_network() -> None:
@@ -132,6 +256,7 @@ def main(argv: list[str]) -> None:
         os._exit(0)
     parent = int(argv[0])
     rest = argv[1:]
+    private: tuple[str, int, tuple[int, str] | None] | None = None
     if rest[:1] == ["--private-network"]:
         path, port, rest = rest[1], int(rest[2]), rest[3:]
         orchestrator = None
@@ -142,21 +267,23 @@ def main(argv: list[str]) -> None:
         except OSError as error:
             sys.stderr.write(f"no private network namespace here: {error}\n")
             os._exit(NO_PRIVATE_NETWORK)
-        _die_with(parent)
-        here = os.getpid()
-        if os.fork() == 0:  # the connector, which ends with the program it serves
-            _die_with(here)
-            try:
-                serve_connections(path, port, orchestrator)
-            finally:
-                os._exit(0)
-    _die_with(parent)
-    program, program_argv = rest[0], rest[1:]
-    try:
-        os.execv(program, program_argv)
-    except OSError as error:
-        sys.stderr.write(f"cannot run {program_argv[0]!r}: {error.strerror}\n")
-        os._exit(127)
+        private = (path, port, orchestrator)
+    launcher = Launcher(parent)
+    launcher.watch_signals()
+    _die_with(parent, _ORPHANED)
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:
+        sys.stderr.write("cannot become the reaper of the program's processes\n")
+        os._exit(NO_PARENT)
+    here = os.getpid()
+    if private is not None and os.fork() == 0:  # the connector, killed with all the rest
+        for signum in (*_FORWARDED, END_SIGNAL, _ORPHANED):
+            signal.signal(signum, signal.SIG_IGN)
+        _die_with(here)
+        try:
+            serve_connections(*private)
+        finally:
+            os._exit(0)
+    launcher.run(rest[0], rest[1:])
 
 
 if __name__ == "__main__":

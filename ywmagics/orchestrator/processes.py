@@ -1,11 +1,11 @@
 """Child processes that never outlive the orchestrator: how they are launched and signalled.
 
-Each child gets its own session (so that a stop signals its whole process group) and, on Linux,
-``PR_SET_PDEATHSIG`` so that the kernel kills it if the orchestrator dies, even by SIGKILL. The
-signal is armed by a tiny launcher that then ``exec``\\ s the real program, not by a
-``preexec_fn``: that runs Python between fork and exec, which is unsafe once threads run (the
-build steps start from worker threads). The launcher checks ``getppid()`` after arming: a parent
-that died before that moment would never send the signal.
+On Linux each child runs under a small launcher (:mod:`ywmagics.orchestrator.launcher`): it is
+told by the kernel when the orchestrator dies, even by SIGKILL, and it is the reaper of all its
+program starts, so that it can kill all of it, even what left the process group. It is started
+as a program, not by a ``preexec_fn``: that runs Python between fork and exec, which is unsafe
+once threads run (the build steps start from worker threads). Elsewhere each child leads a
+process group of its own, signalled as a whole.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ywmagics.orchestrator.launcher import END_SIGNAL
+
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))  # run with -I -S: about 7 ms
+END_GRACE = 2.0  # seconds a launcher has to kill what its program left (then: SIGKILL)
 _EXECUTABLE_MAGIC = (b"#!", b"\x7fELF")
 _ARMS_PDEATHSIG = sys.platform.startswith("linux")
 
@@ -115,6 +118,34 @@ def signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
+def end_all(pid: int) -> None:
+    """Kill the child ``pid`` and everything it started: its launcher does that, finding even
+    what left the group; a child without one (not Linux) has its group killed. Whoever waits
+    for it gives it :data:`END_GRACE`, then kills its group (:func:`signal_group`)."""
+    if not _ARMS_PDEATHSIG:
+        signal_group(pid, signal.SIGKILL)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, END_SIGNAL)
+
+
+def program_pid(pid: int) -> int:
+    """The pid of the program a child runs: under a launcher, its child that leads a process
+    group of its own (the connector of a private network does not); else ``pid`` itself."""
+    if not _ARMS_PDEATHSIG:
+        return pid
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as listing:
+            children = [int(child) for child in listing.read().split()]
+    except (OSError, ValueError):
+        return pid
+    for child in children:
+        with contextlib.suppress(OSError):
+            if os.getpgid(child) == child:
+                return child
+    return pid  # not forked yet, or ended
+
+
 def has_exited(pid: int) -> bool:
     """Whether ``pid`` has ended, reaped or not (a zombie has): the event loop may not have
     reaped it yet when its sockets already report it gone."""
@@ -145,7 +176,7 @@ class RunningSteps:
             self._by_key.setdefault(key, set()).add(process)
             ended = key in self._ended
         if ended:  # its folder went away while it started
-            signal_group(process.pid, signal.SIGKILL)
+            end_all(process.pid)
 
     def discard(self, key: str, process: subprocess.Popen[str]) -> None:
         with self._lock:
@@ -161,10 +192,14 @@ class RunningSteps:
                 self._ended.add(key)
                 processes = set(self._by_key.get(key, ()))
         for process in processes:
-            signal_group(process.pid, signal.SIGKILL)
+            end_all(process.pid)
         for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
+            try:
+                process.wait(END_GRACE)
+            except subprocess.TimeoutExpired:
+                signal_group(process.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(5)
 
 
 def run_logged(

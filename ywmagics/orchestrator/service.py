@@ -17,7 +17,7 @@ from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.manifest import Manifest
-from ywmagics.orchestrator.processes import tail_of
+from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
@@ -133,7 +133,7 @@ class Orchestrator:
             "path": f"/backends/{manifest.name}/{manifest.version}",
             "config": environment.config,
             "python": environment.python_version,
-            "pid": instance.process.pid if instance.process else None,
+            "pid": program_pid(instance.process.pid) if instance.process else None,
         }
 
     async def _environment(self, plan: Plan, partition: str, emit: Emit) -> Environment:

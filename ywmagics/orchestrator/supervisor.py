@@ -38,10 +38,13 @@ from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, event_of
 from ywmagics.orchestrator.manifest import Listen, Manifest, Network, expand
 from ywmagics.orchestrator.processes import (
+    END_GRACE,
     PrivateNetwork,
     child_argv,
+    end_all,
     has_exited,
     private_network_available,
+    program_pid,
     signal_group,
     tail_of,
 )
@@ -117,7 +120,7 @@ class Instance:
             "name": self.manifest.name,
             "version": self.manifest.version,
             "state": self.state.value,
-            "pid": self.process.pid if self.process else None,
+            "pid": program_pid(self.process.pid) if self.process else None,
             "uptime": round(time.monotonic() - self.started_at, 1) if running else 0.0,
             "config": self.environment.config,
             "fingerprint": self.environment.fingerprint,
@@ -495,19 +498,25 @@ class Supervisor:
         self.emit(self._event(instance, EventKind.STOPPED, "stopped"))
 
     async def _kill(self, instance: Instance) -> None:
-        """Stop the instance's whole process group: TERM, a wait for the process, then KILL,
-        even when its leader has ended already (what it started may live on in the group)."""
+        """Stop the instance and all it started: TERM, a wait for the process, then the end of
+        everything left (:func:`end_all`), even when the program has ended already."""
         process = instance.process
         if process is None:
             return
         if instance.state in (InstanceState.STARTING, InstanceState.READY):
             instance.state = InstanceState.STOPPING  # its end is not a crash
-        signal_group(process.pid, signal.SIGTERM)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), self.settings.stop_timeout)
-        signal_group(process.pid, signal.SIGKILL)
-        with contextlib.suppress(asyncio.TimeoutError):  # reaped; unless stuck in the kernel
-            await asyncio.wait_for(asyncio.shield(process.wait()), self.settings.stop_timeout)
+
+        async def ended(within: float) -> bool:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), within)
+            return process.returncode is not None
+
+        signal_group(process.pid, signal.SIGTERM)  # its launcher passes it on to the program
+        if not await ended(self.settings.stop_timeout):
+            end_all(process.pid)
+            if not await ended(END_GRACE):
+                signal_group(process.pid, signal.SIGKILL)
+                await ended(self.settings.stop_timeout)  # reaped; unless stuck in the kernel
         for path in (instance.socket_path, instance.connector_path):
             if path is not None:
                 with contextlib.suppress(FileNotFoundError):
