@@ -69,3 +69,44 @@ def test_a_request_that_is_no_version_is_refused(request_: str) -> None:
 def test_a_path_that_is_no_interpreter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is not a Python interpreter"):
         find_python(str(tmp_path / "python"))
+
+
+def _a_program_named_python(folder: Path) -> Path:
+    """A copy of a program that is no Python: if it were run, the probe would fail with another
+    message than the refusal."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "python3"
+    program.write_bytes(Path("/bin/true").read_bytes())
+    program.chmod(0o755)
+    return program
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_an_interpreter_another_user_owns_or_may_change_is_never_run(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    theirs = _a_program_named_python(tmp_path / "theirs")
+    os.chown(theirs, 65534, 65534)  # nobody's
+    with pytest.raises(ConfigurationError, match="python3 belongs to another user"):
+        find_python(str(theirs))
+    open_folder = tmp_path / "open"
+    mine = _a_program_named_python(open_folder)
+    open_folder.chmod(0o777)  # anyone may swap the file
+    with pytest.raises(ConfigurationError, match=r"others may write to .*open"):
+        find_python(str(mine))
+    open_folder.chmod(0o775)
+    os.chown(open_folder, -1, 65534)  # writable by a group of others
+    with pytest.raises(ConfigurationError, match=r"others may write to .*open"):
+        find_python(str(mine))
+    os.chown(open_folder, -1, os.getgid())  # by a group of my own (umask 002 setups)
+    with pytest.raises(ConfigurationError, match="not a working Python interpreter"):
+        find_python(str(mine))
+    link = tmp_path / "link" / "python3"  # mine, but leading to theirs
+    link.parent.mkdir()
+    link.symlink_to(theirs)
+    with pytest.raises(ConfigurationError, match="belongs to another user"):
+        find_python(str(link))
+    # Mine, in a sticky folder anyone may write to (as /tmp): nobody else can replace it.
+    open_folder.chmod(0o1777)
+    with pytest.raises(ConfigurationError, match="not a working Python interpreter"):
+        find_python(str(mine))  # it was run: it is no Python
+    assert find_python(sys.executable).version == OURS

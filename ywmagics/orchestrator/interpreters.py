@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,33 @@ def _not_an_interpreter(path: Path) -> str | None:
         )
     if not os.access(path, os.X_OK):
         return "it is not executable"
+    return _changeable_by_others(path)
+
+
+def _changeable_by_others(path: Path) -> str | None:
+    """Why another user could have put or changed what ``path`` runs, or ``None``: the link, the
+    program it leads to and every folder above either must be yours or root's, and not writable
+    by others (but for a sticky folder such as /tmp, where nobody replaces what is yours)."""
+    if not hasattr(os, "getuid"):
+        return None
+    trusted = {os.getuid(), 0}
+    absolute = Path(os.path.abspath(path))
+    for part in dict.fromkeys(
+        [absolute, *absolute.parents, path.resolve(), *path.resolve().parents]
+    ):
+        try:
+            info = os.lstat(part)
+        except OSError as error:
+            return f"{part}: {error.strerror}"
+        if info.st_uid not in trusted:
+            return f"{part} belongs to another user"
+        if stat.S_ISLNK(info.st_mode):
+            continue  # a link's own mode means nothing; who may replace it is its folder's
+        sticky_folder = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        # Group-writable is yours alone with a group of your own (umask 002 setups do that).
+        group_writes = info.st_mode & stat.S_IWGRP and info.st_gid not in (os.getgid(), 0)
+        if (info.st_mode & stat.S_IWOTH or group_writes) and not sticky_folder:
+            return f"others may write to {part}"
     return None
 
 
@@ -170,8 +198,8 @@ def find_python(request: str) -> Interpreter:
         if refusal is not None:
             raise ConfigurationError(
                 f"{request!r} is not a Python interpreter: {refusal}",
-                hint="give the interpreter itself, e.g. ~/.pyenv/versions/3.10.13/bin/python3.10, "
-                "or a version such as 3.10",
+                hint="give an interpreter that only you (or root) can change, e.g. "
+                "~/.pyenv/versions/3.10.13/bin/python3.10, or a version such as 3.10",
             )
         found = probe(str(path))
         if found is None:
