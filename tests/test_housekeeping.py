@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,6 +154,27 @@ def test_a_shared_runtime_folder_that_is_not_ours_is_refused(tmp_path: Path) -> 
         os.chown(theirs, 65534, 65534)
         with pytest.raises(ConfigurationError, match="belongs to another user"):
             paths.private_dir(theirs)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or sys.platform != "linux", reason="as root, on Linux")
+def test_a_runtime_name_another_user_took_first_does_not_stop_us(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a shared /tmp, 'mkdir -m 777 /tmp/ywmagics-<uid>' by anyone kept us from starting.
+    shared = tmp_path / "tmp"
+    shared.mkdir(mode=0o1777)
+    squatted = shared / f"ywmagics-{os.getuid()}"
+    squatted.mkdir(mode=0o777)
+    os.chown(squatted, 65534, 65534)
+    monkeypatch.delenv("YW_HOME", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    found = paths.runtime_dir()
+    assert found == tmp_path / "cache" / "ywmagics" / "run" / socket.gethostname()
+    assert stat.S_IMODE(found.stat().st_mode) == 0o700
+    assert paths.runtime_dir() == found  # every kernel finds the same one
+    assert list(squatted.iterdir()) == []  # theirs: untouched, unused
 
 
 def test_a_runtime_folder_that_cannot_be_made_says_what_to_set(tmp_path: Path) -> None:

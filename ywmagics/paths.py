@@ -7,7 +7,9 @@ and people who want a second, separate orchestrator use it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -16,6 +18,7 @@ from pathlib import Path
 import platformdirs
 
 _APP = "ywmagics"
+log = logging.getLogger("ywmagics")
 
 
 def _home() -> Path | None:
@@ -42,13 +45,20 @@ def runtime_dir() -> Path:
     elif os.environ.get("XDG_RUNTIME_DIR") or sys.platform != "linux":
         path = Path(platformdirs.user_runtime_dir(_APP))
     else:
-        # No session runtime folder (no systemd login, containers): a private folder in /tmp.
+        # No session runtime folder (no systemd login, containers): a private folder in /tmp;
+        # if another user took its name first, one in our cache folder (per machine: a home
+        # may be shared by the nodes of a cluster), where nobody else can.
         path = Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
+        squatted = Path(platformdirs.user_cache_dir(_APP), "run", socket.gethostname())
+        return private_dir(path, instead=squatted)
     return private_dir(path)
 
 
-def private_dir(path: Path) -> Path:
-    """``path``, made if needed, checked to be a real folder of ours that only we can enter."""
+def private_dir(path: Path, *, instead: Path | None = None) -> Path:
+    """``path``, made if needed, checked to be a real folder of ours that only we can enter.
+
+    A ``path`` that is someone else's, a link or a file is refused; with ``instead``, that
+    folder is used then (and checked alike)."""
     from ywmagics.errors import ConfigurationError
 
     fix = "set YW_HOME (or XDG_RUNTIME_DIR) to a folder of yours"
@@ -61,10 +71,14 @@ def private_dir(path: Path) -> Path:
         raise ConfigurationError(
             f"cannot use {path} for ywmagics' private files: {error.strerror or error}", hint=fix
         ) from error
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+    planted = stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode)
+    # Someone else made it first in a shared /tmp: what is in it can't be trusted.
+    if (planted or info.st_uid != os.getuid()) and instead is not None:
+        log.warning("%s is not ours (another user made it first): using %s", path, instead)
+        return private_dir(instead)
+    if planted:
         raise ConfigurationError(f"{path} is not a folder (a link, or a file): refused", hint=fix)
     if info.st_uid != os.getuid():
-        # Someone else made it first in a shared /tmp: what is in it can't be trusted.
         raise ConfigurationError(f"{path} belongs to another user: refused", hint=fix)
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)  # ours and no link (checked above): only we can enter it
