@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -547,7 +548,13 @@ def test_shutdown_of_an_orchestrator_this_process_started(
     # As a kernel does: the client starts the orchestrator as its own child. 'ywmagics shutdown'
     # from elsewhere must see it end (no zombie left looking alive).
     monkeypatch.setenv("YW_HOME", str(tmp_path / "home"))
-    connection = ywmagics.connect()
+    umask = os.umask(0o022)  # a usual one: the log must be private all the same
+    try:
+        connection = ywmagics.connect()
+    finally:
+        os.umask(umask)
+    log = tmp_path / "home" / "run" / "orchestrator.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
     started = time.monotonic()
     done = _cli("shutdown")
     assert done.returncode == 0, done.stderr
@@ -680,7 +687,7 @@ def test_heads_under_the_cap_and_large_bodies_pass(orchestrator: Connection) -> 
 
 
 def test_a_tcp_backend_in_its_private_network_still_calls_the_orchestrator(
-    orchestrator: Connection,
+    orchestrator: Connection, orchestrator_home: Path
 ) -> None:
     echo = ywmagics.install("node_echo as e", partition="Calls", connection=orchestrator).e
     ywmagics.install("node_unix", partition="Calls", connection=orchestrator)
@@ -690,6 +697,8 @@ def test_a_tcp_backend_in_its_private_network_still_calls_the_orchestrator(
     answer = echo.fetch_json("/call", params={"path": "/backends/node_unix/^1/"})
     assert answer["status"] == 200
     assert json.loads(answer["body"]) == {"name": "node_unix", "partition": "Calls"}
+    # Each connection through the connector came without a fault in the orchestrator's log.
+    assert "InvalidStateError" not in (orchestrator_home / "serve.log").read_text()
 
 
 def test_server_sent_events_pass_unbuffered(orchestrator: Connection) -> None:

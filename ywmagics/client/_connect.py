@@ -50,7 +50,10 @@ def _orchestrator_environment() -> dict[str, str]:
 
 def _start(timeout: float) -> Connection:
     log_path = paths.runtime_dir() / "orchestrator.log"
-    with log_path.open("ab") as log:
+    # Private whatever the caller's umask (it holds what backends print); kept so if it exists.
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ywmagics", "serve"],
             stdin=subprocess.DEVNULL,

@@ -91,6 +91,8 @@ async def socket_from_connector(path: str) -> socket.socket:
         received: asyncio.Future[list[int]] = loop.create_future()
 
         def readable() -> None:
+            if received.done():  # called again before the reader was removed
+                return
             try:
                 _, fds, _, _ = socket.recv_fds(asking, 1, 1)
             except BlockingIOError:
