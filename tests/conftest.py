@@ -115,3 +115,28 @@ def orchestrator(orchestrator_home: Path) -> Iterator[Connection]:
     yield connection
     stop_orchestrator(process)
     assert not pid_alive(process.pid)
+
+
+@pytest.fixture(scope="module")  # not longer: Playwright's loop must not outlive its tests
+def browser() -> Iterator[Any]:
+    """A real Chromium (Debian's, which ``.ci/run`` installs), driven by Playwright."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's)")
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",  # the tests run as root
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()

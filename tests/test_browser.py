@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,7 @@ import ywmagics
 from ywmagics.client import BackendClient, OrchestratorClient
 from ywmagics.discovery import Connection
 
-pytestmark = pytest.mark.slow  # starts a browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-if CHROMIUM is None:
-    pytest.skip("no chromium on PATH (.ci/run installs Debian's)", allow_module_level=True)
+pytestmark = pytest.mark.slow  # starts a browser (conftest's ``browser``)
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -54,24 +49,6 @@ def elsewhere() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with playwright.sync_playwright() as driver:
-        launched = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",  # the tests run as root
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield launched
-        launched.close()
 
 
 def _instance(orchestrator: Connection, partition: str) -> BackendClient:
@@ -119,18 +96,20 @@ def test_backend_pages_get_no_credential_that_opens_more_than_their_instance(
     # A reload of a backend page keeps working.
     page.reload()
     page.wait_for_function("document.getElementById('out').textContent !== 'running'")
-    # Servers on other ports of this machine get no credential of ours, whatever the host name.
-    for host in ("127.0.0.1", "localhost", httpx.URL(page.url).host):
+    # Servers on other ports of this machine get no credential of ours on the orchestrator's
+    # host names. (On an instance's own host name they would: cookies know no ports. That name
+    # is random and given to no other site; docs/security.md says so.)
+    for host in ("127.0.0.1", "localhost"):
         page.goto(f"http://{host}:{elsewhere}/")
     page.goto(f"http://127.0.0.1:{elsewhere}/elsewhere")
     cookies = [seen.get("cookie", "") for seen in Recorder.seen]
-    assert len(cookies) >= 4
+    assert len(cookies) >= 3
     assert not any("ywmagics" in cookie for cookie in cookies), Recorder.seen
     assert not any(orchestrator.token in json.dumps(seen) for seen in Recorder.seen)
     # Nor does the browser hold one for the orchestrator's own host names.
     for cookie in context.cookies():
         assert cookie["domain"].endswith(".localhost") and cookie["domain"].startswith("b-")
-        assert cookie["httpOnly"] and cookie["path"] == "/backends/node_echo/1.0.0"
+        assert cookie["httpOnly"] and cookie["path"] == "/"
     context.close()
 
 
@@ -163,7 +142,7 @@ def test_a_stopped_instance_ends_its_pages_sessions(orchestrator: Connection, br
     OrchestratorClient(orchestrator).stop(partition="BrowserC")
     answer = page.goto(page.url)
     assert answer is not None and answer.status == 404
-    assert "no such page" in _text(page)
+    assert "not running any more" in _text(page)
     context.close()
 
 

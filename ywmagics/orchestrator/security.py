@@ -144,13 +144,17 @@ class SecurityMiddleware:
         scope["state"]["instance_host"] = True
         pages = self.pages_of_label(label)
         again = "open a new link from the notebook: '%backends docs ALIAS'"
-        path = scope["path"]
-        if pages is None or not (path == pages.base_path or path.startswith(pages.base_path + "/")):
-            # One answer for both: which pages a host name serves is not said to strangers.
+        if pages is None:
             return AuthenticationError(
-                "no such page: its backend instance stopped, or the address is not one of its",
-                hint=again,
+                "this page's backend instance is not running any more", hint=again
             ), 404
+        path = scope["path"]
+        if not (path == pages.base_path or path.startswith(pages.base_path + "/")):
+            # The host is the instance's own: a root-relative link of its pages (made by an app
+            # that does not know its base path) is one of its pages too.
+            raw_path = scope.get("raw_path") or path.encode()
+            scope["path"] = pages.base_path + path
+            scope["raw_path"] = pages.base_path.encode() + raw_path
         site = headers.get("sec-fetch-site")
         navigation = (
             scope["type"] == "http"
@@ -170,7 +174,7 @@ class SecurityMiddleware:
         if code is not None and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             session = self.access.redeem(code, label)
             if session is not None or signed_in:  # a reload of the link: same page, no code
-                state["browser_login"] = (session, pages.base_path)
+                state["browser_login"] = (session,)
                 return None
         if signed_in:
             state["pinned_partition"] = pages.partition
@@ -203,9 +207,7 @@ def _query_value(scope: Scope, key: str) -> str | None:
     return next((v for k, v in parse_qsl(query.decode("latin-1")) if k == key), None)
 
 
-async def _redirect_with_session(
-    scope: Scope, send: Send, session: str | None, base_path: str
-) -> None:
+async def _redirect_with_session(scope: Scope, send: Send, session: str | None) -> None:
     """To the same address without the code (a reload then works), with the session cookie."""
     # From the path and query as sent, byte for byte: decoded, '%3F' would become a query and
     # a character beyond Latin-1 could not be written.
@@ -223,7 +225,7 @@ async def _redirect_with_session(
     ]
     if session is not None:
         cookie = (
-            f"{SESSION_COOKIE}={session}; Path={base_path}; HttpOnly; SameSite=Lax; "
+            f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; "
             f"Max-Age={int(SESSION_LIFETIME)}"
         )
         headers.append((b"set-cookie", cookie.encode()))
