@@ -553,8 +553,8 @@ def test_shutdown_of_an_orchestrator_this_process_started(
         connection = ywmagics.connect()
     finally:
         os.umask(umask)
-    log = tmp_path / "home" / "run" / "orchestrator.log"
-    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    for made in ("orchestrator.log", "start.lock"):
+        assert stat.S_IMODE((tmp_path / "home" / "run" / made).stat().st_mode) == 0o600
     started = time.monotonic()
     done = _cli("shutdown")
     assert done.returncode == 0, done.stderr

@@ -33,7 +33,8 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
             "no orchestrator is running", hint="start one with 'ywmagics serve'"
         )
     # Two kernels starting at once must not start two orchestrators.
-    with filelock.FileLock(str(paths.runtime_dir() / "start.lock"), timeout=timeout):
+    lock = filelock.FileLock(str(paths.runtime_dir() / "start.lock"), timeout=timeout, mode=0o600)
+    with lock:
         found = find_orchestrator()
         if found is not None:
             return found
