@@ -712,3 +712,33 @@ def test_server_sent_events_pass_unbuffered(orchestrator: Connection) -> None:
     assert [data for _, data in arrived] == ["0", "1", "2"]
     # Each came as it was sent (300 ms apart), not all at the end.
     assert arrived[2][0] - arrived[0][0] > 0.4
+
+
+def test_a_client_is_bound_to_the_configuration_it_installed(orchestrator: Connection) -> None:
+    def install(alias: str, greeting: str) -> ywmagics.BackendClient:
+        return ywmagics.install(
+            {
+                "modules": [f"node_echo as {alias}"],
+                "configurations": {"node_echo": {"build": {"greeting": greeting}}},
+            },
+            partition="Bind",
+            connection=orchestrator,
+        )[alias]
+
+    first = install("first", "one")
+    assert first.fingerprint and first.fetch_json("/") == {"name": "node_echo"}
+    second = install("second", "two")  # one configuration at a time per partition
+    with pytest.raises(ywmagics.InstanceReplaced) as refused:
+        first.fetch_json("/")
+    message = refused.value.message
+    assert "greeting='one'" in message and "greeting='two'" in message
+    assert f"alias 'second' of process {os.getpid()}" in message
+    assert "--partition" in refused.value.hint
+    assert second.fetch_json("/") == {"name": "node_echo"}
+    # A client made by hand, bound to nothing, takes what runs.
+    unbound = ywmagics.BackendClient(orchestrator, "node_echo", "1.0.0", "Bind")
+    assert unbound.fetch_json("/") == {"name": "node_echo"}
+    listed = OrchestratorClient(orchestrator).listing()["instances"]
+    assert [i["installed_by"] for i in listed if i["partition"] == "Bind"] == [
+        f"alias 'second' of process {os.getpid()}"
+    ]

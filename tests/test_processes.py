@@ -243,6 +243,8 @@ def test_a_private_network_is_reached_through_its_connector_only(whom: str) -> N
                 with socket.socket(socket.AF_UNIX) as asking:
                     asking.connect(str(connector))
                     _, fds, _, _ = socket.recv_fds(asking, 1, 1)
+                if not fds:
+                    continue  # the server does not listen yet: the connector hands nothing
                 with socket.socket(fileno=fds[0]) as tcp:
                     tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
                     answer = tcp.recv(1000)

@@ -109,7 +109,7 @@ def proxied(
     looked_up: list[tuple[str, str, str]] = []
     supervisor = StandInSupervisor()
 
-    async def find(partition: str, name: str, version: str) -> Any:
+    async def find(partition: str, name: str, version: str, bound: str | None = None) -> Any:
         looked_up.append((partition, name, version))
         return SimpleNamespace(
             partition=partition,
@@ -226,7 +226,7 @@ def test_a_fault_of_the_orchestrator_is_never_blamed_on_the_backend(
 ) -> None:
     app, orchestrator = make_app(tmp_path)
 
-    async def broken(partition: str, name: str, version: str) -> Any:
+    async def broken(partition: str, name: str, version: str, bound: str | None) -> Any:
         raise KeyError("a bug of ours")
 
     app.app.proxy.find = broken  # type: ignore[attr-defined]

@@ -144,10 +144,10 @@ class Pages:
         )
         orchestrator.supervisor.by_label[label] = instance  # type: ignore[assignment]
 
-        async def found(partition: str, name: str, version: str) -> Any:
+        async def found(partition: str, name: str, version: str, bound: Any = None) -> Any:
             return instance  # for /browser-link
 
-        async def reached(partition: str, name: str, version: str) -> Any:
+        async def reached(partition: str, name: str, version: str, bound: str | None) -> Any:
             raise InstanceNotFound(f"reached the proxy for {name} {version} in {partition}")
 
         orchestrator.instance_for = found  # type: ignore[method-assign]

@@ -8,6 +8,7 @@
     ├── ManifestError          a backend's ywbackend.toml that lacks a key or holds a wrong value
     ├── BackendNotFound        no backend of that name, or no version matching the range
     ├── InstanceNotFound       no running instance matches (stop, logs)
+    ├── InstanceReplaced       a client's instance now runs another configuration (409)
     ├── InstallError           building the backend's environment failed (carries the log tail)
     ├── StartError             the backend did not start, or did not answer (carries its log tail)
     ├── IncompleteAnswerError  a backend's answer broke off, or never came: its process ended
@@ -88,6 +89,13 @@ class InstanceNotFound(YwMagicsError, LookupError):
     """No running instance matches the request."""
 
     http_status = 404
+
+
+class InstanceReplaced(YwMagicsError):
+    """The instance a client installed was replaced by one of another configuration (another
+    alias, another kernel): its requests are refused rather than sent to the wrong one."""
+
+    http_status = 409
 
 
 class InstallError(YwMagicsError):
@@ -220,6 +228,7 @@ _BY_NAME: dict[str, type[YwMagicsError]] = {
         ManifestError,
         BackendNotFound,
         InstanceNotFound,
+        InstanceReplaced,
         InstallError,
         StartError,
         IncompleteAnswerError,

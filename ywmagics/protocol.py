@@ -14,3 +14,10 @@ PARTITION_HEADER = "x-backends-partition"
 
 ERROR_HEADER = "x-ywmagics-error"
 """Set on answers that the orchestrator itself gives as errors, to tell them from a backend's."""
+
+FINGERPRINT_HEADER = "x-backends-fingerprint"
+"""On a client's requests: the configuration it installed (its environment's fingerprint). The
+orchestrator refuses to send them to an instance of another configuration."""
+
+CLIENT_HEADER = "x-backends-client"
+"""On an install: who asks (``kernel 1234``), said when the instance it starts replaces one."""

@@ -24,7 +24,7 @@ from ywmagics.client._http import (
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import IncompleteAnswerError, YwMagicsError
-from ywmagics.protocol import ERROR_HEADER, PARTITION_HEADER
+from ywmagics.protocol import ERROR_HEADER, FINGERPRINT_HEADER, PARTITION_HEADER
 
 
 def _token_refused(response: httpx.Response) -> bool:
@@ -38,13 +38,20 @@ class _BackendBase:
     _http: httpx.Client | httpx.AsyncClient
 
     def __init__(
-        self, connection: Connection, name: str, version: str, partition: str, follow: bool
+        self,
+        connection: Connection,
+        name: str,
+        version: str,
+        partition: str,
+        follow: bool,
+        fingerprint: str | None,
     ) -> None:
         self.connection = connection
         self.name = name
         self.version = version
         self.partition = partition
         self.follow = follow
+        self.fingerprint = fingerprint
 
     def _moved(self) -> bool:
         """Whether the user's orchestrator now answers elsewhere (it was restarted: another
@@ -91,6 +98,7 @@ class _BackendBase:
             headers={
                 **self.connection.headers,
                 PARTITION_HEADER: self.partition,
+                **({FINGERPRINT_HEADER: self.fingerprint} if self.fingerprint else {}),
                 **(headers or {}),
             },
             timeout=timeout,
@@ -142,6 +150,9 @@ class BackendClient(_BackendBase):
     ``http`` is the ``httpx.Client`` to send with (default: one pool shared by the process).
     With ``follow``, a client whose orchestrator was restarted (its connection refused, or its
     token no longer valid) finds the new one through the discovery file and sends once more.
+    With ``fingerprint`` (an install's result has it), its requests reach only an instance of
+    the configuration it installed: one of another is refused with
+    :class:`~ywmagics.errors.InstanceReplaced`, never used in its place.
     """
 
     _http: httpx.Client
@@ -156,8 +167,9 @@ class BackendClient(_BackendBase):
         http: httpx.Client | None = None,
         async_http: httpx.AsyncClient | None = None,
         follow: bool = False,
+        fingerprint: str | None = None,
     ) -> None:
-        super().__init__(connection, name, version, partition, follow)
+        super().__init__(connection, name, version, partition, follow, fingerprint)
         self._http = http or shared_http()
         self._given_async_http = async_http
         self._async: AsyncBackendClient | None = None
@@ -243,6 +255,7 @@ class BackendClient(_BackendBase):
                 self.partition,
                 http=self._given_async_http,
                 follow=self.follow,
+                fingerprint=self.fingerprint,
             )
             self._async_loop = loop
         return self._async
@@ -272,8 +285,9 @@ class AsyncBackendClient(_BackendBase):
         *,
         http: httpx.AsyncClient | None = None,
         follow: bool = False,
+        fingerprint: str | None = None,
     ) -> None:
-        super().__init__(connection, name, version, partition, follow)
+        super().__init__(connection, name, version, partition, follow, fingerprint)
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
 
     async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> httpx.Response:

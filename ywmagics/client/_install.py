@@ -75,6 +75,7 @@ def install(
                 r["partition"],
                 http=http,
                 follow=orchestrator.follow,
+                fingerprint=r.get("fingerprint"),
             )
             for r in results
         }

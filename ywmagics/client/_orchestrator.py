@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
-from ywmagics.protocol import ERROR_HEADER
+from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER
 from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
@@ -45,9 +46,9 @@ class OrchestratorClient:
             return self._http.build_request(
                 method,
                 self.connection.url + path,
-                headers=self.connection.headers,
+                headers={**self.connection.headers, **kwargs.get("headers", {})},
                 timeout=kwargs.get("timeout", self._timeout),
-                **{k: v for k, v in kwargs.items() if k != "timeout"},
+                **{k: v for k, v in kwargs.items() if k not in ("timeout", "headers")},
             )
 
         try:
@@ -97,11 +98,16 @@ class OrchestratorClient:
         return dict(self._call("GET", "/list").json())
 
     def install(
-        self, request: InstallRequest, on_event: EventHandler | None = None
+        self,
+        request: InstallRequest,
+        on_event: EventHandler | None = None,
+        requested_by: str = "",
     ) -> list[dict[str, Any]]:
         """Install and start; ``on_event`` sees each event as it happens. Returns one dict per
-        backend (alias, name, version, partition, path, config)."""
-        for item in self._stream("POST", "/install", json=request.to_dict()):
+        backend (alias, name, version, partition, path, config, fingerprint). ``requested_by``
+        names the caller (default: this process) to the clients a new instance leaves."""
+        headers = {CLIENT_HEADER: requested_by or f"process {os.getpid()}"}
+        for item in self._stream("POST", "/install", json=request.to_dict(), headers=headers):
             if "event" in item:
                 if on_event is not None:
                     on_event(Event.from_dict(item["event"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -176,15 +177,17 @@ class BackendsCommand:
         magics.note_partition_used(request.partition)
         try:
             orchestrator = magics.orchestrator(timeout=magics.install_timeout)
-            results = orchestrator.install(request, view.event)
+            results = orchestrator.install(request, view.event, f"kernel {os.getpid()}")
         except KeyboardInterrupt as interrupt:
             view.failed(interrupt)
             raise Interrupted("the install was interrupted (run it again to go on)") from interrupt
         except BaseException as error:
             view.failed(error)
             raise
+        bound_before = magics.bound_clients()
         for result in results:
             alias = result["alias"]
+            _warn_of_replaced(bound_before, result)
             previous = magics.user_ns.get(alias)
             if previous is not None and not isinstance(previous, BackendClient):
                 print(
@@ -198,6 +201,7 @@ class BackendsCommand:
                 result["version"],
                 result["partition"],
                 follow=not magics.orchestrator_url,  # the user's own, found through discovery
+                fingerprint=result.get("fingerprint"),
             )
         view.done(results)
 
@@ -281,3 +285,23 @@ class BackendsCommand:
         if parser is None:
             return []
         return [o for action in parser._actions for o in action.option_strings if o[:2] == "--"]
+
+
+def _warn_of_replaced(bound: dict[str, BackendClient], result: dict[str, Any]) -> None:
+    """Say which of this notebook's aliases an install left without its instance: one key
+    (partition, name, version) runs one configuration at a time."""
+    for other, client in bound.items():
+        if (
+            other != result["alias"]
+            and (client.partition, client.name, client.version)
+            == (result["partition"], result["name"], result["version"])
+            and client.fingerprint
+            and client.fingerprint == result.get("replaced")
+        ):
+            print(
+                f"ywmagics: installing {result['alias']!r} replaced the instance of {other!r} "
+                f"({client.name} {client.version} in partition {client.partition!r}, another "
+                f"configuration): {other!r} now refuses to run. To keep both, install one of "
+                "them with --partition NAME.",
+                file=sys.stderr,
+            )

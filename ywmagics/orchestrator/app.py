@@ -35,7 +35,7 @@ from ywmagics.orchestrator.requests import (
 from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.orchestrator.websocket import WebsocketProxy
-from ywmagics.protocol import ERROR_HEADER, NDJSON
+from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, NDJSON
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
 log = logging.getLogger("ywmagics.orchestrator")
@@ -72,7 +72,10 @@ async def install(request: Request) -> Response:
     pinned = request.scope.get("state", {}).get("pinned_partition")
     if pinned is not None:
         install_request.partition = pinned
-    events = _orchestrator(request).install(install_request)
+    # Who asks, as the client says (printable, short): told to the clients a new instance leaves.
+    client = request.headers.get(CLIENT_HEADER, "")[:120]
+    requested_by = client if client.isprintable() else ""
+    events = _orchestrator(request).install(install_request, requested_by)
 
     async def lines() -> AsyncIterator[bytes]:
         try:

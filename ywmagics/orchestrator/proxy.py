@@ -31,12 +31,13 @@ from ywmagics.orchestrator.upstream import (
     UpstreamResponse,
     may_resend,
 )
-from ywmagics.protocol import ERROR_HEADER, PARTITION_HEADER
+from ywmagics.protocol import ERROR_HEADER, FINGERPRINT_HEADER, PARTITION_HEADER
 from ywmagics.spec import DEFAULT_PARTITION, validate_partition
 
 BUFFERED_BODY_LIMIT = 1 << 20
 log = logging.getLogger("ywmagics.orchestrator")
-InstanceFinder = Callable[[str, str, str], Awaitable[Instance]]
+# (partition, name, version or range, fingerprint of the client's configuration or None)
+InstanceFinder = Callable[[str, str, str, str | None], Awaitable[Instance]]
 
 # Hop-by-hop headers (RFC 9110 §7.6.1), the body framing we redo, and our own credentials
 # never reach a backend.
@@ -52,6 +53,7 @@ _DROPPED_REQUEST = {
     b"content-length",
     b"transfer-encoding",
     PARTITION_HEADER.encode(),
+    FINGERPRINT_HEADER.encode(),
     b"cookie",
     b"expect",  # uvicorn already answered any 100-continue
     # where the request comes from is ours to say (forwarding.forwarded_headers)
@@ -215,12 +217,13 @@ class Proxy:
         headers = dict(scope["headers"])
         method = scope["method"]
         partition = partition_of(scope, headers)
-        instance = await self.find(partition, name, version)
+        bound = headers.get(FINGERPRINT_HEADER.encode(), b"").decode("latin-1") or None
+        instance = await self.find(partition, name, version, bound)
         if method not in IDEMPOTENT and self.supervisor.has_ended(instance):
             # Ended, but maybe not reaped yet: a request that cannot be sent twice must not go
             # to its dead sockets (it would fail, and could not be sent again). The lookup
             # restarts it.
-            instance = await self.find(partition, name, version)
+            instance = await self.find(partition, name, version, bound)
         body = await _body(headers, receive)
         try:
             return await self._send(instance, scope, target, body), instance
@@ -231,7 +234,7 @@ class Proxy:
             ended = await self.supervisor.wait_ended(instance, patience=0.5)
             if not (ended and may_resend(method, body, error.sent)):
                 raise self._gone(instance, error, ended) from error
-            instance = await self.find(partition, name, version)
+            instance = await self.find(partition, name, version, bound)
             try:
                 return await self._send(instance, scope, target, body), instance
             except UpstreamError as again:

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ywmagics._version import __version__
-from ywmagics.errors import BackendNotFound, ConfigurationError, InstanceNotFound
+from ywmagics.errors import (
+    BackendNotFound,
+    ConfigurationError,
+    InstanceNotFound,
+    InstanceReplaced,
+)
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
@@ -61,8 +66,12 @@ class Orchestrator:
 
     # -- install -----------------------------------------------------------------------------
 
-    async def install(self, request: InstallRequest) -> AsyncIterator[Event | dict[str, Any]]:
-        """Yield events as they happen, then the result ``{"backends": [...]}``."""
+    async def install(
+        self, request: InstallRequest, requested_by: str = ""
+    ) -> AsyncIterator[Event | dict[str, Any]]:
+        """Yield events as they happen, then the result ``{"backends": [...]}``.
+        ``requested_by`` names the client (``kernel 1234``), for the clients a new instance
+        leaves behind."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
@@ -72,7 +81,10 @@ class Orchestrator:
         plans = await self._plan(request, emit)
         task = asyncio.ensure_future(
             _all_or_nothing(
-                [self._install_one(request.partition, spec, plan, emit) for spec, plan in plans]
+                [
+                    self._install_one(request.partition, spec, plan, emit, requested_by)
+                    for spec, plan in plans
+                ]
             )
         )
         try:
@@ -116,11 +128,14 @@ class Orchestrator:
         return plans
 
     async def _install_one(
-        self, partition: str, spec: BackendSpec, plan: Plan, emit: Emit
+        self, partition: str, spec: BackendSpec, plan: Plan, emit: Emit, requested_by: str
     ) -> dict[str, Any]:
         manifest = plan.manifest
         environment = await self._environment(plan, partition, emit)
-        instance = await self.supervisor.ensure(partition, plan, environment, emit)
+        by = f"alias {spec.alias!r}" + (f" of {requested_by}" if requested_by else "")
+        before = self.supervisor.instances.get((partition, manifest.name, manifest.version))
+        replaced = before.environment.fingerprint if before is not None else None
+        instance = await self.supervisor.ensure(partition, plan, environment, emit, by)
         # Once it runs, not before: a compile competing for the CPU would slow its start.
         self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         self._routes.clear()  # a range may now resolve to this instance
@@ -132,6 +147,9 @@ class Orchestrator:
             "partition": partition,
             "path": f"/backends/{manifest.name}/{manifest.version}",
             "config": environment.config,
+            "fingerprint": environment.fingerprint,
+            # the configuration of the instance it replaced: its clients now refuse to run
+            "replaced": replaced if replaced != environment.fingerprint else None,
             "python": environment.python_version,
             "pid": program_pid(instance.process.pid) if instance.process else None,
         }
@@ -181,10 +199,16 @@ class Orchestrator:
 
     # -- routing -----------------------------------------------------------------------------
 
-    async def instance_for(self, partition: str, name: str, version_range: str) -> Instance:
-        """The instance a proxied request goes to, started or revived when needed."""
+    async def instance_for(
+        self, partition: str, name: str, version_range: str, fingerprint: str | None = None
+    ) -> Instance:
+        """The instance a proxied request goes to, started or revived when needed. With the
+        ``fingerprint`` of the configuration a client installed, one of another configuration
+        is refused (:class:`InstanceReplaced`), never used in its place."""
         cached = self._routes.get((partition, name, version_range))
         if cached is not None and self.supervisor.is_current_and_ready(cached):
+            if fingerprint and cached.environment.fingerprint != fingerprint:
+                raise self._replaced(cached, fingerprint)
             return cached
         try:
             instance = await self._find_instance(partition, name, version_range)
@@ -197,7 +221,36 @@ class Orchestrator:
                     hint="send the request again",
                 ) from again
         self._routes[(partition, name, version_range)] = instance
+        if fingerprint and instance.environment.fingerprint != fingerprint:
+            raise self._replaced(instance, fingerprint)
         return instance
+
+    def _replaced(self, instance: Instance, fingerprint: str) -> InstanceReplaced:
+        """What a client bound to ``fingerprint`` is told: what it had, what runs, who put it
+        there, and how to keep both."""
+        had = next(
+            (
+                e.config
+                for e in self.installer.environments()
+                if e.name == instance.manifest.name and e.fingerprint == fingerprint
+            ),
+            None,
+        )
+        running = instance.environment.config
+        if had is not None:
+            differ = sorted(k for k in {*had, *running} if had.get(k) != running.get(k))
+            was = ", ".join(f"{k}={had.get(k, '')!r}" for k in differ) or "another build"
+            now = ", ".join(f"{k}={running.get(k, '')!r}" for k in differ) or "a rebuilt one"
+        else:
+            was, now = "another configuration", ", ".join(f"{k}={v!r}" for k, v in running.items())
+        by = f", installed by {instance.installed_by}" if instance.installed_by else ""
+        return InstanceReplaced(
+            f"this client installed {instance.manifest.name} {instance.manifest.version} with "
+            f"{was}; in partition {instance.partition!r} it now runs with {now}{by}. "
+            "Its state (variables, files it held) went with the instance it replaced",
+            hint="to keep both, install them in different partitions (--partition NAME); to use "
+            "what runs now, install this alias again",
+        )
 
     async def _find_instance(self, partition: str, name: str, version_range: str) -> Instance:
         validate_name(name)

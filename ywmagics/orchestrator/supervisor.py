@@ -89,6 +89,7 @@ class Instance:
     watcher: asyncio.Future[None] | None = None
     # Its pages' own host name for browsers (b-<hex>.localhost); a new instance, a new name.
     browser_label: str = field(default_factory=new_label)
+    installed_by: str = ""  # who asked for it: "alias 'py310' of kernel 1234"
 
     @property
     def key(self) -> InstanceKey:
@@ -124,6 +125,7 @@ class Instance:
             "uptime": round(time.monotonic() - self.started_at, 1) if running else 0.0,
             "config": self.environment.config,
             "fingerprint": self.environment.fingerprint,
+            "installed_by": self.installed_by,
             "restarts": self.crashes_in_a_row,
             "log": str(self.log_path),
             "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
@@ -211,18 +213,29 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def ensure(
-        self, partition: str, plan: Plan, environment: Environment, emit: Emit
+        self,
+        partition: str,
+        plan: Plan,
+        environment: Environment,
+        emit: Emit,
+        installed_by: str = "",
     ) -> Instance:
         """A ready instance of ``environment`` in ``partition``; replaces one of another config.
+        ``installed_by`` says who asked, for a new instance (told to the clients it leaves).
 
         Serialised per key: two installs racing with different configurations must not both
         replace the old instance (one replacement would go untracked)."""
         key = (partition, plan.manifest.name, plan.manifest.version)
         async with self._key_locks.setdefault(key, asyncio.Lock()):
-            return await self._ensure(key, plan, environment, emit)
+            return await self._ensure(key, plan, environment, emit, installed_by)
 
     async def _ensure(
-        self, key: InstanceKey, plan: Plan, environment: Environment, emit: Emit
+        self,
+        key: InstanceKey,
+        plan: Plan,
+        environment: Environment,
+        emit: Emit,
+        installed_by: str = "",
     ) -> Instance:
         while True:
             current = self.instances.get(key)
@@ -236,7 +249,11 @@ class Supervisor:
                     )
                 )
                 continue
-            instance = current or self._new_instance(key, plan, environment)
+            if current is None:
+                instance = self._new_instance(key, plan, environment)
+                instance.installed_by = installed_by
+            else:
+                instance = current
             async with instance.lock:
                 if self.instances.get(key) is not instance:
                     continue  # stopped while we waited for it: never start a forgotten one

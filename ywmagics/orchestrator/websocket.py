@@ -32,6 +32,7 @@ from ywmagics.orchestrator.proxy import (
 from ywmagics.orchestrator.security import refuse
 from ywmagics.orchestrator.supervisor import Instance
 from ywmagics.orchestrator.upstream import socket_from_connector
+from ywmagics.protocol import FINGERPRINT_HEADER
 
 log = logging.getLogger("ywmagics.orchestrator")
 MAX_MESSAGE = 64 << 20  # bytes of one relayed message
@@ -56,7 +57,9 @@ class WebsocketProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             name, version, target = address_of(scope)
-            instance = await self.find(partition_of(scope, dict(scope["headers"])), name, version)
+            sent = dict(scope["headers"])
+            bound = sent.get(FINGERPRINT_HEADER.encode(), b"").decode("latin-1") or None
+            instance = await self.find(partition_of(scope, sent), name, version, bound)
             upstream = await self._open(scope, instance, target)
         except YwMagicsError as error:
             await refuse(scope, send, error, error.http_status)

@@ -1,0 +1,100 @@
+"""An alias is bound to the runner it installed: in real kernels, a call that would reach an
+instance of another configuration (another alias, another kernel, the same partition) is refused
+with what happened and how to keep both; never run on the other one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from ywmagics.discovery import Connection
+
+pytestmark = pytest.mark.slow  # real kernels, runners on two Pythons
+
+PYRUN = "pyrun_backend#^0.1.0"
+
+
+class Kernel:
+    """A real kernel (the test venv's ``python3``), with the extension loaded."""
+
+    def __init__(self) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel()
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+        self.pid = int(self.run("import os; print(os.getpid())")[0])
+        self.run("%load_ext ywmagics")
+
+    def run(self, code: str) -> tuple[str, dict[str, Any] | None]:
+        """What the cell printed (stdout and stderr), and its error (``ename``, ``evalue``)."""
+        printed: list[str] = []
+        error: dict[str, Any] | None = None
+
+        def hook(message: dict[str, Any]) -> None:
+            nonlocal error
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream":
+                printed.append(content["text"])
+            elif kind == "error":
+                error = content
+            elif kind in ("execute_result", "display_data"):
+                printed.append(content["data"].get("text/plain", ""))
+
+        self.client.execute_interactive(code, output_hook=hook, timeout=180)
+        return "".join(printed).strip(), error
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernels(orchestrator: Connection) -> Iterator[tuple[Kernel, Kernel]]:
+    first, second = Kernel(), Kernel()
+    yield first, second
+    first.close()
+    second.close()
+
+
+def test_another_kernels_install_is_refused_not_run_on(kernels: tuple[Kernel, Kernel]) -> None:
+    first, second = kernels
+    install = f"%backends install {PYRUN} as {{}} --partition Shared --config "
+    install += "pyrun_backend.build.python={}"
+    printed, error = first.run(install.format("pyA", "3.10"))
+    assert error is None, error
+    version = "%%interpreter pyA --out v\nimport sys; v = '%d.%d' % sys.version_info[:2]\n"
+    assert first.run(version + "print(v)") == ("3.10", None)
+    # Another notebook installs the same backend in the same partition, on another Python.
+    assert second.run(install.format("pyB", "3.12"))[1] is None
+    printed, error = first.run(version)
+    assert error is not None and error["ename"] == "InstanceReplaced", (printed, error)
+    assert "python='3.10'" in error["evalue"] and "python='3.12'" in error["evalue"]
+    assert f"alias 'pyB' of kernel {second.pid}" in error["evalue"]
+    assert "--partition" in error["evalue"]  # how to keep both
+    printed, error = first.run("print(v)")
+    assert (printed, error) == ("3.10", None)  # nothing came back from the wrong runner
+    assert second.run(version.replace("pyA", "pyB") + "print(v)") == ("3.12", None)
+
+
+def test_an_install_that_replaces_another_alias_says_so(kernels: tuple[Kernel, Kernel]) -> None:
+    first, _ = kernels
+    install = (
+        "%backends install node_echo as {} --partition Warn --config node_echo.build.greeting={}"
+    )
+    assert first.run(install.format("e1", "one"))[1] is None
+    printed, error = first.run(install.format("e2", "two"))
+    assert error is None, error
+    assert "installing 'e2' replaced the instance of 'e1'" in printed
+    assert "--partition" in printed
+    printed, error = first.run("e1.fetch_json('/')")
+    assert error is not None and error["ename"] == "InstanceReplaced", (printed, error)
+    assert "greeting='one'" in error["evalue"] and "greeting='two'" in error["evalue"]
+    assert first.run("e2.fetch_json('/')") == ("{'name': 'node_echo'}", None)
+    # The same configuration again: no replacement, no warning, both aliases work.
+    printed, error = first.run(install.format("e3", "two"))
+    assert error is None and "replaced" not in printed
+    assert first.run("e3.fetch_json('/') == e2.fetch_json('/')") == ("True", None)
