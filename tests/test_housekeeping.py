@@ -175,6 +175,15 @@ def test_a_runtime_name_another_user_took_first_does_not_stop_us(
     assert stat.S_IMODE(found.stat().st_mode) == 0o700
     assert paths.runtime_dir() == found  # every kernel finds the same one
     assert list(squatted.iterdir()) == []  # theirs: untouched, unused
+    # A cache folder another user may change is no refuge: said, not used.
+    shared_cache = tmp_path / "shared-cache"
+    (shared_cache / "ywmagics" / "run").mkdir(parents=True)
+    os.chown(shared_cache / "ywmagics" / "run", 65534, 65534)
+    (shared_cache / "ywmagics" / "run").chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache))
+    with pytest.raises(ConfigurationError, match="belongs to another user") as refused:
+        paths.runtime_dir()
+    assert "YW_HOME" in refused.value.hint
 
 
 def test_a_runtime_folder_that_cannot_be_made_says_what_to_set(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_version_is_found_on_path_first(machine: Path) -> None:
     found = find_python(SHORT)
-    assert found.version == OURS and found.path == machine / "bin" / f"python{SHORT}"
+    # As resolved (no link left: what was checked is what runs), from the PATH entry.
+    on_path = Path(os.path.realpath(machine / "bin" / f"python{SHORT}"))
+    assert found.version == OURS and found.path == on_path
     assert find_python(f"python{OURS}").version == OURS
     assert not (machine / "shim-ran").exists()
 
@@ -110,3 +112,40 @@ def test_an_interpreter_another_user_owns_or_may_change_is_never_run(tmp_path: P
     with pytest.raises(ConfigurationError, match="not a working Python interpreter"):
         find_python(str(mine))  # it was run: it is no Python
     assert find_python(sys.executable).version == OURS
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_every_link_on_the_way_to_an_interpreter_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trusted/link1 -> theirs/link2 -> a folder with a python: mine, but reached through a link
+    # another user may swap at any time. Resolved at once, that link was never looked at.
+    tmp_path.chmod(0o755)
+    real = tmp_path / "real"
+    _a_program_named_python(real)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "link2").symlink_to(real)
+    os.lchown(theirs / "link2", 65534, 65534)
+    os.chown(theirs, 65534, 65534)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    (trusted / "link1").symlink_to(theirs / "link2")
+    with pytest.raises(ConfigurationError, match="belongs to another user"):
+        find_python(str(trusted / "link1" / "python3"))
+    # Nor is one looked up by version run from a PATH folder another user may change.
+    _tripwire(real / "python3.99", tmp_path / "ran")
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setenv("PATH", f"{trusted / 'link1'}:/usr/bin")
+    with pytest.raises(ConfigurationError, match=r"no Python 3\.99"):
+        find_python("3.99")
+    assert not (tmp_path / "ran").exists()
+    monkeypatch.setenv("PATH", f"{real}:/usr/bin")  # the same folder, reached safely: run
+    with pytest.raises(ConfigurationError, match=r"no Python 3\.99"):
+        find_python("3.99")
+    assert (tmp_path / "ran").exists()
+    from ywmagics.orchestrator.interpreters import changeable_by_others
+
+    # A chain of links that are all mine is followed, and handed on resolved.
+    (tmp_path / "mine").symlink_to(real)
+    assert changeable_by_others(tmp_path / "mine" / "python3")[0] == real / "python3"

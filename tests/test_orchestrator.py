@@ -6,6 +6,7 @@ have their own files (test_demo_backend.py, test_pyrun_backend.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -672,6 +673,85 @@ def test_an_oversized_head_is_refused_without_stalling_anyone(
         began = time.monotonic()
         assert http.get(f"{orchestrator.url}/status", headers=orchestrator.headers).is_success
         assert time.monotonic() - began < 1
+
+
+def test_refused_heads_cannot_hold_many_connections(orchestrator: Connection) -> None:
+    # A refused connection is drained for a moment (so that its client sees the 431): only a
+    # few at once, or holding them would use up the descriptors.
+    import socket
+
+    from ywmagics.orchestrator.connections import MAX_HEAD_BYTES, MAX_LINGERING
+
+    port = int(orchestrator.url.rsplit(":", 1)[1])
+    before = len(os.listdir(f"/proc/{orchestrator.pid}/fd"))
+    held = []
+    try:
+        for _ in range(4 * MAX_LINGERING):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10))
+            held.append(sock)  # never read, never closed: as an attacker would
+        time.sleep(0.3)
+        during = len(os.listdir(f"/proc/{orchestrator.pid}/fd"))
+        assert during <= before + MAX_LINGERING + 8, (before, during)
+        with httpx.Client(timeout=10) as http:
+            assert http.get(f"{orchestrator.url}/status", headers=orchestrator.headers).is_success
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_trailers_are_dropped_and_capped(orchestrator: Connection) -> None:
+    # A chunked body's trailers were added to the request's headers (after the application had
+    # checked them), without a cap: gigabytes, with an instance token only.
+    import socket
+
+    from ywmagics.orchestrator.connections import MAX_HEAD_BYTES
+
+    port = int(orchestrator.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+    head = (
+        "POST /install HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {orchestrator.token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"2\r\n{}\r\n0\r\n")
+    answer = b""
+    try:
+        for _ in range(4 * MAX_HEAD_BYTES // 1024):
+            sock.sendall(b"x-t: " + b"v" * 1000 + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+
+
+def test_bad_connections_cannot_fill_the_log(tmp_path: Path) -> None:
+    # uvicorn logs a line for each bad connection; anyone may open thousands.
+    import socket
+
+    process, connection = start_orchestrator(tmp_path / "home")
+    port = int(connection.url.rsplit(":", 1)[1])
+    try:
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                sock.settimeout(5)
+                with contextlib.suppress(OSError):
+                    sock.recv(1000)
+        with httpx.Client(timeout=10) as http:
+            assert http.get(f"{connection.url}/status", headers=connection.headers).is_success
+    finally:
+        stop_orchestrator(process)
+    lines = (tmp_path / "home" / "serve.log").read_text().splitlines()
+    noise = [line for line in lines if "Invalid HTTP request" in line]
+    assert 1 <= len(noise) <= 25, len(noise)
+    assert "dropped for a minute" in noise[-1]
 
 
 def test_heads_under_the_cap_and_large_bodies_pass(orchestrator: Connection) -> None:

@@ -199,6 +199,84 @@ def test_a_child_ends_as_its_program_did_and_takes_what_it_left(tmp_path: Path) 
     assert killed.wait(10) == -signal.SIGHUP
 
 
+# A program traced by one of its own processes (which can then hold its end), above a chain of
+# processes each in a session of its own; then it waits, or ends with the given code.
+DEEP_AND_TRACED = """
+import ctypes, os, sys, time
+program, name, depth, how = os.getpid(), sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def named():
+    with open("/proc/self/comm", "w") as comm:
+        comm.write(name)
+ready, told = os.pipe()
+if os.fork() == 0:  # the tracer
+    os.setsid()
+    named()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.ptrace(0x4206, program, None, None) == 0  # PTRACE_SEIZE
+    os.write(told, b".")
+    time.sleep(600)
+os.read(ready, 1)
+if os.fork() == 0:  # the chain
+    for _ in range(depth):
+        os.setsid()
+        if os.fork() != 0:
+            break
+    named()
+    time.sleep(600)
+time.sleep(1)  # the chain is built
+if how != "wait":
+    os._exit(int(how))
+time.sleep(600)
+"""
+
+
+def _named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                entry.name.isdigit()
+                and (entry / "comm").read_text().strip() == name
+                and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+@linux_only
+@pytest.mark.parametrize("how", ["4", "end signal"])
+def test_a_tracer_and_a_deep_tree_do_not_hold_a_child_up(how: str) -> None:
+    name = f"ywdeep{os.getpid() % 10000}"
+    argv = [
+        sys.executable,
+        "-c",
+        DEEP_AND_TRACED,
+        name,
+        "300",
+        how if how != "end signal" else "wait",
+    ]
+    process = subprocess.Popen(child_argv(argv), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_named(name)) < 302 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_named(name)) == 302  # the tracer and the chain of 301
+        began = time.monotonic()
+        if how == "end signal":
+            end_all(process.pid)
+            assert process.wait(10) == -signal.SIGKILL
+        else:  # it ends by itself while traced: its end is seen, and all it left is killed
+            assert process.wait(10) == 4
+        assert time.monotonic() - began < 5
+        assert _named(name) == []
+    finally:
+        for pid in _named(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+
 SERVE_INSIDE = """
 import http.server, socketserver, sys
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -255,3 +333,25 @@ def test_a_private_network_is_reached_through_its_connector_only(whom: str) -> N
         backend.kill()
         backend.wait()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_steps_output_is_read_until_it_ends_not_until_its_pipe_closes() -> None:
+    # Something that escaped a step (it cannot, under the launcher; without one it can) and
+    # holds its output pipe must not keep a shutdown waiting forever.
+    from ywmagics.orchestrator.processes import _lines_until_ended
+
+    held = subprocess.Popen(
+        ["sh", "-c", "echo first; (sleep 30 &); echo last; exit 0"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        began = time.monotonic()
+        assert held.stdout is not None
+        assert list(_lines_until_ended(held, held.stdout.fileno())) == ["first\n", "last\n"]
+        assert time.monotonic() - began < 3
+    finally:
+        os.killpg(held.pid, signal.SIGKILL)
+        held.wait()
+        if held.stdout is not None:
+            held.stdout.close()

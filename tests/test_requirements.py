@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_build_python_never_runs_a_script(tmp_path: Path, name: str, message: st
 
 
 def test_build_python_takes_a_real_interpreter_or_a_version(tmp_path: Path) -> None:
-    assert find_python(sys.executable).path == Path(sys.executable)
+    # As resolved: what was checked is what is run (a venv's python is a link to its base).
+    assert find_python(sys.executable).path == Path(os.path.realpath(sys.executable))
     with pytest.raises(ConfigurationError, match="is not a Python interpreter"):
         find_python(str(tmp_path / "python3"))  # missing
     with pytest.raises(ConfigurationError, match="is not a Python version"):

@@ -10,9 +10,11 @@ byte now and then never times out; 1,100 of them used up the descriptors of a ``
 - at most :data:`MAX_WAITING` connections may wait for their headers at once: past that, the
   one that has waited longest is closed. A client with a token sends its request at once, so it
   is served while someone else holds hundreds of connections open;
-- a request line and headers may take at most :data:`MAX_HEAD_BYTES`, else the answer is 431 and
-  the connection is closed: parsers build them by repeated concatenation, so an endless header
-  value spent the event loop's time for the whole deadline, and many small headers took gigabytes.
+- a request line and headers (and a chunked body's trailers, which are dropped) may take at most
+  :data:`MAX_HEAD_BYTES`, else the answer is 431 and the connection is closed: parsers build
+  them by repeated concatenation, so an endless header value spent the event loop's time for
+  the whole deadline, and many small headers took gigabytes. At most :data:`MAX_LINGERING`
+  refused connections are drained before they close; past that they close at once.
 
 Refused requests (no token, a foreign Host) are answered with ``Connection: close``
 (:func:`ywmagics.orchestrator.security.refuse`), so they cannot hold a kept-alive connection.
@@ -34,6 +36,7 @@ HEADERS_TIMEOUT = 10.0
 MAX_WAITING = 256
 MAX_HEAD_BYTES = 64 * 1024
 LINGER = 1.0  # seconds a refused connection is drained before it is closed
+MAX_LINGERING = 32  # refused connections drained at once; past that, closed at once
 
 
 def _too_large_answer() -> bytes:
@@ -58,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Per event loop: one server per orchestrator process, but tests may run several.
     _waiting_by_loop: ClassVar[dict[asyncio.AbstractEventLoop, OrderedDict[Any, None]]] = {}
+    _lingering_by_loop: ClassVar[dict[asyncio.AbstractEventLoop, set[Any]]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,7 +69,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # a request line or headers are being received
         self._head_bytes = 0  # received of them so far
         self._refused = False
+        self._trailer_bytes = 0
         self._waiting = self._waiting_by_loop.setdefault(self.loop, OrderedDict())
+        self._lingering = self._lingering_by_loop.setdefault(self.loop, set())
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,19 +100,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         with unread data would reset the connection, and the client would never see why."""
         self._stop_waiting()
         self._refused = True
-        if not self.transport.is_closing():
-            self.transport.write(_too_large_answer())
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self.loop.call_later(LINGER, self._close)
+        if self.transport.is_closing():
+            return
+        self.transport.write(_too_large_answer())
+        if len(self._lingering) >= MAX_LINGERING:  # many at once: an attack, not a mistake
+            self.transport.close()
+            return
+        self._lingering.add(self)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self._close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self._lingering.discard(self)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._trailer_bytes = 0
         super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+            return
+        # A chunked body's trailers: uvicorn would add them to the request's headers, which the
+        # application has already read (and checked). They are dropped, and count toward the cap.
+        self._trailer_bytes += len(name) + len(value)
+        if self._trailer_bytes > MAX_HEAD_BYTES and not self._refused:
+            self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -135,5 +158,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _close(self) -> None:
         self._stop_waiting()
+        self._lingering.discard(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()

@@ -12,7 +12,6 @@ import functools
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ywmagics.errors import ConfigurationError
+from ywmagics.paths import changeable_by_others
 
 _VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
 _INTERPRETER_NAME = re.compile(r"^python3\.\d+$")  # not python3.11-config, python3.11-gdb.py
@@ -71,34 +71,7 @@ def _not_an_interpreter(path: Path) -> str | None:
         )
     if not os.access(path, os.X_OK):
         return "it is not executable"
-    return _changeable_by_others(path)
-
-
-def _changeable_by_others(path: Path) -> str | None:
-    """Why another user could have put or changed what ``path`` runs, or ``None``: the link, the
-    program it leads to and every folder above either must be yours or root's, and not writable
-    by others (but for a sticky folder such as /tmp, where nobody replaces what is yours)."""
-    if not hasattr(os, "getuid"):
-        return None
-    trusted = {os.getuid(), 0}
-    absolute = Path(os.path.abspath(path))
-    for part in dict.fromkeys(
-        [absolute, *absolute.parents, path.resolve(), *path.resolve().parents]
-    ):
-        try:
-            info = os.lstat(part)
-        except OSError as error:
-            return f"{part}: {error.strerror}"
-        if info.st_uid not in trusted:
-            return f"{part} belongs to another user"
-        if stat.S_ISLNK(info.st_mode):
-            continue  # a link's own mode means nothing; who may replace it is its folder's
-        sticky_folder = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-        # Group-writable is yours alone with a group of your own (umask 002 setups do that).
-        group_writes = info.st_mode & stat.S_IWGRP and info.st_gid not in (os.getgid(), 0)
-        if (info.st_mode & stat.S_IWOTH or group_writes) and not sticky_folder:
-            return f"others may write to {part}"
-    return None
+    return changeable_by_others(path)[1]
 
 
 def _pyenv_root() -> Path:
@@ -176,7 +149,9 @@ def _probe_all(candidates: Iterable[Path]) -> list[Interpreter]:
     probe starts a process: one after the other, a machine with many Pythons waits seconds)."""
     by_file: dict[str, str] = {}
     for candidate in candidates:  # /bin/python3.11 and /usr/bin/python3.11 are often one file
-        by_file.setdefault(os.path.realpath(candidate), str(candidate))
+        resolved, _ = changeable_by_others(candidate)
+        if resolved is not None:  # one another user could change is never run
+            by_file.setdefault(str(resolved), str(resolved))
     unique = list(by_file.values())
     if not unique:
         return []
@@ -201,7 +176,10 @@ def find_python(request: str) -> Interpreter:
                 hint="give an interpreter that only you (or root) can change, e.g. "
                 "~/.pyenv/versions/3.10.13/bin/python3.10, or a version such as 3.10",
             )
-        found = probe(str(path))
+        # Run, and handed to uv, as resolved when checked: no link on the way is followed again.
+        resolved = changeable_by_others(path)[0]
+        assert resolved is not None  # checked just above
+        found = probe(str(resolved))
         if found is None:
             raise ConfigurationError(f"{request!r} is not a working Python interpreter")
         return found

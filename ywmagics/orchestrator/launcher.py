@@ -63,18 +63,39 @@ def _die_with(parent: int, signum: int = signal.SIGKILL) -> None:
         os._exit(NO_PARENT)
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``, zombies included."""
-    found = []
+def _parents() -> dict[int, int]:
+    """Every process now, with its parent: one pass over /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
+                    found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
             except OSError:
                 continue  # ended meanwhile
-            if int(fields[1]) == pid:
-                found.append(int(entry))
+    return found
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"X"
+
+
+def _descendants(pid: int) -> list[int]:
+    """The whole tree under ``pid``, from one snapshot: killed in one pass, however deep it is
+    (killed a level at a time, a deep tree outran the stop), and with any tracer in it (a
+    process traced by its own descendant can be reaped only once its tracer is gone)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    found, pending = [], list(children.get(pid, ()))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, ()))
     return found
 
 
@@ -84,13 +105,15 @@ class Launcher:
     def __init__(self, parent: int) -> None:
         self.parent = parent
         self.program = 0
-        self.ended: dict[int, int] = {}  # wait statuses of the children reaped
+        self.status: int | None = None  # the program's wait status, once it is reaped
 
     def watch_signals(self) -> None:
         for signum in _FORWARDED:
             signal.signal(signum, self._forward)
         signal.signal(END_SIGNAL, self._end_now)
         signal.signal(_ORPHANED, self._parent_died)
+        # Children's ends are waited for with sigtimedwait: blocked, never handled.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
 
     def _forward(self, signum: int, frame: object) -> None:
         if self.program:
@@ -109,22 +132,32 @@ class Launcher:
             self.end_everything()
             os._exit(NO_PARENT)
 
+    def _reap(self) -> None:
+        """Collect every child that has ended, without waiting for any."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.program:
+                self.status = status
+
     def end_everything(self) -> None:
-        """Kill every process under this one, until none is left: the children of one killed
-        become ours (we are their subreaper), and are killed in the next round."""
+        """Kill every process under this one, until none is left: what was forked meanwhile,
+        or left to us by one killed (we are its subreaper), goes in the next round."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {*_FORWARDED, END_SIGNAL, _ORPHANED})
         here = os.getpid()
-        for _ in range(10_000):  # a fork bomb, killed faster than it forks, still ends
-            children = _children(here)
-            if not children:
+        while True:
+            tree = _descendants(here)
+            if not tree:
                 return
-            for child in children:
+            for pid in tree:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
-            for child in children:
-                with contextlib.suppress(ChildProcessError):
-                    _, status = os.waitpid(child, 0)
-                    self.ended[child] = status
+                    os.kill(pid, signal.SIGKILL)
+            self._reap()
+            signal.sigtimedwait({signal.SIGCHLD}, 0.01)
 
     def run(self, program: str, argv: list[str]) -> None:
         """Fork and exec the program; reap until it ends; then end what it left; end as it did."""
@@ -133,6 +166,7 @@ class Launcher:
         if self.program == 0:
             for signum in (*_FORWARDED, END_SIGNAL, _ORPHANED):
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a mask passes through exec
             os.setpgid(0, 0)
             _die_with(here)
             try:
@@ -142,17 +176,16 @@ class Launcher:
             os._exit(127)
         with contextlib.suppress(OSError):  # as the child does: whichever runs first
             os.setpgid(self.program, self.program)
-        while self.program not in self.ended:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            self.ended[pid] = status
+        while self.status is None:
+            signal.sigtimedwait({signal.SIGCHLD}, 0.5)
+            self._reap()
+            if self.status is None and _state(self.program) == b"Z":
+                break  # ended, but held by a tracer among what it started: killed next
         self.end_everything()
         self.exit_as_the_program()
 
     def exit_as_the_program(self) -> None:
-        status = self.ended.get(self.program)
+        status = self.status
         if status is None:  # killed by us before it was reaped: it was, by SIGKILL
             status = signal.SIGKILL
         if os.WIFSIGNALED(status):
@@ -278,6 +311,7 @@ def main(argv: list[str]) -> None:
     if private is not None and os.fork() == 0:  # the connector, killed with all the rest
         for signum in (*_FORWARDED, END_SIGNAL, _ORPHANED):
             signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         _die_with(here)
         try:
             serve_connections(*private)

@@ -14,13 +14,15 @@ import contextlib
 import errno
 import functools
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,17 +170,17 @@ class RunningSteps:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_key: dict[str, set[subprocess.Popen[str]]] = {}
+        self._by_key: dict[str, set[subprocess.Popen[bytes]]] = {}
         self._ended: set[str] = set()
 
-    def add(self, key: str, process: subprocess.Popen[str]) -> None:
+    def add(self, key: str, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._by_key.setdefault(key, set()).add(process)
             ended = key in self._ended
         if ended:  # its folder went away while it started
             end_all(process.pid)
 
-    def discard(self, key: str, process: subprocess.Popen[str]) -> None:
+    def discard(self, key: str, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._by_key.get(key, set()).discard(process)
 
@@ -200,6 +202,29 @@ class RunningSteps:
                 signal_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(5)
+
+
+def _lines_until_ended(process: subprocess.Popen[bytes], pipe: int) -> Iterator[str]:
+    """The lines of a step's output, as they come, until the pipe closes, or the step has ended
+    and nothing more comes for a moment: what still holds the pipe then is not the step (if
+    anything escaped its launcher, a shutdown must not wait for it forever)."""
+    pending = b""
+    ended_at: float | None = None
+    while ended_at is None or time.monotonic() - ended_at < 5:  # then it is not the step's
+        if ended_at is None and process.poll() is not None:
+            ended_at = time.monotonic()
+        if select.select([pipe], [], [], 0.5)[0]:
+            chunk = os.read(pipe, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *whole, pending = pending.split(b"\n")
+            for line in whole:
+                yield line.decode(errors="replace") + "\n"
+        elif process.poll() is not None:
+            break
+    if pending:
+        yield pending.decode(errors="replace") + "\n"
 
 
 def run_logged(
@@ -227,8 +252,6 @@ def run_logged(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
                 start_new_session=True,  # its own process group, signalled as a whole
                 close_fds=True,
             )
@@ -241,7 +264,7 @@ def run_logged(
         try:
             with process:  # closes the pipe, or each step would leak a file descriptor
                 assert process.stdout is not None
-                for line in process.stdout:
+                for line in _lines_until_ended(process, process.stdout.fileno()):
                     sink.write(line)
                     tail.append(line)
                     if on_line is not None:

@@ -33,6 +33,37 @@ from ywmagics.orchestrator.service import Orchestrator, Settings
 log = logging.getLogger("ywmagics.orchestrator")
 
 
+# What uvicorn logs for each bad connection: anyone on the machine can cause as many as they
+# like, and the log would grow without end.
+_CLIENT_NOISE = {
+    "Invalid HTTP request received.",
+    "Unsupported upgrade request.",
+    "ASGI callable returned without completing handshake.",
+}
+
+
+class ClientNoiseLimit(logging.Filter):
+    """Lets at most ``per_minute`` of uvicorn's bad-connection lines through each minute, and
+    says when it starts dropping them."""
+
+    def __init__(self, per_minute: int = 20) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._window = 0.0
+        self._count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in _CLIENT_NOISE:
+            return True
+        now = time.monotonic()
+        if now - self._window >= 60:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count == self.per_minute + 1:
+            record.msg = f"{record.msg} (more such lines are dropped for a minute)"
+        return self._count <= self.per_minute + 1
+
+
 def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str = "warning") -> None:
     """Run the orchestrator in the foreground until it is told to stop."""
     discovery = paths.discovery_file()
@@ -123,5 +154,6 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         server_header=False,
         date_header=False,  # the backends' own Date passes through; no second one
     )
+    logging.getLogger("uvicorn.error").addFilter(ClientNoiseLimit())  # after uvicorn's set-up
     server = uvicorn.Server(config)
     server.run(sockets=[listener, unix_listener])
