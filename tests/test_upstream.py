@@ -323,3 +323,37 @@ async def _stream() -> AsyncIterator[bytes]:
 )
 def test_the_one_rule_for_sending_again(method: str, body: object, sent: bool, again: bool) -> None:
     assert may_resend(method, body, sent) is again  # type: ignore[arg-type]
+
+
+def test_a_short_body_written_after_its_head_comes_with_it(tmp_path: Path) -> None:
+    # uvicorn writes a head and its body separately: the answer is handed on whole, in one
+    # piece; a long or unsized one streams as it comes.
+    async def work(path: Path) -> None:
+        async def script(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+        ) -> None:
+            await server.read_request(reader)
+            for part in (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", b"he", b"llo"):
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+            await writer.drain()
+
+        async with Scripted(path, script) as server:
+            pool = UpstreamPool(uds=str(path))
+            short = await pool.request("GET", "/", [], None)
+            assert short.complete
+            assert [chunk async for chunk in short.iter_body()] == [(b"hello", True)]
+            await short.release()
+            streamed = await pool.request("GET", "/", [], None)
+            assert not streamed.complete  # its head is handed on before its body comes
+            assert await streamed.read() == b"hello"
+            await streamed.release()
+            pool.close_idle()
+
+    run(work, tmp_path)

@@ -82,6 +82,19 @@ class _ResponseReader:
         self.keep_alive = self.parser.should_keep_alive()
 
 
+_SHORT_BODY = 64 * 1024
+
+
+def _short(parsed: _ResponseReader) -> bool:
+    """A body whose length is said and small, not all here yet."""
+    if parsed.complete:
+        return False
+    for name, value in parsed.headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= _SHORT_BODY
+    return False
+
+
 async def socket_from_connector(path: str) -> socket.socket:
     """A socket connected to the backend, received from its connector."""
     loop = asyncio.get_running_loop()
@@ -341,6 +354,15 @@ class UpstreamPool:
             while not parsed.headers_done:
                 if not await connection.feed(parsed):
                     raise UpstreamError("connection closed before an answer", sent=True)
+            if method != "HEAD" and _short(parsed):
+                # Servers often write a head and its short body separately (uvicorn does): the
+                # body follows at once. Waited for here, the answer goes on in one piece, with
+                # no watch for a client that leaves in the middle of a long one.
+                while not parsed.complete:
+                    if not await connection.feed(parsed):
+                        raise UpstreamError(
+                            "the backend closed the connection mid-answer", sent=True
+                        )
         except (OSError, httptools.HttpParserError) as error:
             connection.close()
             raise UpstreamError(f"connection lost: {error}", sent=True) from error
