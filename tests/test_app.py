@@ -56,7 +56,7 @@ def test_a_fault_in_the_install_stream_is_the_orchestrators_error(
 ) -> None:
     client, orchestrator = served
 
-    async def failing(request: InstallRequest, requested_by: str) -> AsyncIterator[Any]:
+    async def failing(request: InstallRequest, *_: Any) -> AsyncIterator[Any]:
         yield Event(EventKind.RESOLVED, "node_echo", "1.0.0", "P", "resolved", 0.05)
         raise RuntimeError("a bug of ours, mid-stream")
 

@@ -1,16 +1,21 @@
-"""An alias is bound to the runner it installed: in real kernels, a call that would reach an
-instance of another configuration (another alias, another kernel, the same partition) is refused
-with what happened and how to keep both; never run on the other one."""
+"""Runners and the kernels that use them, in real kernels: an alias is bound to the runner it
+installed (a call that would reach an instance of another configuration is refused, with what
+happened and how to keep both, never run on the other one), and a kernel's own runners end with
+it, however it ends."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
 
-from ywmagics.discovery import Connection
+from ywmagics.client import OrchestratorClient
+from ywmagics.discovery import Connection, pid_alive
 
 pytestmark = pytest.mark.slow  # real kernels, runners on two Pythons
 
@@ -100,3 +105,43 @@ def test_an_install_that_replaces_another_alias_says_so(kernels: tuple[Kernel, K
     printed, error = first.run(install.format("e3", "two"))
     assert error is None and "replaced" not in printed
     assert first.run("e3.fetch_json('/') == e2.fetch_json('/')") == ("True", None)
+
+
+def _kernel_instances(connection: Connection, partition: str) -> list[dict[str, Any]]:
+    listing = OrchestratorClient(connection).listing()["instances"]
+    return [i for i in listing if i["partition"] == partition]
+
+
+def _gone_within(seconds: float, connection: Connection, partition: str, pid: int) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _kernel_instances(connection, partition) and not pid_alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "restart now"])
+def test_a_kernel_that_dies_uncleanly_takes_its_runners_along(
+    orchestrator: Connection, how: str
+) -> None:
+    kernel = Kernel()
+    try:
+        partition = kernel.run("print(get_ipython().find_magic('backends').__self__.partition)")[0]
+        assert partition.startswith("kernel-")
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        assert kernel.run("%%interpreter py\nx = 'from before'")[1] is None
+        (runner,) = _kernel_instances(orchestrator, partition)
+        if how == "SIGKILL":  # no exit hook runs
+            os.kill(kernel.pid, signal.SIGKILL)
+        else:
+            kernel.manager.restart_kernel(now=True)
+            kernel.client.wait_for_ready(timeout=60)
+        assert _gone_within(10, orchestrator, partition, runner["pid"])
+        if how == "restart now":  # same partition name, a fresh runner: nothing from before
+            kernel.run("%load_ext ywmagics")
+            assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+            printed, error = kernel.run("%%interpreter py\nprint('x' in globals())")
+            assert (printed, error) == ("False", None)
+    finally:
+        kernel.close()

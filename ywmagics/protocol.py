@@ -19,5 +19,9 @@ FINGERPRINT_HEADER = "x-backends-fingerprint"
 """On a client's requests: the configuration it installed (its environment's fingerprint). The
 orchestrator refuses to send them to an instance of another configuration."""
 
+OWNER_HEADER = "x-backends-owner"
+"""On an install into a kernel's own partition: the kernel's pid. The partition is stopped when
+its owners have all ended, however they ended."""
+
 CLIENT_HEADER = "x-backends-client"
 """On an install: who asks (``kernel 1234``), said when the instance it starts replaces one."""

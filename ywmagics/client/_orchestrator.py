@@ -14,7 +14,7 @@ from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
-from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER
+from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, OWNER_HEADER
 from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
@@ -102,11 +102,15 @@ class OrchestratorClient:
         request: InstallRequest,
         on_event: EventHandler | None = None,
         requested_by: str = "",
+        owner: int | None = None,
     ) -> list[dict[str, Any]]:
         """Install and start; ``on_event`` sees each event as it happens. Returns one dict per
         backend (alias, name, version, partition, path, config, fingerprint). ``requested_by``
-        names the caller (default: this process) to the clients a new instance leaves."""
+        names the caller (default: this process) to the clients a new instance leaves;
+        ``owner``, a pid that owns the partition: it is stopped when its owners have ended."""
         headers = {CLIENT_HEADER: requested_by or f"process {os.getpid()}"}
+        if owner is not None:
+            headers[OWNER_HEADER] = str(owner)
         for item in self._stream("POST", "/install", json=request.to_dict(), headers=headers):
             if "event" in item:
                 if on_event is not None:

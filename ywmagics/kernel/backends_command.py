@@ -177,7 +177,13 @@ class BackendsCommand:
         magics.note_partition_used(request.partition)
         try:
             orchestrator = magics.orchestrator(timeout=magics.install_timeout)
-            results = orchestrator.install(request, view.event, f"kernel {os.getpid()}")
+            from ywmagics.kernel.magics import kernel_partition
+
+            # The kernel owns its own partition: stopped when it ends, even by SIGKILL.
+            own = request.partition == kernel_partition()
+            results = orchestrator.install(
+                request, view.event, f"kernel {os.getpid()}", os.getpid() if own else None
+            )
         except KeyboardInterrupt as interrupt:
             view.failed(interrupt)
             raise Interrupted("the install was interrupted (run it again to go on)") from interrupt

@@ -65,7 +65,7 @@ class YwMagics(Magics):
 
     partition = Unicode(
         help="The partition used when --partition is not given. Defaults to this kernel's own "
-        "partition (kernel-<id>), whose instances are stopped when the kernel shuts down.",
+        "partition (kernel-<id>), whose instances are stopped when the kernel ends.",
     ).tag(config=True)
     orchestrator_url = Unicode(
         "",

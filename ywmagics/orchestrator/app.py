@@ -35,7 +35,7 @@ from ywmagics.orchestrator.requests import (
 from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.orchestrator.websocket import WebsocketProxy
-from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, NDJSON
+from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, NDJSON, OWNER_HEADER
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
 log = logging.getLogger("ywmagics.orchestrator")
@@ -75,7 +75,12 @@ async def install(request: Request) -> Response:
     # Who asks, as the client says (printable, short): told to the clients a new instance leaves.
     client = request.headers.get(CLIENT_HEADER, "")[:120]
     requested_by = client if client.isprintable() else ""
-    events = _orchestrator(request).install(install_request, requested_by)
+    owner = request.headers.get(OWNER_HEADER, "")
+    if owner and not (owner.isascii() and owner.isdigit() and 0 < int(owner) < 1 << 31):
+        raise SpecError(f"{OWNER_HEADER} must be a process id, not {owner[:40]!r}")
+    events = _orchestrator(request).install(
+        install_request, requested_by, int(owner) if owner else None
+    )
 
     async def lines() -> AsyncIterator[bytes]:
         try:

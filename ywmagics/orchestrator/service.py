@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -22,10 +23,13 @@ from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.manifest import Manifest
+from ywmagics.orchestrator.owners import POLL_INTERVAL, PartitionOwners
 from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
+
+log = logging.getLogger("ywmagics.orchestrator")
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Orchestrator:
             settings.supervisor,
             settings.unix_socket,
         )
+        self.owners = PartitionOwners()
+        self._watching_owners: asyncio.Future[None] | None = None
         self._build_locks: dict[str, asyncio.Lock] = {}
         # Which environment to start when a request reaches a backend that is installed but not
         # running: the last one installed or started for that name and version.
@@ -67,11 +73,14 @@ class Orchestrator:
     # -- install -----------------------------------------------------------------------------
 
     async def install(
-        self, request: InstallRequest, requested_by: str = ""
+        self, request: InstallRequest, requested_by: str = "", owner: int | None = None
     ) -> AsyncIterator[Event | dict[str, Any]]:
         """Yield events as they happen, then the result ``{"backends": [...]}``.
         ``requested_by`` names the client (``kernel 1234``), for the clients a new instance
-        leaves behind."""
+        leaves behind; ``owner`` is the pid of a process that owns the partition (a kernel its
+        own): the partition is stopped when its owners have all ended."""
+        if owner is not None:
+            await self._claim(request.partition, owner)
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
@@ -191,6 +200,21 @@ class Orchestrator:
             )
         )
         return environment
+
+    async def _claim(self, partition: str, owner: int) -> None:
+        if self.owners.claim(partition, owner):
+            log.info("partition %r: its kernel ended; stopping what it ran", partition)
+            await self.stop(partition, None, None)
+        if self._watching_owners is None or self._watching_owners.done():
+            self._watching_owners = asyncio.ensure_future(self._watch_owners())
+
+    async def _watch_owners(self) -> None:
+        """Stop each partition whose owners have all ended, soon after; until none is owned."""
+        while self.owners:
+            await asyncio.sleep(POLL_INTERVAL)
+            for partition in self.owners.orphaned():
+                log.info("partition %r: its kernel ended; stopping what it ran", partition)
+                await self.stop(partition, None, None)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -379,6 +403,8 @@ class Orchestrator:
         return {"removed": [e.to_dict() for e in environments], "stopped_partitions": stopped}
 
     async def shutdown(self) -> None:
+        if self._watching_owners is not None:
+            self._watching_owners.cancel()
         # Build steps first: a half-done build is swept at the next start, but must not run on.
         await asyncio.to_thread(self.installer.running.end)
         await self.supervisor.stop_all()
