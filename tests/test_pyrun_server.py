@@ -344,22 +344,56 @@ def test_streaming_ndjson(server: Server) -> None:
         for line in response.iter_lines():
             arrivals.append((time.monotonic() - start, json.loads(line)))
     events = [event for _, event in arrivals]
-    assert events[:3] == [
+    assert events[:2] == [
         {"started": True},
-        {"stream": "stdout", "text": "first\n"},
-        {"stream": "stdout", "text": "no newline"},
+        {"stream": "stdout", "text": "first\nno newline"},  # one batch
     ]
-    assert arrivals[2][0] < 0.3  # text without a newline did not wait for the cell's end
-    assert events[3:5] == [
+    assert arrivals[1][0] < 0.3  # text without a newline did not wait for the cell's end
+    assert events[2:4] == [
         {"stream": "stderr", "text": "oops\n"},
         {"display": {"data": {"text/plain": "7"}, "metadata": {}}},
     ]
     result = events[-1]["result"]
-    assert len(events) == 6
+    assert len(events) == 5
     assert arrivals[-1][0] >= 0.4
     assert result["capturedOut"] == {"streamed": 1}
     # What was streamed is not sent a second time in the result.
     assert (result["output"], result["error"], result["displays"]) == ("", "", [])
+
+
+def test_printed_lines_go_in_batches_in_their_order(server: Server) -> None:
+    # One event per print made a loop of prints twenty times slower than in a kernel.
+    code = (
+        "import sys\n"
+        "for i in range(20000):\n"
+        "    print('line', i)\n"
+        "    if i % 5000 == 4999:\n"
+        "        print('mark', i, file=sys.stderr)\n"
+    )
+    body = {"cellId": "b", "code": code, "capturedIn": {}, "capturedOut": []}
+    headers = {"Accept": "application/x-ndjson"}
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        events = [json.loads(line) for line in response.iter_lines()]
+    texts = [(e["stream"], e["text"]) for e in events if "stream" in e]
+    assert len(texts) < 60, len(texts)
+    expected: list[tuple[str, str]] = []
+    for i in range(20000):
+        expected.append(("stdout", f"line {i}\n"))
+        if i % 5000 == 4999:
+            expected.append(("stderr", f"mark {i}\n"))
+    merged: list[tuple[str, str]] = []  # the same text, batched: joined per stream run
+    for stream, text in expected:
+        if merged and merged[-1][0] == stream:
+            merged[-1] = (stream, merged[-1][1] + text)
+        else:
+            merged.append((stream, text))
+    joined: list[tuple[str, str]] = []
+    for stream, text in texts:
+        if joined and joined[-1][0] == stream:
+            joined[-1] = (stream, joined[-1][1] + text)
+        else:
+            joined.append((stream, text))
+    assert joined == merged  # every line, stdout and stderr in their order
 
 
 @pytest.mark.parametrize(

@@ -145,3 +145,46 @@ def test_a_kernel_that_dies_uncleanly_takes_its_runners_along(
             assert (printed, error) == ("False", None)
     finally:
         kernel.close()
+
+
+def test_a_cells_output_comes_whole_and_in_order(orchestrator: Connection) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        code = (
+            "%%interpreter py\n"
+            "import sys\n"
+            "for i in range(3000):\n"
+            "    print('out', i)\n"
+            "print('err 1', file=sys.stderr)\n"
+            "print('out after err')\n"
+            "display('shown')\n"
+            "print('out after display')\n"
+            "raise ValueError('at the end')\n"
+        )
+        sequence: list[tuple[str, str]] = []
+
+        def hook(message: dict[str, Any]) -> None:
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream":
+                if sequence and sequence[-1][0] == content["name"]:
+                    sequence[-1] = (content["name"], sequence[-1][1] + content["text"])
+                else:
+                    sequence.append((content["name"], content["text"]))
+            elif kind == "display_data":
+                sequence.append(("display", content["data"]["text/plain"]))
+            elif kind == "error":
+                sequence.append(("error", content["ename"]))
+
+        kernel.client.execute_interactive(code, output_hook=hook, timeout=120)
+        lines = "".join(f"out {i}\n" for i in range(3000))
+        assert sequence == [
+            ("stdout", lines),
+            ("stderr", "err 1\n"),
+            ("stdout", "out after err\n"),
+            ("display", "'shown'"),
+            ("stdout", "out after display\n"),
+            ("error", "RemoteExecutionError"),
+        ]
+    finally:
+        kernel.close()

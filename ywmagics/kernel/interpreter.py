@@ -94,10 +94,13 @@ def run_interpreter_cell(
     :class:`RemoteExecutionError` with the runner's traceback."""
     request = RunRequest(cell_id, code, encode_inputs(namespace, inputs), outputs)
     where = f"{alias}: {client.name} {client.version}, partition {client.partition}"
-    with _needs_runner(alias, client):
-        result = run_cell(
-            client, request, alias=alias, timeout=timeout, output=output or notebook_output()
-        )
+    try:
+        with _needs_runner(alias, client):
+            result = run_cell(
+                client, request, alias=alias, timeout=timeout, output=output or notebook_output()
+            )
+    finally:
+        flush_output()  # what it printed goes before its error or the next cell's output
     exception = result.get("exception")
     if exception:
         raise RemoteExecutionError(
@@ -250,21 +253,40 @@ def publish(bundle: dict[str, Any]) -> None:
         _ipython.publish(data, bundle.get("metadata") or {})
 
 
-def writer(stream_name: str) -> Write:
-    """Write to the kernel's current ``sys.stdout``/``sys.stderr`` (looked up at each call)."""
+def writer(stream_name: str, last: list[str] | None = None) -> Write:
+    """Write to the kernel's current ``sys.stdout``/``sys.stderr`` (looked up at each call).
+
+    Not flushed at each write: the kernel's streams send their text in batches (a message per
+    flush made a loop of prints slow), and flush before a display. ``last`` holds the name of
+    the stream written last, shared by the writers of one output: the other one is flushed
+    when the stream changes, so that stdout and stderr keep their order."""
 
     def write(text: str) -> None:
+        if last is not None and last and last[0] != stream_name:
+            _flush(last[0])
         stream = sys.stderr if stream_name == "stderr" else sys.stdout
         try:
             stream.write(text)
         except UnicodeEncodeError:  # a lone surrogate, or a terminal that can't show it
             stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
-        with contextlib.suppress(Exception):
-            stream.flush()
+        if last is not None:
+            last[:] = [stream_name]
 
     return write
 
 
+def _flush(stream_name: str) -> None:
+    with contextlib.suppress(Exception):
+        (sys.stderr if stream_name == "stderr" else sys.stdout).flush()
+
+
+def flush_output() -> None:
+    """What a cell printed, sent on before what comes after it (its result, an error)."""
+    _flush("stdout")
+    _flush("stderr")
+
+
 def notebook_output() -> Output:
     """The notebook's own output: the kernel's stdout/stderr and its display."""
-    return Output(writer("stdout"), writer("stderr"), publish)
+    last: list[str] = []
+    return Output(writer("stdout", last), writer("stderr", last), publish)
