@@ -188,3 +188,58 @@ def test_a_cells_output_comes_whole_and_in_order(orchestrator: Connection) -> No
         ]
     finally:
         kernel.close()
+
+
+def _run_and_interrupt(kernel: Kernel, code: str, after: str) -> list[tuple[str, str]]:
+    """Run ``code``; press stop once ``after`` was printed; what came, until the kernel idles."""
+    msg_id = kernel.client.execute(code)
+    came: list[tuple[str, str]] = []
+    pressed = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        message = kernel.client.get_iopub_msg(timeout=30)
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream":
+            came.append((content["name"], content["text"]))
+            if not pressed and after in "".join(text for _, text in came):
+                kernel.manager.interrupt_kernel()
+                pressed = True
+        elif kind == "error":
+            came.append(("error", f"{content['ename']}: {content['evalue']}"))
+        elif kind == "status" and content["execution_state"] == "idle":
+            break
+    assert pressed, came
+    return came
+
+
+def test_what_a_cell_prints_after_an_interrupt_is_shown(orchestrator: Connection) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        came = _run_and_interrupt(
+            kernel,
+            "%%interpreter py\nimport time\ntry:\n    print('sleeping', flush=True)\n"
+            "    time.sleep(30)\nfinally:\n    print('cleaned up')\n",
+            after="sleeping",
+        )
+        text = "".join(text for kind, text in came if kind == "stdout")
+        assert text == "sleeping\ncleaned up\n"
+        kind, message = came[-1]
+        assert kind == "error" and "interrupted in the runner" in message
+        # A cell that catches the interrupt and goes on is not "interrupted": it ends, and its
+        # values come back.
+        came = _run_and_interrupt(
+            kernel,
+            "%%interpreter py --out v\nimport time\ntry:\n    print('sleeping', flush=True)\n"
+            "    time.sleep(30)\nexcept KeyboardInterrupt:\n    print('caught')\n"
+            "for i in range(3):\n    time.sleep(0.2)\n    print('going on', i)\nv = 'done'\n",
+            after="sleeping",
+        )
+        assert [kind for kind, _ in came if kind == "error"] == []
+        text = "".join(text for kind, text in came if kind == "stdout")
+        assert text == "sleeping\ncaught\ngoing on 0\ngoing on 1\ngoing on 2\n"
+        assert kernel.run("print(v)") == ("done", None)
+    finally:
+        kernel.close()

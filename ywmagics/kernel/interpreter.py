@@ -8,6 +8,7 @@ answers plain JSON instead is accepted too (its output is then shown at the end)
 from __future__ import annotations
 
 import contextlib
+import queue
 import sys
 import threading
 import uuid
@@ -135,7 +136,11 @@ def run_cell(
     ``timeout`` (seconds) counts from the moment the cell starts in the runner (it may first
     wait for another cell of the same partition); when it passes, the cell is interrupted
     and :class:`InterpreterTimeout` raised, unless the cell finished anyway. A
-    ``KeyboardInterrupt`` interrupts the cell too, and propagates as :class:`Interrupted`.
+    ``KeyboardInterrupt`` (the stop button) interrupts the cell in the runner, and what the cell
+    prints until it really ends (its ``finally:``, its ``except KeyboardInterrupt:``) is shown;
+    it then raises :class:`Interrupted`, unless the cell caught the interrupt and went on to
+    its end. After :data:`GIVE_UP_AFTER` interrupts the cell did not stop for, the notebook stops
+    waiting for it.
     """
     import httpx
 
@@ -161,11 +166,37 @@ def run_cell(
         ) as response:
             if NDJSON in response.headers.get("content-type", ""):
                 started = timer.start if timer is not None else None
-                result = _read_stream(response.iter_lines(), output, started)
+                presses = 0
+
+                def pressed() -> None:
+                    nonlocal presses
+                    presses += 1
+                    if not interrupt_run(client, request.run_id):
+                        raise Interrupted(
+                            f"interrupted, but the runner ({where}) could not be reached to "
+                            "stop the cell"
+                        )
+                    if presses >= GIVE_UP_AFTER:
+                        raise Interrupted(
+                            f"the cell did not stop for {presses} interrupts in the runner "
+                            f"({where}); this notebook no longer waits for it (the next cell "
+                            "there runs once it has ended)"
+                        )
+
+                result = _read_stream(response.iter_lines(), output, started, pressed)
+                exception = result.get("exception")
+                if (
+                    presses
+                    and isinstance(exception, dict)
+                    and exception.get("type") == "KeyboardInterrupt"
+                ):
+                    raise Interrupted(f"the cell was interrupted in the runner ({where})")
             else:
                 if timer is not None:
                     timer.start()
                 result = _read_whole(response, output)
+    except Interrupted:
+        raise
     except KeyboardInterrupt as interrupt:
         # A short error instead of the HTTP stack the interrupt landed in.
         if interrupt_run(client, request.run_id):
@@ -207,11 +238,40 @@ def _needs_runner(alias: str, client: BackendClient) -> Iterator[None]:
 
 
 def _read_stream(
-    lines: Iterator[str], output: Output, on_started: Callable[[], None] | None = None
+    lines: Iterator[str],
+    output: Output,
+    on_started: Callable[[], None] | None = None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """Show what the runner streams until its result. The answer is read in a thread of its
+    own: an interrupt landing in the middle of a read would end the stream with it, and what
+    the cell prints after the interrupt would be lost. Here it lands in the wait for the next
+    item, where ``on_interrupt`` is called (and may raise to stop waiting)."""
     from ywmagics.client._http import ndjson_items
 
-    for item in ndjson_items(lines, source="the runner"):
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for item in ndjson_items(lines, source="the runner"):
+                items.put(("item", item))
+            items.put(("end", None))
+        except BaseException as error:  # to the notebook's thread, which raises it
+            items.put(("error", error))
+
+    threading.Thread(target=pump, name="ywmagics-run-reader", daemon=True).start()
+    while True:
+        try:
+            kind, item = items.get()
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            continue
+        if kind == "end":
+            break
+        if kind == "error":
+            raise item
         if "stream" in item:
             (output.stderr if item["stream"] == "stderr" else output.stdout)(
                 str(item.get("text", ""))
@@ -226,6 +286,9 @@ def _read_stream(
         elif "error" in item:
             raise error_from_dict(item["error"])
     raise IncompleteAnswerError("the runner closed its answer without a result")
+
+
+GIVE_UP_AFTER = 3  # interrupts a cell did not stop for, before the notebook stops waiting
 
 
 def _read_whole(response: httpx.Response, output: Output) -> dict[str, Any]:
