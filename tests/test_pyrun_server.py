@@ -361,6 +361,37 @@ def test_streaming_ndjson(server: Server) -> None:
     assert (result["output"], result["error"], result["displays"]) == ("", "", [])
 
 
+def test_output_that_bypasses_sys_stdout_reaches_the_cell(server: Server) -> None:
+    # As ipykernel does: what a subprocess, C code or a thread writes to the descriptors goes
+    # to the cell that runs, before its result; the runner's own messages stay in the log.
+    code = (
+        "import ctypes, os, subprocess, sys, threading\n"
+        "print('python first')\n"
+        "subprocess.run(['echo', 'from a subprocess'])\n"
+        "subprocess.run(['sh', '-c', 'echo to fd 2 >&2'])\n"
+        "os.write(1, b'straight to fd 1\\n')\n"
+        "ctypes.CDLL(None).printf(b'from C printf\\n')\n"
+        "t = threading.Thread(target=lambda: sys.__stdout__.write('a thread, to __stdout__\\n'))\n"
+        "t.start(); t.join()\n"
+    )
+    result = server.run(code, cellId="fds")
+    assert result["exception"] is None
+    out = result["output"].splitlines()
+    assert out[0] == "python first"
+    assert set(out[1:]) == {
+        "from a subprocess",
+        "straight to fd 1",
+        "from C printf",
+        "a thread, to __stdout__",
+    }
+    assert result["error"] == "to fd 2\n"
+    # Between cells, it goes to the log as before.
+    server.run("import subprocess\nsubprocess.Popen(['sh', '-c', 'sleep 0.3; echo late >&2'])\n")
+    time.sleep(0.8)
+    assert "late" in server.log()
+    assert server.run("x = 1")["output"] == ""
+
+
 def test_printed_lines_go_in_batches_in_their_order(server: Server) -> None:
     # One event per print made a loop of prints twenty times slower than in a kernel.
     code = (

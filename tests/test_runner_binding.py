@@ -243,3 +243,14 @@ def test_what_a_cell_prints_after_an_interrupt_is_shown(orchestrator: Connection
         assert kernel.run("print(v)") == ("done", None)
     finally:
         kernel.close()
+
+
+def test_a_subprocess_output_shows_in_the_cell(orchestrator: Connection) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        code = "%%interpreter py\nimport subprocess\nsubprocess.run(['echo', 'from a subprocess'])"
+        printed, error = kernel.run(code)
+        assert error is None and "from a subprocess" in printed
+    finally:
+        kernel.close()

@@ -16,6 +16,7 @@ import threading
 
 import pyrun_display
 import ywmagics_wire as wire
+from pyrun_fds import FdCapture
 from pyrun_signals import Signals, Terminate
 
 TYPE_CHECKING = False
@@ -187,6 +188,7 @@ class Runner:
         self._loop: Any = None
         self._runs: dict[str, CellRun] = {}  # waiting runs by runId, so that they can be cancelled
         self._runs_lock = threading.Lock()
+        self.fds = FdCapture(lambda: self.current)  # started by the server, once it listens
         self.reset()
 
     # main thread ---------------------------------------------------------------------------
@@ -270,6 +272,7 @@ class Runner:
                 exception = describe(exc, filename)
                 self._flush_figures(run)
         finally:
+            self.fds.drain()  # what its subprocesses and C code wrote, before its result
             sys.stdout, sys.stderr = saved
             self.current = None
         run.finish(captured, exception)

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if mask_threads:
             signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         thread.start()
+        runner.fds.start()  # its threads, made here, block the signals too
         runner.signals.watch()
         if mask_threads:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
