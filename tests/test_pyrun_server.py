@@ -392,6 +392,48 @@ def test_output_that_bypasses_sys_stdout_reaches_the_cell(server: Server) -> Non
     assert server.run("x = 1")["output"] == ""
 
 
+def test_input_is_asked_of_the_client_that_offers_stdin(server: Server) -> None:
+    code = "import getpass\nname = input('who? ')\nsecret = getpass.getpass('key: ')\n"
+    body = {
+        "cellId": "in", "code": code, "capturedIn": {}, "capturedOut": ["name", "secret"],
+        "runId": "asking", "stdin": True,
+    }  # fmt: skip
+    headers = {"Accept": "application/x-ndjson"}
+    answers = iter(["Ada", "s3cret"])
+    events = []
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        for line in response.iter_lines():
+            event = json.loads(line)
+            events.append(event)
+            if "input_request" in event:
+                answered = server.client.post(
+                    "/input", json={"runId": "asking", "value": next(answers)}
+                )
+                assert answered.json() == {"answered": True}
+    asked = [e["input_request"] for e in events if "input_request" in e]
+    assert asked == [
+        {"prompt": "who? ", "password": False},
+        {"prompt": "key: ", "password": True},
+    ]
+    assert events[-1]["result"]["capturedOut"] == {"name": "Ada", "secret": "s3cret"}
+    # A client with no stdin to offer says why; the cell's input() raises EOFError with it.
+    body = {**body, "code": "input()", "capturedOut": [], "runId": "no-stdin"}
+    with server.client.stream("POST", "/run", json=body, headers=headers) as response:
+        for line in response.iter_lines():
+            if "input_request" in json.loads(line):
+                server.client.post("/input", json={"runId": "no-stdin", "eof": "none here"})
+            last = json.loads(line)
+    assert last["result"]["exception"]["type"] == "EOFError"
+    assert last["result"]["exception"]["message"] == "none here"
+    # Without "stdin", input() fails at once, as before: no client waits to answer it.
+    result = server.run("input()")
+    assert result["exception"]["type"] == "EOFError"
+    assert "offers none" in result["exception"]["message"]
+    assert server.client.post("/input", json={"runId": "gone", "value": "x"}).json() == {
+        "answered": False
+    }
+
+
 def test_printed_lines_go_in_batches_in_their_order(server: Server) -> None:
     # One event per print made a loop of prints twenty times slower than in a kernel.
     code = (

@@ -49,7 +49,7 @@ class Kernel:
             elif kind in ("execute_result", "display_data"):
                 printed.append(content["data"].get("text/plain", ""))
 
-        self.client.execute_interactive(code, output_hook=hook, timeout=180)
+        self.client.execute_interactive(code, output_hook=hook, allow_stdin=False, timeout=180)
         return "".join(printed).strip(), error
 
     def close(self) -> None:
@@ -252,5 +252,35 @@ def test_a_subprocess_output_shows_in_the_cell(orchestrator: Connection) -> None
         code = "%%interpreter py\nimport subprocess\nsubprocess.run(['echo', 'from a subprocess'])"
         printed, error = kernel.run(code)
         assert error is None and "from a subprocess" in printed
+    finally:
+        kernel.close()
+
+
+def test_input_in_a_cell_is_asked_through_the_kernels_stdin(orchestrator: Connection) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        prompts: list[str] = []
+
+        def answer(message: dict[str, Any]) -> None:
+            prompts.append(message["content"]["prompt"])
+            kernel.client.input("Ada")
+
+        code = "%%interpreter py --out name\nname = input('who? ')\nprint('hello', name)"
+        outputs: list[str] = []
+        reply = kernel.client.execute_interactive(
+            code,
+            allow_stdin=True,
+            stdin_hook=answer,
+            output_hook=lambda m: outputs.append(m["content"].get("text", "")),
+            timeout=60,
+        )
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert prompts == ["who? "]
+        assert "hello Ada" in "".join(outputs)
+        assert kernel.run("print(name)") == ("Ada", None)
+        # A frontend without stdin: a clear error in the cell, not a hang.
+        printed, error = kernel.run("%%interpreter py\ninput('who? ')")
+        assert error is not None and "no stdin" in error["evalue"], (printed, error)
     finally:
         kernel.close()

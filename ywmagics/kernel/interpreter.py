@@ -66,6 +66,7 @@ class RunRequest:
             "capturedIn": self.captured_in,
             "capturedOut": self.captured_out,
             "runId": self.run_id,
+            "stdin": True,  # its input() is asked of the notebook (run_cell answers)
         }
 
 
@@ -183,7 +184,17 @@ def run_cell(
                             "there runs once it has ended)"
                         )
 
-                result = _read_stream(response.iter_lines(), output, started, pressed)
+                def asked(question: dict[str, Any]) -> None:
+                    try:
+                        answer = {"value": _ask(question)}
+                    except KeyboardInterrupt:
+                        pressed()  # as in a kernel: the cell's input() is interrupted
+                        return
+                    except Exception as no_stdin:  # StdinNotImplementedError, EOFError
+                        answer = {"eof": _no_stdin(no_stdin)}
+                    client.fetch("/input", method="POST", json={"runId": request.run_id, **answer})
+
+                result = _read_stream(response.iter_lines(), output, started, pressed, asked)
                 exception = result.get("exception")
                 if (
                     presses
@@ -237,11 +248,30 @@ def _needs_runner(alias: str, client: BackendClient) -> Iterator[None]:
         ) from error
 
 
+def _ask(question: dict[str, Any]) -> str:
+    """The notebook user's answer to a cell's ``input()`` (the kernel's stdin, when the
+    frontend offers one), or its ``getpass``."""
+    flush_output()
+    prompt = str(question.get("prompt", ""))
+    if question.get("password"):
+        import getpass
+
+        return getpass.getpass(prompt)
+    return input(prompt)
+
+
+def _no_stdin(error: Exception) -> str:
+    if type(error).__name__ == "StdinNotImplementedError":
+        return "input() has no stdin: this frontend does not offer one (allow_stdin is off)"
+    return f"input() got no answer: {type(error).__name__}: {error}"
+
+
 def _read_stream(
     lines: Iterator[str],
     output: Output,
     on_started: Callable[[], None] | None = None,
     on_interrupt: Callable[[], None] | None = None,
+    on_input: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Show what the runner streams until its result. The answer is read in a thread of its
     own: an interrupt landing in the middle of a read would end the stream with it, and what
@@ -281,6 +311,9 @@ def _read_stream(
         elif "started" in item:
             if on_started is not None:
                 on_started()
+        elif "input_request" in item:
+            if on_input is not None:
+                on_input(item["input_request"])
         elif "result" in item:
             return _result(item["result"])
         elif "error" in item:

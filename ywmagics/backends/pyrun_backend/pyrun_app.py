@@ -3,7 +3,7 @@
 ::
 
     GET  /           {"name", "version", "python"}                        (readiness)
-    POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId" (optional)}
+    POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId", "stdin" (optional)}
                      -> {"output", "error", "capturedOut", "exception", "displays"}
                      with "Accept: application/x-ndjson": one JSON object per line,
                      {"started": true} when the cell starts (it may wait for another),
@@ -11,6 +11,10 @@
                      (whose output and displays are left out: they were streamed)
     POST /interrupt  {"runId"} (optional) -> {"interrupted": bool}: that run only, running
                      or waiting; without a runId, the running cell
+    POST /input      {"runId", "value"} or {"runId", "eof": reason} -> {"answered": bool}:
+                     the answer to the {"input_request": {"prompt", "password"}} that a
+                     streamed run with "stdin": true sent when its cell called input() (or
+                     getpass); without it, input() raises EOFError
     POST /reset      -> {"reset": true}          (a fresh namespace)
 """
 
@@ -64,6 +68,7 @@ def parse_run(body: bytes) -> dict[str, Any]:
         "capturedIn": captured_in,
         "capturedOut": captured_out,
         "runId": run_id,
+        "stdin": request.get("stdin") is True,
     }
 
 
@@ -79,6 +84,21 @@ def parse_interrupt(body: bytes) -> str | None:
     if run_id is not None and not isinstance(run_id, str):
         raise HTTPError(400, "'runId' must be a string")
     return run_id
+
+
+def parse_input(body: bytes) -> tuple[str, dict[str, Any]]:
+    """``(runId, answer)`` of ``POST /input``: the answer has ``value`` or ``eof``."""
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise HTTPError(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("runId"), str):
+        raise HTTPError(400, "the body must be an object with a 'runId' string")
+    if isinstance(request.get("value"), str):
+        return request["runId"], {"value": request["value"]}
+    if "eof" in request:
+        return request["runId"], {"eof": str(request["eof"])}
+    raise HTTPError(400, "give the answer as 'value' (a string), or 'eof' (why there is none)")
 
 
 class App(Connection):
@@ -103,9 +123,12 @@ class App(Connection):
             elif route == ("POST", "/interrupt"):
                 run_id = parse_interrupt(request.body)
                 self.send_json(200, {"interrupted": self.runner.interrupt(run_id)})
+            elif route == ("POST", "/input"):
+                run_id, answer = parse_input(request.body)
+                self.send_json(200, {"answered": self.runner.answer(run_id, answer)})
             elif route == ("POST", "/reset"):
                 self._reset()
-            elif request.path in ("/", "/run", "/interrupt", "/reset"):
+            elif request.path in ("/", "/run", "/interrupt", "/input", "/reset"):
                 raise HTTPError(405, f"{request.method} is not allowed on {request.path}")
             else:
                 raise HTTPError(404, f"no route {request.path}")

@@ -61,6 +61,7 @@ class CellRun:
         self._texts: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._pending_size = {"stdout": 0, "stderr": 0}
+        self._answers: queue.Queue[dict[str, Any]] = queue.Queue()  # to input() (see ask)
 
     def write(self, stream: str, text: str) -> None:
         with self._lock:
@@ -91,6 +92,23 @@ class CellRun:
     def text(self, stream: str) -> str:
         with self._lock:
             return "".join(self._texts[stream])
+
+    def ask(self, prompt: str, password: bool) -> str:
+        """``input()`` in the cell: the question goes to the client, which asks the notebook's
+        user (``POST /input`` brings the answer). Without a client that streams, or when the
+        notebook has no stdin, ``EOFError`` says so."""
+        if self.events is None or not self.request.get("stdin"):
+            raise EOFError("input() has no stdin here: the client of this run offers none")
+        self.flush_streams()
+        self.events.put({"input_request": {"prompt": prompt, "password": password}})
+        answer = self._answers.get()  # an interrupt lands here, as in a kernel
+        if "value" in answer:
+            return str(answer["value"])
+        raise EOFError(str(answer.get("eof") or "no answer to input()"))
+
+    def answer(self, answer: dict[str, Any]) -> None:
+        """``POST /input``: the answer to the question the cell waits on (any thread)."""
+        self._answers.put(answer)
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         self.flush_streams()
@@ -255,6 +273,12 @@ class Runner:
         saved = sys.stdout, sys.stderr
         self.current = run
         sys.stdout, sys.stderr = CellStream(run, "stdout"), CellStream(run, "stderr")
+        import getpass
+
+        # input() and getpass ask the notebook's user, as in a kernel.
+        saved_input = builtins.input, getpass.getpass
+        builtins.input = lambda prompt="": run.ask(str(prompt), False)
+        getpass.getpass = lambda prompt="Password: ", stream=None: run.ask(str(prompt), True)
         try:
             try:
                 self.namespace.update(wire.decode_namespace(request["capturedIn"]))
@@ -273,6 +297,7 @@ class Runner:
                 self._flush_figures(run)
         finally:
             self.fds.drain()  # what its subprocesses and C code wrote, before its result
+            builtins.input, getpass.getpass = saved_input
             sys.stdout, sys.stderr = saved
             self.current = None
         run.finish(captured, exception)
@@ -429,6 +454,14 @@ class Runner:
             if current is None or current.run_id != run_id:
                 return False  # finished already, or someone else's cell: leave it alone
         return self.signals.interrupt_cell()
+
+    def answer(self, run_id: str, answer: dict[str, Any]) -> bool:
+        """Pass the answer to ``input()`` to the running cell, if it is ``run_id``'s."""
+        current = self.current
+        if current is None or current.run_id != run_id:
+            return False
+        current.answer(answer)
+        return True
 
     def submit(self, job: Callable[[], None]) -> None:
         self.jobs.put(job)
