@@ -170,7 +170,7 @@ def test_help_shows_every_option(magics: YwMagics, shell: InteractiveShell) -> N
         "%backends stop [--partition PARTITION] [--all] [ALIAS]",
         "%backends logs [--partition PARTITION] [--lines LINES] [ALIAS]",
         "%backends uninstall [NAME[#RANGE]]",
-        "%backends docs [ALIAS]",
+        "%backends docs [ALIAS] [PATH]",
         "%backends status",
         "%backends list",
         '%%backends install\n    {"modules"',  # the cell form
@@ -273,6 +273,14 @@ def test_install_errors_are_clear(
         shell.run_cell_magic("backends", "install", "{not json")
     with pytest.raises(UsageError, match="invalid choice"):
         run_line(shell, "%backends frobnicate")
+    # An unquoted list of modules: its second word would be a backend of its own.
+    line = "%backends install pyrun_backend as r --config pyrun_backend.build.modules=numpy pandas"
+    with pytest.raises(UsageError, match="unknown backend 'pandas'") as raised:
+        run_line(shell, line)
+    assert 'quote it (--config pyrun_backend.build.modules="numpy pandas")' in str(raised.value)
+    assert "join with commas (--config pyrun_backend.build.modules=numpy,pandas)" in str(
+        raised.value
+    )
     capsys.readouterr()
     with pytest.raises(StartError) as raised:
         run_line(shell, "%backends install broken_start as broken --partition Broken")
@@ -304,6 +312,11 @@ def test_list_logs_docs_status(
     assert "orchestrator" in out and magics.partition in out
     with pytest.raises(UsageError, match="no backend is bound to 'nobody'"):
         run_line(shell, "%backends docs nobody")
+    # A page the backend does not have: said, not linked to a bare 404.
+    with pytest.raises(UsageError, match=r"has no /nothing-here page: GET /nothing-here answered"):
+        run_line(shell, "%backends docs ywDemoClient /nothing-here")
+    run_line(shell, "%backends docs ywDemoClient /redoc")
+    assert "/backends/demo_yw_backend/0.1.1/redoc" in capsys.readouterr().out
 
 
 @slow

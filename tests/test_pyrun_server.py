@@ -515,6 +515,25 @@ def test_tcp_port(start_server: Callable[..., Server]) -> None:
     assert server.run("tcp_v = 3", capturedOut=["tcp_v"])["capturedOut"] == {"tcp_v": 3}
 
 
+def test_what_a_cell_prints_before_os_exit_is_sent(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    code = "import os, subprocess\nprint('last words')\nsubprocess.run(['echo', 'and theirs'])\n"
+    code += "os._exit(3)\n"
+    body = {"cellId": "exit", "code": code, "capturedIn": {}, "capturedOut": []}
+    headers = {"Accept": "application/x-ndjson"}
+    texts = []
+    with (
+        server.client.stream("POST", "/run", json=body, headers=headers) as response,
+        contextlib.suppress(httpx.HTTPError),  # the answer breaks off: the process ended
+    ):
+        for line in response.iter_lines():
+            event = json.loads(line)
+            if "stream" in event:
+                texts.append(event["text"])
+    assert "".join(texts) == "last words\nand theirs\n"
+    assert server.wait_exit() == 3
+
+
 def test_sigterm_exits_cleanly(start_server: Callable[..., Server]) -> None:
     server = start_server()
     server.run("x = 1")

@@ -284,3 +284,23 @@ def test_input_in_a_cell_is_asked_through_the_kernels_stdin(orchestrator: Connec
         assert error is not None and "no stdin" in error["evalue"], (printed, error)
     finally:
         kernel.close()
+
+
+def test_a_runners_traceback_names_the_cell_as_jupyter_numbers_it(
+    orchestrator: Connection,
+) -> None:
+    kernel = Kernel()
+    try:
+        assert kernel.run(f"%backends install {PYRUN} as py")[1] is None
+        errors: list[dict[str, Any]] = []
+        reply = kernel.client.execute_interactive(
+            "%%interpreter py\n1 / 0",
+            allow_stdin=False,
+            output_hook=lambda m: errors.append(m["content"]) if m["msg_type"] == "error" else 0,
+            timeout=60,
+        )
+        number = reply["content"]["execution_count"]
+        traceback = "\n".join(errors[0]["traceback"])
+        assert f"In[{number}]" in traceback and f"In[{number + 1}]" not in traceback, traceback
+    finally:
+        kernel.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 
 from ywmagics import commands
-from ywmagics.errors import SpecError
+from ywmagics.errors import BackendNotFound, SpecError
 from ywmagics.kernel import _ipython
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     uninstall.add_argument("spec", nargs="?", metavar="NAME[#RANGE]", help="or a bound alias")
     docs = _parser("docs", "a link to the backend's /docs page (a one-time code, not the token)")
     docs.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias")
+    docs.add_argument(
+        "path", nargs="?", default="/docs", metavar="PATH", help="another page (default /docs)"
+    )
     status = _parser("status", "where the orchestrator runs, and this kernel's partition")
     return {
         "install": install,
@@ -113,7 +117,27 @@ def parse(line: str) -> tuple[str, argparse.Namespace] | None:
     if "-h" in rest or "--help" in rest:
         print(parser.format_help())
         return None
-    return command, parser.parse_intermixed_args(rest)
+    args = parser.parse_intermixed_args(rest)
+    if command == "install":
+        args.after_config = _words_after_config(rest)
+    return command, args
+
+
+def _words_after_config(tokens: list[str]) -> dict[str, str]:
+    """Specs typed right after a ``--config`` value, by name, with that value: an unquoted
+    ``modules=numpy pandas`` makes ``pandas`` a backend spec of its own."""
+    found = {}
+    for i, token in enumerate(tokens):
+        if token.startswith("-"):
+            continue
+        if i >= 2 and tokens[i - 2] in ("--config", "-c"):
+            value = tokens[i - 1]
+        elif i >= 1 and tokens[i - 1].startswith("--config="):
+            value = tokens[i - 1].split("=", 1)[1]
+        else:
+            continue
+        found[token.split("#")[0]] = value
+    return found
 
 
 @contextlib.contextmanager
@@ -160,7 +184,20 @@ class BackendsCommand:
         request = commands.build_install_request(
             args.specs, args.config, args.partition, data, self.magics.partition
         )
-        self.run_install(request)
+        try:
+            self.run_install(request)
+        except BackendNotFound as error:
+            unknown = re.match(r"unknown backend '([^']+)'", error.message)
+            value = getattr(args, "after_config", {}).get(unknown.group(1)) if unknown else None
+            if unknown is None or value is None:
+                raise
+            name = unknown.group(1)
+            option, _, first = value.partition("=")
+            raise UsageError(
+                f"{error.message}. It came right after --config {value}: if it is part of that "
+                f'value, quote it (--config {option}="{first} {name}") or join with commas '
+                f"(--config {option}={first},{name})"
+            ) from error
 
     def run_install(self, request: InstallRequest) -> None:
         from ywmagics.client import BackendClient
@@ -266,12 +303,19 @@ class BackendsCommand:
         if args.alias is None:
             raise UsageError("%backends docs ALIAS: name the backend")
         client = self.magics.client_named(args.alias)
-        url = client.docs_url
+        path = "/" + args.path.lstrip("/")
+        # A link to a page that is not there would open a bare 404: say so here instead.
+        if client.fetch(path, timeout=10).status_code == 404:
+            raise UsageError(
+                f"{args.alias} ({client.name} {client.version}) has no {path} page: GET {path} "
+                f"answered 404. Give the page to open: %backends docs {args.alias} /"
+            )
+        url = client.browser_url(path)
         _ipython.publish(
             {
                 "text/plain": url,
                 "text/html": f'<a href="{url}" target="_blank" rel="noopener">'
-                f"{client.name} {client.version}: /docs</a>",
+                f"{client.name} {client.version}: {path}</a>",
             }
         )
 

@@ -300,7 +300,12 @@ class YwMagics(Magics):
         timeout = args.timeout if args.timeout is not None else self.run_timeout
         if timeout < 0:
             raise UsageError("--timeout must be positive (or 0 for no limit)")
-        count = getattr(self.shell, "execution_count", 0)
+        # The number Jupyter shows for this cell: IPython 9 counts the next one already while
+        # a cell runs, 8 does not; the cell's own ExecutionResult knows, in both.
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        count = getattr(running, "execution_count", None) or getattr(
+            self.shell, "execution_count", 0
+        )
         values = run_interpreter_cell(
             client,
             args.alias,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import traceback
     from collections.abc import Callable
     from types import CodeType, FrameType, TracebackType
-    from typing import Any
+    from typing import Any, NoReturn
 
 # ast.PyCF_ALLOW_TOP_LEVEL_AWAIT and inspect.CO_COROUTINE, the same from Python 3.8 to 3.13
 # (checked by the tests): importing ast, even _ast, takes milliseconds at each start.
@@ -109,6 +109,18 @@ class CellRun:
     def answer(self, answer: dict[str, Any]) -> None:
         """``POST /input``: the answer to the question the cell waits on (any thread)."""
         self._answers.put(answer)
+
+    def sent(self, patience: float) -> None:
+        """Wait (at most ``patience`` seconds) until the streaming thread has written out every
+        event queued so far (an ``os._exit`` is about to end the process)."""
+        if self.events is None:
+            return
+        import time
+
+        deadline = time.monotonic() + patience
+        while not self.events.empty() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # its write, under way
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         self.flush_streams()
@@ -279,6 +291,16 @@ class Runner:
         saved_input = builtins.input, getpass.getpass
         builtins.input = lambda prompt="": run.ask(str(prompt), False)
         getpass.getpass = lambda prompt="Password: ", stream=None: run.ask(str(prompt), True)
+        real_exit = os._exit
+
+        def exit_after_output(status: int) -> NoReturn:
+            # What the cell printed just before goes out first: the process ends with it.
+            self.fds.drain(0.5)
+            run.flush_streams()
+            run.sent(0.5)
+            real_exit(status)
+
+        os._exit = exit_after_output
         try:
             try:
                 self.namespace.update(wire.decode_namespace(request["capturedIn"]))
@@ -298,6 +320,7 @@ class Runner:
         finally:
             self.fds.drain()  # what its subprocesses and C code wrote, before its result
             builtins.input, getpass.getpass = saved_input
+            os._exit = real_exit
             sys.stdout, sys.stderr = saved
             self.current = None
         run.finish(captured, exception)
