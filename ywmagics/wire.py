@@ -23,7 +23,8 @@ tag                 fields
 ``float``           ``value``: ``"nan"``, ``"inf"`` or ``"-inf"``
 ``int``             ``hex``: an integer too long for JSON readers (over 14,000 bits)
 ``complex``         ``real``, ``imag`` (encoded floats)
-``datetime``        ``iso`` (also ``date``, ``time``); ``timedelta``: ``days``, ``seconds``,
+``datetime``        ``iso``, and ``tz``, the IANA name of its zone if it has a named one (also
+                    ``date``, ``time``: ``iso``); ``timedelta``: ``days``, ``seconds``,
                     ``microseconds``
 ``decimal``         ``value`` (``str``); ``uuid``: ``value``; ``path``: ``value``, ``class``
 ``ndarray``         ``dtype`` (``dtype.str``), ``shape``, ``order`` (``"C"``/``"F"``) and ``b64``
@@ -31,12 +32,20 @@ tag                 fields
 ``npscalar``        ``dtype``, ``b64``
 ``pd.dataframe``    ``columns``, ``index`` (indexes), ``data`` (one column array each)
 ``pd.series``       ``values`` (a column array), ``index``, ``name``
-``pd.index``        ``values``, ``name``; ``pd.rangeindex``: ``start``, ``stop``, ``step``,
+``pd.index``        ``values``, ``name``, ``offset`` (a frequency: ``kind``, ``n``, ``normalize``,
+                    ``kwds``); ``pd.rangeindex``: ``start``, ``stop``, ``step``,
                     ``name``; ``pd.multiindex``: ``levels``, ``names``
 ``pd.categorical``  ``codes``, ``categories``, ``ordered``; ``pd.datetimetz``: ``values`` (UTC),
-                    ``tz``; ``pd.extarray``: ``dtype``, ``items`` (other pandas extension arrays)
+                    ``tz``; ``pd.strings``: ``storage``, ``missing`` (``"nan"`` or ``"na"``),
+                    ``items``; ``pd.extarray``: ``dtype``, ``items`` (other extension arrays)
 ``pd.timestamp``    ``iso``, ``tz``; ``pd.timedelta``: ``ns``; ``pd.nat``; ``pd.na``
 ==================  =============================================================================
+
+Values are named the same way whatever the versions on either side (a frequency by offset and
+count, strings by what a missing one means, a zone by its IANA name), and each side rebuilds
+them as its own versions call them; what cannot be kept exactly is an error naming the variable,
+never a silent change (an IntEnum, a namedtuple, a str subclass are refused: they would come
+back as their base type).
 
 Nothing is ever pickled or evaluated. numpy and pandas are imported only when a value of theirs is
 met; a receiver that lacks them raises a :class:`WireError` that says so. Anything else (a
@@ -69,7 +78,11 @@ _HINT = "convert it to a dict, list, str or number first (for example vars(obj) 
 _CODE_HINT = "only data can travel: define it in the receiving cell instead, or send its result"
 _LONG_INT = 1 << 14000  # int() and str() refuse more than 4,300 digits on recent Pythons
 _PATH_CLASSES = ("PurePath", "PurePosixPath", "PureWindowsPath")
-_LAZY_MODULES = ("datetime", "decimal", "pathlib", "uuid")
+_LAZY_MODULES = ("datetime", "decimal", "pathlib", "uuid", "collections")
+# The default factories a defaultdict may travel with: builtins, known by name on both sides.
+_FACTORIES = {
+    f.__name__: f for f in (list, dict, set, frozenset, tuple, int, float, complex, str, bytes)
+}
 
 
 def _b64encode(data: bytes | bytearray) -> str:
@@ -231,7 +244,11 @@ class _Encoder:
         return {TAG: "complex", "real": self.encode(value.real), "imag": self.encode(value.imag)}
 
     def _datetime(self, value: datetime.datetime) -> Any:
-        return {TAG: "datetime", "iso": value.isoformat()}
+        encoded: dict[str, Any] = {TAG: "datetime", "iso": value.isoformat()}
+        zone = _zone_of(value)
+        if zone is not None:  # a named zone, not a fixed offset: kept by its IANA name
+            encoded["tz"] = zone
+        return encoded
 
     def _date(self, value: datetime.date) -> Any:
         return {TAG: "date", "iso": value.isoformat()}
@@ -262,30 +279,51 @@ class _Encoder:
         }
 
     def _subclass(self, value: Any) -> Any:
-        """Subclasses of the supported types (IntEnum, OrderedDict, namedtuple...), and the types
-        of modules imported on demand (datetime, Decimal, UUID, Path)."""
+        """The types of modules imported on demand (datetime, Decimal, UUID, Path, and the
+        collections kept exactly); any other subclass of a supported type is refused: it would
+        come back as its base type (an IntEnum as an int, a namedtuple as a tuple), a change
+        worse than an error."""
         if type(value).__module__.partition(".")[0] in _LAZY_MODULES:
             _load_lazy_types()
             method = _ENCODERS_BY_TYPE.get(type(value))
             if method is not None:
                 return method(self, value)
-        if isinstance(value, int):
-            return self.encode(int(value))
-        if isinstance(value, float):
-            return self.encode(float(value))
-        if isinstance(value, str):
-            return str(value)
-        if isinstance(value, list):
-            return self._items(value, value)
-        if isinstance(value, dict):
-            return self._dict(value)
-        _load_lazy_types()
-        for cls, method in _ENCODERS_BY_TYPE.items():
-            if isinstance(value, cls):
-                return method(self, value)
         if isinstance(value, memoryview):
             return self._bytes(value.tobytes())
-        raise _unsupported(value)
+        raise _narrowed(value)
+
+    def _ordereddict(self, value: Any) -> Any:
+        return {TAG: "ordereddict", "items": self._pairs(value)}
+
+    def _counter(self, value: Any) -> Any:
+        return {TAG: "counter", "items": self._pairs(value)}
+
+    def _defaultdict(self, value: Any) -> Any:
+        factory = value.default_factory
+        if factory is not None and factory not in _FACTORIES.values():
+            raise _Unsupported(
+                f"is a defaultdict whose default_factory {_type_name(factory)} cannot travel",
+                "send dict(value), or use a builtin type (list, set, int...) as its factory",
+            )
+        name = None if factory is None else factory.__name__
+        return {TAG: "defaultdict", "factory": name, "items": self._pairs(value)}
+
+    def _deque(self, value: Any) -> Any:
+        return {TAG: "deque", "maxlen": value.maxlen, "items": self._items(value, value)}
+
+    def _pairs(self, value: Mapping[Any, Any]) -> list[Any]:
+        self._enter(value)
+        pairs: list[Any] = []
+        try:
+            for key, item in value.items():
+                try:
+                    pairs.append([self.encode(key), self.encode(item)])
+                except _Unsupported as exc:
+                    exc.path.append(f"[{key!r}]")
+                    raise
+        finally:
+            self._active.discard(id(value))
+        return pairs
 
     # numpy -----------------------------------------------------------------------------------
 
@@ -374,9 +412,16 @@ class _Encoder:
             "values": self._pd_values(index),
             "name": self.encode(index.name),
         }
-        freq = getattr(index, "freqstr", None)  # DatetimeIndex, TimedeltaIndex
-        if isinstance(freq, str):
-            encoded["freq"] = freq
+        freq = getattr(index, "freq", None)  # DatetimeIndex, TimedeltaIndex
+        if freq is not None:
+            # By offset and count, not by name: pandas renamed them ('H' is 'h' in 2.2, 'M'
+            # month-end is 'ME'), and a name one version writes, another refuses.
+            encoded["offset"] = {
+                "kind": type(freq).__name__,
+                "n": int(freq.n),
+                "normalize": bool(freq.normalize),
+                "kwds": self._dict(dict(freq.kwds)),
+            }
         return encoded
 
     def _pd_values(self, column: Any) -> Any:
@@ -393,6 +438,20 @@ class _Encoder:
                 "categories": self._pd_index(pd, dtype.categories),
                 "ordered": bool(dtype.ordered),
             }
+        if isinstance(dtype, pd.StringDtype):
+            # By meaning, not by name: pandas 3's "str" is strings whose missing value is NaN
+            # (comparisons with it are False); "string" is strings with pd.NA (they are NA).
+            storage = str(dtype.storage)
+            nan_missing = (
+                storage == "pyarrow_numpy" or getattr(dtype, "na_value", pd.NA) is not pd.NA
+            )
+            items = column.to_numpy(dtype=object, na_value=None)
+            return {
+                TAG: "pd.strings",
+                "storage": "pyarrow" if storage.startswith("pyarrow") else "python",
+                "missing": "nan" if nan_missing else "na",
+                "items": self._items(items, column),
+            }
         if isinstance(dtype, pd.DatetimeTZDtype):
             utc = column.array.tz_convert("UTC").tz_localize(None)
             return {
@@ -404,8 +463,67 @@ class _Encoder:
         return {TAG: "pd.extarray", "dtype": str(dtype), "items": self._items(items, column)}
 
 
+def _zone(name: str, variable: str) -> Any:
+    for module in ("zoneinfo", "backports.zoneinfo"):  # Python 3.9 on; an optional backport
+        try:
+            return importlib.import_module(module).ZoneInfo(name)
+        except ImportError:
+            continue
+    raise WireError(
+        f"a datetime in zone {name!r} needs zoneinfo, which this Python "
+        f"{'.'.join(map(str, __import__('sys').version_info[:2]))} lacks",
+        variable,
+        hint="pip install backports.zoneinfo here, or send it as UTC",
+        action="receive",
+    )
+
+
 def _tz_name(tz: Any) -> str | None:
     return None if tz is None else str(tz)
+
+
+def _zone_of(value: datetime.datetime) -> str | None:
+    """The IANA name of a datetime's zone (zoneinfo's ``key``, pytz's ``zone``), ``None`` for a
+    naive datetime or a fixed offset; a zone known by neither is refused (it would come back
+    as a fixed offset, an hour off after the next change of daylight saving time)."""
+    import datetime
+
+    tz = value.tzinfo
+    if tz is None or type(tz) is datetime.timezone:
+        return None
+    name = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if isinstance(name, str):
+        return name
+    raise _Unsupported(
+        f"has a time zone ({_type_name(tz)}) that is neither zoneinfo's nor a fixed offset",
+        "convert it with .astimezone(zoneinfo.ZoneInfo('Europe/Paris')), say",
+    )
+
+
+def _narrowed(value: object) -> _Unsupported:
+    """A subclass of a type that travels: it would come back as the base type."""
+    cls = type(value)
+    base = next(b for b in (bool, int, float, complex, str, bytes, tuple, list, dict, set,
+                            frozenset, object) if isinstance(value, b))  # fmt: skip
+    if base is object:
+        return _unsupported(value)
+    if base is tuple and hasattr(value, "_fields"):
+        return _Unsupported(
+            f"is a namedtuple ({cls.__name__}): it would come back as a plain tuple (its class is "
+            "not on the other side)",
+            "send tuple(value), or value._asdict()",
+        )
+    if isinstance(value, __import__("enum").Enum):
+        return _Unsupported(
+            f"is an enum member ({cls.__name__}.{getattr(value, 'name', '?')}): it would come "
+            f"back as a plain {base.__name__}",
+            "send its .value or .name",
+        )
+    return _Unsupported(
+        f"is a {cls.__name__}, a subclass of {base.__name__}: it would come back as a plain "
+        f"{base.__name__}",
+        f"send {base.__name__}(value)",
+    )
 
 
 _ENCODERS_BY_TYPE: dict[type, Callable[[_Encoder, Any], Any]] = {
@@ -419,7 +537,9 @@ _ENCODERS_BY_TYPE: dict[type, Callable[[_Encoder, Any], Any]] = {
 
 
 def _load_lazy_types() -> None:
-    """Add the types of datetime, decimal, pathlib and uuid to ``_ENCODERS_BY_TYPE``, once."""
+    """Add the types of datetime, decimal, pathlib, uuid and collections to
+    ``_ENCODERS_BY_TYPE``, once."""
+    import collections
     import datetime
     import decimal
     import pathlib
@@ -428,6 +548,10 @@ def _load_lazy_types() -> None:
     if datetime.datetime not in _ENCODERS_BY_TYPE:
         _ENCODERS_BY_TYPE.update(
             {
+                collections.OrderedDict: _Encoder._ordereddict,
+                collections.Counter: _Encoder._counter,
+                collections.defaultdict: _Encoder._defaultdict,
+                collections.deque: _Encoder._deque,
                 datetime.datetime: _Encoder._datetime,  # before date: a datetime is a date
                 datetime.date: _Encoder._date,
                 datetime.time: _Encoder._time,
@@ -483,7 +607,8 @@ class _Decoder:
                     raise WireError(
                         f"unknown tag {tag!r}",
                         self.name,
-                        hint="use the same ywmagics version on both sides",
+                        hint="the other side's ywmagics is newer: update this side's "
+                        "(pip install -U ywmagics)",
                         action="receive",
                     )
                 return method(self, obj)
@@ -497,6 +622,34 @@ class _Decoder:
 
     def _dict(self, obj: dict[str, Any]) -> Any:
         return {self.decode(key): self.decode(item) for key, item in obj["items"]}
+
+    def _ordereddict(self, obj: dict[str, Any]) -> Any:
+        import collections
+
+        return collections.OrderedDict(self._pairs(obj))
+
+    def _counter(self, obj: dict[str, Any]) -> Any:
+        import collections
+
+        return collections.Counter(dict(self._pairs(obj)))
+
+    def _defaultdict(self, obj: dict[str, Any]) -> Any:
+        import collections
+
+        factory = obj["factory"]
+        if factory is not None and factory not in _FACTORIES:
+            raise ValueError(f"unknown default factory {factory!r}")
+        return collections.defaultdict(
+            None if factory is None else _FACTORIES[factory], self._pairs(obj)
+        )
+
+    def _deque(self, obj: dict[str, Any]) -> Any:
+        import collections
+
+        return collections.deque(self._items(obj), obj["maxlen"])
+
+    def _pairs(self, obj: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return [(self.decode(key), self.decode(item)) for key, item in obj["items"]]
 
     def _tuple(self, obj: dict[str, Any]) -> Any:
         return tuple(self._items(obj))
@@ -528,7 +681,12 @@ class _Decoder:
     def _datetime(self, obj: dict[str, Any]) -> Any:
         import datetime
 
-        return datetime.datetime.fromisoformat(obj["iso"])
+        value = datetime.datetime.fromisoformat(obj["iso"])
+        zone = obj.get("tz")
+        if zone is None:
+            return value
+        # The same instant, in its zone: the wall time, the offset and the fold follow.
+        return value.astimezone(_zone(str(zone), self.name))
 
     def _date(self, obj: dict[str, Any]) -> Any:
         import datetime
@@ -620,7 +778,16 @@ class _Decoder:
         pd = _import("pandas", self.name)
         values = self.decode(obj["values"])
         index = pd.Index(values, dtype=values.dtype, name=self.decode(obj["name"]))
-        freq = obj.get("freq")
+        offset = obj.get("offset")
+        freq = obj.get("freq")  # by name, as an older ywmagics sent it
+        if offset is not None:
+            kind = getattr(pd.offsets, str(offset["kind"]), None)
+            if kind is None:
+                raise ValueError(f"this pandas has no {offset['kind']} offset")
+            options = self.decode(offset["kwds"])
+            if offset["normalize"]:
+                options["normalize"] = True
+            freq = kind(offset["n"], **options)
         if freq is not None:
             cls = pd.DatetimeIndex if isinstance(index, pd.DatetimeIndex) else pd.TimedeltaIndex
             index = cls(index, freq=freq, name=index.name)
@@ -663,6 +830,24 @@ class _Decoder:
             dtype = "string" if obj["dtype"] == "str" else object
         return pd.array(items, dtype=dtype)
 
+    def _pd_strings(self, obj: dict[str, Any]) -> Any:
+        """Strings, with the missing-value meaning they had, as this pandas can have it."""
+        pd = _import("pandas", self.name)
+        items = self._items(obj)
+        storage = obj["storage"]
+        import importlib.util
+
+        if storage == "pyarrow" and importlib.util.find_spec("pyarrow") is None:
+            storage = "python"  # the same meaning; pyarrow only stores them otherwise
+        if obj["missing"] == "na":
+            return pd.array(items, dtype=pd.StringDtype(storage))
+        np: Any = importlib.import_module("numpy")
+        try:
+            dtype = pd.StringDtype(storage, na_value=np.nan)  # pandas 2.3 on
+        except TypeError:  # an older pandas: its strings with NaN for missing are objects
+            return np.array([np.nan if item is None else item for item in items], dtype=object)
+        return pd.array(items, dtype=dtype)
+
     def _pd_timestamp(self, obj: dict[str, Any]) -> Any:
         pd = _import("pandas", self.name)
         stamp = pd.Timestamp(obj["iso"])
@@ -680,6 +865,10 @@ class _Decoder:
 
 _DECODERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
     "dict": _Decoder._dict,
+    "ordereddict": _Decoder._ordereddict,
+    "counter": _Decoder._counter,
+    "defaultdict": _Decoder._defaultdict,
+    "deque": _Decoder._deque,
     "tuple": _Decoder._tuple,
     "set": _Decoder._set,
     "frozenset": _Decoder._frozenset,
@@ -704,6 +893,7 @@ _DECODERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
     "pd.multiindex": _Decoder._pd_multiindex,
     "pd.categorical": _Decoder._pd_categorical,
     "pd.datetimetz": _Decoder._pd_datetimetz,
+    "pd.strings": _Decoder._pd_strings,
     "pd.extarray": _Decoder._pd_extarray,
     "pd.timestamp": _Decoder._pd_timestamp,
     "pd.timedelta": _Decoder._pd_timedelta,
@@ -724,13 +914,26 @@ def decode(obj: Any, name: str = "") -> Any:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(
-            f"malformed encoded value ({type(exc).__name__}: {exc})",
+            f"it cannot be rebuilt here ({type(exc).__name__}: {exc})",
             name,
-            hint="use the same ywmagics version on both sides",
+            hint=f"{_here()}: the other side's libraries made a value that these cannot, and "
+            "it is refused rather than changed; send it in a plainer form (a list, a str)",
             action="receive",
         ) from None
     except RecursionError:
         raise WireError("it is nested too deeply", name, action="receive") from None
+
+
+def _here() -> str:
+    """This side's Python, and its numpy and pandas if loaded: where values are rebuilt."""
+    import sys
+
+    here = "here: Python " + ".".join(map(str, sys.version_info[:3]))
+    for library in ("numpy", "pandas"):
+        module = sys.modules.get(library)
+        if module is not None:
+            here += f", {library} {getattr(module, '__version__', '?')}"
+    return here
 
 
 def decode_namespace(encoded: Mapping[str, Any]) -> dict[str, Any]:

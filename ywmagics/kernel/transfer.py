@@ -44,20 +44,23 @@ def encode_inputs(namespace: Mapping[str, Any], names: Iterable[str]) -> dict[st
 
 def decode_outputs(encoded: Any, names: Iterable[str]) -> dict[str, Any]:
     """Decode the runner's ``capturedOut`` for ``names``; every name must be there."""
+    names = list(names)
+    # All or nothing: the notebook's variables change only if every one came back.
+    kept = f"(no --out variable was assigned: {', '.join(names)} keep their values)"
     if not isinstance(encoded, Mapping):
         raise TransferError(
-            "the runner answered no captured variables",
-            hint="use the same ywmagics version on both sides",
+            f"the runner answered no captured variables {kept}",
+            hint="it is not a python runner of this ywmagics, or failed: see %backends logs",
         )
     values: dict[str, Any] = {}
     for name in names:
         if name not in encoded:
             raise TransferError(
-                f"--out {name}: the cell did not define {name!r}",
+                f"--out {name}: the cell did not define {name!r} {kept}",
                 hint=f"assign {name} in the cell, or remove it from --out",
             )
         try:
             values[name] = wire.decode(encoded[name], name)
         except wire.WireError as error:
-            raise TransferError(f"--out {name}: {error}") from error
+            raise TransferError(f"--out {name}: {error} {kept}") from error
     return values
