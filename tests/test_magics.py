@@ -96,13 +96,14 @@ def test_widget_progress_success_and_failure(shell: InteractiveShell) -> None:
     assert view.bar.value == view.bar.max
     assert view.bar.bar_style == "success"
 
+    # Failed before any progress (build.python=3.99, say): red all along, not a grey 0 %.
     failing = WidgetProgress("Installing broken", 1)
-    failing.event(_event(EventKind.STARTING))
     failing.failed(StartError("did not start", log_tail="BROKEN_START: cannot bind"))
-    assert failing.bar.bar_style == "danger"
-    assert "BROKEN_START" in failing.message.value
-    assert "BROKEN_START" in failing.log.value
-    assert failing.accordion.selected_index == 0  # the log is unfolded
+    assert failing.bar.bar_style == "danger" and failing.bar.value == failing.bar.max
+    assert failing.percent.value == "failed" and "error is below" in failing.step.value
+    # The error is shown once, as the cell's error (IPython shows it): not in the view too.
+    assert "BROKEN_START" not in failing.message.value + failing.log.value
+    assert failing.accordion.selected_index is None  # the log stays folded
     # close them now: closing at interpreter exit would find the comm machinery gone
     import ipywidgets  # type: ignore[import-untyped]
 
@@ -335,6 +336,11 @@ def test_stop_by_alias(
     assert "StopMe" not in partitions
     run_line(shell, "%backends stop --partition StopMe")
     assert "nothing was running there" in capsys.readouterr().out
+    run_line(shell, "%backends stop stopMe")  # stopped already: no error, as a second stop
+    assert "nothing was running there" in capsys.readouterr().out
+    # A name that is no alias and runs nowhere: an error, as logs and docs give.
+    with pytest.raises(UsageError, match="no backend is bound to 'nonexistent'"):
+        run_line(shell, "%backends stop nonexistent")
     for line in ("%backends stop stopMe --all", "%backends stop --all --partition StopMe"):
         with pytest.raises(UsageError, match="give it alone"):
             run_line(shell, line)
@@ -512,7 +518,11 @@ def test_completion_of_aliases(runner: BackendClient, shell: InteractiveShell) -
             return {c.text for c in shell.Completer.completions(line, len(line))}
 
     assert "pyRunner" in complete("%%interpreter pyR")
-    assert {"--in", "--out", "--timeout"} <= complete("%%interpreter pyRunner --")
+    # After %%interpreter, aliases only: not Python's keywords and names beside them.
+    offered = complete("%%interpreter ")
+    assert "pyRunner" in offered and not offered & {"and", "if", "in", "print"}
+    assert offered <= set(shell.magics_manager.registry["YwMagics"].bound_clients())
+    assert complete("%%interpreter pyRunner --") == {"--in", "--out", "--timeout"}
     assert "install" in complete("%backends in")
     assert "pyRunner" in complete("%backends logs pyR")
 

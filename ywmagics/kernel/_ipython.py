@@ -8,6 +8,7 @@ else of ywmagics touches them.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -76,11 +77,39 @@ def completer(owner: object, method: Callable[[Any], list[str]]) -> Callable[[An
 
 
 def add_completer(shell: Any, owner: object, key: str, method: Callable[[Any], list[str]]) -> None:
-    shell.set_hook("complete_command", completer(owner, method), str_key=key)
+    """Complete lines that start with ``key`` with ``method(event)`` (``event.line``, the line
+    up to the cursor, and ``event.symbol``, the word being typed). With IPython's matchers API
+    (8.6 on), its answer is all that is offered: a command hook's answer came mixed with Jedi's
+    (``%%interpreter `` offered ``and``, ``if``, ``in`` beside the aliases)."""
+    try:
+        from IPython.core.completer import SimpleCompletion, context_matcher
+    except ImportError:  # an IPython before 8.6
+        shell.set_hook("complete_command", completer(owner, method), str_key=key)
+        return
+
+    @context_matcher()  # type: ignore[untyped-decorator,misc]
+    def matcher(context: Any) -> dict[str, Any]:
+        line = context.text_until_cursor
+        if not (line.startswith(key + " ") and context.cursor_line == 0):
+            return {"completions": [], "suppress": False}
+        event = types.SimpleNamespace(line=line, symbol=context.token)
+        found = [
+            SimpleCompletion(text=text, type="param")
+            for text in method(event)
+            if text.startswith(context.token)  # IPython filtered a hook's answer; not a matcher's
+        ]
+        return {"completions": found, "suppress": bool(found)}
+
+    matcher.ywmagics = owner  # type: ignore[attr-defined]
+    matcher.matcher_identifier = f"ywmagics:{key}"  # type: ignore[attr-defined]  # one each
+    shell.Completer.custom_matchers.append(matcher)
 
 
 def remove_completers(shell: Any, owner: object, keys: tuple[str, ...]) -> None:
-    """Undo :func:`add_completer` (IPython has no API for it: its dispatcher chain is edited)."""
+    """Undo :func:`add_completer` (IPython has no API for it: its lists are edited)."""
+    matchers = getattr(shell.Completer, "custom_matchers", None)
+    if matchers is not None:
+        matchers[:] = [m for m in matchers if getattr(m, "ywmagics", None) is not owner]
     dispatcher = shell.strdispatchers.get("complete_command")
     if dispatcher is None:
         return

@@ -279,6 +279,15 @@ class BackendsCommand:
         with _as_usage_errors():
             target = commands.stop_target(name or args.alias, partition, args.all, version=version)
         stopped = self.magics.orchestrator().stop(**target.as_arguments())
+        if not stopped and args.alias and not args.all and self._bound(args.alias) is None:
+            # A name that is neither an alias nor a backend that runs: most likely a typo. Said
+            # as logs and docs say it (an alias that ran and stopped already is no error).
+            bound = ", ".join(self.magics.bound_clients()) or "none yet"
+            raise UsageError(
+                f"no backend is bound to {args.alias!r} in this notebook (bound: {bound}), and "
+                f"no instance of a backend named {args.alias!r} runs in partition {partition!r}; "
+                "%backends list shows what runs"
+            )
         print(commands.format_stopped(stopped, target))
 
     def logs(self, args: argparse.Namespace) -> None:

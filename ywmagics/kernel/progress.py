@@ -181,17 +181,16 @@ class WidgetProgress:
         self._finish_text(lines)
 
     def failed(self, error: BaseException) -> None:
+        """The bar turns red (orange when interrupted), whole even if it failed at 0 %; the
+        error itself is shown once, as the cell's error, below: not again here."""
         interrupted = isinstance(error, KeyboardInterrupt)
         self.bar.bar_style = "warning" if interrupted else "danger"
-        text = "interrupted" if interrupted else str(error)
-        self.step.value = "install interrupted" if interrupted else "install failed"
-        self.message.value = (
-            '<pre style="color: var(--jp-error-color1, #c62828); white-space: pre-wrap; '
-            f'margin: 0">{html.escape(text)}</pre>'
+        self.bar.value = self.bar.max
+        self.percent.value = "stopped" if interrupted else "failed"
+        self.step.value = (
+            "install interrupted" if interrupted else "install failed: the error is below"
         )
-        self.log.value = "\n".join([*self.tracker.lines, "", text])
-        self.accordion.selected_index = 0
-        self._finish_text(["", text])
+        self._finish_text(["install interrupted" if interrupted else "install failed"])
 
 
 def widgets_available() -> bool:
