@@ -215,11 +215,15 @@ def test_failed_install_turns_the_widget_red(orchestrator: Connection, cwd: Path
     assert len(error.traceback) < 15  # the message, not the magic's stack
     bars = widget_models(nb, "FloatProgressModel")
     assert [bar["bar_style"] for bar in bars] == ["danger"]
-    messages = [m["value"] for m in widget_models(nb, "HTMLModel")]
-    assert any("BROKEN_START" in m for m in messages)
-    assert any(m["selected_index"] == 0 for m in widget_models(nb, "AccordionModel"))
+    assert [bar["value"] for bar in bars] == [bars[0]["max"]]  # whole, even failed at 0 %
+    # The error is shown once, as the cell's error: not again in the widget, its log folded.
+    labels = [m["value"] for m in widget_models(nb, "LabelModel")]
+    assert "install failed: the error is below" in labels and "failed" in labels
+    shown = labels + [m["value"] for m in widget_models(nb, "HTMLModel")]
+    assert not any("BROKEN_START" in m for m in shown)
+    assert all(m["selected_index"] is None for m in widget_models(nb, "AccordionModel"))
     fallback = nb.cells[1].outputs[0].data["text/plain"]
-    assert "BROKEN_START" in fallback
+    assert "install failed" in fallback and "BROKEN_START" not in fallback
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")))
