@@ -168,7 +168,7 @@ def test_help_shows_every_option(magics: YwMagics, shell: InteractiveShell) -> N
     for text in (
         "%backends install [--partition PARTITION]",
         "--config <NAME.build.OPTION=VALUE>, -c <NAME.build.OPTION=VALUE>",
-        "%backends stop [--partition PARTITION] [--all] [ALIAS]",
+        "%backends stop [--partition PARTITION] [--all] [--keep-data] [ALIAS]",
         "%backends logs [--partition PARTITION] [--lines LINES] [ALIAS]",
         "%backends uninstall [NAME[#RANGE]]",
         "%backends docs [ALIAS] [PATH]",
@@ -197,7 +197,7 @@ def test_options_of_another_subcommand_are_refused(
         with pytest.raises(UsageError, match=message):
             run_line(shell, line)
     run_line(shell, "%backends stop --help")
-    assert "%backends stop [--partition PARTITION] [--all] [ALIAS]" in capsys.readouterr().out
+    assert "%backends stop [--partition PARTITION] [--all] [--keep-data] [ALIAS]" in capsys.readouterr().out
     run_line(shell, "%backends -h")
     assert "%backends logs [--partition PARTITION]" in capsys.readouterr().out
     # Options may come before their subcommand, as they did.
@@ -610,3 +610,17 @@ def test_load_ext_with_an_unusable_runtime_folder_says_what_to_set(tmp_path: Pat
     assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr
     assert "cannot use" in result.stderr and "set YW_HOME" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@slow
+def test_docs_opens_the_home_page_else_docs_else_the_root(
+    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_line(shell, "%backends install data_keeper as keeper --partition Home")
+    run_line(shell, "%backends install node_unix as named --partition Home")
+    capsys.readouterr()
+    run_line(shell, "%backends docs keeper")  # no /docs page: its root
+    assert "/backends/data_keeper/1.0.0/?" in capsys.readouterr().out
+    run_line(shell, "%backends docs named")  # the manifest's home
+    assert "/backends/node_unix/1.0.0/welcome?" in capsys.readouterr().out
+    run_line(shell, "%backends stop --partition Home")

@@ -75,6 +75,10 @@ def test_the_digest_follows_the_backends_files(tmp_path: Path) -> None:
         ("[build.python]\nhelp = 3", "'help' a string"),
         ("[build.python]\ndefualt = ''", "must be a table with 'default' and 'help'"),
         ("[env]\nA = '{nope}'", "unknown placeholder {nope}"),
+        ("home = 'docs'", "'home' must be a path starting with '/'"),
+        # install steps run before any instance: no data folder, socket or port yet
+        ("install = [['cp', 'x', '{data}/x']]", "unknown placeholder {data}"),
+        ("install = [['echo', '{port}']]", "unknown placeholder {port}"),
     ],
 )
 def test_a_wrong_manifest_says_what_and_where(tmp_path: Path, change: str, message: str) -> None:
@@ -122,3 +126,12 @@ def test_a_broken_manifest_is_named_when_its_backend_is_asked_for(tmp_path: Path
         registry.resolve("mine", VersionRange.parse("*"))
     with pytest.raises(BackendNotFound, match="unknown backend 'other'"):
         registry.resolve("other", VersionRange.parse("*"))
+
+
+def test_placeholders_expand_inside_longer_strings_and_data_is_known_at_start(
+    tmp_path: Path,
+) -> None:
+    text = MINIMAL.replace('"{socket}"]', '"--db={data}/db.sqlite", "{socket}"]')
+    manifest = load_manifest(_write(tmp_path, text + 'home = "/ui"\n[env]\nDATA = "{data}/x"\n'))
+    assert manifest.home == "/ui"
+    assert expand(manifest.start[1], {"data": "/d"}) == "--db=/d/db.sqlite"

@@ -822,3 +822,36 @@ def test_a_client_is_bound_to_the_configuration_it_installed(orchestrator: Conne
     assert [i["installed_by"] for i in listed if i["partition"] == "Bind"] == [
         f"alias 'second' of process {os.getpid()}"
     ]
+
+
+def test_each_instance_has_its_own_data_folder_kept_across_restarts(
+    orchestrator: Connection,
+) -> None:
+    a = ywmagics.install("data_keeper as d", partition="DataA", connection=orchestrator).d
+    b = ywmagics.install("data_keeper as d", partition="DataB", connection=orchestrator).d
+    seen = a.fetch_json("/")
+    # Install steps saw the folder the backend runs from, not a temporary one.
+    assert seen["recorded_exists"] and ".tmp-" not in seen["recorded_env"]
+    assert seen["data"] == seen["data_env"] and Path(seen["data"]).is_dir()
+    assert stat.S_IMODE(Path(seen["data"]).stat().st_mode) == 0o700
+    assert b.fetch_json("/")["data"] != seen["data"]
+    a.fetch_json("/add", method="POST", json={"line": "one"})
+    b.fetch_json("/add", method="POST", json={"line": "other"})
+    os.kill(_pid_of(orchestrator, "DataA", "data_keeper"), signal.SIGKILL)
+    # A GET first: it is sent again if it meets the dying process (a POST is not: see upstream).
+    assert a.fetch_json("/")["lines"] == ["one"]
+    # Restarted after its crash, it finds what it wrote; the other partition's write is apart.
+    assert a.fetch_json("/add", method="POST", json={"line": "two"})["lines"] == ["one", "two"]
+    assert b.fetch_json("/")["lines"] == ["other"]
+    listed = {
+        i["partition"]: i["data"] for i in OrchestratorClient(orchestrator).listing()["instances"]
+    }
+    assert listed["DataA"] == seen["data"]
+    # Stopping a partition deletes its data, unless asked to keep it.
+    client = OrchestratorClient(orchestrator)
+    client.stop(partition="DataA")
+    assert not Path(seen["data"]).exists()
+    kept = b.fetch_json("/")["data"]
+    client.stop(partition="DataB", keep_data=True)
+    assert (Path(kept) / "log").read_text() == "other\n"
+    shutil.rmtree(kept)

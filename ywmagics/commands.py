@@ -112,6 +112,7 @@ class StopTarget:
     name: str | None = None
     version: str | None = None
     all: bool = False
+    keep_data: bool = False
 
     def as_arguments(self) -> dict[str, Any]:
         return {
@@ -119,11 +120,17 @@ class StopTarget:
             "name": self.name,
             "version": self.version,
             "all": self.all,
+            "keep_data": self.keep_data,
         }
 
 
 def stop_target(
-    name: str | None, partition: str | None, every: bool, *, version: str | None = None
+    name: str | None,
+    partition: str | None,
+    every: bool,
+    *,
+    version: str | None = None,
+    keep_data: bool = False,
 ) -> StopTarget:
     """Check a stop's arguments: ``--all`` alone, else a name and/or a partition."""
     if every:
@@ -131,11 +138,14 @@ def stop_target(
             raise SpecError(
                 "--all stops every instance: give it alone, or a NAME or --partition instead"
             )
-        return StopTarget(all=True)
+        return StopTarget(all=True, keep_data=keep_data)
     if not (name or partition):
         raise SpecError("say what to stop", hint="give a NAME, --partition P, or --all")
     return StopTarget(
-        partition=validate_partition(partition) if partition else None, name=name, version=version
+        partition=validate_partition(partition) if partition else None,
+        name=name,
+        version=version,
+        keep_data=keep_data,
     )
 
 

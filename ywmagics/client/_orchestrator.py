@@ -139,8 +139,17 @@ class OrchestratorClient:
         name: str | None = None,
         version: str | None = None,
         all: bool = False,
+        keep_data: bool = False,
     ) -> list[dict[str, Any]]:
-        body = {"partition": partition, "name": name, "version": version, "all": all}
+        """Stop what matches; each instance's data folder (``{data}``) is deleted with it
+        unless ``keep_data``."""
+        body = {
+            "partition": partition,
+            "name": name,
+            "version": version,
+            "all": all,
+            "keep_data": keep_data,
+        }
         return list(self._call("POST", "/stop", json=body).json()["stopped"])
 
     def logs(self, name: str, *, partition: str = "Default", lines: int = 200) -> str:

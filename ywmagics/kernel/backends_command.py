@@ -64,6 +64,11 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     stop.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias, or a backend name")
     _partition_option(stop, "to stop")
     stop.add_argument("--all", action="store_true", help="every running instance, everywhere")
+    stop.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep each instance's data folder ({data}), deleted with it by default",
+    )
     logs = _parser("logs", "the last lines of a backend's log")
     logs.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias, or a backend name")
     _partition_option(logs, "of the instance")
@@ -73,7 +78,10 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     docs = _parser("docs", "a link to the backend's /docs page (a one-time code, not the token)")
     docs.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias")
     docs.add_argument(
-        "path", nargs="?", default="/docs", metavar="PATH", help="another page (default /docs)"
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="another page (default: the manifest's home, else /docs if it has one, else /)",
     )
     status = _parser("status", "where the orchestrator runs, and this kernel's partition")
     return {
@@ -277,7 +285,9 @@ class BackendsCommand:
         elif not (args.alias or args.all):
             partition = args.partition or self.magics.partition
         with _as_usage_errors():
-            target = commands.stop_target(name or args.alias, partition, args.all, version=version)
+            target = commands.stop_target(
+                name or args.alias, partition, args.all, version=version, keep_data=args.keep_data
+            )
         stopped = self.magics.orchestrator().stop(**target.as_arguments())
         if not stopped and args.alias and not args.all and self._bound(args.alias) is None:
             # A name that is neither an alias nor a backend that runs: most likely a typo. Said
@@ -312,13 +322,16 @@ class BackendsCommand:
         if args.alias is None:
             raise UsageError("%backends docs ALIAS: name the backend")
         client = self.magics.client_named(args.alias)
-        path = "/" + args.path.lstrip("/")
-        # A link to a page that is not there would open a bare 404: say so here instead.
-        if client.fetch(path, timeout=10).status_code == 404:
-            raise UsageError(
-                f"{args.alias} ({client.name} {client.version}) has no {path} page: GET {path} "
-                f"answered 404. Give the page to open: %backends docs {args.alias} /"
-            )
+        if args.path is None:
+            path = self._home_page(client)
+        else:
+            path = "/" + args.path.lstrip("/")
+            # A link to a page that is not there would open a bare 404: say so here instead.
+            if client.fetch(path, timeout=10).status_code == 404:
+                raise UsageError(
+                    f"{args.alias} ({client.name} {client.version}) has no {path} page: GET "
+                    f"{path} answered 404. Give the page to open: %backends docs {args.alias} /"
+                )
         url = client.browser_url(path)
         _ipython.publish(
             {
@@ -327,6 +340,18 @@ class BackendsCommand:
                 f"{client.name} {client.version}: {path}</a>",
             }
         )
+
+    def _home_page(self, client: BackendClient) -> str:
+        """The page its manifest names as ``home``; else ``/docs`` when it has one (FastAPI's
+        and many frameworks' API page), else its root."""
+        for instance in self.magics.orchestrator().listing()["instances"]:
+            if (instance["partition"], instance["name"], instance["version"]) == (
+                client.partition,
+                client.name,
+                client.version,
+            ) and instance.get("home"):
+                return str(instance["home"])
+        return "/docs" if client.fetch("/docs", timeout=10).status_code != 404 else "/"
 
     def status(self, args: argparse.Namespace) -> None:
         status = self.magics.orchestrator().status()

@@ -121,7 +121,9 @@ async def stop(request: Request) -> Response:
             "say what to stop: a partition, a name (or both), or all",
             hint="'all' stops every instance: give it alone",
         )
-    stopped = await _orchestrator(request).stop(body.partition, body.name, body.version)
+    stopped = await _orchestrator(request).stop(
+        body.partition, body.name, body.version, keep_data=body.keep_data
+    )
     return JSONResponse({"stopped": stopped})
 
 

@@ -1,8 +1,9 @@
 """Environments: one folder per (name, version, fingerprint of the build configuration).
 
-A build happens in a temporary folder next to its final place and is renamed into place when
-complete, under a file lock per key: concurrent installs of the same thing build once, and a killed
-build leaves only a temporary folder that is never used and is swept by the next build.
+A build happens in its final folder, under a file lock per key, and the folder counts as an
+environment only once its meta file is written, last: install steps see the paths the backend will
+run from, concurrent installs of the same thing build once, and a killed build leaves a folder
+without a meta file that is never used and is removed by the next build or the orchestrator's start.
 """
 
 from __future__ import annotations
@@ -121,15 +122,13 @@ class Installer:
             existing = self._load(final)
             if existing is not None:  # another builder finished while we waited
                 return existing, False
-            for stale in final.parent.glob(f".tmp-{plan.fingerprint}-*"):
+            for stale in final.parent.glob(f".tmp-{plan.fingerprint}-*"):  # older releases
                 shutil.rmtree(stale, ignore_errors=True)
             shutil.rmtree(final, ignore_errors=True)  # a folder without its meta file is not ours
-            temporary = final.parent / f".tmp-{plan.fingerprint}-{uuid.uuid4().hex[:8]}"
             try:
-                environment = self._build_into(plan, temporary, final, report)
-                os.rename(temporary, final)
+                environment = self._build_into(plan, final, report)
             except OSError as error:  # the disk is full, say: what and where, not a fault of ours
-                shutil.rmtree(temporary, ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
                 where = f" ({error.filename})" if error.filename else ""
                 raise InstallError(
                     f"installing {plan.manifest.name} {plan.manifest.version} failed: "
@@ -138,11 +137,11 @@ class Installer:
                     "(or set YW_HOME elsewhere), then install again",
                 ) from error
             except BaseException:
-                shutil.rmtree(temporary, ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
                 raise
         return environment, True
 
-    def _build_into(self, plan: Plan, folder: Path, final: Path, report: Report) -> Environment:
+    def _build_into(self, plan: Plan, folder: Path, report: Report) -> Environment:
         manifest = plan.manifest
         folder.mkdir(parents=True)
         log = self.install_log(manifest.name, manifest.version, plan.fingerprint)
@@ -165,7 +164,7 @@ class Installer:
                 env=env,
                 on_line=lambda line: report(line, None) if line.strip() else None,
                 running=self.running,
-                key=str(final),
+                key=str(folder),
             )
             if code != 0:
                 raise InstallError(
@@ -236,10 +235,9 @@ class Installer:
             if manifest.requirements:
                 install(manifest.requirements, 0.3)
             # The backend's own code and requirements are what it imports to start: compile
-            # them now, as if already in their final place (-d) so that tracebacks show real
-            # paths. The user's extra modules are compiled in the background later.
+            # them now. The user's extra modules are compiled in the background later.
             step(
-                [python, "-m", "compileall", "-q", "-d", str(final), str(folder)],
+                [python, "-m", "compileall", "-q", str(folder)],
                 "compiling bytecode",
                 0.5,
             )
@@ -256,13 +254,16 @@ class Installer:
             name=manifest.name,
             version=manifest.version,
             fingerprint=plan.fingerprint,
-            path=final,
+            path=folder,
             config=plan.config,
             python=str(interpreter.path) if interpreter else None,
             python_version=interpreter.version if interpreter else None,
             created=time.time(),
         )
-        (folder / META_FILE).write_text(json.dumps(environment.to_dict(), indent=2))
+        # Written last, atomically: the meta file is what makes the folder an environment.
+        meta = folder / f".{META_FILE}.partial"
+        meta.write_text(json.dumps(environment.to_dict(), indent=2))
+        os.rename(meta, folder / META_FILE)
         return environment
 
     def placeholders(self, plan: Plan, folder: Path) -> dict[str, str]:

@@ -58,6 +58,7 @@ class Manifest:
     network: Network = Network.PRIVATE
     host: str = ""  # the Host header it is sent; empty: the one the client used
     readiness: str = "/"
+    home: str = ""  # the page '%backends docs' opens; empty: /docs if it has one, else /
     ready_timeout: float = 30.0
     env: dict[str, str] = field(default_factory=dict)
     build: dict[str, BuildOption] = field(default_factory=dict)
@@ -118,6 +119,7 @@ _KEYS = {
     "network",
     "host",
     "readiness",
+    "home",
     "ready_timeout",
     "env",
     "build",
@@ -209,6 +211,9 @@ def load_manifest(path: Path) -> Manifest:
     readiness = read.string("readiness", "/")
     if not readiness.startswith("/"):
         raise read.fail(f"'readiness' must be a path starting with '/', got {readiness!r}")
+    home = read.string("home", "")
+    if home and not home.startswith("/"):
+        raise read.fail(f"'home' must be a path starting with '/', got {home!r}")
     ready_timeout = data.get("ready_timeout", 30)
     if isinstance(ready_timeout, bool) or not isinstance(ready_timeout, (int, float)):
         raise read.fail(f"'ready_timeout' must be a number of seconds, got {ready_timeout!r}")
@@ -219,12 +224,15 @@ def load_manifest(path: Path) -> Manifest:
         raise read.fail("'install' must be a list of commands, each a list of strings")
     install = tuple(read.argv(step, "install") for step in steps)
     start = read.argv(data.get("start"), "start")
-    known = dict.fromkeys(
-        ["python", "app", "env", "socket", "port", "base_path", "orchestrator_url"]
-        + [f"build.{o}" for o in build],
-        "",
-    )
-    for template in [*start, *env.values(), *(a for step in install for a in step)]:
+    # Install steps run before any instance exists: they have no socket, port or data folder.
+    at_install = dict.fromkeys(["python", "app", "env", *(f"build.{o}" for o in build)], "")
+    at_start = {
+        **at_install,
+        **dict.fromkeys(["socket", "port", "base_path", "orchestrator_url", "data"], ""),
+    }
+    checks = [(t, at_start) for t in (*start, *env.values())]
+    checks += [(a, at_install) for step in install for a in step]
+    for template, known in checks:
         try:
             expand(template, known)
         except ManifestError as error:
@@ -242,6 +250,7 @@ def load_manifest(path: Path) -> Manifest:
         network=read.choice("network", Network, "private"),
         host=read.string("host", ""),
         readiness=readiness,
+        home=home,
         ready_timeout=float(ready_timeout),
         env=dict(env),
         build=build,

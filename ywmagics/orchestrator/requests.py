@@ -43,6 +43,7 @@ class StopBody(msgspec.Struct, forbid_unknown_fields=True):
     name: Short | None = None
     version: Short | None = None
     all: bool = False
+    keep_data: bool = False
 
 
 class UninstallBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -42,6 +42,8 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     # the orchestrator's own Unix socket, which TCP backends in private networks call it on
     unix_socket: Path | None = None
+    # each instance's own data folder is under it ({data}); by default next to the environments
+    instances_data_dir: Path | None = None
 
 
 class Orchestrator:
@@ -59,6 +61,7 @@ class Orchestrator:
             self.bus.publish,
             settings.supervisor,
             settings.unix_socket,
+            settings.instances_data_dir or settings.environments_dir.parent / "instance-data",
         )
         self.owners = PartitionOwners()
         self._watching_owners: asyncio.Future[None] | None = None
@@ -353,10 +356,20 @@ class Orchestrator:
         }
 
     async def stop(
-        self, partition: str | None, name: str | None, version: str | None
+        self,
+        partition: str | None,
+        name: str | None,
+        version: str | None,
+        *,
+        keep_data: bool = False,
     ) -> list[dict[str, Any]]:
+        """Stop what matches; each instance's data folder goes with it unless ``keep_data``."""
         chosen = self.supervisor.matching(partition, name, version)
         await asyncio.gather(*(self.supervisor.stop(i) for i in chosen))
+        if not keep_data:
+            for instance in chosen:
+                if self.supervisor.instances.get(instance.key) is None:  # not started again
+                    await asyncio.to_thread(self.supervisor.remove_data, instance)
         return [
             {"partition": i.partition, "name": i.manifest.name, "version": i.manifest.version}
             for i in chosen
@@ -397,6 +410,7 @@ class Orchestrator:
         for instance in self.supervisor.matching(name=parsed.name):
             if instance.manifest.version in versions:
                 await self.supervisor.stop(instance)
+                await asyncio.to_thread(self.supervisor.remove_data, instance)
                 stopped.append(instance.partition)
         for environment in environments:
             await asyncio.to_thread(self.installer.remove, environment)

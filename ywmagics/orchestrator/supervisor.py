@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import time
@@ -76,6 +77,8 @@ class Instance:
     environment: Environment
     token: str
     log_path: Path
+    # its own folder ({data}, YW_DATA_DIR): kept across its restarts, removed with its partition
+    data_path: Path
     socket_path: Path | None = None
     # TCP only: the connector of its private network namespace, if this machine gives one
     connector_path: Path | None = None
@@ -129,6 +132,8 @@ class Instance:
             "restarts": self.crashes_in_a_row,
             "log": str(self.log_path),
             "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
+            "home": self.manifest.home,
+            "data": str(self.data_path),
             "reachable_by": self.reachable_by,
         }
 
@@ -158,6 +163,7 @@ class Supervisor:
         emit: Emit,
         settings: SupervisorSettings | None = None,
         orchestrator_socket: Path | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.installer = installer
         self.sockets_dir = sockets_dir
@@ -166,6 +172,7 @@ class Supervisor:
         self.emit = emit
         self.settings = settings or SupervisorSettings()
         self.orchestrator_socket = orchestrator_socket
+        self.data_dir = data_dir or logs_dir.parent / "instance-data"
         self.instances: dict[InstanceKey, Instance] = {}
         self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
@@ -274,6 +281,7 @@ class Supervisor:
             / "instances"
             / partition
             / f"{manifest.name}-{manifest.version}.log",
+            data_path=self.data_dir / partition / f"{manifest.name}-{manifest.version}",
         )
         self.instances[key] = instance
         self.by_token[instance.token] = instance
@@ -354,7 +362,11 @@ class Supervisor:
                 instance.connector_path = self.sockets_dir / f"{secrets.token_hex(6)}.conn"
             placeholders.update(socket="", port=str(instance.port))
         base_path = instance.base_path
-        placeholders.update(base_path=base_path, orchestrator_url=self.orchestrator_url)
+        placeholders.update(
+            base_path=base_path,
+            orchestrator_url=self.orchestrator_url,
+            data=str(instance.data_path),
+        )
         argv = [expand(arg, placeholders) for arg in manifest.start]
         env = {
             **os.environ,
@@ -362,6 +374,7 @@ class Supervisor:
             "YW_INSTANCE_TOKEN": instance.token,
             "YW_PARTITION": instance.partition,
             "YW_BASE_PATH": base_path,
+            "YW_DATA_DIR": str(instance.data_path),
             "PYTHONPATH": str(environment.app),
             **{f"YW_BUILD_{k.upper()}": v for k, v in environment.config.items()},
             **{k: expand(v, placeholders) for k, v in manifest.env.items()},
@@ -385,6 +398,7 @@ class Supervisor:
             )
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+        instance.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         await asyncio.to_thread(private_network_available)  # learnt once, off the loop
         argv, env = self._command(instance)
         if instance.port is not None and instance.connector_path is None:
@@ -538,6 +552,13 @@ class Supervisor:
             if path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    @staticmethod
+    def remove_data(instance: Instance) -> None:
+        """Delete the instance's data folder (blocking), and its partition's folder once empty."""
+        shutil.rmtree(instance.data_path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            instance.data_path.parent.rmdir()
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(i) for i in list(self.instances.values())))
