@@ -30,8 +30,27 @@ def python_of(version: str) -> str | None:
         return None
 
 
+def no_python_reason(version: str) -> str:
+    """Why a test that needs Python ``version`` is skipped: which one, and where it was looked for
+    (where ``build.python`` finds them)."""
+    from ywmagics.orchestrator.interpreters import places_searched
+
+    return (
+        f"needs Python {version}: none found {places_searched()} "
+        f"(install one with 'uv python install {version}' or pyenv)"
+    )
+
+
+def python_or_skip(version: str) -> str:
+    """The interpreter of ``version``; the test is skipped, saying why, when there is none."""
+    found = python_of(version)
+    if found is None:
+        pytest.skip(no_python_reason(version))
+    return found
+
+
 PYTHON38 = python_of("3.8")
-needs_python38 = pytest.mark.skipif(PYTHON38 is None, reason="no Python 3.8 on this machine")
+needs_python38 = pytest.mark.skipif(PYTHON38 is None, reason=no_python_reason("3.8"))
 TEST_REGISTRY = RESOURCES / "registry"
 
 

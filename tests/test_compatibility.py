@@ -23,7 +23,7 @@ from ywmagics.discovery import Connection
 from ywmagics.errors import RemoteExecutionError
 from ywmagics.kernel.interpreter import Output, run_interpreter_cell
 
-from .conftest import PYTHON38
+from .conftest import python_or_skip
 
 pytestmark = pytest.mark.slow  # builds runners with pandas on two Pythons
 
@@ -35,8 +35,8 @@ RUNNERS = {
 
 @pytest.fixture(scope="module")
 def runners(orchestrator: Connection) -> dict[str, BackendClient]:
-    if PYTHON38 is None:
-        pytest.skip("no Python 3.8 on this machine")
+    for python, _ in RUNNERS.values():
+        python_or_skip(python)
     clients = {}
     for name, (python, modules) in RUNNERS.items():
         clients[name] = ywmagics.install(

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from ywmagics.errors import ConfigurationError
-from ywmagics.orchestrator.interpreters import available_interpreters, find_python
+from ywmagics.orchestrator import interpreters
+from ywmagics.orchestrator.interpreters import (
+    Interpreter,
+    available_interpreters,
+    by_version,
+    find_python,
+)
+
+from .conftest import no_python_reason, python_of, python_or_skip
 
 OURS = ".".join(map(str, sys.version_info[:3]))
 SHORT = ".".join(map(str, sys.version_info[:2]))
@@ -60,6 +68,37 @@ def test_a_missing_version_lists_the_ones_found(machine: Path) -> None:
         find_python("3.99")
     assert OURS in raised.value.hint and "uv python install 3.99" in raised.value.hint
     assert not (machine / "shim-ran").exists()
+
+
+def test_the_pythons_found_are_listed_in_numeric_order(
+    machine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As strings, 3.10 sorts before 3.8: the hint read as if the newest were missing.
+    found = [
+        Interpreter(Path(f"/opt/python{v}"), v) for v in ("3.10.13", "3.8.18", "3.12.1", "3.9.18")
+    ]
+    monkeypatch.setattr(interpreters, "available_interpreters", lambda: found)
+    with pytest.raises(ConfigurationError) as raised:
+        find_python("3.99")
+    assert "Pythons found: 3.8.18, 3.9.18, 3.10.13, 3.12.1." in raised.value.hint
+    assert by_version(["3.10", "3.9.1", "3.9", "3.11.0rc1", "3.11.0"]) == [
+        "3.9", "3.9.1", "3.10", "3.11.0rc1", "3.11.0",
+    ]  # fmt: skip
+
+
+def test_a_missing_python_says_where_it_was_looked_for(machine: Path) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        find_python("3.99")
+    assert f"looked on PATH, in {machine / 'pyenv' / 'versions'} and among uv's" in (
+        raised.value.hint
+    )
+    # A test that needs a Python skips with the same words: which version, where it looked.
+    assert python_of("3.99") is None
+    reason = no_python_reason("3.99")
+    assert reason.startswith("needs Python 3.99: none found on PATH, in ")
+    assert str(machine / "pyenv" / "versions") in reason and "uv python install 3.99" in reason
+    with pytest.raises(pytest.skip.Exception, match=r"needs Python 3\.99: none found"):
+        python_or_skip("3.99")
 
 
 @pytest.mark.parametrize("request_", ["3.x", "snake", "3.10.1.2"])

@@ -86,6 +86,45 @@ def test_text_progress_prints_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert "d: demo 1.0.0 in partition P" in out
 
 
+def _tool_line(text: str, at: float, other: bool = False) -> Event:
+    """A line a build tool printed (no progress of its own) for demo, or for other."""
+    name, version, partition = ("other", "2.0.0", "Q") if other else ("demo", "1.0.0", "P")
+    return Event(EventKind.BUILDING, name, version, partition, text, None, at)
+
+
+def test_text_progress_sums_up_a_line_per_package(capsys: pytest.CaptureFixture[str]) -> None:
+    # What uv prints while it installs, each line an event: shown as one line at the step's end.
+    view = TextProgress("Installing demo", 2)
+    view.event(Event(EventKind.BUILDING, "demo", "1.0.0", "P", "installing fastapi", 0.3, 10.0))
+    view.event(_tool_line("Resolved 3 packages in 120ms", 10.1))
+    view.event(_tool_line("Downloading numpy (16.1MiB)", 10.2))
+    view.event(_tool_line("Downloading pydantic-core (2.0MiB)", 10.2))
+    view.event(_tool_line(" Downloaded pydantic-core", 10.4))
+    view.event(Event(EventKind.BUILDING, "other", "2.0.0", "Q", "installing x", 0.3, 10.5))
+    view.event(_tool_line(" Downloaded numpy", 10.8))
+    view.event(_tool_line("warning: numpy has no wheel for this platform", 10.85))
+    view.event(_tool_line("Installed 3 packages in 20ms", 10.9))
+    for package in ("fastapi==0.115.0", "numpy==2.0.1", "pydantic-core==2.2.0"):
+        view.event(_tool_line(f" + {package}", 10.9))
+    view.event(Event(EventKind.BUILDING, "demo", "1.0.0", "P", "compiling bytecode", 0.5, 11.2))
+    view.event(_tool_line("Successfully installed a-1.0 b_c-2.1", 11.0, other=True))
+    view.event(_tool_line("Audited 1 package in 2ms", 11.3))
+    view.failed(RuntimeError("stopped"))
+    assert capsys.readouterr().out.splitlines() == [
+        "Installing demo",
+        "[demo#1.0.0 @ P] building: installing fastapi",
+        "[other#2.0.0 @ Q] building: installing x",
+        "[demo#1.0.0 @ P] building: warning: numpy has no wheel for this platform",
+        "[demo#1.0.0 @ P] building: installed 3 packages in 1.2 s, slowest download: numpy 0.6 s",
+        "[demo#1.0.0 @ P] building: compiling bytecode",
+        "[other#2.0.0 @ Q] building: installed 2 packages in 0.5 s",
+        "[demo#1.0.0 @ P] building: Audited 1 package in 2ms",  # a few lines: as they are
+        "install failed",
+    ]
+    # The widget's log keeps every line.
+    assert len(view.tracker.lines) == 15
+
+
 def test_widget_progress_success_and_failure(shell: InteractiveShell) -> None:
     view = WidgetProgress("Installing demo", 1)
     view.event(_event(EventKind.RESOLVED))
@@ -197,7 +236,10 @@ def test_options_of_another_subcommand_are_refused(
         with pytest.raises(UsageError, match=message):
             run_line(shell, line)
     run_line(shell, "%backends stop --help")
-    assert "%backends stop [--partition PARTITION] [--all] [--keep-data] [ALIAS]" in capsys.readouterr().out
+    assert (
+        "%backends stop [--partition PARTITION] [--all] [--keep-data] [ALIAS]"
+        in capsys.readouterr().out
+    )
     run_line(shell, "%backends -h")
     assert "%backends logs [--partition PARTITION]" in capsys.readouterr().out
     # Options may come before their subcommand, as they did.

@@ -424,7 +424,8 @@ def test_registries_from_the_config_file(tmp_path: Path) -> None:
     assert "my_echo" not in registries().stdout
     (home / "config.toml").write_text(f'registries = ["{extra}"]\n')
     listed = registries()
-    assert str(extra) in listed.stdout and "my_echo: 1.0.0" in listed.stdout
+    assert f"3. from {home / 'config.toml'}: {extra}\n" in listed.stdout
+    assert "   my_echo  1.0.0    my_echo\n" in listed.stdout
     (home / "config.toml").write_text("registries = 'not a list'\n")
     broken = registries()
     assert broken.returncode == 2 and "'registries' must be a list of folders" in broken.stderr
@@ -855,3 +856,13 @@ def test_each_instance_has_its_own_data_folder_kept_across_restarts(
     client.stop(partition="DataB", keep_data=True)
     assert (Path(kept) / "log").read_text() == "other\n"
     shutil.rmtree(kept)
+
+
+def test_the_command_line_stop_keeps_data_when_asked(orchestrator: Connection) -> None:
+    keeper = ywmagics.install("data_keeper as d", partition="CliData", connection=orchestrator).d
+    keeper.fetch_json("/add", method="POST", json={"line": "x"})
+    data = Path(keeper.fetch_json("/")["data"])
+    done = _cli("stop", "--partition", "CliData", "--keep-data")
+    assert done.returncode == 0 and "stopped data_keeper" in done.stdout, done.stderr
+    assert (data / "log").read_text() == "x\n"
+    shutil.rmtree(data)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
 
 from ywmagics import commands
 from ywmagics.errors import YwMagicsError
@@ -24,20 +30,96 @@ def _client() -> OrchestratorClient:
     return OrchestratorClient()
 
 
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class QuietInterrupt:
+    """Ctrl-C for ``serve``: a clean, quiet stop, whenever it comes.
+
+    Python's own handler raises ``KeyboardInterrupt`` wherever the main thread is: amid an
+    import, amid uvicorn's start (which then leaves its socket behind), or in a weakref callback,
+    where it is printed as "Exception ignored" and lost (the orchestrator then runs on). So until
+    uvicorn takes SIGINT over, a Ctrl-C is only noted, and handed to uvicorn as soon as it
+    listens for one: it stops as after any Ctrl-C, backends and discovery file included. A
+    second Ctrl-C before then does not wait for a clean stop."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._handed_over = False  # uvicorn has taken SIGINT over (it gives it back at its end)
+        self._finished = threading.Event()
+        self._handler = self._on_sigint  # one bound method, to recognise it as ours
+        self._previous: SignalHandler = None
+        self._watcher = threading.Thread(
+            target=self._hand_over, name="ywmagics-sigint", daemon=True
+        )
+
+    def __enter__(self) -> QuietInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._watcher.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._finished.set()
+        self._watcher.join(1)
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.received and not self._handed_over:
+            raise KeyboardInterrupt  # the second one: stop now, clean or not
+        self.received = True
+
+    def _hand_over(self) -> None:
+        """Wait until uvicorn handles SIGINT; then pass on the one noted meanwhile, if any."""
+        while not self._finished.wait(0.01):
+            if signal.getsignal(signal.SIGINT) is not self._handler:
+                self._handed_over = True
+                if self.received:
+                    _interrupt_main_thread()
+                return
+
+
+def _interrupt_main_thread() -> None:
+    main = threading.main_thread().ident
+    if hasattr(signal, "pthread_kill") and main is not None:
+        signal.pthread_kill(main, signal.SIGINT)  # wakes it from a blocking call too
+    else:
+        signal.raise_signal(signal.SIGINT)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
+    with QuietInterrupt() as interrupt:  # before the server's imports: they take a while
+        import logging
 
-    from ywmagics.orchestrator.server import serve
+        from ywmagics.orchestrator.server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    serve(port=args.port, registries=args.registry, log_level=args.log_level)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+        serve(port=args.port, registries=args.registry, log_level=args.log_level)
+    if interrupt.received:
+        print(f"orchestrator (pid {os.getpid()}) stopped", file=sys.stderr)
+        return 130  # as a shell reports a program that SIGINT ended
     return 0
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ywmagics.kernel.progress import TextProgress  # text only: no IPython, no widgets
+
     request = commands.build_install_request(args.specs, args.config, args.partition)
     client = _client()
-    results = client.install(request, on_event=lambda e: print(e, flush=True))
+    specs = ", ".join(str(s) for s in request.modules)
+    view = TextProgress(
+        f"Installing {specs} in partition {request.partition}", len(request.modules)
+    )
+    try:
+        results = client.install(request, on_event=view.event)
+    except BaseException as error:
+        view.failed(error)
+        raise
+    view.finish()
     print(commands.format_installed(results, client.connection.url))
     return 0
 
@@ -49,12 +131,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    print(_client().logs(args.name, partition=args.partition, lines=args.lines), end="")
+    text = _client().logs(args.name, partition=args.partition, lines=args.lines)
+    # Its last line may be one the backend has not ended yet: the prompt goes on a line of its own.
+    print(text, end="" if text.endswith("\n") or not text else "\n")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    target = commands.stop_target(args.name, args.partition, args.all)
+    target = commands.stop_target(args.name, args.partition, args.all, keep_data=args.keep_data)
     stopped = _client().stop(**target.as_arguments())
     print(commands.format_stopped(stopped, target))
     return 0
@@ -100,30 +184,114 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class RegistryListing:
+    """One registry folder as ``ywmagics registries`` shows it."""
+
+    origin: str  # what put it in the search order: bundled, yours, the config file...
+    folder: Path
+    backends: list[dict[str, str]] = field(default_factory=list)  # name, version, folder, note
+    broken: list[str] = field(default_factory=list)
+
+
 def cmd_registries(args: argparse.Namespace) -> int:
     from ywmagics.client import find_orchestrator
-    from ywmagics.orchestrator.registry import Registry, default_registry_folders
+    from ywmagics.orchestrator.registry import default_registry_folders
 
     # A running orchestrator may have been given more folders (serve --registry): ask it.
-    connection = find_orchestrator()
-    if connection is not None:
-        registry = Registry([Path(f) for f in _client().status()["registries"]])
+    if find_orchestrator() is not None:
+        folders = [Path(f) for f in _client().status()["registries"]]
     else:
-        registry = Registry(default_registry_folders())
-    for folder in registry.folders:
-        print(f"{folder}{'' if folder.is_dir() else '  (does not exist)'}")
-    for name, versions in sorted(registry.manifests().items()):
-        print(f"  {name}: {', '.join(sorted(versions))}")
-    for problem in registry.broken():
-        print(f"  broken: {problem}")
+        folders = default_registry_folders()
+    print(format_registries(list_registries(folders)))
     return 0
+
+
+def list_registries(folders: Sequence[Path]) -> list[RegistryListing]:
+    """What each folder holds, in search order; a version an earlier folder has too is marked
+    as not used (the first one wins)."""
+    from ywmagics.orchestrator.registry import Registry
+    from ywmagics.spec import version_key
+
+    listings = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, (folder, origin) in enumerate(zip(folders, _origins(folders), strict=True), 1):
+        registry = Registry([folder])
+        listing = RegistryListing(origin, folder, broken=registry.broken())
+        for name, versions in sorted(registry.manifests().items()):
+            for version in sorted(versions, key=version_key):
+                first = seen.setdefault((name, version), number)
+                listing.backends.append(
+                    {
+                        "name": name,
+                        "version": version,
+                        "folder": _relative(versions[version].folder, folder),
+                        "note": f"not used: registry {first} comes first"
+                        if first != number
+                        else "",
+                    }
+                )
+        listings.append(listing)
+    return listings
+
+
+def _origins(folders: Sequence[Path]) -> list[str]:
+    """What put each folder in the search order (the one that comes first, when several did)."""
+    from ywmagics import paths
+    from ywmagics.orchestrator.config import load_user_config
+
+    named = {
+        paths.bundled_registry_dir(): "bundled with ywmagics",
+        paths.user_registry_dir(): "your own backends",
+    }
+    for folder in load_user_config().registries:
+        named.setdefault(folder, f"from {paths.config_file()}")
+    for entry in os.environ.get("YW_BACKENDS_PATH", "").split(os.pathsep):
+        if entry:
+            named.setdefault(Path(entry).expanduser(), "from YW_BACKENDS_PATH")
+    return [named.get(folder, "from serve --registry") for folder in folders]
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:  # reached through a link out of the folder
+        return str(path)
+
+
+def format_registries(listings: Sequence[RegistryListing]) -> str:
+    """Each registry, numbered in search order with its folder, then its backends (one line per
+    version, aligned as ``pip list`` aligns them) and its broken manifests."""
+    from ywmagics.commands import table
+
+    blocks = [
+        "Registries, in the order they are searched (the first with a backend's version wins):"
+    ]
+    for number, listing in enumerate(listings, 1):
+        lines = [f"{number}. {listing.origin}: {listing.folder}{_missing(listing)}"]
+        columns = ["name", "version", "folder"]
+        if any(row["note"] for row in listing.backends):
+            columns.append("note")
+        lines += table(listing.backends, columns).splitlines()
+        lines += [f"broken: {problem}" for problem in listing.broken]
+        blocks.append("\n   ".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _missing(listing: RegistryListing) -> str:
+    from ywmagics import paths
+
+    if listing.folder.is_dir():
+        return ""
+    if listing.folder == paths.user_registry_dir():
+        return " (does not exist yet: 'ywmagics new-backend NAME' makes it)"
+    return " (does not exist)"
 
 
 def cmd_new_backend(args: argparse.Namespace) -> int:
     from ywmagics import paths
-    from ywmagics.spec import validate_name
 
-    name = validate_name(args.name)
+    name = installable_name(args.name)
     target = Path(args.dir) if args.dir else paths.user_registry_dir() / name
     if target.exists():
         raise YwMagicsError(f"{target} already exists", hint="choose another folder with --dir")
@@ -136,11 +304,52 @@ def cmd_new_backend(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kernel_install(args: argparse.Namespace) -> int:
-    from ywmagics.kernel.kernelspec import install_kernel_spec
+def installable_name(name: str) -> str:
+    """``name`` if a backend can be made with it: one that ``ywmagics install NAME`` (or
+    ``%backends install NAME``) takes as it is, as the backend's name and as the alias its
+    client is bound to. The rules are install's own, not a copy of them."""
+    from ywmagics.errors import SpecError
 
-    path = install_kernel_spec(user=args.user, prefix=sys.prefix if args.sys_prefix else None)
-    print(f"installed kernel 'Python 3 (ywmagics)' in {path}")
+    if _install_takes(name):
+        return name
+    suggestion = re.sub(r"\W", "_", name)
+    raise SpecError(
+        f"{name!r} cannot name a new backend: 'install {name}' takes it as the backend's name "
+        "and as the alias of its client, and an alias must be a Python identifier",
+        hint="use at most 64 letters, digits and '_', starting with a letter, e.g. "
+        + repr(suggestion if _install_takes(suggestion) else "my_backend"),
+    )
+
+
+def _install_takes(name: str) -> bool:
+    from ywmagics.errors import SpecError
+    from ywmagics.spec import BackendSpec
+
+    try:
+        spec = BackendSpec.parse(name)  # with no 'as', the alias is the name
+    except SpecError:
+        return False
+    return spec.name == spec.alias == name  # not 'a#1' nor 'a as b': a name, whole
+
+
+def cmd_kernel_install(args: argparse.Namespace) -> int:
+    from ywmagics.kernel.kernelspec import (
+        DISPLAY_NAME,
+        KERNEL_NAME,
+        install_kernel_spec,
+        jupyter_looks_in,
+    )
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install_kernel_spec(prefix=prefix)
+    whose = "for your user" if prefix is None else f"under {prefix}"
+    print(f"installed the kernel {DISPLAY_NAME!r} {whose}, in {path}")
+    print(f"'jupyter kernelspec list' lists it as {KERNEL_NAME!r}")
+    if not jupyter_looks_in(path):
+        print(
+            f"Jupyter does not look there: set JUPYTER_PATH={Path(path).parents[1]} "
+            "where Jupyter runs, or install with --user or --sys-prefix"
+        )
     return 0
 
 
@@ -176,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name", nargs="?")
     stop.add_argument("--partition")
     stop.add_argument("--all", action="store_true")
+    stop.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep each instance's data folder ({data}), deleted with it by default",
+    )
     stop.set_defaults(run=cmd_stop)
 
     uninstall = commands.add_parser("uninstall", help="remove environments (stops instances)")
@@ -197,10 +411,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernel = commands.add_parser("kernel", help="Jupyter kernel spec")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
-    kernel_install = kernel_commands.add_parser("install", help="install 'Python 3 (ywmagics)'")
+    kernel_install = kernel_commands.add_parser(
+        "install",
+        help="install 'Python 3 (ywmagics)'",
+        description="Install the Jupyter kernel 'Python 3 (ywmagics)': this Python, with "
+        "'%load_ext ywmagics' run at its start. By default for your user only, as "
+        "'python -m ipykernel install --user' does (ipykernel's own default is system-wide).",
+    )
     where = kernel_install.add_mutually_exclusive_group()
-    where.add_argument("--user", action="store_true")
-    where.add_argument("--sys-prefix", action="store_true")
+    where.add_argument(
+        "--user",
+        action="store_true",
+        help="for your user, in Jupyter's per-user folder (the default)",
+    )
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help=f"in this Python's environment ({sys.prefix}): for the Jupyter of a virtualenv or "
+        "conda environment",
+    )
+    where.add_argument(
+        "--prefix",
+        metavar="PATH",
+        help="under PATH/share/jupyter/kernels (Jupyter looks there when JUPYTER_PATH names "
+        "PATH/share/jupyter)",
+    )
     kernel_install.set_defaults(run=cmd_kernel_install)
     return parser
 

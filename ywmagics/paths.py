@@ -42,17 +42,46 @@ def runtime_dir() -> Path:
     followed or changed."""
     home = _home()
     if home:
-        path = home / "run"
-    elif os.environ.get("XDG_RUNTIME_DIR") or sys.platform != "linux":
-        path = Path(platformdirs.user_runtime_dir(_APP))
-    else:
-        # No session runtime folder (no systemd login, containers): a private folder in /tmp;
-        # if another user took its name first, one in our cache folder (per machine: a home
-        # may be shared by the nodes of a cluster), where nobody else can.
-        path = Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
-        squatted = Path(platformdirs.user_cache_dir(_APP), "run", socket.gethostname())
-        return private_dir(path, instead=squatted)
-    return private_dir(path)
+        return private_dir(home / "run")
+    if sys.platform in ("darwin", "win32"):  # no XDG_RUNTIME_DIR there
+        return private_dir(Path(platformdirs.user_runtime_dir(_APP)))
+    # XDG_RUNTIME_DIR is checked here rather than by platformdirs, which warns of one it
+    # refuses at every look-up, in words of its own, and falls back to a folder of its own.
+    session = os.environ.get("XDG_RUNTIME_DIR", "")
+    refused = session_folder_problem(Path(session)) if session else None
+    if session and refused is None:
+        return private_dir(Path(session) / _APP)
+    # No session runtime folder (no systemd login, containers): a private folder in /tmp;
+    # if another user took its name first, one in our cache folder (per machine: a home
+    # may be shared by the nodes of a cluster), where nobody else can.
+    path = Path(tempfile.gettempdir(), f"ywmagics-{os.getuid()}")
+    squatted = Path(platformdirs.user_cache_dir(_APP), "run", socket.gethostname())
+    chosen = private_dir(path, instead=squatted)
+    if refused is not None:
+        _warn_refused_once(session, refused, chosen)
+    return chosen
+
+
+def session_folder_problem(folder: Path) -> str | None:
+    """Why ``XDG_RUNTIME_DIR`` cannot hold ywmagics' private files, or ``None``: as the XDG
+    specification has it, a folder of the user's own, that only the user can enter (0700),
+    reached through folders nobody else can change."""
+    if not folder.is_absolute():
+        return "it is not an absolute path"
+    resolved, why = changeable_by_others(folder)
+    if resolved is None:
+        return why
+    try:
+        info = os.stat(resolved)
+    except OSError as error:
+        return error.strerror or str(error)
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if info.st_uid != os.getuid():
+        return "it belongs to another user"
+    if info.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(info.st_mode):04o}, not 0700: others may enter it"
+    return None
 
 
 def changeable_by_others(path: Path) -> tuple[Path | None, str | None]:
@@ -215,3 +244,15 @@ def bundled_registry_dir() -> Path:
 @functools.cache
 def _warn_once(path: Path, instead: Path) -> None:
     log.warning("%s is not ours (another user made it first): using %s", path, instead)
+
+
+@functools.cache  # once per process: it is looked up by each command, each kernel's magic
+def _warn_refused_once(session: str, why: str, instead: Path) -> None:
+    log.warning(
+        "ywmagics does not use XDG_RUNTIME_DIR=%s: %s. The orchestrator's discovery file, log "
+        "and socket are in %s instead (set XDG_RUNTIME_DIR to a folder of yours with mode 0700, "
+        "or YW_HOME, to choose)",
+        session,
+        why,
+        instead,
+    )

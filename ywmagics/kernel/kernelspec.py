@@ -40,16 +40,11 @@ def _logos() -> list[Path]:
     return sorted(Path(RESOURCES).glob("logo-*"))
 
 
-def install_kernel_spec(user: bool = False, prefix: str | None = None) -> str:
-    """Install the kernel spec (for this user, or under ``prefix``, e.g. ``sys.prefix``) and
-    return the folder it went to."""
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
-    except ImportError:
-        raise YwMagicsError(
-            "installing a kernel needs jupyter_client and ipykernel",
-            hint="pip install ipykernel",
-        ) from None
+def install_kernel_spec(prefix: str | None = None) -> str:
+    """Install the kernel spec for this user (Jupyter's per-user folder, where
+    ``python -m ipykernel install --user`` puts one), or under ``prefix`` (``sys.prefix``: the
+    Jupyter of a virtualenv or conda environment), and return the folder it went to."""
+    manager = _kernel_spec_manager()
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary) / KERNEL_NAME
         folder.mkdir()
@@ -57,7 +52,25 @@ def install_kernel_spec(user: bool = False, prefix: str | None = None) -> str:
         for logo in _logos():
             shutil.copy(logo, folder / logo.name)
         return str(
-            KernelSpecManager().install_kernel_spec(
-                str(folder), kernel_name=KERNEL_NAME, user=user, prefix=prefix
+            manager.install_kernel_spec(
+                str(folder), kernel_name=KERNEL_NAME, user=prefix is None, prefix=prefix
             )
         )
+
+
+def jupyter_looks_in(folder: str) -> bool:
+    """Whether Jupyter finds a kernel spec installed in ``folder`` (a prefix of one's own is
+    found only when ``JUPYTER_PATH`` names it)."""
+    kernels = Path(folder).parent.resolve()
+    return any(Path(d).resolve() == kernels for d in _kernel_spec_manager().kernel_dirs)
+
+
+def _kernel_spec_manager() -> Any:
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+    except ImportError:
+        raise YwMagicsError(
+            "installing a kernel needs jupyter_client and ipykernel",
+            hint="pip install ipykernel",
+        ) from None
+    return KernelSpecManager()

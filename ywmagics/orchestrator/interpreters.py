@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from ywmagics.errors import ConfigurationError
 from ywmagics.paths import changeable_by_others
 
@@ -195,12 +197,29 @@ def find_python(request: str) -> Interpreter:
         for found in _probe_all(candidates()):
             if found.version == wanted or found.version.startswith(wanted + "."):
                 return found
-    available = ", ".join(sorted({i.version for i in available_interpreters()})) or "none"
+    available = ", ".join(by_version({i.version for i in available_interpreters()})) or "none"
     raise ConfigurationError(
         f"no Python {wanted} found on this machine",
-        hint=f"Pythons found: {available}. Install it (e.g. 'uv python install {wanted}' or pyenv) "
-        "or give a path to an interpreter",
+        hint=f"looked {places_searched()}; Pythons found: {available}. Install it "
+        f"(e.g. 'uv python install {wanted}' or pyenv) or give a path to an interpreter",
     )
+
+
+def by_version(versions: Iterable[str]) -> list[str]:
+    """``versions`` in numeric order: 3.8 before 3.10, as people count (not as strings)."""
+
+    def key(version: str) -> tuple[int, Version | str]:
+        try:
+            return (0, Version(version))
+        except InvalidVersion:  # never from a probe; kept last rather than failing the hint
+            return (1, version)
+
+    return sorted(versions, key=key)
+
+
+def places_searched() -> str:
+    """Where :func:`find_python` looks for a version, in its order, for messages."""
+    return f"on PATH, in {_pyenv_root() / 'versions'} and among uv's managed Pythons"
 
 
 def available_interpreters() -> list[Interpreter]:
