@@ -205,7 +205,7 @@ def test_captured_out_name_not_defined(server: Server) -> None:
     result = server.run("defined_here = 1", capturedOut=["defined_here", "never_defined"])
     exception = result["exception"]
     assert exception["type"] == "NameError"
-    assert "'never_defined' is not defined by the cell" in exception["message"]
+    assert exception["message"] == "--out variable 'never_defined' is not defined by the cell"
     assert result["capturedOut"] == {}
 
 

@@ -7,10 +7,13 @@ answers plain JSON instead is accepted too (its output is then shown at the end)
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
+import os
+import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -279,7 +282,7 @@ def _read_stream(
     item, where ``on_interrupt`` is called (and may raise to stop waiting)."""
     from ywmagics.client._http import ndjson_items
 
-    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+    items = _Mailbox()
 
     def pump() -> None:
         try:
@@ -288,15 +291,106 @@ def _read_stream(
             items.put(("end", None))
         except BaseException as error:  # to the notebook's thread, which raises it
             items.put(("error", error))
+        finally:
+            items.close_sending()
 
     threading.Thread(target=pump, name="ywmagics-run-reader", daemon=True).start()
+    try:
+        with items.taking_interrupts(on_interrupt is not None):
+            return _show_items(items, output, on_started, on_interrupt, on_input)
+    finally:
+        items.close_receiving()
+
+
+class _Mailbox:
+    """Items from the reader thread to the notebook's thread, and the stop button's interrupts,
+    in the order they come, with no lock in between.
+
+    An interrupt raised as ``KeyboardInterrupt`` lands anywhere in the notebook's thread: inside
+    a ``queue.Queue`` it can leave the queue's lock held (the next ``get`` and the reader's
+    ``put`` then wait for each other forever), between a ``get`` and the use of its item it
+    loses the item. So while it is read, SIGINT only posts an interrupt here. Items go in a
+    deque (whose append and pop are atomic), each announced by a byte on a pipe that ``get``
+    waits on."""
+
+    INTERRUPT = ("interrupt", None)
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wakeup, self._announce = os.pipe()
+        self._interrupted = False
+        self._previous: Any = None
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self._items.append(item)
+        self._announce_one()
+
+    def _announce_one(self) -> None:
+        with contextlib.suppress(OSError):  # the notebook stopped reading: nobody to wake up
+            os.write(self._announce, b"!")
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+        self._announce_one()
+
+    @contextlib.contextmanager
+    def taking_interrupts(self, wanted: bool) -> Iterator[None]:
+        """SIGINT posts an interrupt while inside; only in the main thread (where handlers run)."""
+        if not wanted or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+    @contextlib.contextmanager
+    def raising_interrupts(self) -> Iterator[None]:
+        """The usual ``KeyboardInterrupt`` again while inside (``input()`` is interrupted so)."""
+        if signal.getsignal(signal.SIGINT) != self._on_sigint:
+            yield
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def get(self) -> tuple[str, Any]:
+        while True:
+            if self._interrupted:
+                self._interrupted = False
+                return self.INTERRUPT
+            if self._items:
+                return self._items.popleft()
+            os.read(self._wakeup, 65536)  # each item's byte comes after the item
+
+    def close_sending(self) -> None:
+        os.close(self._announce)
+
+    def close_receiving(self) -> None:
+        os.close(self._wakeup)
+
+
+def _show_items(
+    items: _Mailbox,
+    output: Output,
+    on_started: Callable[[], None] | None,
+    on_interrupt: Callable[[], None] | None,
+    on_input: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     while True:
         try:
             kind, item = items.get()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # not taken over (another thread, or nobody to tell)
             if on_interrupt is None:
                 raise
             on_interrupt()
+            continue
+        if kind == "interrupt":
+            if on_interrupt is not None:
+                on_interrupt()
             continue
         if kind == "end":
             break
@@ -313,7 +407,8 @@ def _read_stream(
                 on_started()
         elif "input_request" in item:
             if on_input is not None:
-                on_input(item["input_request"])
+                with items.raising_interrupts():
+                    on_input(item["input_request"])
         elif "result" in item:
             return _result(item["result"])
         elif "error" in item:
@@ -349,24 +444,72 @@ def publish(bundle: dict[str, Any]) -> None:
         _ipython.publish(data, bundle.get("metadata") or {})
 
 
-def writer(stream_name: str, last: list[str] | None = None) -> Write:
+class StreamOrder:
+    """What keeps stdout and stderr of one cell in their order: which one was written last, and
+    how often the cell switches between them.
+
+    Each switch sends what the other stream holds as a message of its own. A frontend must not
+    get them faster than it can take: the kernel's iopub socket drops messages, silently, when a
+    subscriber falls behind, and Jupyter's server stops forwarding output past 1000 messages a
+    second over 3 s (``iopub_msg_rate_limit``). So a burst of switches goes at once, and past
+    :attr:`RATE` a second the two streams go in batches of their own, as in a plain kernel: each
+    one's text whole and in order, their order between each other by batch, as the cell is told
+    (:data:`APPROXIMATE_ORDER`)."""
+
+    RATE = 800.0  # switches a second kept exactly, once the burst is spent
+    BURST = 400.0
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.exact = True
+        self._allowance = self.BURST
+        self._checked = time.monotonic()
+
+    def switch_to(self, stream_name: str) -> None:
+        if self.last and self.last != stream_name and self.exact:
+            if self._allowed():
+                _flush(self.last)
+            else:
+                self.exact = False
+                _flush(self.last)
+                _flush("stderr")
+                sys.stderr.write(APPROXIMATE_ORDER)
+                _flush("stderr")
+        self.last = stream_name
+
+    def _allowed(self) -> bool:
+        now = time.monotonic()
+        self._allowance = min(self.BURST, self._allowance + (now - self._checked) * self.RATE)
+        self._checked = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
+
+
+APPROXIMATE_ORDER = (
+    f"[ywmagics: this cell switches between stdout and stderr more than {StreamOrder.RATE:.0f} "
+    "times a second, more than a notebook can show one by one; from here on each stream's "
+    "output is whole and in order, but stdout and stderr are interleaved by batch]\n"
+)
+
+
+def writer(stream_name: str, order: StreamOrder | None = None) -> Write:
     """Write to the kernel's current ``sys.stdout``/``sys.stderr`` (looked up at each call).
 
     Not flushed at each write: the kernel's streams send their text in batches (a message per
-    flush made a loop of prints slow), and flush before a display. ``last`` holds the name of
-    the stream written last, shared by the writers of one output: the other one is flushed
+    write made a loop of prints slow, and lost lines: see :class:`StreamOrder`), and flush
+    before a display. ``order``, shared by the writers of one output, flushes the other stream
     when the stream changes, so that stdout and stderr keep their order."""
 
     def write(text: str) -> None:
-        if last is not None and last and last[0] != stream_name:
-            _flush(last[0])
+        if order is not None:
+            order.switch_to(stream_name)
         stream = sys.stderr if stream_name == "stderr" else sys.stdout
         try:
             stream.write(text)
         except UnicodeEncodeError:  # a lone surrogate, or a terminal that can't show it
             stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
-        if last is not None:
-            last[:] = [stream_name]
 
     return write
 
@@ -384,5 +527,5 @@ def flush_output() -> None:
 
 def notebook_output() -> Output:
     """The notebook's own output: the kernel's stdout/stderr and its display."""
-    last: list[str] = []
-    return Output(writer("stdout", last), writer("stderr", last), publish)
+    order = StreamOrder()
+    return Output(writer("stdout", order), writer("stderr", order), publish)

@@ -147,7 +147,7 @@ class App(Connection):
         self.send_json(200, {"reset": True})
 
     def _run(self, request: dict[str, Any], stream: bool) -> None:
-        run = CellRun(request, stream)
+        run = CellRun(request, stream, hold=self.runner.signals.hold)
         self.runner.enqueue(run)
         if not stream:
             run.done.wait()

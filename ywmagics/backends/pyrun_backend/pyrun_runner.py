@@ -8,6 +8,7 @@ and wait. So cells may use ``signal`` as in a script, and an interrupt is a SIGI
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import os
 import queue
@@ -23,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import traceback
     from collections.abc import Callable
+    from contextlib import AbstractContextManager
     from types import CodeType, FrameType, TracebackType
     from typing import Any, NoReturn
 
@@ -48,8 +50,16 @@ class CellRun:
     twenty times slower than in a kernel.
     """
 
-    def __init__(self, request: dict[str, Any], stream: bool) -> None:
+    def __init__(
+        self,
+        request: dict[str, Any],
+        stream: bool,
+        hold: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
         self.request = request
+        # Its sections under a lock, in the cell's thread, are held from interrupts (see
+        # Signals.hold): one raised inside would leave the lock held.
+        self._hold = hold
         self.run_id: str | None = request.get("runId")
         self.cancelled = False  # interrupted, or its client left, before it started
         self.events: queue.Queue[dict[str, Any]] | None = queue.Queue() if stream else None
@@ -64,7 +74,7 @@ class CellRun:
         self._answers: queue.Queue[dict[str, Any]] = queue.Queue()  # to input() (see ask)
 
     def write(self, stream: str, text: str) -> None:
-        with self._lock:
+        with self._hold(), self._lock:
             self._texts[stream].append(text)
             if self.events is None:
                 return
@@ -84,13 +94,13 @@ class CellRun:
             self.events.put({"stream": stream, "text": text})
 
     def flush_streams(self) -> None:
-        with self._lock:
+        with self._hold(), self._lock:
             for stream in ("stdout", "stderr"):
                 if self._pending[stream]:
                     self._emit(stream)
 
     def text(self, stream: str) -> str:
-        with self._lock:
+        with self._hold(), self._lock:
             return "".join(self._texts[stream])
 
     def ask(self, prompt: str, password: bool) -> str:
@@ -124,14 +134,15 @@ class CellRun:
 
     def add_display(self, bundle: dict[str, Any]) -> None:
         self.flush_streams()
-        with self._lock:
+        with self._hold(), self._lock:
             self.displays.append(bundle)
             if self.events is not None:
                 self.events.put({"display": bundle})
 
     def start(self) -> None:
         if self.events is not None:
-            self.events.put({"started": True})
+            with self._hold():
+                self.events.put({"started": True})
 
     def finish(
         self, captured: dict[str, Any] | None = None, exception: dict[str, Any] | None = None
@@ -413,7 +424,9 @@ class Runner:
         captured = {}
         for name in names:
             if name not in self.namespace:
-                raise NameError(f"capturedOut: {name!r} is not defined by the cell")
+                # Said as notebook users asked for it (the %%interpreter option); the wire's
+                # field name, capturedOut, is not theirs.
+                raise NameError(f"--out variable {name!r} is not defined by the cell")
             captured[name] = wire.encode(self.namespace[name], name)
         return captured
 

@@ -39,6 +39,14 @@ class Signals:
         self._interrupting = False  # the coming SIGINT comes from interrupt(), not a terminal
         self._insisted_at = 0.0  # when a signal was last sent again (time.monotonic)
         self._wakeup: Any = None
+        self._holding = 0  # depth of held sections in the main thread (see hold)
+        self._held = False  # an interrupt came in one: raised at its end
+
+    def hold(self) -> _Held:
+        """A section of the runner's own code in the cell's thread (its output, under a lock)
+        where an interrupt waits until the section ends: raised inside, it would leave the lock
+        held, and the cell's next print and the server's reader would wait on each other."""
+        return _Held(self)
 
     @property
     def busy(self) -> bool:
@@ -65,6 +73,9 @@ class Signals:
         if not ours and time.monotonic() - self._insisted_at < IGNORE_REPEATS_FOR:
             return  # a repeat sent by _insist for an interrupt that was heard meanwhile
         if self._busy:
+            if self._holding:
+                self._held = True
+                return
             raise KeyboardInterrupt
         if not ours:  # Ctrl-C in a terminal while no cell runs: stop the server
             self.on_sigterm(signum, frame)
@@ -133,3 +144,27 @@ class Signals:
 
         self._wakeup = (reader, writer)  # kept open for the life of the process
         threading.Thread(target=watch, name="signals", daemon=True).start()
+
+
+class _Held:
+    """One :meth:`Signals.hold` section; counted in the main thread only (others are not
+    interrupted, and must not race the count)."""
+
+    def __init__(self, signals: Signals) -> None:
+        self._signals = signals
+        self._counted = False
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == self._signals.main_thread:
+            self._signals._holding += 1
+            self._counted = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._counted:
+            return
+        signals = self._signals
+        signals._holding -= 1
+        if not signals._holding and signals._held:
+            signals._held = False
+            if signals.busy:
+                raise KeyboardInterrupt
