@@ -84,3 +84,9 @@ def test_importing_loads_neither_the_server_nor_the_notebook_stack() -> None:
 def test_the_orchestrator_never_loads_the_client_or_the_kernel_side() -> None:
     other_parts = ("ywmagics.client", "ywmagics.kernel", "IPython", "httpx")
     assert _loaded_by("import ywmagics.orchestrator.server", other_parts) == []
+
+
+def test_the_command_line_install_loads_no_notebook_stack() -> None:
+    # what 'ywmagics install' imports to show its progress as text
+    code = "import ywmagics.cli; from ywmagics.progress import TextProgress"
+    assert _loaded_by(code, ("ywmagics.kernel", "IPython", "ipywidgets")) == []

@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from ywmagics.kernel.progress import TextProgress  # text only: no IPython, no widgets
+    from ywmagics.progress import TextProgress  # text only: no IPython, no widgets
 
     request = commands.build_install_request(args.specs, args.config, args.partition)
     client = _client()
