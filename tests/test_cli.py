@@ -176,3 +176,9 @@ def test_a_second_ctrl_c_during_the_start_stops_at_once() -> None:
     with cli.QuietInterrupt(), pytest.raises(KeyboardInterrupt):
         _sigint()
         _sigint()
+
+
+def test_help_reads_as_plain_text() -> None:
+    from ywmagics.cli import build_parser
+
+    assert "``" not in build_parser().format_help()  # no reStructuredText markup in a terminal

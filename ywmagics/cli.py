@@ -354,7 +354,10 @@ def cmd_kernel_install(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ywmagics", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ywmagics",
+        description="Run the ywmagics orchestrator and manage its backends from a shell.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the orchestrator in the foreground")
