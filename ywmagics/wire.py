@@ -204,23 +204,9 @@ class _Encoder:
         return out
 
     def _dict(self, value: Mapping[Any, Any]) -> Any:
-        plain = TAG not in value and all(type(key) is str for key in value)
-        self._enter(value)
-        out: dict[str, Any] = {}
-        pairs: list[list[Any]] = []
-        try:
-            for key, item in value.items():
-                try:
-                    if plain:
-                        out[key] = self.encode(item)
-                    else:
-                        pairs.append([self.encode(key), self.encode(item)])
-                except _Unsupported as exc:
-                    exc.path.append(f"[{key!r}]")
-                    raise
-        finally:
-            self._active.discard(id(value))
-        return out if plain else {TAG: "dict", "items": pairs}
+        if TAG not in value and all(type(key) is str for key in value):
+            return dict(self._entries(value, encode_keys=False))
+        return {TAG: "dict", "items": self._pairs(value)}
 
     def _tagged_items(self, tag: str, value: Iterable[Any]) -> dict[str, Any]:
         return {TAG: tag, "items": self._items(value, value)}
@@ -312,18 +298,23 @@ class _Encoder:
         return {TAG: "deque", "maxlen": value.maxlen, "items": self._items(value, value)}
 
     def _pairs(self, value: Mapping[Any, Any]) -> list[Any]:
+        return [list(pair) for pair in self._entries(value, encode_keys=True)]
+
+    def _entries(self, value: Mapping[Any, Any], encode_keys: bool) -> list[tuple[Any, Any]]:
+        """``(key, item)`` of a mapping, each encoded (the key only if ``encode_keys``); an
+        error names the key it came from."""
         self._enter(value)
-        pairs: list[Any] = []
+        entries: list[tuple[Any, Any]] = []
         try:
             for key, item in value.items():
                 try:
-                    pairs.append([self.encode(key), self.encode(item)])
+                    entries.append((self.encode(key) if encode_keys else key, self.encode(item)))
                 except _Unsupported as exc:
                     exc.path.append(f"[{key!r}]")
                     raise
         finally:
             self._active.discard(id(value))
-        return pairs
+        return entries
 
     # numpy -----------------------------------------------------------------------------------
 

@@ -467,12 +467,9 @@ class StreamOrder:
 
     def switch_to(self, stream_name: str) -> None:
         if self.last and self.last != stream_name and self.exact:
-            if self._allowed():
-                _flush(self.last)
-            else:
+            _flush(self.last)
+            if not self._allowed():
                 self.exact = False
-                _flush(self.last)
-                _flush("stderr")
                 sys.stderr.write(APPROXIMATE_ORDER)
                 _flush("stderr")
         self.last = stream_name

@@ -42,7 +42,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     # the orchestrator's own Unix socket, which TCP backends in private networks call it on
     unix_socket: Path | None = None
-    # each instance's own data folder is under it ({data}); by default next to the environments
+    # each instance's own data folder is under it ({data}); by default next to the logs
     instances_data_dir: Path | None = None
 
 
@@ -61,7 +61,7 @@ class Orchestrator:
             self.bus.publish,
             settings.supervisor,
             settings.unix_socket,
-            settings.instances_data_dir or settings.environments_dir.parent / "instance-data",
+            settings.instances_data_dir,
         )
         self.owners = PartitionOwners()
         self._watching_owners: asyncio.Future[None] | None = None

@@ -163,7 +163,7 @@ class Supervisor:
         emit: Emit,
         settings: SupervisorSettings | None = None,
         orchestrator_socket: Path | None = None,
-        data_dir: Path | None = None,
+        data_dir: Path | None = None,  # instances' own folders: next to the logs by default
     ) -> None:
         self.installer = installer
         self.sockets_dir = sockets_dir
