@@ -33,6 +33,7 @@ from ywmagics.kernel import (
     RemoteExecutionError,
     RunnerExited,
     YwMagics,
+    _ipython,
     kernel_partition,
 )
 from ywmagics.kernel.progress import TextProgress, Tracker, WidgetProgress, make_progress
@@ -656,7 +657,10 @@ def test_load_ext_with_an_unusable_runtime_folder_says_what_to_set(tmp_path: Pat
 
 @slow
 def test_docs_opens_the_home_page_else_docs_else_the_root(
-    magics: YwMagics, shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+    magics: YwMagics,
+    shell: InteractiveShell,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_line(shell, "%backends install data_keeper as keeper --partition Home")
     run_line(shell, "%backends install node_unix as named --partition Home")
@@ -665,4 +669,9 @@ def test_docs_opens_the_home_page_else_docs_else_the_root(
     assert "/backends/data_keeper/1.0.0/?" in capsys.readouterr().out
     run_line(shell, "%backends docs named")  # the manifest's home
     assert "/backends/node_unix/1.0.0/welcome?" in capsys.readouterr().out
+    # A path is text in the link's markup, never markup of its own.
+    shown: list[dict[str, str]] = []
+    monkeypatch.setattr(_ipython, "publish", lambda bundle, *rest: shown.append(bundle))
+    run_line(shell, '%backends docs named "/a?x=1&y=<b>"')
+    assert "&amp;y=&lt;b&gt;" in shown[0]["text/html"] and "<b>" not in shown[0]["text/html"]
     run_line(shell, "%backends stop --partition Home")

@@ -75,7 +75,12 @@ def test_the_digest_follows_the_backends_files(tmp_path: Path) -> None:
         ("[build.python]\nhelp = 3", "'help' a string"),
         ("[build.python]\ndefualt = ''", "must be a table with 'default' and 'help'"),
         ("[env]\nA = '{nope}'", "unknown placeholder {nope}"),
-        ("home = 'docs'", "'home' must be a path starting with '/'"),
+        ("home = 'docs'", "'home' must be a path of the backend"),
+        ("home = '//evil.example/'", "'home' must be a path of the backend"),
+        ("home = '/a//b'", "'home' must be a path of the backend"),
+        ("home = '/\\\\evil'", "'home' must be a path of the backend"),
+        ("home = '/x\"><img src=x onerror=alert(1)>'", "'home' must be a path of the backend"),
+        ("home = '/ui page'", "'home' must be a path of the backend"),
         # install steps run before any instance: no data folder, socket or port yet
         ("install = [['cp', 'x', '{data}/x']]", "unknown placeholder {data}"),
         ("install = [['echo', '{port}']]", "unknown placeholder {port}"),
@@ -135,3 +140,8 @@ def test_placeholders_expand_inside_longer_strings_and_data_is_known_at_start(
     manifest = load_manifest(_write(tmp_path, text + 'home = "/ui"\n[env]\nDATA = "{data}/x"\n'))
     assert manifest.home == "/ui"
     assert expand(manifest.start[1], {"data": "/d"}) == "--db=/d/db.sqlite"
+
+
+@pytest.mark.parametrize("home", ["/", "/ui/", "/docs?tab=2#top", "/-/versions.json", "/%7Euser/"])
+def test_a_home_page_is_any_path_of_the_backend(tmp_path: Path, home: str) -> None:
+    assert load_manifest(_write(tmp_path, MINIMAL + f"home = {home!r}\n")).home == home

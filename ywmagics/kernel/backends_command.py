@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import os
 import re
 import sys
@@ -336,8 +337,9 @@ class BackendsCommand:
         _ipython.publish(
             {
                 "text/plain": url,
-                "text/html": f'<a href="{url}" target="_blank" rel="noopener">'
-                f"{client.name} {client.version}: {path}</a>",
+                # The path may come from a manifest: text in the notebook, never markup.
+                "text/html": f'<a href="{html.escape(url)}" target="_blank" rel="noopener">'
+                f"{html.escape(f'{client.name} {client.version}: {path}')}</a>",
             }
         )
 

@@ -6,6 +6,7 @@ See ``docs/backends.md`` for the reference a backend author reads.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from dataclasses import dataclass, field
 from enum import Enum
@@ -106,6 +107,10 @@ def expand(template: str, values: dict[str, str]) -> str:
     except ValueError as error:
         raise ManifestError(f"bad placeholder in {template!r}: {error}") from None
 
+
+# A path of the backend (a query and fragment allowed), in URL characters only: it is linked to
+# from the notebook's output.
+_HOME_PAGE = re.compile(r"/(?!/)(?:[A-Za-z0-9._~!$&'()*+,;=:@%?#-]|/(?!/))*")
 
 _KEYS = {
     "name",
@@ -212,8 +217,11 @@ def load_manifest(path: Path) -> Manifest:
     if not readiness.startswith("/"):
         raise read.fail(f"'readiness' must be a path starting with '/', got {readiness!r}")
     home = read.string("home", "")
-    if home and not home.startswith("/"):
-        raise read.fail(f"'home' must be a path starting with '/', got {home!r}")
+    if home and not _HOME_PAGE.fullmatch(home):
+        raise read.fail(
+            f"'home' must be a path of the backend, e.g. '/ui/', got {home!r}",
+            hint="one '/' first, no '//' or '\\', and only the characters of a URL",
+        )
     ready_timeout = data.get("ready_timeout", 30)
     if isinstance(ready_timeout, bool) or not isinstance(ready_timeout, (int, float)):
         raise read.fail(f"'ready_timeout' must be a number of seconds, got {ready_timeout!r}")

@@ -368,8 +368,7 @@ class Orchestrator:
         await asyncio.gather(*(self.supervisor.stop(i) for i in chosen))
         if not keep_data:
             for instance in chosen:
-                if self.supervisor.instances.get(instance.key) is None:  # not started again
-                    await asyncio.to_thread(self.supervisor.remove_data, instance)
+                await self.supervisor.remove_data(instance)
         return [
             {"partition": i.partition, "name": i.manifest.name, "version": i.manifest.version}
             for i in chosen
@@ -410,7 +409,7 @@ class Orchestrator:
         for instance in self.supervisor.matching(name=parsed.name):
             if instance.manifest.version in versions:
                 await self.supervisor.stop(instance)
-                await asyncio.to_thread(self.supervisor.remove_data, instance)
+                await self.supervisor.remove_data(instance)
                 stopped.append(instance.partition)
         for environment in environments:
             await asyncio.to_thread(self.installer.remove, environment)

@@ -553,12 +553,13 @@ class Supervisor:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    @staticmethod
-    def remove_data(instance: Instance) -> None:
-        """Delete the instance's data folder (blocking), and its partition's folder once empty."""
-        shutil.rmtree(instance.data_path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            instance.data_path.parent.rmdir()
+    async def remove_data(self, instance: Instance) -> None:
+        """Delete a stopped instance's data folder, and its partition's folder once empty;
+        under its key's lock, and only if no instance of its key was started again meanwhile
+        (that one's folder is the same)."""
+        async with self._key_locks.setdefault(instance.key, asyncio.Lock()):
+            if self.instances.get(instance.key) is None:
+                await asyncio.to_thread(_remove_folder_and_empty_parent, instance.data_path)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(i) for i in list(self.instances.values())))
@@ -568,3 +569,9 @@ class Supervisor:
         instance: Instance, kind: EventKind, text: str, progress: float | None = None
     ) -> Event:
         return event_of(kind, instance.manifest, instance.partition, text, progress)
+
+
+def _remove_folder_and_empty_parent(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
