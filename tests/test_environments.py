@@ -1,14 +1,16 @@
-"""Building environments for real: uv, the venv + pip fallback, interrupted builds, bytecode."""
+"""Building environments for real: uv, the venv + pip fallback, interrupted builds, failed
+builds, bytecode (compiled once the backend runs, not before)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ywmagics.errors import ConfigurationError
+from ywmagics.errors import ConfigurationError, InstallError
 from ywmagics.orchestrator.environments import META_FILE, Installer
 from ywmagics.orchestrator.interpreters import find_python
 from ywmagics.orchestrator.manifest import load_manifest
@@ -22,15 +24,37 @@ def _quiet(text: str, progress: float | None) -> None:
 
 
 @pytest.mark.slow
-def test_uv_build_compiles_the_backend_and_is_complete(tmp_path: Path) -> None:
+def test_uv_build_is_complete_and_compiled_once_the_backend_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UV_COMPILE_BYTECODE", "1")  # a user's uv setting: not for this build
+    # The backend as a checkout may hold it: with caches of tools, which are not the backend.
+    backend = tmp_path / "pyrun_backend"
+    shutil.copytree(PYRUN.parent, backend, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    for cache in (".mypy_cache", ".ruff_cache", ".git"):
+        (backend / cache).mkdir()
+        (backend / cache / "big").write_bytes(b"x" * 1000)
     installer = Installer(tmp_path / "envs", tmp_path / "logs")
-    manifest = load_manifest(PYRUN)
-    plan = installer.plan(manifest, manifest.build_config({"python": "3.10"}))
-    environment, built = installer.build(plan, _quiet)
+    manifest = load_manifest(backend / "ywbackend.toml")
+    plan = installer.plan(manifest, manifest.build_config({"python": "3.10", "modules": "six"}))
+    steps: list[str] = []
+    environment, built = installer.build(plan, lambda text, progress: steps.append(text))
     assert built and environment.python_version and environment.python_version.startswith("3.10")
     assert (environment.path / META_FILE).exists()
-    # The runner starts from bytecode even where PYTHONDONTWRITEBYTECODE is set, and its
-    # bytecode names the files where they are now, not the temporary build folder.
+    assert not any(
+        (environment.app / cache).exists() for cache in (".mypy_cache", ".ruff_cache", ".git")
+    )
+    # The modules shared with the kernel side are there, as they are in ywmagics.
+    package = Path(__file__).parents[1] / "ywmagics"
+    for name, source in (("ywmagics_wire.py", "wire.py"), ("ywmagics_bulk.py", "bulk.py")):
+        assert (environment.app / name).read_bytes() == (package / source).read_bytes()
+    # No bytecode is compiled before the backend can start (it would delay its first answer)...
+    assert not any("compil" in step for step in steps)
+    assert not list(environment.path.rglob("*.pyc"))
+    # ...but once it runs: then the runner starts from bytecode even where
+    # PYTHONDONTWRITEBYTECODE is set, and its bytecode names the files where they are.
+    installer.compile_environment(environment)
+    assert (environment.path / ".compiled").exists()
     compiled = list((environment.app / "__pycache__").glob("pyrun_runner.*.pyc"))
     assert compiled
     filename = subprocess.run(
@@ -45,12 +69,22 @@ def test_uv_build_compiles_the_backend_and_is_complete(tmp_path: Path) -> None:
         check=True,
     ).stdout.strip()
     assert filename == str(environment.app / "pyrun_runner.py")
-    assert (environment.app / "ywmagics_wire.py").read_bytes() == (
-        Path(__file__).parents[1] / "ywmagics" / "wire.py"
-    ).read_bytes()
     # Asked again, it is found, not built.
     again, built_again = installer.build(plan, _quiet)
     assert again.path == environment.path and not built_again
+
+
+@pytest.mark.slow
+def test_a_module_that_cannot_be_installed_fails_the_build_clearly(tmp_path: Path) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    manifest = load_manifest(PYRUN)
+    missing = "ywmagics-no-such-distribution-anywhere"
+    config = manifest.build_config({"python": "3.10", "modules": missing})
+    plan = installer.plan(manifest, config)
+    with pytest.raises(InstallError, match=f"failed: installing {missing}") as raised:
+        installer.build(plan, _quiet)
+    assert missing in raised.value.log_tail and "install log" in raised.value.hint
+    assert installer.find(plan) is None and not installer.final_path(plan).exists()
 
 
 @pytest.mark.slow

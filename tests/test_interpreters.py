@@ -1,8 +1,10 @@
-"""Finding Pythons as users' machines have them: PATH, pyenv's versions, never pyenv's shims."""
+"""Finding Pythons as users' machines have them: PATH, pyenv's versions, never pyenv's shims;
+programs before scripts (another tool's shims), which are only run when nothing else is found."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,12 +23,13 @@ from .conftest import no_python_reason, python_of, python_or_skip
 
 OURS = ".".join(map(str, sys.version_info[:3]))
 SHORT = ".".join(map(str, sys.version_info[:2]))
+TOUCH = shutil.which("touch")  # by its path: a test's PATH may have no folder that holds it
 
 
 def _tripwire(path: Path, marker: Path) -> None:
     """A program that must never be run (it leaves ``marker`` if it is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    path.write_text(f"#!/bin/sh\n{TOUCH} {marker}\nexit 1\n")
     path.chmod(0o755)
 
 
@@ -99,6 +102,80 @@ def test_a_missing_python_says_where_it_was_looked_for(machine: Path) -> None:
     assert str(machine / "pyenv" / "versions") in reason and "uv python install 3.99" in reason
     with pytest.raises(pytest.skip.Exception, match=r"needs Python 3\.99: none found"):
         python_or_skip("3.99")
+
+
+def _pyenv_shim(path: Path, root: Path, marker: Path) -> None:
+    """A shim as ``pyenv rehash`` writes it (it leaves ``marker`` if it is run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '#!/usr/bin/env bash\nset -e\n[ -n "$PYENV_DEBUG" ] && set -x\n\n'
+        f'program="${{0##*/}}"\n\nexport PYENV_ROOT="{root}"\n{TOUCH} {marker}\n'
+        f'exec "{root}/libexec/pyenv" exec "$program" "$@"\n'
+    )
+    path.chmod(0o755)
+
+
+def test_a_pyenv_shim_is_never_run_but_its_root_is_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PYENV_ROOT names no pyenv (unset, or another one): the shim on PATH names its own root.
+    root = tmp_path / "elsewhere" / "pyenv"
+    version_bin = root / "versions" / OURS / "bin"
+    version_bin.mkdir(parents=True)
+    (version_bin / f"python{SHORT}").symlink_to(sys.executable)
+    _pyenv_shim(tmp_path / "shims" / f"python{SHORT}", root, tmp_path / "shim-ran")
+    _pyenv_shim(tmp_path / "shims" / "python3.99", root, tmp_path / "shim-ran")
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setenv("PATH", str(tmp_path / "shims"))
+    found = find_python(SHORT)
+    assert found.path == Path(os.path.realpath(version_bin / f"python{SHORT}"))
+    assert found.version == OURS
+    assert [i.version for i in available_interpreters()] == [OURS]
+    with pytest.raises(ConfigurationError, match=r"no Python 3\.99 found"):
+        find_python("3.99")
+    assert not (tmp_path / "shim-ran").exists()
+
+
+def test_a_program_is_found_before_a_script_that_comes_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another version manager's shim (asdf's, say) may take a second to fail: it is run only
+    # when no program is found, even when it comes first on PATH.
+    _tripwire(tmp_path / "asdf" / f"python{SHORT}", tmp_path / "script-ran")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / f"python{SHORT}").symlink_to(sys.executable)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "asdf"), str(tmp_path / "bin")]))
+    found = find_python(SHORT)
+    assert found.path == Path(os.path.realpath(sys.executable)) and found.version == OURS
+    assert not (tmp_path / "script-ran").exists()
+
+
+def test_a_script_on_path_is_still_used_when_nothing_else_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrapper script (as some distributions ship) is how this machine has that Python.
+    wrapper = tmp_path / "wrappers" / f"python{SHORT}"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setenv("PATH", str(wrapper.parent))
+    monkeypatch.setattr(interpreters, "_uv_managed", lambda request: [])
+    assert find_python(SHORT) == Interpreter(wrapper, OURS)
+
+
+def test_pyenv_versions_are_tried_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As strings, 3.9 sorts after 3.10; a build that is no plain version comes after the others.
+    versions = tmp_path / "pyenv" / "versions"
+    for name in ("3.9.18", "3.10.13", "3.13.0t", "3.13.0", "pypy3.10-7.3.15"):
+        (versions / name).mkdir(parents=True)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    assert [p.name for p in interpreters._pyenv_versions()] == [
+        "3.13.0", "3.10.13", "3.9.18", "3.13.0t", "pypy3.10-7.3.15",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("request_", ["3.x", "snake", "3.10.1.2"])

@@ -145,3 +145,17 @@ def test_placeholders_expand_inside_longer_strings_and_data_is_known_at_start(
 @pytest.mark.parametrize("home", ["/", "/ui/", "/docs?tab=2#top", "/-/versions.json", "/%7Euser/"])
 def test_a_home_page_is_any_path_of_the_backend(tmp_path: Path, home: str) -> None:
     assert load_manifest(_write(tmp_path, MINIMAL + f"home = {home!r}\n")).home == home
+
+
+def test_tool_caches_in_a_backend_folder_are_not_the_backend(tmp_path: Path) -> None:
+    from ywmagics.orchestrator.manifest import _folder_digest, folder_signature
+
+    (tmp_path / "app.py").write_text("print('hi')\n")
+    before = folder_signature(tmp_path), _folder_digest(tmp_path)
+    for cache in (".mypy_cache", ".ruff_cache", "__pycache__", "node_modules", ".git"):
+        (tmp_path / cache / "deep").mkdir(parents=True)
+        (tmp_path / cache / "deep" / "entry").write_text("rewritten by a tool")
+    # A mypy run in the folder must not make the backend look edited (it would be rebuilt).
+    assert (folder_signature(tmp_path), _folder_digest(tmp_path)) == before
+    (tmp_path / "app.py").write_text("print('edited')\n")
+    assert _folder_digest(tmp_path) != before[1]

@@ -19,21 +19,34 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import filelock
 
 from ywmagics.errors import InstallError
 from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
-from ywmagics.orchestrator.manifest import Manifest, Runtime, expand
+from ywmagics.orchestrator.manifest import NOT_THE_BACKEND, Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import RunningSteps, run_logged
 from ywmagics.orchestrator.requirements import parse_requirements
 
 META_FILE = "ywmeta.json"
-WIRE_MODULE = "ywmagics_wire.py"
-# The stdlib-only value codec, copied verbatim into every Python backend: one source of truth.
-WIRE_SOURCE = Path(__file__).parents[1] / "wire.py"
+_PACKAGE = Path(__file__).parents[1]
+# The stdlib-only modules that the kernel side and the python runner share, copied verbatim into
+# every Python backend's app folder (their name there: their source): one source of truth.
+SHARED_MODULES = {
+    "ywmagics_wire.py": _PACKAGE / "wire.py",  # the value codec
+    "ywmagics_bulk.py": _PACKAGE / "bulk.py",  # how bulk buffers travel: shared memory, frames
+}
 Report = Callable[[str, "float | None"], None]
+
+
+class _Step(Protocol):
+    """Runs one build step, reported as ``text`` at ``progress``; raises InstallError if it
+    fails."""
+
+    def __call__(
+        self, argv: list[str], text: str, progress: float, env: dict[str, str] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -148,9 +161,7 @@ class Installer:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"# install of {manifest.name} {manifest.version} at {time.ctime()}\n")
         shutil.copytree(
-            manifest.folder,
-            folder / "app",
-            ignore=shutil.ignore_patterns("__pycache__", "node_modules", ".git"),
+            manifest.folder, folder / "app", ignore=shutil.ignore_patterns(*NOT_THE_BACKEND)
         )
 
         def step(
@@ -175,74 +186,7 @@ class Installer:
 
         interpreter = plan.interpreter
         if manifest.runtime is Runtime.PYTHON:
-            assert interpreter is not None
-            shutil.copyfile(WIRE_SOURCE, folder / "app" / WIRE_MODULE)
-            venv = folder / "venv"
-            python = str(venv / "bin" / "python")
-            uv_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-            uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
-            creating = f"creating a Python {interpreter.version} environment"
-            if self.uv:
-                step(
-                    [
-                        self.uv,
-                        "venv",
-                        "--no-config",
-                        "--quiet",
-                        "--relocatable",
-                        "--python",
-                        str(interpreter.path),
-                        str(venv),
-                    ],
-                    creating + " (uv)",
-                    0.1,
-                    uv_env,
-                )
-            else:
-                step([str(interpreter.path), "-m", "venv", str(venv)], creating + " (venv)", 0.1)
-
-            def install(requirements: tuple[str, ...], progress: float) -> None:
-                text = f"installing {' '.join(requirements)}"
-                if self.uv:
-                    step(
-                        [
-                            self.uv,
-                            "pip",
-                            "install",
-                            "--no-config",
-                            "--python",
-                            python,
-                            *requirements,
-                        ],
-                        text,
-                        progress,
-                        uv_env,
-                    )
-                else:
-                    step(
-                        [
-                            python,
-                            "-m",
-                            "pip",
-                            "install",
-                            "--disable-pip-version-check",
-                            *requirements,
-                        ],
-                        text,
-                        progress,
-                    )
-
-            if manifest.requirements:
-                install(manifest.requirements, 0.3)
-            # The backend's own code and requirements are what it imports to start: compile
-            # them now. The user's extra modules are compiled in the background later.
-            step(
-                [python, "-m", "compileall", "-q", str(folder)],
-                "compiling bytecode",
-                0.5,
-            )
-            if plan.modules:
-                install(plan.modules, 0.6)
+            self._build_python(plan, folder, log, step)
         for index, argv in enumerate(manifest.install):
             placeholders = self.placeholders(plan, folder)
             step(
@@ -265,6 +209,46 @@ class Installer:
         meta.write_text(json.dumps(environment.to_dict(), indent=2))
         os.rename(meta, folder / META_FILE)
         return environment
+
+    def _build_python(self, plan: Plan, folder: Path, log: Path, step: _Step) -> None:
+        """The virtual environment of a Python backend, with its requirements and modules, and
+        the modules it shares with the kernel side next to its code."""
+        interpreter = plan.interpreter
+        assert interpreter is not None
+        app = folder / "app"
+        for name, source in SHARED_MODULES.items():
+            shutil.copyfile(source, app / name)
+        venv = folder / "venv"
+        python = str(venv / "bin" / "python")
+        # Not the user's VIRTUAL_ENV, nor their UV_COMPILE_BYTECODE (their uv.toml is ignored
+        # too, --no-config): the bytecode is compiled later, where it delays nothing.
+        uv_env = {
+            k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_COMPILE_BYTECODE")
+        }
+        uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
+
+        def install(requirements: tuple[str, ...], progress: float) -> None:
+            text = f"installing {' '.join(requirements)}"
+            if self.uv:
+                argv = [self.uv, "pip", "install", "--no-config", "--python", python]
+                step([*argv, *requirements], text, progress, uv_env)
+            else:
+                argv = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+                step([*argv, *requirements], text, progress)
+
+        creating = f"creating a Python {interpreter.version} environment"
+        if self.uv:
+            argv = [self.uv, "venv", "--no-config", "--quiet", "--relocatable", "--python"]
+            step([*argv, str(interpreter.path), str(venv)], creating + " (uv)", 0.1, uv_env)
+        else:
+            step([str(interpreter.path), "-m", "venv", str(venv)], creating + " (venv)", 0.1)
+        if plan.manifest.requirements:
+            install(plan.manifest.requirements, 0.3)
+        # No bytecode is compiled here, where it would delay the first answer (a process, and a
+        # walk of the environment): the backend's first start writes the bytecode of what it
+        # imports (its environment lets it), and compile_environment the rest once it runs.
+        if plan.modules:
+            install(plan.modules, 0.6)
 
     def placeholders(self, plan: Plan, folder: Path) -> dict[str, str]:
         values = {

@@ -1,9 +1,11 @@
 """Finding a Python interpreter the way users' machines have them.
 
-``build.python`` accepts ``3.10``, ``python3.10``, ``3.10.13`` or a path. We look on ``PATH``, in
-pyenv's versions folder and among uv's managed interpreters, and run each candidate to be sure it
-works: pyenv's shims sit on ``PATH`` but fail for a version that is not active, which is also why we
-hand uv an interpreter path rather than a version to look up itself.
+``build.python`` accepts ``3.10``, ``python3.10``, ``3.10.13`` or a path. We look for programs on
+``PATH`` and in pyenv's versions folder, then among uv's managed interpreters, and last at scripts
+on ``PATH``; each candidate is run to be sure it works. Scripts come last because a version
+manager's shim is one: pyenv's takes 0.1-1 s to fail for a version that is not active (which is
+also why we hand uv an interpreter path rather than a version to look up itself). A pyenv shim is
+never run: it names its pyenv's root, whose versions folder holds the interpreters it would run.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -27,6 +29,8 @@ from ywmagics.paths import changeable_by_others
 _VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
 _INTERPRETER_NAME = re.compile(r"^python3\.\d+$")  # not python3.11-config, python3.11-gdb.py
 _PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.executable)"
+# The line of a pyenv shim that names its root (``pyenv init`` writes it into every shim).
+_PYENV_SHIM_ROOT = re.compile(rb'^export PYENV_ROOT="([^"\n]+)"$', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,9 @@ class Interpreter:
 @functools.lru_cache(maxsize=256)
 def probe(path: str) -> Interpreter | None:
     """Run ``path`` to learn its version; ``None`` when it is not a working Python."""
-    try:
+    try:  # -S: without site, a probe takes half the time (site is most of a start)
         done = subprocess.run(
-            [path, "-c", _PROBE], capture_output=True, text=True, timeout=20, check=False
+            [path, "-S", "-c", _PROBE], capture_output=True, text=True, timeout=20, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,7 +69,7 @@ def _not_an_interpreter(path: Path) -> str | None:
             start = file.read(4)
     except OSError as error:
         return error.strerror or str(error)
-    if not start.startswith(_PROGRAM_MAGIC):
+    if not _is_program(start):
         return (
             "it is a script (a pyenv shim, say), not a program"
             if start[:2] == b"#!"
@@ -80,23 +84,99 @@ def _pyenv_root() -> Path:
     return Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
 
 
-def _path_folders() -> list[Path]:
-    """The folders of PATH, without pyenv's shims: a shim runs pyenv (about 0.1 s) and fails for
-    a version that is not active, while its interpreters are found in pyenv's versions folder."""
+def _is_program(start: bytes | None) -> bool:
+    return start is not None and start.startswith(_PROGRAM_MAGIC)
+
+
+def _start_of(path: Path, size: int = 4) -> bytes | None:
+    try:
+        with path.open("rb") as file:  # follows links: a venv's python is one to a program
+            return file.read(size)
+    except OSError:
+        return None
+
+
+def _pyenv_shim_root(path: Path) -> Path | None:
+    """The root of the pyenv whose shim ``path`` is, or ``None`` when it is not one."""
+    start = _start_of(path, 1024)
+    if start is None or not start.startswith(b"#!") or b"pyenv" not in start:
+        return None
+    found = _PYENV_SHIM_ROOT.search(start)
+    return Path(os.fsdecode(found.group(1))) if found else None
+
+
+@dataclass
+class _OnPath:
+    """The interpreters PATH offers, sorted by what running them costs: programs (a few ms);
+    scripts (another tool's shims or wrappers: a shim may take a second to fail for a version
+    its tool has not made active); and pyenv shims, never run: the roots they name."""
+
+    programs: list[Path] = field(default_factory=list)
+    scripts: list[Path] = field(default_factory=list)
+    pyenv_roots: list[Path] = field(default_factory=list)
+
+    def pyenv_root(self, root: Path) -> None:
+        if root not in self.pyenv_roots:
+            self.pyenv_roots.append(root)
+
+
+def _on_path(names: Callable[[Path], Iterable[Path]]) -> _OnPath:
+    """The files ``names(folder)`` gives for the folders of PATH, sorted by kind (reading their
+    first bytes, never running them), each kind in PATH's order."""
+    found = _OnPath()
     root = _pyenv_root()
-    folders = []
     for entry in os.environ.get("PATH", "").split(os.pathsep):
         folder = Path(entry)
-        if entry and not (folder.name == "shims" and folder.is_relative_to(root)):
-            folders.append(folder)
-    return folders
+        if not entry:
+            continue
+        if folder.name == "shims" and folder.is_relative_to(root):  # PYENV_ROOT's: all shims
+            found.pyenv_root(root)
+            continue
+        for candidate in names(folder):
+            if _is_program(_start_of(candidate)):
+                found.programs.append(candidate)
+            elif (shim_root := _pyenv_shim_root(candidate)) is not None:
+                found.pyenv_root(shim_root)
+            else:
+                found.scripts.append(candidate)
+    return found
 
 
-def _pyenv_versions() -> list[Path]:
-    root = _pyenv_root() / "versions"
-    if not root.is_dir():
+def _named(name: str) -> Callable[[Path], Iterable[Path]]:
+    return lambda folder: [folder / name] if (folder / name).is_file() else []
+
+
+def _interpreter_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` named ``python3.X`` (not python3.11-config, python3.11-gdb.py)."""
+    try:
+        names = sorted(p for p in folder.iterdir() if _INTERPRETER_NAME.match(p.name))
+    except OSError:  # a PATH entry that is no folder, or one we may not read
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+    return [path for path in names if path.is_file()]
+
+
+def _pyenv_versions(shim_roots: Iterable[Path] = ()) -> list[Path]:
+    """The version folders of pyenv (PYENV_ROOT's, then those of the shims on PATH), the newest
+    of each root first."""
+    roots = [_pyenv_root()]
+    roots += [root for root in shim_roots if root not in roots]
+    found = []
+    for root in roots:
+        versions = root / "versions"
+        if versions.is_dir():
+            folders = {p.name: p for p in versions.iterdir() if p.is_dir()}
+            numbered = [name for name in by_version(folders) if _is_version(name)]
+            others = sorted(name for name in folders if not _is_version(name))  # 3.13.0t, pypy
+            found += [folders[name] for name in [*reversed(numbered), *others]]
+    return found
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def _uv_managed(request: str) -> list[Path]:
@@ -130,14 +210,10 @@ def uv_binary() -> str | None:
         return shutil.which("uv")
 
 
-def _candidates(request: str) -> Iterator[Path]:
-    """Interpreters that may be ``request``: on PATH, then in pyenv's versions folder."""
+def _in_pyenv(request: str, shim_roots: Iterable[Path]) -> Iterator[Path]:
+    """The interpreters of pyenv's versions that may be ``request``, the newest first."""
     short = ".".join(request.split(".")[:2])
-    for folder in _path_folders():
-        candidate = folder / f"python{short}"
-        if candidate.exists():
-            yield candidate
-    for version_dir in _pyenv_versions():
+    for version_dir in _pyenv_versions(shim_roots):
         if version_dir.name == request or version_dir.name.startswith(request + "."):
             for name in (f"python{short}", "python3", "python"):
                 candidate = version_dir / "bin" / name
@@ -192,8 +268,16 @@ def find_python(request: str) -> Interpreter:
             hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
         )
     wanted = match.group(1)
-    # PATH and pyenv first, uv's managed Pythons only when they have none (it costs a process).
-    for candidates in (lambda: _candidates(wanted), lambda: _uv_managed(wanted)):
+    on_path = _on_path(_named(f"python{'.'.join(wanted.split('.')[:2])}"))
+    # Cheapest first, each group probed in parallel: programs on PATH and in pyenv (PATH's
+    # first), uv's managed Pythons only when they have none (asking costs a process), scripts
+    # last (a shim of another tool may be slow to fail).
+    groups: tuple[Callable[[], Iterable[Path]], ...] = (
+        lambda: [*on_path.programs, *_in_pyenv(wanted, on_path.pyenv_roots)],
+        lambda: _uv_managed(wanted),
+        lambda: on_path.scripts,
+    )
+    for candidates in groups:
         for found in _probe_all(candidates()):
             if found.version == wanted or found.version.startswith(wanted + "."):
                 return found
@@ -224,10 +308,10 @@ def places_searched() -> str:
 
 def available_interpreters() -> list[Interpreter]:
     """Every working Python found on PATH and in pyenv's folder, for error messages."""
-    candidates: list[Path] = []
-    for folder in [*_path_folders(), *(v / "bin" for v in _pyenv_versions())]:
-        if folder.is_dir():
-            candidates += sorted(p for p in folder.iterdir() if _INTERPRETER_NAME.match(p.name))
+    on_path = _on_path(_interpreter_files)
+    candidates = [*on_path.programs, *on_path.scripts]
+    for version_dir in _pyenv_versions(on_path.pyenv_roots):
+        candidates += _interpreter_files(version_dir / "bin")
     seen: dict[str, Interpreter] = {}
     for found in _probe_all(candidates):
         seen.setdefault(found.version, found)

@@ -266,12 +266,17 @@ def load_manifest(path: Path) -> Manifest:
     )
 
 
+# What a backend's folder may hold that is not the backend: never part of its fingerprint, never
+# copied into an environment (a tool's cache rewritten would otherwise force a rebuild).
+NOT_THE_BACKEND = ("__pycache__", "node_modules", ".git", ".mypy_cache", ".ruff_cache")
+
+
 def _backend_files(folder: Path) -> list[Path]:
     """The files that make a backend (not caches or installed dependencies), in order."""
     return sorted(
         file
         for file in folder.rglob("*")
-        if file.is_file() and "__pycache__" not in file.parts and "node_modules" not in file.parts
+        if file.is_file() and not set(file.relative_to(folder).parts) & set(NOT_THE_BACKEND)
     )
 
 

@@ -145,6 +145,19 @@ def _replacement_reason(old: Environment, new: Environment) -> str:
     return "replacing the running instance: its environment was rebuilt (the backend changed)"
 
 
+# Readiness is asked for every POLL_FIRST seconds at first, then POLL_GROWTH of the time waited
+# later (so a start is noticed at most 5 % late), and at most every POLL_MAX seconds: a backend
+# ready in 40 ms is seen within 4 ms, one that takes a minute costs ten looks a second.
+POLL_FIRST = 0.002
+POLL_GROWTH = 0.05
+POLL_MAX = 0.1
+
+
+def _next_poll(waited: float) -> float:
+    """Seconds until readiness is asked for again, after ``waited`` seconds of a start."""
+    return min(POLL_FIRST + POLL_GROWTH * waited, POLL_MAX)
+
+
 def _free_port() -> int:
     # Only for manifests that insist on TCP: the backend binds it itself, so a short race remains;
     # Unix sockets (the default) have none.
@@ -399,7 +412,9 @@ class Supervisor:
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
         instance.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await asyncio.to_thread(private_network_available)  # learnt once, off the loop
+        if manifest.listen is not Listen.UNIX and manifest.network is Network.PRIVATE:
+            # Learnt once (a process), off the loop; a Unix socket needs no network of its own.
+            await asyncio.to_thread(private_network_available)
         argv, env = self._command(instance)
         if instance.port is not None and instance.connector_path is None:
             why = (
@@ -483,36 +498,43 @@ class Supervisor:
         self._note_ended(instance, process)
 
     async def _wait_ready(self, instance: Instance, process: asyncio.subprocess.Process) -> None:
+        """Until its readiness path answers (any status below 500), its process ends, or its
+        time is up. Asked often at first, then less and less (:func:`_next_poll`); a Unix
+        socket is only asked once its file exists (looking costs a stat, asking a connect)."""
         assert instance.upstream is not None
         manifest = instance.manifest
-        deadline = time.monotonic() + manifest.ready_timeout
-        delay = 0.005
-        while True:
-            if process.returncode is not None:
-                raise StartError(
-                    f"{manifest.name} {manifest.version} exited with code "
-                    f"{process.returncode} while starting",
-                    hint=f"its log is {instance.log_path}",
-                    log_tail=tail_of(instance.log_path),
-                )
-            with contextlib.suppress(UpstreamError, asyncio.TimeoutError):
-                response = await asyncio.wait_for(
-                    instance.upstream.request("GET", manifest.readiness, []), 2.0
-                )
-                await response.read()
-                await response.release()
-                if response.status < 500:
-                    return
-            if time.monotonic() > deadline:
-                raise StartError(
-                    f"{manifest.name} {manifest.version} did not answer {manifest.readiness} "
-                    f"within {manifest.ready_timeout:g} s",
-                    hint=f"its log is {instance.log_path}",
-                    log_tail=tail_of(instance.log_path),
-                )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(process.wait()), delay)
-            delay = min(delay * 1.5, 0.1)
+        started = time.monotonic()
+        deadline = started + manifest.ready_timeout
+        ended = asyncio.ensure_future(process.wait())
+        try:
+            while True:
+                if process.returncode is not None:
+                    raise StartError(
+                        f"{manifest.name} {manifest.version} exited with code "
+                        f"{process.returncode} while starting",
+                        hint=f"its log is {instance.log_path}",
+                        log_tail=tail_of(instance.log_path),
+                    )
+                if instance.socket_path is None or instance.socket_path.exists():
+                    with contextlib.suppress(UpstreamError, asyncio.TimeoutError):
+                        response = await asyncio.wait_for(
+                            instance.upstream.request("GET", manifest.readiness, []), 2.0
+                        )
+                        await response.read()
+                        await response.release()
+                        if response.status < 500:
+                            return
+                now = time.monotonic()
+                if now > deadline:
+                    raise StartError(
+                        f"{manifest.name} {manifest.version} did not answer "
+                        f"{manifest.readiness} within {manifest.ready_timeout:g} s",
+                        hint=f"its log is {instance.log_path}",
+                        log_tail=tail_of(instance.log_path),
+                    )
+                await asyncio.wait({ended}, timeout=_next_poll(now - started))
+        finally:
+            ended.cancel()
 
     async def stop(self, instance: Instance, *, forget: bool = True) -> None:
         async with instance.lock:

@@ -1,0 +1,315 @@
+"""How the bulk buffers of captured variables travel: shared memory, or binary frames.
+
+The wire codec (:mod:`ywmagics.wire`) keeps an array's data and long ``bytes`` out of its JSON
+(a :class:`~ywmagics.wire.Bulk`); the JSON lists them as descriptors, ``{"size": N}``, each with
+``"shm": NAME`` when it waits in shared memory. Like the codec, this module is copied next to
+the python runner (as ``ywmagics_bulk.py``): the standard library only, Python 3.8 on.
+
+Shared memory, when both sides run on one machine (:func:`host` describes where a process runs;
+:func:`same_host` compares two): each buffer is a segment, a file of ``/dev/shm`` that the
+sender creates (mode 0600, ``O_EXCL``) and fills with one copy, written (a full ``/dev/shm`` is
+then an error, and the buffer goes as a frame instead). The receiver maps it and removes its name at
+once: the memory is then the receiver's value's alone, and goes back to the system when that
+value is dropped. Nothing is copied on the receiving side.
+
+Who removes a segment: until the receiver maps it, it is the sender's, which removes what is
+left of its segments when the exchange ends, however it ends. A segment is named
+``ywbulk-CREATOR-RECEIVER-TOKEN`` (process ids): when either process has died, nobody can need it
+any more, and :func:`sweep` (run by the orchestrator) removes it. So a kernel or a runner killed
+in the middle of a transfer leaves nothing behind for long.
+
+Frames, otherwise (another machine, no ``/dev/shm``, no room there): the body is the JSON on
+one line, then the raw bytes of each buffer without a ``shm``, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import mmap
+import os
+import re
+import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from typing import Any
+
+SHM_FOLDER = "/dev/shm"
+FRAMES = "application/vnd.ywmagics.frames"  # the content type of a body with frames
+PREFIX = "ywbulk-"
+_NAME = re.compile(r"ywbulk-(\d+)-(\d+)-[0-9a-f]{16}")
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EDQUOT)
+
+
+class SegmentError(Exception):
+    """A segment that cannot be created (``no_room``: the shared memory is full) or read."""
+
+    def __init__(self, message: str, no_room: bool = False) -> None:
+        super().__init__(message)
+        self.no_room = no_room
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+_hosts: dict[int, dict[str, Any] | None] = {}
+
+
+def host() -> dict[str, Any] | None:
+    """Where this process runs, as far as shared memory goes: its machine (boot), the
+    ``/dev/shm`` it sees, its pid namespace, user and pid; ``None`` without a usable
+    ``/dev/shm``."""
+    pid = os.getpid()  # a forked child is another process: it finds out for itself
+    if pid not in _hosts:
+        _hosts[pid] = _find_host()
+    return _hosts[pid]
+
+
+def _find_host() -> dict[str, Any] | None:
+    try:
+        info = os.stat(SHM_FOLDER)
+    except OSError:
+        return None
+    if not os.access(SHM_FOLDER, os.W_OK):
+        return None
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")
+    return {
+        "boot": _read("/proc/sys/kernel/random/boot_id"),
+        "shm": f"{info.st_dev}:{info.st_ino}",
+        "pidns": namespace,
+        "uid": os.getuid(),
+        "pid": os.getpid(),
+    }
+
+
+def same_host(mine: Any, theirs: Any) -> bool:
+    """Whether a segment one of them creates is one the other can map."""
+    if not isinstance(mine, dict) or not isinstance(theirs, dict):
+        return False
+    keys = ("boot", "shm", "pidns", "uid")
+    return all(mine.get(key) == theirs.get(key) for key in keys) and bool(mine.get("boot"))
+
+
+def _path(name: str) -> str:
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise SegmentError(f"{name!r} is not the name of a bulk segment")
+    return os.path.join(SHM_FOLDER, name)
+
+
+def write_segment(pieces: Iterable[memoryview], size: int, receiver: int) -> str:
+    """A new segment holding ``pieces`` (``size`` bytes in all), for process ``receiver``."""
+    name = f"{PREFIX}{os.getpid()}-{receiver}-{os.urandom(8).hex()}"
+    path = os.path.join(SHM_FOLDER, name)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        # Written, not mapped and stored into: a full /dev/shm is then an error of write(), not
+        # a SIGBUS in the middle of a copy; and nobody maps it before it is whole.
+        written = 0
+        for piece in pieces:
+            offset = 0
+            while offset < piece.nbytes:
+                try:
+                    offset += os.write(descriptor, piece[offset:])
+                except OSError as error:
+                    if error.errno not in _NO_ROOM:
+                        raise
+                    raise SegmentError(
+                        f"{SHM_FOLDER} has no room for {size} bytes", no_room=True
+                    ) from None
+            written += piece.nbytes
+        if written != size:
+            raise SegmentError(f"wrote {written} bytes of {size}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(descriptor)
+    return name
+
+
+def map_segment(name: str, size: int) -> mmap.mmap:
+    """Map the segment ``name`` (it must be ``size`` bytes, and this user's alone) and remove
+    its name: its memory now lives as long as the mapping does."""
+    path = _path(name)
+    try:
+        descriptor = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise SegmentError(
+            f"the shared-memory segment {name} is gone (its sender stopped, or it was "
+            "cleaned up as left over)"
+        ) from None
+    except OSError as error:  # a link in its place (O_NOFOLLOW), a file of another user
+        raise SegmentError(f"the segment {path} cannot be opened: {error.strerror}") from None
+    try:
+        info = os.fstat(descriptor)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISREG(info.st_mode):
+            raise SegmentError(f"{path} is not a private segment of this user: refused")
+        if info.st_size != size:
+            raise SegmentError(f"the segment {name} holds {info.st_size} bytes, not {size}")
+        mapped = mmap.mmap(descriptor, size)
+    finally:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return mapped
+
+
+def remove_segments(names: Iterable[str]) -> None:
+    """Remove the segments left of ``names`` (those already mapped are gone: that is fine)."""
+    for name in names:
+        with contextlib.suppress(OSError, SegmentError):
+            os.unlink(_path(name))
+
+
+def _alive(pid: int) -> bool:
+    # As ywmagics.discovery.pid_alive, which a runner cannot import: this module runs alone there.
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = _read(f"/proc/{pid}/stat").rpartition(")")[2].split()[:1]
+    return state not in (["Z"], ["X"])  # a zombie reads nothing any more
+
+
+def sweep(folder: str = SHM_FOLDER) -> list[str]:
+    """Remove this user's segments whose creator or receiver has died; their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match is None:
+            continue
+        with contextlib.suppress(OSError):
+            path = os.path.join(folder, name)
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            if not (_alive(int(match.group(1))) and _alive(int(match.group(2)))):
+                os.unlink(path)
+                removed.append(name)
+    return removed
+
+
+# --- sending and receiving ------------------------------------------------------------------
+
+
+def descriptors(sizes: Sequence[int]) -> list[dict[str, Any]]:
+    return [{"size": size} for size in sizes]
+
+
+def place(
+    bulk: Any, receiver_host: Any, mine: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Put the buffers of the :class:`~ywmagics.wire.Bulk` ``bulk`` in shared memory when the
+    receiver shares this machine (each that finds no room there goes as a frame instead): the
+    descriptors, and the indexes of the buffers left to send as frames, in order."""
+    listed = descriptors(bulk.sizes)
+    frames = list(range(len(listed)))
+    if mine is None or not same_host(mine, receiver_host):
+        return listed, frames
+    frames = []
+    try:
+        for index, size in enumerate(bulk.sizes):
+            try:
+                name = write_segment(bulk.pieces(index), size, int(receiver_host["pid"]))
+            except SegmentError as error:
+                if not error.no_room:
+                    raise
+                frames.append(index)
+            else:
+                listed[index]["shm"] = name
+    except BaseException:
+        remove_segments(segment_names(listed))
+        raise
+    return listed, frames
+
+
+def segment_names(listed: Iterable[dict[str, Any]]) -> list[str]:
+    return [item["shm"] for item in listed if isinstance(item, dict) and "shm" in item]
+
+
+FRAME_PIECE = 256 * 1024  # bytes: HTTP clients copy what they are given to write, at least once
+
+
+def frame_pieces(bulk: Any, frames: Iterable[int]) -> Iterator[memoryview]:
+    for index in frames:
+        for piece in bulk.pieces(index):
+            for start in range(0, piece.nbytes, FRAME_PIECE):
+                yield piece[start : start + FRAME_PIECE]
+
+
+class FramedBody:
+    """A request body with frames: the JSON line, then the buffers; iterable again (a request
+    sent once more reads it from the start)."""
+
+    def __init__(self, head: Any, bulk: Any, frames: Sequence[int]) -> None:
+        self.line = json.dumps(head).encode() + b"\n"
+        self.bulk = bulk
+        self.frames = list(frames)
+        self.size = len(self.line) + sum(bulk.sizes[index] for index in self.frames)
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        yield self.line
+        yield from frame_pieces(self.bulk, self.frames)
+
+
+def check_descriptors(listed: Any) -> list[dict[str, Any]]:
+    """The descriptors of a received body or result, checked: each a size, maybe a segment."""
+    if not isinstance(listed, list):
+        raise ValueError("'buffers' must be a list of {'size': N} objects")
+    for item in listed:
+        size = item.get("size") if isinstance(item, dict) else None
+        if type(size) is not int or size < 0:
+            raise ValueError(f"a buffer has no valid size: {item!r}")
+        if "shm" in item:
+            _path(item["shm"])  # raises for a name that is not a segment's
+            if not size:
+                raise ValueError(f"an empty buffer in shared memory: {item!r}")
+    return listed
+
+
+def receive(listed: Sequence[dict[str, Any]], readinto: Callable[[memoryview], int]) -> list[Any]:
+    """The buffers ``listed`` describes: segments mapped, frames read with ``readinto`` (into
+    buffers of their own, so that each goes back to the system when its value is dropped).
+    On any failure the segments not yet mapped are removed."""
+    buffers: list[Any] = []
+    try:
+        for item in listed:
+            if "shm" in item:
+                buffers.append(map_segment(item["shm"], item["size"]))
+            else:
+                buffers.append(read_frame(item["size"], readinto))
+    except BaseException:
+        remove_segments(segment_names(listed[len(buffers) :]))
+        raise
+    return buffers
+
+
+def read_frame(size: int, readinto: Callable[[memoryview], int]) -> bytearray:
+    frame = bytearray(size)
+    view = memoryview(frame)
+    done = 0
+    while done < size:
+        got = readinto(view[done:])
+        if not got:
+            raise EOFError(f"the frames ended after {done} bytes of {size}")
+        done += got
+    return frame
