@@ -100,7 +100,8 @@ __all__ = [
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext ywmagics``: register the magics and find or start the orchestrator."""
+    """``%load_ext ywmagics``: register the magics, and start the orchestrator if none runs
+    (without waiting for it: the first magic that needs it does)."""
     from ywmagics.kernel import load_ipython_extension as load
 
     load(ipython)

@@ -1,20 +1,36 @@
-"""Finding the user's orchestrator, or starting one in the background."""
+"""Finding the user's orchestrator, or starting one: waiting for it, or not.
+
+``%load_ext`` must not wait for an orchestrator to start (a few hundred milliseconds): it calls
+:func:`start_in_background`, which spawns the orchestrator at once and leaves the wait for its
+first answer to a thread; the first call that needs the orchestrator (:func:`connect`) waits
+for that thread, and raises what the start failed with. Nothing here loads an HTTP library
+(:func:`ywmagics.discovery.answers` is a raw probe), so the spawn comes before httpx is loaded.
+
+One process at a time starts an orchestrator: the one that holds the start lock, from the spawn
+until the orchestrator answers or fails; others wait for the lock, then find it running.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import subprocess
 import sys
 import threading
 import time
-
-import filelock
+from collections.abc import Callable
+from pathlib import Path
 
 from ywmagics import paths
 from ywmagics.discovery import Connection, answers, pid_alive, read_discovery
 from ywmagics.errors import OrchestratorError
 
 START_TIMEOUT = 30.0
+# How often a start looks for the discovery file: a read of a small file, cheap enough to do
+# often; once it is there, one probe waits for the first answer itself.
+DISCOVERY_POLL = 0.005
+LOCK_POLL = 0.02
 
 
 def find_orchestrator() -> Connection | None:
@@ -24,7 +40,14 @@ def find_orchestrator() -> Connection | None:
 
 
 def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection:
-    """Find the orchestrator, starting it in the background when none runs (and ``start``)."""
+    """The running orchestrator; when none runs (and ``start``), one is started, as a process
+    that outlives this one, and waited for until it answers (at most ``timeout``).
+
+    A start begun by :func:`start_in_background` is waited for the same way, and what it failed
+    with is raised here: its caller returned long ago."""
+    started = _background_result(timeout)
+    if started is not None and read_discovery() == started:  # and it still runs
+        return started
     found = find_orchestrator()
     if found is not None:
         return found
@@ -32,13 +55,168 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
         raise OrchestratorError(
             "no orchestrator is running", hint="start one with 'ywmagics serve'"
         )
-    # Two kernels starting at once must not start two orchestrators.
-    lock = filelock.FileLock(str(paths.runtime_dir() / "start.lock"), timeout=timeout, mode=0o600)
-    with lock:
+    return _find_or_start(timeout)
+
+
+def start_in_background(timeout: float = START_TIMEOUT) -> None:
+    """Start the orchestrator unless one runs, without waiting for it; the next :func:`connect`
+    of this process waits for it. Raises nothing: :func:`connect` raises what went wrong. A start
+    under way is not repeated."""
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = BackgroundStart(timeout)
+
+
+class BackgroundStart:
+    """A start of the orchestrator that its caller does not wait for.
+
+    What can be done at once is done in the caller's thread: the spawn, when this process takes
+    the start lock without waiting (a thread of its own would compete with the caller's next
+    work for the interpreter, and spawn later). The rest waits in a thread: for the first
+    answer, or for the process that holds the lock. What it failed with is kept for
+    :meth:`result`: an error in a thread is otherwise printed to nobody, or lost."""
+
+    def __init__(self, timeout: float) -> None:
+        self.connection: Connection | None = None
+        self.error: Exception | None = None
+        self._done = threading.Event()
+        try:
+            rest = _begin_start(timeout)
+        except Exception as error:  # a runtime folder that can't be used, say: said later
+            self.error = error
+            self._done.set()
+            return
+        threading.Thread(target=self._run, args=(rest,), name="ywmagics-start", daemon=True).start()
+
+    def _run(self, rest: Callable[[], Connection]) -> None:
+        try:
+            self.connection = rest()
+        except Exception as error:  # given to whoever needs the orchestrator next
+            self.error = error
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float) -> Connection:
+        """The orchestrator, once found or started; what the start raised, if it failed."""
+        self._done.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        if self.connection is None:
+            raise OrchestratorError(
+                f"the orchestrator did not answer within {timeout:g} s of its start",
+                hint=f"its log is {paths.runtime_dir() / 'orchestrator.log'}",
+            )
+        return self.connection
+
+
+_background_lock = threading.Lock()
+_background: BackgroundStart | None = None
+
+
+def _forget_background() -> None:
+    # A forked child has no start thread (and may hold a copy of a taken lock): it finds or
+    # starts the orchestrator itself, under the start lock as every process does.
+    global _background, _background_lock
+    _background, _background_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_background)
+
+
+def _background_result(timeout: float) -> Connection | None:
+    """What the background start gives, waited for; ``None`` if there is none. Once it has
+    given its result (or error) it is forgotten: a failed start is tried again next time."""
+    global _background
+    with _background_lock:
+        pending = _background
+    if pending is None:
+        return None
+    try:
+        return pending.result(timeout)
+    except Exception:
+        # Another process may have started one since (another kernel): no need to fail then.
         found = find_orchestrator()
-        if found is not None:
-            return found
-        return _start(timeout)
+        if found is None:
+            raise
+        return found
+    finally:
+        with _background_lock:
+            if _background is pending and pending.done():
+                _background = None
+
+
+def _begin_start(timeout: float) -> Callable[[], Connection]:
+    """Spawn the orchestrator now if none runs and no other process is starting one; return
+    what is left to do, which waits: for its first answer, or for the other process's start."""
+    lock = StartLock(paths.runtime_dir() / "start.lock")
+    if not lock.acquire(timeout=0):
+        return functools.partial(_find_or_start, timeout)
+    try:
+        running = find_orchestrator()
+        spawned = Spawned() if running is None else None
+    except BaseException:
+        lock.release()
+        raise
+
+    def rest() -> Connection:
+        try:
+            if spawned is not None:
+                return spawned.first_answer(timeout)
+            assert running is not None
+            return running
+        finally:
+            lock.release()
+
+    return rest
+
+
+def _find_or_start(timeout: float) -> Connection:
+    lock = StartLock(paths.runtime_dir() / "start.lock")
+    if not lock.acquire(timeout):
+        raise OrchestratorError(
+            f"another process has been starting the orchestrator for {timeout:g} s",
+            hint=f"see {paths.runtime_dir() / 'orchestrator.log'}; the lock is {lock.path}",
+        )
+    try:
+        return find_orchestrator() or Spawned().first_answer(timeout)
+    finally:
+        lock.release()
+
+
+class StartLock:
+    """The lock of the process that starts the orchestrator: an ``flock`` of ``path`` (the
+    lock that filelock takes too). Held by an open file and released by closing it, which any
+    thread may do: the spawn and the wait for the answer may happen in two."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Whether it was taken within ``timeout`` seconds (0: at once or not at all)."""
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(descriptor, 0o600)  # private whatever the caller's umask
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    return False
+                time.sleep(LOCK_POLL)
+            else:
+                self._descriptor = descriptor
+                return True
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def _orchestrator_environment() -> dict[str, str]:
@@ -49,34 +227,53 @@ def _orchestrator_environment() -> dict[str, str]:
     return env
 
 
-def _start(timeout: float) -> Connection:
-    log_path = paths.runtime_dir() / "orchestrator.log"
-    # Private whatever the caller's umask (it holds what backends print); kept so if it exists.
-    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ywmagics", "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # shared by all kernels: it must outlive the one starting it
-            env=_orchestrator_environment(),
+class Spawned:
+    """An orchestrator process this one has just started (``python -m ywmagics serve``), its
+    output going to ``orchestrator.log`` in the runtime folder."""
+
+    def __init__(self) -> None:
+        self.log_path = paths.runtime_dir() / "orchestrator.log"
+        # Private whatever the caller's umask (it holds what backends print); kept so if it
+        # exists.
+        descriptor = os.open(
+            self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600
         )
-    # Reap it when it ends: a process that started the orchestrator (a kernel) would otherwise
-    # keep a zombie, which looks alive to 'ywmagics shutdown' and the discovery check.
-    threading.Thread(target=process.wait, name="ywmagics-reaper", daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        connection = read_discovery()
-        if connection is not None and connection.pid == process.pid and answers(connection):
-            return connection
-        if process.poll() is not None:
-            break
-        time.sleep(0.02)
-    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-    if process.poll() is None and pid_alive(process.pid):
-        process.kill()
-    raise OrchestratorError(
-        "the orchestrator did not start", hint=f"its log is {log_path}", log_tail=tail
-    )
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ywmagics", "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # shared by all kernels: it outlives the one starting it
+                env=_orchestrator_environment(),
+            )
+        # Reap it when it ends: a process that started the orchestrator (a kernel) would
+        # otherwise keep a zombie, which looks alive to 'ywmagics shutdown' and the discovery
+        # check.
+        threading.Thread(target=self.process.wait, name="ywmagics-reaper", daemon=True).start()
+
+    def first_answer(self, timeout: float) -> Connection:
+        """Its connection, once it answers; if it ends or does not answer within ``timeout``
+        (then it is ended), an error with the end of its log."""
+        process = self.process
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            connection = read_discovery()
+            # The file is written once its sockets listen: from then on, the probe itself
+            # waits for the first answer.
+            if (
+                connection is not None
+                and connection.pid == process.pid
+                and answers(connection, timeout=max(0.1, deadline - time.monotonic()))
+            ):
+                return connection
+            if process.poll() is not None:
+                break
+            time.sleep(DISCOVERY_POLL)
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        if process.poll() is None and pid_alive(process.pid):
+            process.kill()
+        raise OrchestratorError(
+            "the orchestrator did not start", hint=f"its log is {self.log_path}", log_tail=tail
+        )

@@ -113,21 +113,27 @@ class YwMagics(Magics):
     # ---- orchestrator -------------------------------------------------------------------------
 
     def find_orchestrator(self) -> None:
-        """At load: find the running orchestrator, or start one. Never fails the load."""
+        """At load: start the orchestrator when none runs, without waiting for it; the first
+        magic that needs it waits (and says why, if it failed). Never fails the load."""
         if self.orchestrator_url:
             return
+        from ywmagics import paths
         from ywmagics.discovery import read_discovery
 
         try:
+            discovery = paths.discovery_file()  # a runtime folder that can't be used: said now
             # A live discovery file is enough here: this keeps %load_ext free of the HTTP stack.
-            if read_discovery() is None:
-                self.connection  # noqa: B018 (starts the orchestrator)
-        except YwMagicsError as error:  # a runtime folder that can't be used, say
+            if read_discovery(discovery) is None:
+                from ywmagics.client._connect import start_in_background
+
+                start_in_background()
+        except YwMagicsError as error:
             print(f"ywmagics: {error}\n(the magics will try again when used)", file=sys.stderr)
 
     @property
     def connection(self) -> Connection:
-        """The orchestrator's URL and token (re-read each time: it may have been restarted)."""
+        """The orchestrator's URL and token (re-read each time: it may have been restarted).
+        The first use waits for the orchestrator that the load started, if it did."""
         from ywmagics.discovery import Connection, read_discovery
 
         if self.orchestrator_url:
@@ -158,7 +164,7 @@ class YwMagics(Magics):
 
     def bound_clients(self) -> dict[str, BackendClient]:
         """The backend clients bound to names in the notebook, by name."""
-        if "ywmagics.client" not in sys.modules:
+        if "ywmagics.client._backend" not in sys.modules:  # then no client exists yet
             return {}
         from ywmagics.client import BackendClient
 
