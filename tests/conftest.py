@@ -16,6 +16,8 @@ import pytest
 
 from ywmagics.discovery import Connection, pid_alive, read_discovery
 
+from .pyrun_process import Server, lay_out
+
 RESOURCES = Path(__file__).parent / "resources"
 
 
@@ -159,3 +161,30 @@ def browser() -> Iterator[Any]:
         )
         yield launched
         launched.close()
+
+
+# --- a python runner process, without an orchestrator -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The backend folder as the installer lays it out: its files plus the shared modules."""
+    return lay_out(tmp_path_factory.mktemp("app") / "pyrun_backend")
+
+
+@pytest.fixture
+def start_server(app: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers for one test; each is stopped at the end."""
+    servers: list[Server] = []
+
+    def start(
+        python: str = sys.executable, tcp: bool = False, env: dict[str, str] | None = None
+    ) -> Server:
+        workdir = tmp_path / f"server{len(servers)}"
+        workdir.mkdir()
+        servers.append(Server(app, workdir, python, tcp, env))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

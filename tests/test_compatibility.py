@@ -194,3 +194,46 @@ def test_what_cannot_be_kept_is_an_error_naming_the_variable(
     with pytest.raises(RemoteExecutionError, match=r"'shade'.*enum member"):
         _cell(runners[runner], code, namespace, [], ["shade"])
     assert namespace == {"shade": None}  # a failed --out leaves the namespace as it was
+
+
+def _big_values() -> dict[str, Any]:
+    """Values whose buffers travel beside the JSON (see ywmagics.bulk), every layout."""
+    rng = np.random.default_rng(3)
+    rows = 1 << 16
+    grid = rng.random((400, 300))
+    records = np.zeros(rows, dtype=[("id", "<i4"), ("pos", "<f8", (3,)), ("tag", "S5")])
+    records["id"] = np.arange(rows)
+    records["tag"] = b"yw"
+    return {
+        "grid": grid,
+        "fortran": np.asfortranarray(grid),
+        "strided": grid[::2, 1::3],
+        "records": records,
+        "stamps": (np.arange(rows) * 10**9).astype("datetime64[ns]"),
+        "blob": rng.bytes(1 << 18),
+        "table": pd.DataFrame(
+            {
+                "x": np.arange(rows),
+                "y": rng.random(rows),
+                "when": pd.date_range("2026-01-01", periods=rows, freq="min", tz="Europe/Paris"),
+                # Numbers: strings as categories are pandas 3's str, objects in an older pandas.
+                "kind": pd.Categorical([10, 20, 30, 40] * (rows // 4)),
+            }
+        ),
+    }
+
+
+@pytest.mark.parametrize("mode", ["shared", "frames"])
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_big_values_travel_beside_the_json_to_and_from_a_runner(
+    runners: dict[str, BackendClient], runner: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YWMAGICS_BULK", mode)
+    values = _big_values()
+    names = list(values)
+    code = "sizes = {'grid': grid.nbytes, 'python': __import__('sys').version_info[:2]}"
+    back = _cell(runners[runner], code, dict(values), names, [*names, "sizes"])
+    changed = [name for name in names if not _same(values[name], back[name])]
+    assert changed == [], changed
+    assert back["sizes"]["grid"] == values["grid"].nbytes  # an array there, not a list
+    assert back["sizes"]["python"] == tuple(map(int, RUNNERS[runner][0].split(".")))

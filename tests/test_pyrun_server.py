@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,94 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from ywmagics import wire
+from ywmagics import bulk, wire
+from ywmagics.orchestrator.environments import SHARED_MODULES
 
 from .conftest import PYTHON38, needs_python38
-
-BACKEND = Path(__file__).parents[1] / "ywmagics" / "backends" / "pyrun_backend"
-
-
-class Server:
-    """A running pyrun_server process and an httpx client to it."""
-
-    def __init__(
-        self, app: Path, workdir: Path, python: str, tcp: bool, env: dict[str, str] | None = None
-    ) -> None:
-        self.log_path = workdir / "server.log"
-        self.socket_path = workdir / "pyrun.sock"
-        where = ["--port", "0"] if tcp else ["--socket", str(self.socket_path)]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [python, str(app / "pyrun_server.py"), *where],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                cwd=workdir,
-                # SIGABRT dumps its threads
-                env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
-            )
-        assert self.process.stdout is not None
-        first_line = self.process.stdout.readline().decode()
-        self.process.stdout.close()
-        assert first_line.startswith("LISTENING "), first_line + self.log()
-        if tcp:
-            self.port = int(first_line.split()[1])
-            self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        else:
-            transport = httpx.HTTPTransport(uds=str(self.socket_path))
-            self.client = httpx.Client(transport=transport, base_url="http://pyrun", timeout=30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def run(self, code: str, **fields: Any) -> dict[str, Any]:
-        body = {"cellId": "test", "code": code, "capturedIn": {}, "capturedOut": [], **fields}
-        response = self.client.post("/run", json=body)
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    def wait_exit(self, timeout: float = 10) -> int:
-        """The exit code; if it does not exit in time, fail with the stacks of its threads."""
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGABRT)
-            self.process.wait()
-            raise AssertionError(f"still running after {timeout} s\n{self.log()}") from None
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            return self.wait_exit()
-        return self.process.returncode
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The backend folder as the installer lays it out: its files plus ywmagics_wire.py."""
-    app = tmp_path_factory.mktemp("app") / "pyrun_backend"
-    shutil.copytree(BACKEND, app, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(wire.__file__, app / "ywmagics_wire.py")
-    return app
-
-
-@pytest.fixture
-def start_server(app: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start servers for one test; each is stopped at the end."""
-    servers: list[Server] = []
-
-    def start(
-        python: str = sys.executable, tcp: bool = False, env: dict[str, str] | None = None
-    ) -> Server:
-        workdir = tmp_path / f"server{len(servers)}"
-        workdir.mkdir()
-        servers.append(Server(app, workdir, python, tcp, env))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+from .pyrun_process import BACKEND, Server, lay_out
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +40,10 @@ def server(app: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 def test_readiness(server: Server) -> None:
     answer = server.client.get("/").json()
+    host = answer.pop("host")
     assert answer == {"name": "pyrun_backend", "version": "0.1.0", "python": sys.version}
+    # Where it runs, for a kernel to tell whether they share memory: this machine, this user.
+    assert bulk.same_host(host, bulk.host()) and host["pid"] == server.process.pid
 
 
 def test_tutorial_cell(server: Server) -> None:
@@ -599,7 +518,9 @@ def test_runner_constants_match_python() -> None:
 def test_no_import_outside_the_standard_library() -> None:
     import ast
 
-    ours = {path.stem for path in BACKEND.glob("*.py")} | {"ywmagics_wire"}
+    ours = {path.stem for path in BACKEND.glob("*.py")} | {
+        Path(name).stem for name in SHARED_MODULES
+    }
     for path in BACKEND.glob("pyrun_*.py"):
         if path.name == "pyrun_mpl_backend.py":
             continue  # imported by matplotlib, where matplotlib is installed
@@ -618,9 +539,7 @@ def test_no_import_outside_the_standard_library() -> None:
 def test_the_runner_type_checks_as_installed(tmp_path: Path) -> None:
     # As the installer lays it out: the backend's files with the codec next to them. (mypy checks
     # for 3.10 at the oldest; that the runner runs on 3.8 is tested by running it there.)
-    app = tmp_path / "app"
-    shutil.copytree(BACKEND, app, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copyfile(Path(wire.__file__), app / "ywmagics_wire.py")
+    app = lay_out(tmp_path / "app")
     (app / "mypy.ini").write_text("[mypy]\nstrict = True\npython_version = 3.10\n")
     done = subprocess.run(
         [

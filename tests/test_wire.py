@@ -337,8 +337,8 @@ def test_numpy_scalar_round_trip(scalar: Any) -> None:
 def test_unsupported_numpy_values() -> None:
     with pytest.raises(WireError, match="masked array"):
         encode(np.ma.masked_array([1, 2], mask=[0, 1]), "m")
-    with pytest.raises(WireError, match="structured dtype"):
-        encode(np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]), "s")
+    with pytest.raises(WireError, match=r"structured dtype .* Python objects"):
+        encode(np.zeros(2, dtype=[("a", "<i4"), ("b", object)]), "s")
 
 
 def test_a_big_array_round_trips_exactly() -> None:

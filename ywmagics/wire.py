@@ -19,7 +19,7 @@ tag                 fields
 ``tuple``           ``items``: encoded elements (also ``set``, ``frozenset``)
 ``dict``            ``items``: ``[key, value]`` pairs; for non-``str`` keys, or a dict that has a
                     ``"__yw__"`` key of its own (escaped this way, so it round-trips)
-``bytes``           ``b64`` (also ``bytearray``)
+``bytes``           ``b64``, or ``buffer`` (see below) (also ``bytearray``)
 ``float``           ``value``: ``"nan"``, ``"inf"`` or ``"-inf"``
 ``int``             ``hex``: an integer too long for JSON readers (over 14,000 bits)
 ``complex``         ``real``, ``imag`` (encoded floats)
@@ -27,8 +27,10 @@ tag                 fields
                     ``date``, ``time``: ``iso``); ``timedelta``: ``days``, ``seconds``,
                     ``microseconds``
 ``decimal``         ``value`` (``str``); ``uuid``: ``value``; ``path``: ``value``, ``class``
-``ndarray``         ``dtype`` (``dtype.str``), ``shape``, ``order`` (``"C"``/``"F"``) and ``b64``
-                    of the raw buffer; object arrays carry ``items`` instead of ``b64``
+``ndarray``         ``dtype`` (``dtype.str``; a structured dtype as ``names``, ``formats``,
+                    ``offsets``, ``itemsize``, ``aligned``, a sub-array as ``base``, ``shape``),
+                    ``shape``, ``order`` (``"C"``/``"F"``) and ``b64`` of the raw buffer, or
+                    ``buffer``; object arrays carry ``items`` instead
 ``npscalar``        ``dtype``, ``b64``
 ``pd.dataframe``    ``columns``, ``index`` (indexes), ``data`` (one column array each)
 ``pd.series``       ``values`` (a column array), ``index``, ``name``
@@ -40,6 +42,12 @@ tag                 fields
                     ``items``; ``pd.extarray``: ``dtype``, ``items`` (other extension arrays)
 ``pd.timestamp``    ``iso``, ``tz``; ``pd.timedelta``: ``ns``; ``pd.nat``; ``pd.na``
 ==================  =============================================================================
+
+Bulk data: given a :class:`Bulk`, ``encode`` puts each buffer of at least ``Bulk.min_size``
+bytes (an array's data, a long ``bytes``) there instead of in base64, and the value says
+``"buffer": INDEX``; ``decode`` is then given the received buffers, in that order. How they
+travel (shared memory, binary frames) is :mod:`ywmagics.bulk`'s business; without a ``Bulk``,
+everything is inside the JSON, as a reader of the raw answer expects.
 
 Values are named the same way whatever the versions on either side (a frequency by offset and
 count, strings by what a missing one means, a zone by its IANA name), and each side rebuilds
@@ -67,10 +75,10 @@ if TYPE_CHECKING:
     import decimal
     import pathlib
     import uuid
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from typing import Any
 
-__all__ = ["WireError", "decode", "decode_namespace", "encode", "encode_namespace"]
+__all__ = ["Bulk", "WireError", "decode", "decode_namespace", "encode", "encode_namespace"]
 
 TAG = "__yw__"
 
@@ -85,7 +93,64 @@ _FACTORIES = {
 }
 
 
-def _b64encode(data: bytes | bytearray) -> str:
+BULK_MIN = 64 * 1024  # bytes: a smaller buffer stays in the JSON, readable and just as quick
+_PIECE = 8 << 20  # bytes of a non-contiguous array copied at a time, in C order
+
+
+class Bulk:
+    """The big buffers of the values being encoded, which travel beside their JSON.
+
+    The same source in two places (one array in two variables) is one buffer: on the other side
+    both values share its memory, as they did here. ``pieces(i)`` gives buffer ``i`` as
+    contiguous byte views, in the order the receiver reads them."""
+
+    def __init__(self, min_size: int = BULK_MIN) -> None:
+        self.min_size = min_size
+        self.sources: list[Any] = []  # kept alive: their ids are the keys of _indexes
+        self.sizes: list[int] = []
+        self._indexes: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def add(self, source: Any, size: int) -> int:
+        index = self._indexes.get(id(source))
+        if index is None:
+            index = self._indexes[id(source)] = len(self.sources)
+            self.sources.append(source)
+            self.sizes.append(size)
+        return index
+
+    def pieces(self, index: int) -> Iterator[memoryview]:
+        source = self.sources[index]
+        if not type(source).__module__.startswith("numpy"):
+            yield memoryview(source).cast("B")
+        elif source.flags.c_contiguous or source.flags.f_contiguous:
+            flat = source.reshape(-1, order="F" if not source.flags.c_contiguous else "C")
+            yield memoryview(flat.view("u1"))
+        else:
+            yield from _c_order_pieces(source)
+
+
+def _c_order_pieces(array: Any) -> Iterator[memoryview]:
+    """A non-contiguous array's bytes in C order, a few MiB copied at a time (not all at once:
+    that would hold a second copy of the whole array)."""
+    np: Any = importlib.import_module("numpy")
+    if array.ndim == 0 or array.nbytes <= _PIECE:
+        yield memoryview(np.ascontiguousarray(array).reshape(-1).view("u1"))
+        return
+    row = array[0].nbytes
+    if row > _PIECE:
+        for item in array:
+            yield from _c_order_pieces(item)
+        return
+    step = max(1, _PIECE // max(row, 1))
+    for start in range(0, array.shape[0], step):
+        block = np.ascontiguousarray(array[start : start + step])
+        yield memoryview(block.reshape(-1).view("u1"))
+
+
+def _b64encode(data: bytes | bytearray | memoryview) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
@@ -157,10 +222,17 @@ def _import(module: str, name: str) -> Any:
 
 
 class _Encoder:
-    __slots__ = ("_active",)
+    __slots__ = ("_active", "bulk")
 
-    def __init__(self) -> None:
+    def __init__(self, bulk: Bulk | None = None) -> None:
         self._active: set[int] = set()  # ids of the containers being encoded, to catch cycles
+        self.bulk = bulk
+
+    def _in_bulk(self, source: Any, size: int) -> int | None:
+        """The index of ``source`` among the bulk buffers, if it is big enough to go there."""
+        if self.bulk is None or size < self.bulk.min_size:
+            return None
+        return self.bulk.add(source, size)
 
     def encode(self, value: Any) -> Any:
         cls = type(value)
@@ -220,11 +292,14 @@ class _Encoder:
     def _frozenset(self, value: frozenset[Any]) -> Any:
         return self._tagged_items("frozenset", value)
 
-    def _bytes(self, value: bytes) -> Any:
-        return {TAG: "bytes", "b64": _b64encode(value)}
+    def _bytes(self, value: bytes | bytearray | memoryview, tag: str = "bytes") -> Any:
+        index = self._in_bulk(value, memoryview(value).nbytes)
+        if index is not None:
+            return {TAG: tag, "buffer": index}
+        return {TAG: tag, "b64": _b64encode(value)}
 
     def _bytearray(self, value: bytearray) -> Any:
-        return {TAG: "bytearray", "b64": _b64encode(value)}
+        return self._bytes(value, "bytearray")
 
     def _complex(self, value: complex) -> Any:
         return {TAG: "complex", "real": self.encode(value.real), "imag": self.encode(value.imag)}
@@ -275,7 +350,7 @@ class _Encoder:
             if method is not None:
                 return method(self, value)
         if isinstance(value, memoryview):
-            return self._bytes(value.tobytes())
+            return self._bytes(value if value.c_contiguous else value.tobytes())
         raise _narrowed(value)
 
     def _ordereddict(self, value: Any) -> Any:
@@ -324,10 +399,10 @@ class _Encoder:
             return self._ndarray(np, value)
         if isinstance(value, np.generic):
             dtype = value.dtype
-            if dtype.hasobject or dtype.fields is not None:
+            if dtype.hasobject:
                 raise _unsupported(value)
             data = _b64encode(value.tobytes())
-            return {TAG: "npscalar", "dtype": dtype.str, "b64": data}
+            return {TAG: "npscalar", "dtype": _dtype_spec(dtype), "b64": data}
         raise _unsupported(value)
 
     def _ndarray(self, np: Any, value: Any) -> Any:
@@ -346,14 +421,20 @@ class _Encoder:
                 "shape": shape,
                 "items": self._items(flat, value),
             }
-        if dtype.fields is not None or dtype.subdtype is not None:
+        if dtype.hasobject:
             raise _Unsupported(
-                f"is a numpy array of structured dtype {dtype!r}, which cannot travel",
-                "send a dict of plain arrays, one per field, or a pandas DataFrame",
+                f"is a numpy array of structured dtype {dtype!r} with Python objects in it, "
+                "which cannot travel",
+                "send a dict of arrays, one per field, or a pandas DataFrame",
             )
         order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
-        data = _b64encode(value.tobytes(order=order))
-        return {TAG: "ndarray", "dtype": dtype.str, "shape": shape, "order": order, "b64": data}
+        encoded = {TAG: "ndarray", "dtype": _dtype_spec(dtype), "shape": shape, "order": order}
+        index = self._in_bulk(value, value.nbytes)
+        if index is not None:
+            encoded["buffer"] = index
+        else:
+            encoded["b64"] = _b64encode(value.tobytes(order=order))
+        return encoded
 
     # pandas ----------------------------------------------------------------------------------
 
@@ -452,6 +533,39 @@ class _Encoder:
             }
         items = column.to_numpy(dtype=object, na_value=None)
         return {TAG: "pd.extarray", "dtype": str(dtype), "items": self._items(items, column)}
+
+
+def _dtype_spec(dtype: Any) -> Any:
+    """A numpy dtype as JSON that any numpy reads back the same: its ``str`` (``"<f8"``,
+    ``"<M8[ns]"``), or, for a structured one, its fields with their offsets (``descr`` would
+    not keep the offsets of an aligned one)."""
+    if dtype.fields is not None:
+        names = list(dtype.names)
+        return {
+            "names": names,
+            "formats": [_dtype_spec(dtype.fields[name][0]) for name in names],
+            "offsets": [dtype.fields[name][1] for name in names],
+            "itemsize": dtype.itemsize,
+            "aligned": bool(dtype.isalignedstruct),
+        }
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return {"base": _dtype_spec(base), "shape": list(shape)}
+    return dtype.str
+
+
+def _dtype(np: Any, spec: Any) -> Any:
+    if isinstance(spec, str):
+        return np.dtype(spec)
+    if "names" in spec:
+        fields = {
+            "names": spec["names"],
+            "formats": [_dtype(np, item) for item in spec["formats"]],
+            "offsets": spec["offsets"],
+            "itemsize": spec["itemsize"],
+        }
+        return np.dtype(fields, align=bool(spec.get("aligned")))
+    return np.dtype((_dtype(np, spec["base"]), tuple(spec["shape"])))
 
 
 def _zone(name: str, variable: str) -> Any:
@@ -558,14 +672,15 @@ def _load_lazy_types() -> None:
         )
 
 
-def encode(value: Any, name: str = "") -> Any:
-    """Turn ``value`` into an object that ``json.dumps`` accepts; ``decode`` undoes it.
+def encode(value: Any, name: str = "", bulk: Bulk | None = None) -> Any:
+    """Turn ``value`` into an object that ``json.dumps`` accepts; ``decode`` undoes it. With
+    ``bulk``, its big buffers go there (see :class:`Bulk`).
 
     Raises :class:`WireError`, naming ``name`` and where in the value the problem sits, for
     values that cannot travel (functions, modules, open files, instances of user classes...).
     """
     try:
-        return _Encoder().encode(value)
+        return _Encoder(bulk).encode(value)
     except _Unsupported as exc:
         where = (name or "the value") + "".join(reversed(exc.path))
         raise WireError(f"{where} {exc.problem}", name, hint=exc.hint) from None
@@ -573,9 +688,9 @@ def encode(value: Any, name: str = "") -> Any:
         raise WireError("it is nested too deeply", name, hint=_HINT) from None
 
 
-def encode_namespace(namespace: Mapping[str, Any]) -> dict[str, Any]:
+def encode_namespace(namespace: Mapping[str, Any], bulk: Bulk | None = None) -> dict[str, Any]:
     """Encode each variable of ``namespace``; an error names the variable that cannot travel."""
-    return {name: encode(value, name) for name, value in namespace.items()}
+    return {name: encode(value, name, bulk) for name, value in namespace.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,10 +698,16 @@ def encode_namespace(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Decoder:
-    __slots__ = ("name",)
+    __slots__ = ("buffers", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, buffers: Sequence[Any]) -> None:
         self.name = name
+        self.buffers = buffers
+
+    def _buffer(self, index: Any) -> Any:
+        if type(index) is not int or not 0 <= index < len(self.buffers):
+            raise ValueError(f"no buffer {index!r} came with it ({len(self.buffers)} did)")
+        return self.buffers[index]
 
     def decode(self, obj: Any) -> Any:
         cls = type(obj)
@@ -652,9 +773,14 @@ class _Decoder:
         return frozenset(self._items(obj))
 
     def _bytes(self, obj: dict[str, Any]) -> Any:
+        if "buffer" in obj:
+            return bytes(self._buffer(obj["buffer"]))
         return _b64decode(obj["b64"])
 
     def _bytearray(self, obj: dict[str, Any]) -> Any:
+        if "buffer" in obj:
+            buffer = self._buffer(obj["buffer"])
+            return buffer if type(buffer) is bytearray else bytearray(buffer)
         return bytearray(_b64decode(obj["b64"]))
 
     def _int(self, obj: dict[str, Any]) -> Any:
@@ -724,19 +850,25 @@ class _Decoder:
             for index, item in enumerate(items):  # element-wise: np.array would nest lists
                 flat[index] = self.decode(item)
             return flat.reshape(shape)
-        dtype = np.dtype(obj["dtype"])
-        raw = _b64decode(obj["b64"])
+        dtype = _dtype(np, obj["dtype"])
+        order = obj.get("order", "C")
         count = math.prod(shape)
-        if len(raw) != count * dtype.itemsize:
-            raise ValueError(f"{len(raw)} bytes for {count} items of {dtype.str}")
-        if not raw:
-            return np.zeros(shape, dtype=dtype)
-        flat = np.frombuffer(bytearray(raw), dtype=dtype)  # a bytearray keeps it writable
-        return flat.reshape(shape, order=obj.get("order", "C"))
+        if "buffer" in obj:
+            # Its memory is the buffer's (a mapped segment, a received frame): no copy.
+            raw = self._buffer(obj["buffer"])
+            size = memoryview(raw).nbytes
+        else:
+            raw = bytearray(_b64decode(obj["b64"]))  # a bytearray keeps it writable
+            size = len(raw)
+        if size != count * dtype.itemsize:
+            raise ValueError(f"{size} bytes for {count} items of {dtype}")
+        if not size:
+            return np.zeros(shape, dtype=dtype, order=order)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape, order=order)
 
     def _npscalar(self, obj: dict[str, Any]) -> Any:
         np = _import("numpy", self.name)
-        dtype = np.dtype(obj["dtype"])
+        dtype = _dtype(np, obj["dtype"])
         raw = _b64decode(obj["b64"])
         if dtype.itemsize == 0:
             return np.zeros((), dtype=dtype)[()]
@@ -751,9 +883,11 @@ class _Decoder:
         data = [self.decode(column) for column in obj["data"]]
         if not data:
             return pd.DataFrame(index=index, columns=columns)
-        frame = pd.DataFrame(
-            {i: pd.Series(values, dtype=values.dtype) for i, values in enumerate(data)}
-        )
+        # copy=False: the columns keep the memory they arrived in (a mapped segment, a frame).
+        columns_by_position = {
+            i: pd.Series(values, dtype=values.dtype, copy=False) for i, values in enumerate(data)
+        }
+        frame = pd.DataFrame(columns_by_position, copy=False)
         frame.index = index
         frame.columns = columns
         return frame
@@ -893,14 +1027,15 @@ _DECODERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
 }
 
 
-def decode(obj: Any, name: str = "") -> Any:
-    """Turn what :func:`encode` produced (after a JSON round trip) back into the value.
+def decode(obj: Any, name: str = "", buffers: Sequence[Any] = ()) -> Any:
+    """Turn what :func:`encode` produced (after a JSON round trip) back into the value;
+    ``buffers`` are the bulk buffers that came with it, in order (see :class:`Bulk`).
 
     Raises :class:`WireError` naming ``name`` for malformed input, unknown tags, or numpy/pandas
     data when numpy/pandas is not installed here.
     """
     try:
-        return _Decoder(name).decode(obj)
+        return _Decoder(name, buffers).decode(obj)
     except WireError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -927,10 +1062,10 @@ def _here() -> str:
     return here
 
 
-def decode_namespace(encoded: Mapping[str, Any]) -> dict[str, Any]:
+def decode_namespace(encoded: Mapping[str, Any], buffers: Sequence[Any] = ()) -> dict[str, Any]:
     """Decode each variable of ``encoded``; an error names the variable that cannot be read."""
     if not isinstance(encoded, dict):
         raise WireError(
             f"expected an object of variables, got {_type_name(encoded)}", action="receive"
         )
-    return {str(name): decode(obj, str(name)) for name, obj in encoded.items()}
+    return {str(name): decode(obj, str(name), buffers) for name, obj in encoded.items()}

@@ -83,7 +83,7 @@ def translated(url: str, what: str = "the orchestrator") -> Iterator[None]:
 
 
 def ndjson_items(
-    lines: Iterator[str], source: str = "the orchestrator"
+    lines: Iterator[str] | Iterator[bytes], source: str = "the orchestrator"
 ) -> Iterator[dict[str, Any]]:
     """The objects of an NDJSON answer (blank lines skipped); a line that is not a JSON object
     is an error saying that ``source`` sent it."""

@@ -1,8 +1,12 @@
 """Running a cell in a python runner backend (``POST /run``), its output streamed to the notebook.
 
 The runner answers ``application/x-ndjson`` when asked: ``{"stream": "stdout"|"stderr", "text"}``
-and ``{"display": bundle}`` lines while the cell runs, then ``{"result": {...}}``. A runner that
+and ``{"display": bundle}`` lines while the cell runs, then ``{"result": {...}}``, whose big
+buffers follow it as frames or wait in shared memory (:mod:`ywmagics.bulk`). A runner that
 answers plain JSON instead is accepted too (its output is then shown at the end).
+
+The answer is read to its end, even once the result is in: the connection then goes back to
+the pool, and the next cell does not open another.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import signal
 import sys
 import threading
@@ -21,17 +26,25 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ywmagics import bulk
 from ywmagics.errors import (
     BackendHTTPError,
     IncompleteAnswerError,
     InterpreterTimeout,
     RemoteExecutionError,
     RunnerExited,
+    TransferError,
     YwMagicsError,
     error_from_dict,
 )
 from ywmagics.kernel import _ipython
-from ywmagics.kernel.transfer import decode_outputs, encode_inputs
+from ywmagics.kernel.transfer import (
+    ChunkReader,
+    Inputs,
+    bulk_request,
+    decode_outputs,
+    encode_inputs,
+)
 from ywmagics.protocol import NDJSON
 
 if TYPE_CHECKING:
@@ -58,28 +71,76 @@ class RunRequest:
 
     cell_id: str
     code: str
-    captured_in: dict[str, Any] = field(default_factory=dict)
+    inputs: Inputs = field(default_factory=lambda: Inputs({}))
     captured_out: list[str] = field(default_factory=list)
+    bulk: dict[str, Any] | None = None  # how the --out values' big buffers may come back
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "cellId": self.cell_id,
             "code": self.code,
-            "capturedIn": self.captured_in,
+            "capturedIn": self.inputs.encoded,
             "capturedOut": self.captured_out,
             "runId": self.run_id,
             "stdin": True,  # its input() is asked of the notebook (run_cell answers)
         }
+        if self.inputs.listed:
+            body["buffers"] = self.inputs.listed
+        if self.bulk is not None:
+            body["bulk"] = self.bulk
+        return body
+
+    def body(self) -> dict[str, Any]:
+        """The request's body, as ``httpx`` takes it: JSON, or JSON and frames."""
+        if not self.inputs.frames:
+            return {"json": self.to_dict()}
+        assert self.inputs.values is not None
+        framed = bulk.FramedBody(self.to_dict(), self.inputs.values, self.inputs.frames)
+        headers = {"Content-Type": bulk.FRAMES, "Content-Length": str(framed.size)}
+        return {"content": framed, "headers": headers}
+
+
+@dataclass
+class RunResult:
+    """The runner's result of a run, with the bulk buffers of its ``capturedOut``."""
+
+    result: dict[str, Any]
+    buffers: list[Any] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.result.get(key, default)
+
+
+_runner_hosts: dict[tuple[str, str], Any] = {}  # where each runner runs: see bulk.host
+
+
+def runner_host(client: BackendClient) -> Any:
+    """Where the runner runs (its ``GET /`` says), asked once; ``None`` when it does not say."""
+    key = (client.url_base, client.partition)
+    if key not in _runner_hosts:
+        try:
+            about = client.fetch_json("/")
+        except YwMagicsError:
+            return None  # not now: the run itself will say what is wrong
+        _runner_hosts[key] = about.get("host") if isinstance(about, dict) else None
+    return _runner_hosts[key]
 
 
 @dataclass(frozen=True)
 class Output:
-    """Where a cell's output goes: its printed text and its displays."""
+    """Where a cell's output goes: its printed text and its displays (and, for the notebook's
+    own output, the order of its two streams)."""
 
     stdout: Write
     stderr: Write
     display: Display
+    order: StreamOrder | None = None
+
+    def flush(self) -> None:
+        """What the cell printed, sent on before what comes after it (its result, an error)."""
+        if self.order is None or self.order.last:  # nothing written: nothing to send
+            flush_output()
 
 
 def run_interpreter_cell(
@@ -97,22 +158,30 @@ def run_interpreter_cell(
     """The whole of ``%%interpreter``: send the ``inputs`` of ``namespace``, run ``code``, show
     its output, and return the ``outputs`` decoded. A cell that raised raises
     :class:`RemoteExecutionError` with the runner's traceback."""
-    request = RunRequest(cell_id, code, encode_inputs(namespace, inputs), outputs)
     where = f"{alias}: {client.name} {client.version}, partition {client.partition}"
+    host = runner_host(client) if inputs or outputs else None
+    request = RunRequest(
+        cell_id, code, encode_inputs(namespace, inputs, host), outputs, bulk_request(host)
+    )
+    output = output or notebook_output()
     try:
         with _needs_runner(alias, client):
-            result = run_cell(
-                client, request, alias=alias, timeout=timeout, output=output or notebook_output()
-            )
+            result = run_cell(client, request, alias=alias, timeout=timeout, output=output)
     finally:
-        flush_output()  # what it printed goes before its error or the next cell's output
-    exception = result.get("exception")
-    if exception:
-        raise RemoteExecutionError(
-            exception if isinstance(exception, dict) else {"message": str(exception)},
-            where=where,
-        )
-    return decode_outputs(result.get("capturedOut") or {}, outputs)
+        request.inputs.release()
+        output.flush()  # what it printed goes before its error or the next cell's output
+    try:
+        if "host" in result.result:  # it may have moved: the next run sends it there
+            _runner_hosts[(client.url_base, client.partition)] = result.get("host")
+        exception = result.get("exception")
+        if exception:
+            raise RemoteExecutionError(
+                exception if isinstance(exception, dict) else {"message": str(exception)},
+                where=where,
+            )
+        return decode_outputs(result.get("capturedOut") or {}, outputs, result.buffers)
+    finally:
+        bulk.remove_segments(bulk.segment_names(result.get("buffers") or []))
 
 
 def interrupt_run(client: BackendClient, run_id: str) -> bool:
@@ -134,7 +203,7 @@ def run_cell(
     alias: str,
     timeout: float | None,
     output: Output,
-) -> dict[str, Any]:
+) -> RunResult:
     """Run the cell; stream its output to ``output``; return the runner's result.
 
     ``timeout`` (seconds) counts from the moment the cell starts in the runner (it may first
@@ -160,11 +229,13 @@ def run_cell(
         timer.daemon = True
     where = f"{alias}: {client.name} {client.version}, partition {client.partition}"
     try:
+        body = request.body()
+        headers = {**body.pop("headers", {}), "Accept": NDJSON}
         with client.stream(
             "/run",
             "POST",
-            json=request.to_dict(),
-            headers={"Accept": NDJSON},
+            **body,
+            headers=headers,
             # No read limit: a cell may wait for another, and print nothing for long.
             timeout=httpx.Timeout(None, connect=5.0),
         ) as response:
@@ -197,7 +268,7 @@ def run_cell(
                         answer = {"eof": _no_stdin(no_stdin)}
                     client.fetch("/input", method="POST", json={"runId": request.run_id, **answer})
 
-                result = _read_stream(response.iter_lines(), output, started, pressed, asked)
+                result = _read_stream(response.iter_bytes(), output, started, pressed, asked)
                 exception = result.get("exception")
                 if (
                     presses
@@ -208,7 +279,7 @@ def run_cell(
             else:
                 if timer is not None:
                     timer.start()
-                result = _read_whole(response, output)
+                result = RunResult(_read_whole(response, output))
     except Interrupted:
         raise
     except KeyboardInterrupt as interrupt:
@@ -270,36 +341,68 @@ def _no_stdin(error: Exception) -> str:
 
 
 def _read_stream(
-    lines: Iterator[str],
+    chunks: Iterator[bytes],
     output: Output,
     on_started: Callable[[], None] | None = None,
     on_interrupt: Callable[[], None] | None = None,
     on_input: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Show what the runner streams until its result. The answer is read in a thread of its
-    own: an interrupt landing in the middle of a read would end the stream with it, and what
-    the cell prints after the interrupt would be lost. Here it lands in the wait for the next
-    item, where ``on_interrupt`` is called (and may raise to stop waiting)."""
+) -> RunResult:
+    """Show what the runner streams until its result, and read its answer to the end. The
+    answer is read in a thread of its own: an interrupt landing in the middle of a read would
+    end the stream with it, and what the cell prints after the interrupt would be lost. Here it
+    lands in the wait for the next item, where ``on_interrupt`` is called (and may raise to
+    stop waiting)."""
     from ywmagics.client._http import ndjson_items
 
     items = _Mailbox()
+    reader = ChunkReader(chunks)
 
     def pump() -> None:
         try:
-            for item in ndjson_items(lines, source="the runner"):
-                items.put(("item", item))
+            for item in ndjson_items(reader.lines(), source="the runner"):
+                if "result" in item:
+                    result = _result(item["result"])
+                    items.put(("result", RunResult(result, _receive(result, reader))))
+                else:
+                    items.put(("item", item))
             items.put(("end", None))
         except BaseException as error:  # to the notebook's thread, which raises it
             items.put(("error", error))
         finally:
             items.close_sending()
 
-    threading.Thread(target=pump, name="ywmagics-run-reader", daemon=True).start()
+    _Reader.run(pump)
     try:
         with items.taking_interrupts(on_interrupt is not None):
             return _show_items(items, output, on_started, on_interrupt, on_input)
     finally:
         items.close_receiving()
+
+
+class _Reader:
+    """A thread that reads runners' answers, kept from cell to cell: starting a thread costs a
+    millisecond in a kernel, whose own threads hold the GIL often. A reader still busy (with a
+    cell the notebook stopped waiting for) is not waited for: another one starts."""
+
+    _idle: collections.deque[_Reader] = collections.deque()
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="ywmagics-run-reader", daemon=True).start()
+
+    @classmethod
+    def run(cls, job: Callable[[], None]) -> None:
+        """Run ``job`` (which handles its own errors) in an idle reader."""
+        try:
+            reader = cls._idle.pop()
+        except IndexError:
+            reader = cls()
+        reader._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+            self._idle.append(self)
 
 
 class _Mailbox:
@@ -373,13 +476,31 @@ class _Mailbox:
         os.close(self._wakeup)
 
 
+def _receive(result: dict[str, Any], reader: ChunkReader) -> list[Any]:
+    """The bulk buffers of the result's ``capturedOut``: mapped, or read from the frames that
+    follow its line."""
+    listed = result.get("buffers") or []
+    try:
+        return bulk.receive(bulk.check_descriptors(listed), reader.readinto)
+    except (ValueError, bulk.SegmentError) as error:
+        bulk.remove_segments(bulk.segment_names(listed if isinstance(listed, list) else []))
+        names = ", ".join(result.get("capturedOut") or {}) or "none"
+        raise TransferError(
+            f"the --out values ({names}) could not be received: {error} (no --out variable "
+            "was assigned)"
+        ) from error
+    except EOFError as error:
+        raise IncompleteAnswerError(f"the runner's answer ended in its frames: {error}") from error
+
+
 def _show_items(
     items: _Mailbox,
     output: Output,
     on_started: Callable[[], None] | None,
     on_interrupt: Callable[[], None] | None,
     on_input: Callable[[dict[str, Any]], None] | None,
-) -> dict[str, Any]:
+) -> RunResult:
+    result: RunResult | None = None
     while True:
         try:
             kind, item = items.get()
@@ -395,8 +516,12 @@ def _show_items(
         if kind == "end":
             break
         if kind == "error":
+            if result is not None:  # the result is whole: only the end of the answer is lost
+                return result
             raise item
-        if "stream" in item:
+        if kind == "result":
+            result = item  # read on to the end of the answer: its connection can serve again
+        elif "stream" in item:
             (output.stderr if item["stream"] == "stderr" else output.stdout)(
                 str(item.get("text", ""))
             )
@@ -409,11 +534,11 @@ def _show_items(
             if on_input is not None:
                 with items.raising_interrupts():
                     on_input(item["input_request"])
-        elif "result" in item:
-            return _result(item["result"])
         elif "error" in item:
             raise error_from_dict(item["error"])
-    raise IncompleteAnswerError("the runner closed its answer without a result")
+    if result is None:
+        raise IncompleteAnswerError("the runner closed its answer without a result")
+    return result
 
 
 GIVE_UP_AFTER = 3  # interrupts a cell did not stop for, before the notebook stops waiting
@@ -525,4 +650,4 @@ def flush_output() -> None:
 def notebook_output() -> Output:
     """The notebook's own output: the kernel's stdout/stderr and its display."""
     order = StreamOrder()
-    return Output(writer("stdout", order), writer("stderr", order), publish)
+    return Output(writer("stdout", order), writer("stderr", order), publish, order)

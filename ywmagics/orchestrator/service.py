@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ywmagics import bulk
 from ywmagics._version import __version__
 from ywmagics.errors import (
     BackendNotFound,
@@ -212,9 +213,13 @@ class Orchestrator:
             self._watching_owners = asyncio.ensure_future(self._watch_owners())
 
     async def _watch_owners(self) -> None:
-        """Stop each partition whose owners have all ended, soon after; until none is owned."""
+        """Stop each partition whose owners have all ended, soon after; until none is owned.
+        Meanwhile, remove the shared-memory segments of kernels and runners that died in the
+        middle of a transfer (see :mod:`ywmagics.bulk`): nobody else would."""
         while self.owners:
             await asyncio.sleep(POLL_INTERVAL)
+            for name in bulk.sweep():
+                log.info("removed %s/%s (a transfer cut short)", bulk.SHM_FOLDER, name)
             for partition in self.owners.orphaned():
                 log.info("partition %r: its kernel ended; stopping what it ran", partition)
                 await self.stop(partition, None, None)

@@ -2,8 +2,9 @@
 
 ::
 
-    GET  /           {"name", "version", "python"}                        (readiness)
-    POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId", "stdin" (optional)}
+    GET  /           {"name", "version", "python", "host"}                (readiness)
+    POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId", "stdin" (optional),
+                     "buffers", "bulk" (optional: see below)}
                      -> {"output", "error", "capturedOut", "exception", "displays"}
                      with "Accept: application/x-ndjson": one JSON object per line,
                      {"started": true} when the cell starts (it may wait for another),
@@ -16,6 +17,13 @@
                      streamed run with "stdin": true sent when its cell called input() (or
                      getpass); without it, input() raises EOFError
     POST /reset      -> {"reset": true}          (a fresh namespace)
+
+Big values (``ywmagics_bulk``): the ``capturedIn`` values may name ``buffers``, which are in
+shared memory or follow the JSON as frames (the body is then of type ``FRAMES``: the JSON on one
+line, the frames after it). A streamed run with ``"bulk": {"host": ...}`` gets its
+``capturedOut`` so as well: the result lists its ``buffers`` (segments for that host when it is
+this one's), and the frames follow the result's line. Without ``bulk``, every value is inside the
+JSON, as a reader of the raw answer expects.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import sys
 import threading
 import time
 
+import ywmagics_bulk as bulk
 from pyrun_http import Connection, HTTPError, Request
 from pyrun_runner import CellRun, Runner
 
@@ -36,13 +45,15 @@ if TYPE_CHECKING:
 NAME = "pyrun_backend"
 VERSION = "0.1.0"
 NDJSON = "application/x-ndjson"
+HOST = bulk.host()  # where this runner is, for a kernel to tell whether they share memory
 STREAM_INTERVAL = 0.05  # seconds: the longest that text printed without a newline waits
 
 
-def parse_run(body: bytes) -> dict[str, Any]:
-    """Check the body of ``POST /run``: HTTP 400 says what is wrong."""
+def parse_run(http: Request, stream: bool) -> dict[str, Any]:
+    """Check the body of ``POST /run`` and receive its buffers: HTTP 400 says what is wrong."""
+    framed = bulk.FRAMES in http.headers.get("content-type", "")
     try:
-        request = json.loads(body)
+        request = json.loads(http.reader.readline() if framed else http.body)
     except ValueError as exc:
         raise HTTPError(400, f"the body is not JSON: {exc}") from None
     if not isinstance(request, dict):
@@ -62,6 +73,9 @@ def parse_run(body: bytes) -> dict[str, Any]:
         raise HTTPError(400, "'capturedIn' must be an object of encoded values")
     if not isinstance(captured_out, list) or not all(isinstance(n, str) for n in captured_out):
         raise HTTPError(400, "'capturedOut' must be a list of variable names")
+    wanted = request.get("bulk")
+    if wanted is not None and not isinstance(wanted, dict):
+        raise HTTPError(400, "'bulk' must be an object, {'host': ...}")
     return {
         "cellId": cell_id,
         "code": code,
@@ -69,7 +83,22 @@ def parse_run(body: bytes) -> dict[str, Any]:
         "capturedOut": captured_out,
         "runId": run_id,
         "stdin": request.get("stdin") is True,
+        "bulk": wanted if stream else None,  # a whole JSON answer has its values inside
+        "received": _receive(request.get("buffers") or [], http, framed),
     }
+
+
+def _receive(listed: Any, http: Request, framed: bool) -> list[Any]:
+    try:
+        listed = bulk.check_descriptors(listed)
+        if not framed and any("shm" not in item for item in listed):
+            raise ValueError(f"frames are listed, but the body is not of type {bulk.FRAMES}")
+        return bulk.receive(listed, http.reader.readinto)
+    except (ValueError, bulk.SegmentError) as exc:
+        bulk.remove_segments(bulk.segment_names(listed if isinstance(listed, list) else []))
+        raise HTTPError(400, f"the buffers of 'capturedIn' cannot be read: {exc}") from None
+    except EOFError as exc:
+        raise OSError(str(exc)) from None  # the client left in the middle of the body
 
 
 def parse_interrupt(body: bytes) -> str | None:
@@ -117,9 +146,11 @@ class App(Connection):
         route = (request.method, request.path)
         try:
             if route in (("GET", "/"), ("HEAD", "/")):
-                self.send_json(200, {"name": NAME, "version": VERSION, "python": sys.version})
+                about = {"name": NAME, "version": VERSION, "python": sys.version, "host": HOST}
+                self.send_json(200, about)
             elif route == ("POST", "/run"):
-                self._run(parse_run(request.body), NDJSON in request.headers.get("accept", ""))
+                stream = NDJSON in request.headers.get("accept", "")
+                self._run(parse_run(request, stream), stream)
             elif route == ("POST", "/interrupt"):
                 run_id = parse_interrupt(request.body)
                 self.send_json(200, {"interrupted": self.runner.interrupt(run_id)})
@@ -173,10 +204,17 @@ class App(Connection):
                     break
             if items:
                 finished = "result" in items[-1]
+                frames = items[-1].pop("frames", None) if finished else None
                 try:
                     self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items))
+                    if frames is not None:
+                        for piece in bulk.frame_pieces(*frames):
+                            self.stream_write(piece)
                 except OSError:  # the client left: a waiting cell never starts, a running one ends
-                    run.cancelled = True
+                    run.client_left()
                     self._keep_alive = False
                     return
+                finally:
+                    if finished:
+                        run.sent_frames.set()  # the cell's values may change again
         self.stream_end()

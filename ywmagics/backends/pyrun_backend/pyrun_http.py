@@ -4,7 +4,9 @@
 at each start of a runner, which is measured from process start to first answer. This module
 reads a request line, headers and a body (``Content-Length`` or chunked, after ``Expect:
 100-continue`` when asked), keeps connections alive as HTTP/1.1 does, and writes either a whole
-JSON answer with its length or a chunked stream.
+JSON answer with its length or a chunked stream. A body is read when the route asks for it: whole
+(``request.body``), or bit by bit into buffers of the route's own (``request.reader``), which is
+how the frames of big values go straight into the memory of the arrays they become.
 """
 
 from __future__ import annotations
@@ -62,15 +64,118 @@ class HTTPError(Exception):
 class Request:
     """One parsed request; header names are lower case."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+    __slots__ = ("_body", "headers", "keep_alive", "method", "path", "query", "reader")
 
-    def __init__(self, method: str, target: str, headers: dict[str, str], keep_alive: bool) -> None:
+    def __init__(
+        self, method: str, target: str, headers: dict[str, str], keep_alive: bool, reader: Body
+    ) -> None:
         self.method = method
         path, _, self.query = target.partition("?")
         self.path = path.rstrip("/") or "/"
         self.headers = headers
         self.keep_alive = keep_alive
-        self.body = b""
+        self.reader = reader
+        self._body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = self.reader.read_all()
+        return self._body
+
+
+class Body:
+    """A request's body as it arrives (``Content-Length`` or chunked), at most ``limit`` bytes."""
+
+    def __init__(self, rfile: Any, headers: dict[str, str], limit: int) -> None:
+        self._rfile = rfile
+        self._limit = limit
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._left = 0  # bytes left of the whole body, or of the current chunk
+        self.ended = False
+        self.too_big = False
+        if not self._chunked:
+            length = headers.get("content-length", "") or "0"
+            if not length.isdigit():
+                raise HTTPError(400, f"malformed Content-Length {length!r}")
+            self._left = int(length)
+            self._check(self._left)
+            self.ended = self._left == 0
+        self._total = self._left
+
+    def _check(self, total: int) -> None:
+        if total > self._limit:
+            self.too_big = True  # the rest of the body is not read: the connection closes
+            raise HTTPError(
+                413,
+                f"the request's body ({total} bytes or more) is larger than this runner takes "
+                f"({self._limit} bytes): send less, or install the runner with "
+                "--config pyrun_backend.build.max_body=SIZE (e.g. 4GiB)",
+            )
+
+    def _more(self) -> bool:
+        """Whether there is more to read, moving on to the next chunk if need be."""
+        if self.ended:
+            return False
+        if self._left:
+            return True
+        if not self._chunked:
+            self.ended = True
+            return False
+        line = self._rfile.readline(MAX_LINE)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HTTPError(400, "malformed chunked body") from None
+        if size == 0:
+            while self._rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            self.ended = True
+            return False
+        self._total += size
+        self._check(self._total)
+        self._left = size
+        return True
+
+    def _consumed(self, count: int) -> None:
+        if not count:
+            raise OSError("the client closed the connection in the middle of the body")
+        self._left -= count
+        if self._chunked and not self._left:
+            self._rfile.readline(3)  # the CRLF after a chunk
+
+    def readinto(self, view: memoryview) -> int:
+        """Read into ``view`` (as much as comes at once); 0 at the end of the body."""
+        if not view.nbytes or not self._more():
+            return 0
+        count: int = self._rfile.readinto(view[: min(view.nbytes, self._left)])
+        self._consumed(count)
+        return count
+
+    def readline(self) -> bytes:
+        """The body up to and with its next newline (or its end)."""
+        parts = []
+        while self._more():
+            part = self._rfile.readline(self._left)
+            self._consumed(len(part))
+            parts.append(part)
+            if part.endswith(b"\n"):
+                break
+        return b"".join(parts)
+
+    def read_all(self) -> bytes:
+        parts = []
+        while self._more():
+            part = self._rfile.read(self._left)
+            self._consumed(len(part))
+            parts.append(part)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Read what the route left unread, so that the next request on the connection starts
+        where it should."""
+        while self._more():
+            self._consumed(len(self._rfile.read(min(self._left, 1 << 20))))
 
 
 class Connection(socketserver.StreamRequestHandler):
@@ -85,6 +190,7 @@ class Connection(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self._head_only = False
+        self._reader: Body | None = None
         while True:
             self._answered = False
             try:
@@ -97,10 +203,17 @@ class Connection(socketserver.StreamRequestHandler):
             if request is None:
                 return
             self._keep_alive = request.keep_alive
+            self._reader = request.reader
             self._head_only = request.method == "HEAD"
             try:
                 self.respond(request)
+                if self._keep_alive:
+                    request.reader.drain()
             except OSError:  # the client went away
+                return
+            except HTTPError as exc:  # a body too big, malformed: read after the answer began
+                if not self._answered:
+                    self.send_json(exc.status, {"detail": exc.detail}, close=True)
                 return
             except Exception as exc:
                 import traceback
@@ -155,57 +268,16 @@ class Connection(socketserver.StreamRequestHandler):
             keep_alive = "close" not in connection
         else:
             keep_alive = "keep-alive" in connection
-        request = Request(method, target, headers, keep_alive)
+        reader = Body(self.rfile, headers, self.max_body)
         if headers.get("expect", "").lower() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.body = self._read_body(headers)
-        return request
-
-    def _read_body(self, headers: dict[str, str]) -> bytes:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts: list[bytes] = []
-            total = 0
-            while True:
-                line = self._read_line()
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise HTTPError(400, "malformed chunked body") from None
-                if size == 0:
-                    while self._read_line() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                total += size
-                if total > self.max_body:
-                    raise self._too_big(total)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline(3)
-        length = headers.get("content-length", "")
-        if not length:
-            return b""
-        if not length.isdigit():
-            raise HTTPError(400, f"malformed Content-Length {length!r}")
-        if int(length) > self.max_body:
-            raise self._too_big(int(length))
-        body = self.rfile.read(int(length))
-        if len(body) != int(length):
-            raise OSError("the client closed the connection in the middle of the body")
-        return body
-
-    def _too_big(self, size: int) -> HTTPError:
-        self._keep_alive = False  # the rest of the body is not read
-        return HTTPError(
-            413,
-            f"the request's body ({size} bytes or more) is larger than this runner takes "
-            f"({self.max_body} bytes): send less, or install the runner with "
-            "--config pyrun_backend.build.max_body=SIZE (e.g. 4GiB)",
-        )
+        return Request(method, target, headers, keep_alive, reader)
 
     # writing -----------------------------------------------------------------------------
 
     def _head(self, status: int, headers: list[tuple[str, str]], close: bool) -> bytes:
         self._answered = True
-        if close:
+        if close or (self._reader is not None and self._reader.too_big):
             self._keep_alive = False
         lines = [
             f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
@@ -236,9 +308,14 @@ class Connection(socketserver.StreamRequestHandler):
         ]
         self.wfile.write(self._head(200, headers, close=False))
 
-    def stream_write(self, data: bytes) -> None:
-        if data:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+    def stream_write(self, data: bytes | memoryview) -> None:
+        size = memoryview(data).nbytes
+        if size > 65536:  # a frame: sent from where it is, not copied into a chunk first
+            self.wfile.write(b"%x\r\n" % size)
+            self.wfile.write(data)
+            self.wfile.write(b"\r\n")
+        elif size:
+            self.wfile.write(b"%x\r\n%s\r\n" % (size, data))
 
     def stream_end(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

@@ -16,6 +16,7 @@ import sys
 import threading
 
 import pyrun_display
+import ywmagics_bulk as bulk
 import ywmagics_wire as wire
 from pyrun_fds import FdCapture
 from pyrun_signals import Signals, Terminate
@@ -67,6 +68,8 @@ class CellRun:
         self.shown: set[int] = set()  # ids of the figures that the cell displayed itself
         self.result: dict[str, Any] | None = None
         self.done = threading.Event()
+        # Set once the result's frames are written: until then the cell's values must not change.
+        self.sent_frames = threading.Event()
         self._lock = threading.Lock()
         self._texts: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -145,10 +148,15 @@ class CellRun:
                 self.events.put({"started": True})
 
     def finish(
-        self, captured: dict[str, Any] | None = None, exception: dict[str, Any] | None = None
+        self,
+        captured: dict[str, Any] | None = None,
+        exception: dict[str, Any] | None = None,
+        shipped: Shipped | None = None,
     ) -> None:
-        """End the run with its result: what it printed and displayed, the captured values,
-        and the exception it raised, if any (see :func:`exception_info`)."""
+        """End the run with its result: what it printed and displayed, the captured values
+        (and their bulk buffers, ``shipped``), and the exception it raised, if any (see
+        :func:`exception_info`). With frames to send, wait until they are sent: the next cell
+        may change the values they are read from."""
         self.flush_streams()
         result = {
             "output": self.text("stdout"),
@@ -157,11 +165,28 @@ class CellRun:
             "exception": exception,
             "displays": self.displays,
         }
+        event: dict[str, Any] = {}
+        if shipped is not None:
+            result.update(buffers=shipped.listed, host=bulk.host())
+            if shipped.frames:
+                event["frames"] = (shipped.bulk, shipped.frames)
         self.result = result
         if self.events is not None:
             # What was printed and displayed went out as it happened: not twice.
-            self.events.put({"result": {**result, "output": "", "error": "", "displays": []}})
+            event["result"] = {**result, "output": "", "error": "", "displays": []}
+            self.events.put(event)
         self.done.set()
+        if "frames" in event:
+            self.sent_frames.wait()
+        if shipped is not None and self.cancelled:  # nobody is left to take its segments
+            bulk.remove_segments(bulk.segment_names(shipped.listed))
+
+    def client_left(self) -> None:
+        """Its client went away (any thread): it is not waited for, nor its segments kept."""
+        self.cancelled = True
+        self.sent_frames.set()
+        if self.result is not None:
+            bulk.remove_segments(bulk.segment_names(self.result.get("buffers") or []))
 
     def fail(self, exc: BaseException | None) -> None:
         """Finish a run that the server could not take to its end (stopping, or a bug of ours)."""
@@ -184,6 +209,15 @@ def exception_info(
 ) -> dict[str, Any]:
     """A run's ``exception``, as the kernel side reads it."""
     return {"type": type_name, "message": message, "traceback": traceback, "lineno": lineno}
+
+
+class Shipped:
+    """The bulk buffers of a run's captured values: their descriptors, and the frames to send."""
+
+    def __init__(self, values: wire.Bulk, listed: list[dict[str, Any]], frames: list[int]) -> None:
+        self.bulk = values
+        self.listed = listed
+        self.frames = frames
 
 
 class CellStream(io.TextIOBase):
@@ -292,6 +326,7 @@ class Runner:
         run.start()
         filename = f"<cell {request['cellId']}>"
         captured: dict[str, Any] = {}
+        shipped: Shipped | None = None
         exception: dict[str, Any] | None = None
         saved = sys.stdout, sys.stderr
         self.current = run
@@ -314,7 +349,9 @@ class Runner:
         os._exit = exit_after_output
         try:
             try:
-                self.namespace.update(wire.decode_namespace(request["capturedIn"]))
+                received = request.pop("received", [])
+                self.namespace.update(wire.decode_namespace(request["capturedIn"], received))
+                del received  # the values hold their memory now: dropping them gives it back
                 self._execute(self._compile(request["code"], filename))
                 # Like a notebook: the value of a last expression shows.
                 value = self.namespace.pop(LAST_VALUE, None)
@@ -322,7 +359,7 @@ class Runner:
                     self.namespace["_"] = value
                     self.display(value)
                 self._flush_figures(run)
-                captured = self._capture(request["capturedOut"])
+                captured, shipped = self._capture(request["capturedOut"], request.get("bulk"))
             except Terminate:
                 raise
             except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the cell failed
@@ -334,7 +371,7 @@ class Runner:
             os._exit = real_exit
             sys.stdout, sys.stderr = saved
             self.current = None
-        run.finish(captured, exception)
+        run.finish(captured, exception, shipped)
 
     def _compile(self, code: str, filename: str) -> CodeType:
         """The cell's code; a last expression (unless it ends with ``;``) is kept in
@@ -420,15 +457,23 @@ class Runner:
         asyncio.set_event_loop(self._loop)
         return self._loop
 
-    def _capture(self, names: list[str]) -> dict[str, Any]:
+    def _capture(
+        self, names: list[str], wanted: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], Shipped | None]:
+        """The ``--out`` values encoded; with ``wanted`` (the client takes bulk buffers), their
+        big buffers put in shared memory for its host, or left to send as frames."""
+        values = wire.Bulk() if wanted is not None else None
         captured = {}
         for name in names:
             if name not in self.namespace:
                 # Said as notebook users asked for it (the %%interpreter option); the wire's
                 # field name, capturedOut, is not theirs.
                 raise NameError(f"--out variable {name!r} is not defined by the cell")
-            captured[name] = wire.encode(self.namespace[name], name)
-        return captured
+            captured[name] = wire.encode(self.namespace[name], name, values)
+        if values is None or wanted is None:
+            return captured, None
+        listed, frames = bulk.place(values, wanted.get("host"), bulk.host())
+        return captured, Shipped(values, listed, frames)
 
     def _flush_figures(self, run: CellRun) -> None:
         """Send the matplotlib figures left open by the cell, as the inline backend does."""
