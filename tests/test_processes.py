@@ -249,6 +249,7 @@ def _named(name: str) -> list[int]:
 
 
 @linux_only
+@pytest.mark.slow  # a tree of hundreds of processes, each waited for
 @pytest.mark.parametrize("how", ["4", "end signal"])
 def test_a_tracer_and_a_deep_tree_do_not_hold_a_child_up(how: str) -> None:
     name = f"ywdeep{os.getpid() % 10000}"

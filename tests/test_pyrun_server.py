@@ -536,6 +536,7 @@ def test_no_import_outside_the_standard_library() -> None:
     assert os.access(BACKEND / "pyrun_server.py", os.R_OK)
 
 
+@pytest.mark.slow  # a whole mypy run: seconds
 def test_the_runner_type_checks_as_installed(tmp_path: Path) -> None:
     # As the installer lays it out: the backend's files with the codec next to them. (mypy checks
     # for 3.10 at the oldest; that the runner runs on 3.8 is tested by running it there.)
