@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -29,6 +31,7 @@ from ywmagics.kernel.transfer import ChunkReader, bulk_request, decode_outputs, 
 from .pyrun_process import Server
 
 BIG = 1 << 17  # elements: over the codec's bulk threshold for every dtype below
+FOLDER = bulk.folder() or "no private folder for segments"
 
 
 def _arrays() -> dict[str, Any]:
@@ -144,7 +147,7 @@ def test_a_buffer_of_the_wrong_size_or_missing_is_refused() -> None:
 
 
 def _our_segments() -> set[str]:
-    return {n for n in os.listdir(bulk.SHM_FOLDER) if n.startswith(bulk.PREFIX)}
+    return {n for n in os.listdir(FOLDER) if n.startswith(bulk.PREFIX)}
 
 
 @pytest.fixture
@@ -157,10 +160,10 @@ def no_segment_left() -> Iterator[None]:
 def test_a_segment_is_private_mapped_once_and_its_name_gone(no_segment_left: None) -> None:
     data = memoryview(np.arange(BIG, dtype=np.int32)).cast("B")
     name = bulk.write_segment([data[:1000], data[1000:]], data.nbytes, os.getpid())
-    info = os.stat(f"{bulk.SHM_FOLDER}/{name}")
+    info = os.stat(f"{FOLDER}/{name}")
     assert info.st_mode & 0o777 == 0o600 and info.st_size == data.nbytes
     mapped = bulk.map_segment(name, data.nbytes)
-    assert not os.path.exists(f"{bulk.SHM_FOLDER}/{name}")  # its memory is the mapping's alone
+    assert not os.path.exists(f"{FOLDER}/{name}")  # its memory is the mapping's alone
     assert bytes(mapped) == bytes(data)
     with pytest.raises(bulk.SegmentError, match="is gone"):
         bulk.map_segment(name, data.nbytes)
@@ -174,13 +177,13 @@ def test_a_segment_that_is_not_what_was_said_is_refused(no_segment_left: None) -
         with pytest.raises(bulk.SegmentError, match="not the name of a bulk segment"):
             bulk.map_segment(bad, 1)
     name = bulk.write_segment([memoryview(b"x" * 100)], 100, os.getpid())
-    os.chmod(f"{bulk.SHM_FOLDER}/{name}", 0o644)
+    os.chmod(f"{FOLDER}/{name}", 0o644)
     with pytest.raises(bulk.SegmentError, match="not a private segment"):
         bulk.map_segment(name, 100)
     # A link put in a segment's place (by someone who can write in /dev/shm) is not followed.
     target = bulk.write_segment([memoryview(b"y" * 100)], 100, os.getpid())
     link = f"ywbulk-{os.getpid()}-{os.getpid()}-{'cd' * 8}"
-    os.symlink(f"{bulk.SHM_FOLDER}/{target}", f"{bulk.SHM_FOLDER}/{link}")
+    os.symlink(f"{FOLDER}/{target}", f"{FOLDER}/{link}")
     try:
         with pytest.raises(bulk.SegmentError, match="cannot be opened"):
             bulk.map_segment(link, 100)
@@ -199,17 +202,18 @@ def test_the_sweep_removes_what_dead_processes_left_and_nothing_else(no_segment_
     me = os.getpid()
     token = "0123456789abcdef"
     paths = {
-        "dead_creator": f"{bulk.SHM_FOLDER}/ywbulk-{gone}-{me}-{token}",
-        "dead_receiver": f"{bulk.SHM_FOLDER}/ywbulk-{me}-{gone}-{token}",
-        "alive": f"{bulk.SHM_FOLDER}/ywbulk-{me}-{me}-{token}",
-        "another_users": f"{bulk.SHM_FOLDER}/ywbulk-{gone}-{gone}-{token}",
+        "dead_creator": f"{FOLDER}/ywbulk-{gone}-{me}-{token}",
+        "dead_receiver": f"{FOLDER}/ywbulk-{me}-{gone}-{token}",
+        "alive": f"{FOLDER}/ywbulk-{me}-{me}-{token}",
+        "another_users": f"{FOLDER}/ywbulk-{gone}-{gone}-{token}",
     }
     for path in paths.values():
         Path(path).write_bytes(b"x")
     if os.getuid() == 0:
         os.chown(paths["another_users"], 65534, 65534)
     try:
-        removed = bulk.sweep()
+        assert bulk.sweep() == []  # too young: they may still be on their way
+        removed = bulk.sweep(min_age=0)
         assert Path(paths["alive"]).exists()
         assert (
             not Path(paths["dead_creator"]).exists() and not Path(paths["dead_receiver"]).exists()
@@ -222,13 +226,63 @@ def test_the_sweep_removes_what_dead_processes_left_and_nothing_else(no_segment_
             Path(path).unlink(missing_ok=True)
 
 
+def test_segments_live_in_a_private_folder_that_others_cannot_list() -> None:
+    info = os.lstat(FOLDER)
+    assert f"{bulk.SHM_FOLDER}/ywmagics-{os.getuid()}" == FOLDER
+    assert stat.S_ISDIR(info.st_mode) and info.st_mode & 0o777 == 0o700
+    assert info.st_uid == os.getuid()
+
+
+def test_a_folder_in_its_place_that_is_not_private_means_no_shared_memory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bulk, "SHM_FOLDER", str(tmp_path))
+    squatted = tmp_path / f"ywmagics-{os.getuid()}"
+    squatted.symlink_to(tmp_path)  # another user's link, say, made before ours
+    assert bulk.folder() is None and bulk._find_host() is None
+    squatted.unlink()
+    squatted.mkdir(mode=0o755)
+    squatted.chmod(0o755)
+    assert bulk.folder() is None
+    values = wire.Bulk()
+    wire.encode(np.arange(BIG), "a", values)
+    # No shared memory here: every buffer goes as a frame.
+    assert bulk.place(values, {"pid": os.getpid()}, bulk._find_host()) == (
+        [{"size": BIG * 8}],
+        [0],
+    )
+
+
+def test_the_sweep_takes_odd_names_in_its_stride(no_segment_left: None) -> None:
+    odd = [
+        f"ywbulk-{os.getpid()}-{10**20}-{'ef' * 8}",  # a pid no process can have
+        f"ywbulk-{os.getpid()}--1-{'ef' * 8}",
+        "ywbulk-٣-1-" + "ef" * 8,  # digits of another script
+    ]
+    for name in odd:
+        Path(FOLDER, name).write_bytes(b"x")
+    try:
+        assert bulk.sweep(min_age=0) == []  # not ours to judge, and no crash
+    finally:
+        for name in odd:
+            Path(FOLDER, name).unlink()
+
+
+def test_a_receiver_pid_that_no_process_can_have_means_frames() -> None:
+    values = wire.Bulk()
+    wire.encode(np.arange(BIG), "a", values)
+    for pid in (10**20, -1, 0, "abc", None, True):
+        host = {**(bulk.host() or {}), "pid": pid}
+        assert bulk.place(values, host, bulk.host())[1] == [0], pid
+
+
 def test_no_room_in_shared_memory_sends_frames_instead(
     monkeypatch: pytest.MonkeyPatch, no_segment_left: None
 ) -> None:
     write = os.write
 
     def full(descriptor: int, data: Any) -> int:
-        if os.readlink(f"/proc/self/fd/{descriptor}").startswith(bulk.SHM_FOLDER):
+        if os.readlink(f"/proc/self/fd/{descriptor}").startswith(FOLDER):
             raise OSError(errno.ENOSPC, "No space left on device")
         return write(descriptor, data)
 
@@ -386,8 +440,8 @@ def test_a_kernel_killed_before_taking_its_values_leaves_them_to_the_sweep(
         [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=30
     )
     [segment] = json.loads(done.stdout)
-    assert Path(bulk.SHM_FOLDER, segment["shm"]).exists()  # nobody mapped it
-    assert segment["shm"] in bulk.sweep()
+    assert Path(FOLDER, segment["shm"]).exists()  # nobody mapped it
+    assert segment["shm"] in bulk.sweep(min_age=0)
 
 
 @pytest.mark.slow
@@ -397,8 +451,9 @@ def test_the_orchestrator_sweeps_segments_left_by_the_dead(orchestrator: Connect
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    left = Path(bulk.SHM_FOLDER, f"ywbulk-{int(dead.stdout)}-{os.getpid()}-{'ab' * 8}")
+    left = Path(FOLDER, f"ywbulk-{int(dead.stdout)}-{os.getpid()}-{'ab' * 8}")
     left.write_bytes(b"x" * 100)
+    os.utime(left, (time.time() - 60, time.time() - 60))  # old enough to be swept
     # A kernel's install: its partition is owned, and the orchestrator watches.
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -412,3 +467,80 @@ def test_the_orchestrator_sweeps_segments_left_by_the_dead(orchestrator: Connect
         owner.kill()
         owner.wait()
         left.unlink(missing_ok=True)
+
+
+def test_output_after_the_result_does_not_break_its_frames(
+    start_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread of the cell (a logging handler, say) writes as the cell ends: its text comes in
+    # the same batch as the result, which must still be followed by its frames at once.
+    monkeypatch.setenv("YWMAGICS_BULK", "frames")
+    server = start_server()
+    host = server.client.get("/").json()["host"]
+    code = textwrap.dedent("""
+        import sys, threading, time, numpy
+        out = sys.stdout
+        def chatter():
+            for i in range(300):
+                out.write("x" * 70000 + "\\n"); time.sleep(0.001)
+        threading.Thread(target=chatter, daemon=True).start()
+        time.sleep(0.05)
+        y = numpy.ones(1 << 17)
+    """)
+    for _ in range(3):
+        values, _ = exchange(server, code, {}, [], ["y"], host)
+        assert values["y"].sum() == 1 << 17
+    values, _ = exchange(server, "z = 2", {}, [], ["z"], host)  # the runner serves on
+    assert values["z"] == 2
+
+
+@pytest.mark.parametrize("mode", ["shared", "frames"])
+def test_a_forked_child_does_not_change_a_received_value(
+    start_server: Callable[..., Server], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YWMAGICS_BULK", mode)
+    server = start_server()
+    host = server.client.get("/").json()["host"]
+    code = textwrap.dedent("""
+        import os
+        child = os.fork()
+        if child == 0:
+            x[:] = -1
+            os._exit(0)
+        os.waitpid(child, 0)
+        kept = bool((x == 1).all())
+        y = x
+    """)
+    values, _ = exchange(server, code, {"x": np.ones(BIG)}, ["x"], ["kept", "y"], host)
+    assert values["kept"] is True  # in the runner
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        values["y"][:] = -1
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert (values["y"] == 1).all()  # in the kernel
+
+
+def test_frames_that_claim_more_than_the_body_are_refused_before_any_memory(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    head = {"cellId": "c", "code": "pass", "capturedIn": {"a": {"__yw__": "bytes", "buffer": 0}},
+            "capturedOut": [], "buffers": [{"size": 3 << 30}]}  # fmt: skip
+    body = json.dumps(head).encode() + b"\n" + b"x" * 10
+    answer = server.client.post("/run", content=body, headers={"Content-Type": bulk.FRAMES})
+    assert answer.status_code == 400 and "more than the body holds" in answer.text
+    with open(f"/proc/{server.process.pid}/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    assert peak < 500_000  # kB: nothing like the 3 GiB claimed was given
+
+
+def test_a_chunk_size_that_is_not_hex_digits_is_refused(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(str(server.socket_path))
+        raw.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n")
+        answer = raw.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") and b"malformed chunked body" in answer

@@ -6,17 +6,20 @@ The wire codec (:mod:`ywmagics.wire`) keeps an array's data and long ``bytes`` o
 the python runner (as ``ywmagics_bulk.py``): the standard library only, Python 3.8 on.
 
 Shared memory, when both sides run on one machine (:func:`host` describes where a process runs;
-:func:`same_host` compares two): each buffer is a segment, a file of ``/dev/shm`` that the
-sender creates (mode 0600, ``O_EXCL``) and fills with one copy, written (a full ``/dev/shm`` is
-then an error, and the buffer goes as a frame instead). The receiver maps it and removes its name at
-once: the memory is then the receiver's value's alone, and goes back to the system when that
-value is dropped. Nothing is copied on the receiving side.
+:func:`same_host` compares two): each buffer is a segment, a file that the sender creates (mode
+0600, ``O_EXCL``) in the user's own folder of ``/dev/shm`` (``ywmagics-UID``, 0700: other users
+cannot see the segments, link them or flood the folder), and fills with one copy, written (a
+full ``/dev/shm`` is then an error, and the buffer goes as a frame instead). The receiver maps
+it copy-on-write and removes its name at once: the memory is then the receiver's value's alone
+(a forked child's writes stay the child's, as with any array), and goes back to the system when
+that value is dropped. Nothing is copied on the receiving side.
 
 Who removes a segment: until the receiver maps it, it is the sender's, which removes what is
 left of its segments when the exchange ends, however it ends. A segment is named
 ``ywbulk-CREATOR-RECEIVER-TOKEN`` (process ids): when either process has died, nobody can need it
-any more, and :func:`sweep` (run by the orchestrator) removes it. So a kernel or a runner killed
-in the middle of a transfer leaves nothing behind for long.
+any more, and :func:`sweep` (run by the orchestrator) removes it, once it is a few seconds old
+(a runner restarted since its kernel learned its pid must still get what is on its way). So a
+kernel or a runner killed in the middle of a transfer leaves nothing behind for long.
 
 Frames, otherwise (another machine, no ``/dev/shm``, no room there): the body is the JSON on
 one line, then the raw bytes of each buffer without a ``shm``, in order.
@@ -31,6 +34,7 @@ import mmap
 import os
 import re
 import stat
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,8 +44,11 @@ if TYPE_CHECKING:
 SHM_FOLDER = "/dev/shm"
 FRAMES = "application/vnd.ywmagics.frames"  # the content type of a body with frames
 PREFIX = "ywbulk-"
-_NAME = re.compile(r"ywbulk-(\d+)-(\d+)-[0-9a-f]{16}")
-_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EDQUOT)
+MAX_PID = 1 << 22  # Linux's largest (pid_max); a name's pids are checked against it
+_NAME = re.compile(r"ywbulk-([0-9]{1,7})-([0-9]{1,7})-[0-9a-f]{16}", re.ASCII)
+# No room: no space, no inode, no descriptor. The buffer then goes as a frame.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EDQUOT, errno.EMFILE, errno.ENFILE)
+SWEEP_AGE = 10.0  # seconds: a younger segment may still be on its way to a receiver
 
 
 class SegmentError(Exception):
@@ -73,12 +80,30 @@ def host() -> dict[str, Any] | None:
     return _hosts[pid]
 
 
+def folder() -> str | None:
+    """This user's private folder of ``/dev/shm``, made if need be; ``None`` if it cannot be
+    used (no ``/dev/shm``, or someone else's folder, or a link, in its place)."""
+    path = os.path.join(SHM_FOLDER, f"ywmagics-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    private = stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o077
+    return path if private and info.st_uid == os.getuid() else None
+
+
 def _find_host() -> dict[str, Any] | None:
     try:
         info = os.stat(SHM_FOLDER)
     except OSError:
         return None
-    if not os.access(SHM_FOLDER, os.W_OK):
+    if folder() is None:
         return None
     namespace = ""
     with contextlib.suppress(OSError):
@@ -103,15 +128,27 @@ def same_host(mine: Any, theirs: Any) -> bool:
 def _path(name: str) -> str:
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise SegmentError(f"{name!r} is not the name of a bulk segment")
-    return os.path.join(SHM_FOLDER, name)
+    place = folder()
+    if place is None:
+        raise SegmentError(f"there is no private folder for segments in {SHM_FOLDER} here")
+    return os.path.join(place, name)
+
+
+def _no_room(size: int) -> SegmentError:
+    return SegmentError(f"{SHM_FOLDER} has no room for {size} bytes", no_room=True)
 
 
 def write_segment(pieces: Iterable[memoryview], size: int, receiver: int) -> str:
     """A new segment holding ``pieces`` (``size`` bytes in all), for process ``receiver``."""
     name = f"{PREFIX}{os.getpid()}-{receiver}-{os.urandom(8).hex()}"
-    path = os.path.join(SHM_FOLDER, name)
+    path = _path(name)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as error:
+        if error.errno in _NO_ROOM:
+            raise _no_room(size) from None
+        raise
     try:
         # Written, not mapped and stored into: a full /dev/shm is then an error of write(), not
         # a SIGBUS in the middle of a copy; and nobody maps it before it is whole.
@@ -124,9 +161,7 @@ def write_segment(pieces: Iterable[memoryview], size: int, receiver: int) -> str
                 except OSError as error:
                     if error.errno not in _NO_ROOM:
                         raise
-                    raise SegmentError(
-                        f"{SHM_FOLDER} has no room for {size} bytes", no_room=True
-                    ) from None
+                    raise _no_room(size) from None
             written += piece.nbytes
         if written != size:
             raise SegmentError(f"wrote {written} bytes of {size}")
@@ -141,7 +176,8 @@ def write_segment(pieces: Iterable[memoryview], size: int, receiver: int) -> str
 
 def map_segment(name: str, size: int) -> mmap.mmap:
     """Map the segment ``name`` (it must be ``size`` bytes, and this user's alone) and remove
-    its name: its memory now lives as long as the mapping does."""
+    its name: its memory now lives as long as the mapping does. Copy-on-write: what is written
+    into it stays the writer's (a forked child does not change its parent's value)."""
     path = _path(name)
     try:
         descriptor = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
@@ -158,7 +194,7 @@ def map_segment(name: str, size: int) -> mmap.mmap:
             raise SegmentError(f"{path} is not a private segment of this user: refused")
         if info.st_size != size:
             raise SegmentError(f"the segment {name} holds {info.st_size} bytes, not {size}")
-        mapped = mmap.mmap(descriptor, size)
+        mapped = mmap.mmap(descriptor, size, access=mmap.ACCESS_COPY)
     finally:
         os.close(descriptor)
         with contextlib.suppress(OSError):
@@ -187,25 +223,36 @@ def _alive(pid: int) -> bool:
     return state not in (["Z"], ["X"])  # a zombie reads nothing any more
 
 
-def sweep(folder: str = SHM_FOLDER) -> list[str]:
-    """Remove this user's segments whose creator or receiver has died; their names."""
+def sweep(min_age: float = SWEEP_AGE) -> list[str]:
+    """Remove this user's segments (at least ``min_age`` seconds old) whose creator or
+    receiver has died; their names. Only the user's own folder is read: what others put in
+    ``/dev/shm`` costs nothing here."""
     removed: list[str] = []
+    place = folder()
     try:
-        names = os.listdir(folder)
+        names = os.listdir(place) if place is not None else []
     except OSError:
         return removed
+    now = time.time()
     for name in names:
         match = _NAME.fullmatch(name)
         if match is None:
             continue
-        with contextlib.suppress(OSError):
-            path = os.path.join(folder, name)
-            if os.lstat(path).st_uid != os.getuid():
+        try:
+            path = os.path.join(place, name)  # type: ignore[arg-type]
+            info = os.lstat(path)
+            if info.st_uid != os.getuid() or now - info.st_mtime < min_age:
                 continue
             if not (_alive(int(match.group(1))) and _alive(int(match.group(2)))):
                 os.unlink(path)
                 removed.append(name)
+        except Exception:  # one odd entry must not stop the sweep of the others
+            continue
     return removed
+
+
+def valid_pid(pid: Any) -> bool:
+    return type(pid) is int and 0 < pid <= MAX_PID
 
 
 # --- sending and receiving ------------------------------------------------------------------
@@ -223,13 +270,13 @@ def place(
     descriptors, and the indexes of the buffers left to send as frames, in order."""
     listed = descriptors(bulk.sizes)
     frames = list(range(len(listed)))
-    if mine is None or not same_host(mine, receiver_host):
+    if not (mine and same_host(mine, receiver_host) and valid_pid(receiver_host.get("pid"))):
         return listed, frames
     frames = []
     try:
         for index, size in enumerate(bulk.sizes):
             try:
-                name = write_segment(bulk.pieces(index), size, int(receiver_host["pid"]))
+                name = write_segment(bulk.pieces(index), size, receiver_host["pid"])
             except SegmentError as error:
                 if not error.no_room:
                     raise

@@ -218,11 +218,19 @@ class Orchestrator:
         middle of a transfer (see :mod:`ywmagics.bulk`): nobody else would."""
         while self.owners:
             await asyncio.sleep(POLL_INTERVAL)
-            for name in bulk.sweep():
-                log.info("removed %s/%s (a transfer cut short)", bulk.SHM_FOLDER, name)
+            await self._sweep_segments()
             for partition in self.owners.orphaned():
                 log.info("partition %r: its kernel ended; stopping what it ran", partition)
                 await self.stop(partition, None, None)
+
+    async def _sweep_segments(self) -> None:
+        try:  # in a thread: the loop serves on, however many entries the folder has
+            removed = await asyncio.to_thread(bulk.sweep)
+        except Exception:  # never the end of the watch over partitions
+            log.exception("the sweep of shared-memory segments failed")
+            return
+        for name in removed:
+            log.info("removed the segment %s (a transfer cut short)", name)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

@@ -91,8 +91,14 @@ def parse_run(http: Request, stream: bool) -> dict[str, Any]:
 def _receive(listed: Any, http: Request, framed: bool) -> list[Any]:
     try:
         listed = bulk.check_descriptors(listed)
-        if not framed and any("shm" not in item for item in listed):
+        framing = sum(item["size"] for item in listed if "shm" not in item)
+        if framing and not framed:
             raise ValueError(f"frames are listed, but the body is not of type {bulk.FRAMES}")
+        if framing > http.reader.most_to_come():  # checked before any memory is given to them
+            raise ValueError(
+                f"the frames listed add up to {framing} bytes, more than the body holds or this "
+                f"runner takes ({http.reader.most_to_come()} bytes)"
+            )
         return bulk.receive(listed, http.reader.readinto)
     except (ValueError, bulk.SegmentError) as exc:
         bulk.remove_segments(bulk.segment_names(listed if isinstance(listed, list) else []))
@@ -186,7 +192,16 @@ class App(Connection):
             return
         events = run.events
         assert events is not None
-        self.stream_start(NDJSON)
+        try:
+            self.stream_start(NDJSON)
+            self._stream(run, events)
+        except BaseException:  # the client left (OSError), or a bug of ours: nobody gets the rest
+            run.client_left()  # so a waiting cell never starts, a running one is not waited for
+            raise
+        finally:
+            run.sent_frames.set()  # sent, or nobody to send them to: the values may change
+
+    def _stream(self, run: CellRun, events: queue.Queue[dict[str, Any]]) -> None:
         finished = False
         next_flush = time.monotonic() + STREAM_INTERVAL
         while not finished:
@@ -202,19 +217,18 @@ class App(Connection):
                     items.append(events.get_nowait())
                 except queue.Empty:
                     break
-            if items:
-                finished = "result" in items[-1]
-                frames = items[-1].pop("frames", None) if finished else None
-                try:
-                    self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items))
-                    if frames is not None:
-                        for piece in bulk.frame_pieces(*frames):
-                            self.stream_write(piece)
-                except OSError:  # the client left: a waiting cell never starts, a running one ends
-                    run.client_left()
-                    self._keep_alive = False
-                    return
-                finally:
-                    if finished:
-                        run.sent_frames.set()  # the cell's values may change again
+            if not items:
+                continue
+            # The result's frames follow its line at once; what a thread of the cell printed
+            # after it comes after them.
+            ends = [i for i, item in enumerate(items) if "result" in item]
+            finished = bool(ends)
+            upto = ends[0] + 1 if ends else len(items)
+            frames = items[upto - 1].pop("frames", None) if finished else None
+            self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items[:upto]))
+            if frames is not None:
+                for piece in bulk.frame_pieces(*frames):
+                    self.stream_write(piece)
+            if items[upto:]:
+                self.stream_write(b"".join(json.dumps(i).encode() + b"\n" for i in items[upto:]))
         self.stream_end()

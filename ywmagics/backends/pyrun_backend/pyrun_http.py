@@ -123,10 +123,10 @@ class Body:
             self.ended = True
             return False
         line = self._rfile.readline(MAX_LINE)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise HTTPError(400, "malformed chunked body") from None
+        digits = line.split(b";", 1)[0].strip()
+        if not 0 < len(digits) <= 16 or digits.strip(b"0123456789abcdefABCDEF"):
+            raise HTTPError(400, "malformed chunked body")  # int() would take '-1' or '+1_0'
+        size = int(digits, 16)
         if size == 0:
             while self._rfile.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
@@ -143,6 +143,12 @@ class Body:
         self._left -= count
         if self._chunked and not self._left:
             self._rfile.readline(3)  # the CRLF after a chunk
+
+    def most_to_come(self) -> int:
+        """The most bytes the rest of the body may hold: what its length says, or the limit."""
+        if not self._chunked:
+            return self._left
+        return self._limit - (self._total - self._left)
 
     def readinto(self, view: memoryview) -> int:
         """Read into ``view`` (as much as comes at once); 0 at the end of the body."""
