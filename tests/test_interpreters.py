@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +177,23 @@ def test_pyenv_versions_are_tried_newest_first(
     assert [p.name for p in interpreters._pyenv_versions()] == [
         "3.13.0", "3.10.13", "3.9.18", "3.13.0t", "pypy3.10-7.3.15",
     ]  # fmt: skip
+
+
+def test_a_pyenv_root_that_cannot_be_read_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user's PYENV_ROOT (found through a shim on PATH, say): searched, never a crash.
+    real = Path.iterdir
+
+    def iterdir(self: Path) -> Any:
+        if self == tmp_path / "theirs" / "versions":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    (tmp_path / "theirs" / "versions" / "3.10.13").mkdir(parents=True)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "theirs"))
+    assert interpreters._pyenv_versions() == []
 
 
 @pytest.mark.parametrize("request_", ["3.x", "snake", "3.10.1.2"])

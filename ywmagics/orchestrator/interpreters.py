@@ -163,11 +163,13 @@ def _pyenv_versions(shim_roots: Iterable[Path] = ()) -> list[Path]:
     found = []
     for root in roots:
         versions = root / "versions"
-        if versions.is_dir():
+        try:
             folders = {p.name: p for p in versions.iterdir() if p.is_dir()}
-            numbered = [name for name in by_version(folders) if _is_version(name)]
-            others = sorted(name for name in folders if not _is_version(name))  # 3.13.0t, pypy
-            found += [folders[name] for name in [*reversed(numbered), *others]]
+        except OSError:  # no pyenv there, or one we may not read (another user's)
+            continue
+        numbered = [name for name in by_version(folders) if _is_version(name)]
+        others = sorted(name for name in folders if not _is_version(name))  # 3.13.0t, pypy
+        found += [folders[name] for name in [*reversed(numbered), *others]]
     return found
 
 
