@@ -253,6 +253,52 @@ def test_a_folder_in_its_place_that_is_not_private_means_no_shared_memory(
     )
 
 
+def test_a_folder_of_ours_left_unusable_by_a_umask_is_mended(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bulk, "SHM_FOLDER", str(tmp_path))
+    ours = tmp_path / f"ywmagics-{os.getuid()}"
+    ours.mkdir(mode=0o500)
+    ours.chmod(0o500)
+    assert bulk.folder() == str(ours) and stat.S_IMODE(ours.stat().st_mode) == 0o700
+
+
+def test_a_folder_lost_since_the_host_was_learned_means_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = wire.Bulk()
+    wire.encode(np.arange(BIG), "a", values)
+    here = bulk.host()
+    monkeypatch.setattr(bulk, "folder", lambda: None)  # removed, and its name taken by another
+    assert bulk.place(values, here, here) == ([{"size": BIG * 8}], [0])
+
+
+def test_the_kernel_says_once_why_big_values_go_as_frames(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ywmagics.kernel import transfer
+
+    monkeypatch.setattr(bulk, "host", lambda: None)
+    monkeypatch.setattr(transfer, "_warned", [])
+    for _ in range(2):
+        inputs = transfer.encode_inputs({"a": np.ones(BIG)}, ["a"], runner_host=None)
+        assert inputs.frames == [0]
+    said = capsys.readouterr().err
+    assert said.count("is not a private folder of yours") == 1 and "frames" in said
+
+
+def test_a_frame_size_claimed_with_nothing_behind_it_costs_no_memory() -> None:
+    def peak() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+    reader = ChunkReader(iter([b"only ten b"]))
+    before = peak()
+    with pytest.raises(EOFError, match="ended after 10 bytes of 3221225472"):
+        bulk.read_frame(3 << 30, reader.readinto)
+    assert peak() - before < 100_000  # kB
+
+
 def test_the_sweep_takes_odd_names_in_its_stride(no_segment_left: None) -> None:
     odd = [
         f"ywbulk-{os.getpid()}-{10**20}-{'ef' * 8}",  # a pid no process can have
@@ -300,7 +346,7 @@ def test_the_chunk_reader_splits_lines_and_frames_anywhere() -> None:
         reader = ChunkReader(iter([stream[i : i + size] for i in range(0, len(stream), size)]))
         lines = reader.lines()
         assert next(lines) == b'{"a": 1}' and next(lines) == b'{"result": 2}'
-        assert bulk.read_frame(len(payload), reader.readinto) == payload
+        assert bytes(bulk.read_frame(len(payload), reader.readinto)) == payload
         assert list(lines) == [b'{"end": 3}']
 
 
@@ -463,6 +509,15 @@ def test_the_orchestrator_sweeps_segments_left_by_the_dead(orchestrator: Connect
         while left.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left.exists(), "the orchestrator left a dead transfer's segment"
+        # The last kernel dies, say in the middle of a transfer: what it left goes too.
+        owner.kill()
+        owner.wait()
+        left.write_bytes(b"x" * 100)
+        os.utime(left, (time.time() - 60, time.time() - 60))
+        deadline = time.monotonic() + 10
+        while left.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left.exists(), "what the last kernel left was not swept"
     finally:
         owner.kill()
         owner.wait()

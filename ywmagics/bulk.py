@@ -92,10 +92,13 @@ def folder() -> str | None:
         return None
     try:
         info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None  # someone else's, a link, or one others may enter: not used
+        if stat.S_IMODE(info.st_mode) != 0o700:  # ours, made under a umask that left it unusable
+            os.chmod(path, 0o700)  # a folder of ours in sticky /dev/shm: nobody swaps it
     except OSError:
         return None
-    private = stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o077
-    return path if private and info.st_uid == os.getuid() else None
+    return path
 
 
 def _find_host() -> dict[str, Any] | None:
@@ -277,9 +280,7 @@ def place(
         for index, size in enumerate(bulk.sizes):
             try:
                 name = write_segment(bulk.pieces(index), size, receiver_host["pid"])
-            except SegmentError as error:
-                if not error.no_room:
-                    raise
+            except (SegmentError, OSError):  # no room, or the folder gone or unusable since
                 frames.append(index)
             else:
                 listed[index]["shm"] = name
@@ -350,8 +351,12 @@ def receive(listed: Sequence[dict[str, Any]], readinto: Callable[[memoryview], i
     return buffers
 
 
-def read_frame(size: int, readinto: Callable[[memoryview], int]) -> bytearray:
-    frame = bytearray(size)
+def read_frame(size: int, readinto: Callable[[memoryview], int]) -> Any:
+    """A frame of ``size`` bytes, read into memory of its own: an anonymous mapping, whose pages
+    are given only as bytes arrive (a size claimed with nothing behind it costs nothing)."""
+    if not size:
+        return bytearray()
+    frame = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # a forked child's writes stay its own
     view = memoryview(frame)
     done = 0
     while done < size:

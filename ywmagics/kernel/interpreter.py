@@ -482,7 +482,7 @@ def _receive(result: dict[str, Any], reader: ChunkReader) -> list[Any]:
     listed = result.get("buffers") or []
     try:
         return bulk.receive(bulk.check_descriptors(listed), reader.readinto)
-    except (ValueError, bulk.SegmentError) as error:
+    except (ValueError, OverflowError, MemoryError, OSError, bulk.SegmentError) as error:
         bulk.remove_segments(bulk.segment_names(listed if isinstance(listed, list) else []))
         names = ", ".join(result.get("capturedOut") or {}) or "none"
         raise TransferError(

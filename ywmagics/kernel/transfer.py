@@ -12,6 +12,7 @@ finding out what goes wrong, not for speed.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,7 @@ def encode_inputs(
             raise UsageError(f"--in {name}: {error}") from error
     if values is None or not len(values):
         return Inputs(encoded)
-    here = bulk.host() if mode == "shared" else None
+    here = _here() if mode == "shared" else None
     try:
         listed, frames = bulk.place(values, runner_host, here)
     except (OSError, bulk.SegmentError) as error:
@@ -89,13 +90,32 @@ def encode_inputs(
     return Inputs(encoded, values, listed, frames)
 
 
+_warned: list[bool] = []
+
+
+def _here() -> dict[str, Any] | None:
+    """Where this kernel is (see :func:`ywmagics.bulk.host`); said once when shared memory
+    cannot be used though there is some: big values then go more slowly, as frames."""
+    here = bulk.host()
+    if here is None and os.path.isdir(bulk.SHM_FOLDER) and not _warned:
+        _warned.append(True)
+        mine = os.path.join(bulk.SHM_FOLDER, f"ywmagics-{os.getuid()}")
+        print(
+            f"ywmagics: {mine} is not a private folder of yours (another user's, or a link, "
+            "made before yours?): big values travel as frames, more slowly. Remove it, or ask "
+            "its owner to (ls -ld it to see who)",
+            file=sys.stderr,
+        )
+    return here
+
+
 def bulk_request(runner_host: Any) -> dict[str, Any] | None:
     """What a run asks of the runner for its ``--out`` values: big buffers beside the JSON,
     in shared memory if it shares this machine (``None``: everything inside the JSON)."""
     mode = bulk_mode()
     if mode == "inline":
         return None
-    return {"host": bulk.host() if mode == "shared" else None}
+    return {"host": _here() if mode == "shared" else None}
 
 
 def decode_outputs(

@@ -21,7 +21,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from ywmagics import __version__, paths
+from ywmagics import __version__, bulk, paths
 from ywmagics.discovery import answers, read_discovery, write_discovery
 from ywmagics.orchestrator import housekeeping
 from ywmagics.orchestrator.app import create_app
@@ -76,6 +76,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     housekeeping.make_state_private()
     housekeeping.raise_open_files_limit()
     housekeeping.sweep_sockets_dirs()
+    bulk.sweep()  # what transfers cut short left in shared memory (the folder is the user's)
     token = secrets.token_urlsafe(32)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -215,8 +215,12 @@ class Orchestrator:
     async def _watch_owners(self) -> None:
         """Stop each partition whose owners have all ended, soon after; until none is owned.
         Meanwhile, remove the shared-memory segments of kernels and runners that died in the
-        middle of a transfer (see :mod:`ywmagics.bulk`): nobody else would."""
-        while self.owners:
+        middle of a transfer (see :mod:`ywmagics.bulk`): nobody else would. Once no partition
+        is owned, it sweeps on until what the last kernel left is old enough to go."""
+        last_owner_seen = time.monotonic()
+        while self.owners or time.monotonic() - last_owner_seen < bulk.SWEEP_AGE + POLL_INTERVAL:
+            if self.owners:
+                last_owner_seen = time.monotonic()
             await asyncio.sleep(POLL_INTERVAL)
             await self._sweep_segments()
             for partition in self.owners.orphaned():
