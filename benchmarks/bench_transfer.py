@@ -79,6 +79,17 @@ def cell(client: BackendClient, code: str, namespace: dict[str, Any], ins: list[
     )  # fmt: skip
 
 
+def fresh_copy(array: Any) -> Any:
+    """A copy into memory never touched before, as a receiving process must make it (a plain
+    ``numpy.copy`` in a loop may land in pages that the last one freed, already mapped)."""
+    import mmap
+
+    memory = mmap.mmap(-1, max(array.nbytes, 1), flags=mmap.MAP_PRIVATE)
+    copy = np.frombuffer(memory, dtype=array.dtype, count=array.size).reshape(array.shape)
+    np.copyto(copy, array)
+    return copy
+
+
 def seconds(action: Callable[[], object]) -> float:
     start = time.perf_counter()
     action()
@@ -204,6 +215,7 @@ def array_figures(client: BackendClient, runner: Memory, args: argparse.Namespac
     ours_in: list[float] = []
     ours_out: list[float] = []
     copies: list[float] = []
+    fresh: list[float] = []
     pickle_in: list[float] = []
     pickle_out: list[float] = []
     sides = ("--in, kernel", "--in, runner", "--out, kernel", "--out, runner")
@@ -213,6 +225,7 @@ def array_figures(client: BackendClient, runner: Memory, args: argparse.Namespac
     try:
         for _ in range(args.repeat):
             copies.append(seconds(lambda: np.copy(array)))
+            fresh.append(seconds(lambda: fresh_copy(array)))
             held = kernel.resident(), runner.resident()
             kernel.start()
             runner.start()
@@ -239,6 +252,8 @@ def array_figures(client: BackendClient, runner: Memory, args: argparse.Namespac
     size = f"{array.nbytes / MB:.0f} MB float64 array"
     report(f"--in of an {size} vs numpy.copy", ours_in, copies, goal="<= 2")
     report(f"--out of an {size} vs numpy.copy", ours_out, copies, goal="<= 2")
+    report(f"--in of an {size} vs a copy into fresh memory", ours_in, fresh, goal="<= 2")
+    report(f"--out of an {size} vs a copy into fresh memory", ours_out, fresh, goal="<= 2")
     report(f"--in of an {size} vs pickle 5 over a Unix socket", ours_in, pickle_in)
     report(f"--out of an {size} vs pickle 5 over a Unix socket", ours_out, pickle_out)
     if args.ipyparallel:
@@ -270,15 +285,19 @@ def frame_figures(client: BackendClient, args: argparse.Namespace) -> None:
 
     rows = args.rows
     frame = pd.DataFrame({f"c{i}": np.random.default_rng(i).random(rows) for i in range(10)})
-    ours_in, ours_out, copies = [], [], []
+    ours_in, ours_out, copies, fresh = [], [], [], []
     for _ in range(args.repeat):
         copies.append(seconds(frame.copy))
+        fresh.append(seconds(lambda: [fresh_copy(frame[c].to_numpy()) for c in frame]))
         ours_in.append(seconds(lambda: cell(client, "pass", {"df": frame}, ["df"], [])))
         ours_out.append(seconds(lambda: cell(client, "", {}, [], ["df"])))
     cell(client, "del df", {}, [], [])
     what = f"a DataFrame of 10 float columns x {rows:,} rows"
     report(f"--in of {what} vs DataFrame.copy()", ours_in, copies, goal="<= 3")
     report(f"--out of {what} vs DataFrame.copy()", ours_out, copies, goal="<= 3")
+    report(f"--in of {what} vs its columns copied into fresh memory", ours_in, fresh, goal="<= 3")
+    report(f"--out of {what} vs its columns copied into fresh memory", ours_out, fresh,
+           goal="<= 3")  # fmt: skip
 
 
 def small_values_figure(client: BackendClient, args: argparse.Namespace) -> None:
