@@ -38,7 +38,8 @@ import numpy as np
 
 import ywmagics
 from ywmagics.client import BackendClient, OrchestratorClient
-from ywmagics.kernel.interpreter import Output, run_interpreter_cell
+from ywmagics.kernel.interpreter import run_interpreter_cell
+from ywmagics.kernel.output import Output
 
 from _common import private_orchestrator, report
 

@@ -25,7 +25,8 @@ import pytest
 
 from ywmagics import bulk, wire
 from ywmagics.discovery import Connection
-from ywmagics.kernel.interpreter import Output, RunRequest, RunResult, _read_stream
+from ywmagics.kernel.interpreter import RunRequest, RunResult, _read_stream
+from ywmagics.kernel.output import Output
 from ywmagics.kernel.transfer import ChunkReader, bulk_request, decode_outputs, encode_inputs
 
 from .pyrun_process import Server

@@ -21,7 +21,8 @@ import ywmagics
 from ywmagics.client import BackendClient
 from ywmagics.discovery import Connection
 from ywmagics.errors import RemoteExecutionError
-from ywmagics.kernel.interpreter import Output, run_interpreter_cell
+from ywmagics.kernel.interpreter import run_interpreter_cell
+from ywmagics.kernel.output import Output
 
 from .conftest import python_or_skip
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ywmagics.discovery import Connection
-from ywmagics.kernel.interpreter import APPROXIMATE_ORDER, StreamOrder
+from ywmagics.kernel.output import APPROXIMATE_ORDER, StreamOrder
 
 from .test_runner_binding import Kernel
 
