@@ -280,12 +280,12 @@ def test_the_kernel_says_once_why_big_values_go_as_frames(
     from ywmagics.kernel import transfer
 
     monkeypatch.setattr(bulk, "host", lambda: None)
-    monkeypatch.setattr(transfer, "_warned", [])
+    monkeypatch.setattr(transfer, "_said_no_shared_memory", False)
     for _ in range(2):
         inputs = transfer.encode_inputs({"a": np.ones(BIG)}, ["a"], runner_host=None)
         assert inputs.frames == [0]
     said = capsys.readouterr().err
-    assert said.count("is not a private folder of yours") == 1 and "frames" in said
+    assert said.count("no private folder for shared memory") == 1 and "frames" in said
 
 
 def test_a_frame_size_claimed_with_nothing_behind_it_costs_no_memory() -> None:
@@ -600,3 +600,21 @@ def test_a_chunk_size_that_is_not_hex_digits_is_refused(
         raw.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n")
         answer = raw.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400") and b"malformed chunked body" in answer
+
+
+def test_a_runner_that_does_not_say_it_takes_buffers_gets_every_value_in_the_json() -> None:
+    from ywmagics.kernel.transfer import bulk_request, encode_inputs
+
+    # An older runner's GET / has no "bulk": it reads JSON bodies only, as it always did.
+    inputs = encode_inputs({"a": np.zeros(BIG)}, ["a"], bulk.host(), takes_bulk=False)
+    body = RunRequest("c", "pass", inputs, ["a"], bulk_request(bulk.host(), False)).body()
+    assert list(body) == ["json"] and "bulk" not in body["json"]
+    assert body["json"]["capturedIn"]["a"]["b64"]
+
+
+def test_structured_titles_travel_too() -> None:
+    titled = np.zeros(BIG, dtype=[(("the x", "x"), "<f8"), ("y", "<i4")])
+    values = wire.Bulk()
+    back = wire.decode(json.loads(json.dumps(wire.encode(titled, "t", values))), "t",
+                       _pieces_as_frames(values))  # fmt: skip
+    assert back.dtype == titled.dtype and back.dtype.fields["x"][2] == "the x"

@@ -125,3 +125,16 @@ def test_python_by_version_name_or_path(tmp_path: Path) -> None:
         find_python(str(tmp_path / "nothing" / "python"))
     with pytest.raises(ConfigurationError, match="is not a Python version"):
         find_python("snake")
+
+
+def test_a_new_codec_or_transport_means_a_new_python_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ywmagics.orchestrator import environments
+
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    manifest = load_manifest(PYRUN)
+    before = installer.plan(manifest, manifest.build_config({})).fingerprint
+    # Another ywmagics's wire.py or bulk.py: a runner built with the old copies must not serve.
+    monkeypatch.setattr(environments, "_SHARED_DIGEST", "another version")
+    assert installer.plan(manifest, manifest.build_config({})).fingerprint != before

@@ -41,7 +41,12 @@ def server(app: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 def test_readiness(server: Server) -> None:
     answer = server.client.get("/").json()
     host = answer.pop("host")
-    assert answer == {"name": "pyrun_backend", "version": "0.1.0", "python": sys.version}
+    assert answer == {
+        "name": "pyrun_backend",
+        "version": "0.1.0",
+        "python": sys.version,
+        "bulk": bulk.PROTOCOL,  # it takes values' buffers beside the JSON
+    }
     # Where it runs, for a kernel to tell whether they share memory: this machine, this user.
     assert bulk.same_host(host, bulk.host()) and host["pid"] == server.process.pid
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Any
 
+PROTOCOL = 1  # what a runner's GET / says ("bulk": 1) when it takes buffers beside the JSON
 SHM_FOLDER = "/dev/shm"
 FRAMES = "application/vnd.ywmagics.frames"  # the content type of a body with frames
 PREFIX = "ywbulk-"
@@ -255,6 +256,7 @@ def sweep(min_age: float = SWEEP_AGE) -> list[str]:
 
 
 def valid_pid(pid: Any) -> bool:
+    """Whether ``pid`` can be a process's (a receiver's pid comes from the other side)."""
     return type(pid) is int and 0 < pid <= MAX_PID
 
 
@@ -262,6 +264,7 @@ def valid_pid(pid: Any) -> bool:
 
 
 def descriptors(sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """The descriptors of buffers of ``sizes``, before any is placed: each a frame."""
     return [{"size": size} for size in sizes]
 
 
@@ -291,6 +294,7 @@ def place(
 
 
 def segment_names(listed: Iterable[dict[str, Any]]) -> list[str]:
+    """The segments among the descriptors ``listed`` (to remove what is left of them)."""
     return [item["shm"] for item in listed if isinstance(item, dict) and "shm" in item]
 
 
@@ -298,6 +302,7 @@ FRAME_PIECE = 256 * 1024  # bytes: HTTP clients copy what they are given to writ
 
 
 def frame_pieces(bulk: Any, frames: Iterable[int]) -> Iterator[memoryview]:
+    """The bytes of the buffers ``frames`` of ``bulk``, in pieces an HTTP writer takes."""
     for index in frames:
         for piece in bulk.pieces(index):
             for start in range(0, piece.nbytes, FRAME_PIECE):

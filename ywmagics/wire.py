@@ -541,13 +541,17 @@ def _dtype_spec(dtype: Any) -> Any:
     not keep the offsets of an aligned one)."""
     if dtype.fields is not None:
         names = list(dtype.names)
-        return {
+        spec = {
             "names": names,
             "formats": [_dtype_spec(dtype.fields[name][0]) for name in names],
             "offsets": [dtype.fields[name][1] for name in names],
             "itemsize": dtype.itemsize,
             "aligned": bool(dtype.isalignedstruct),
         }
+        titles = [dtype.fields[name][2] if len(dtype.fields[name]) > 2 else None for name in names]
+        if any(title is not None for title in titles):
+            spec["titles"] = titles
+        return spec
     if dtype.subdtype is not None:
         base, shape = dtype.subdtype
         return {"base": _dtype_spec(base), "shape": list(shape)}
@@ -564,6 +568,8 @@ def _dtype(np: Any, spec: Any) -> Any:
             "offsets": spec["offsets"],
             "itemsize": spec["itemsize"],
         }
+        if "titles" in spec:
+            fields["titles"] = spec["titles"]
         return np.dtype(fields, align=bool(spec.get("aligned")))
     return np.dtype((_dtype(np, spec["base"]), tuple(spec["shape"])))
 

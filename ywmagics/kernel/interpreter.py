@@ -107,19 +107,23 @@ class RunResult:
         return self.result.get(key, default)
 
 
-_runner_hosts: dict[tuple[str, str], Any] = {}  # where each runner runs: see bulk.host
+# Whether each runner takes big values beside the JSON, and where it runs (see bulk.host).
+_runners: dict[tuple[str, str], tuple[bool, Any]] = {}
 
 
-def runner_host(client: BackendClient) -> Any:
-    """Where the runner runs (its ``GET /`` says), asked once; ``None`` when it does not say."""
+def runner_bulk(client: BackendClient) -> tuple[bool, Any]:
+    """Whether the runner takes bulk buffers (its ``GET /`` says ``"bulk": 1``) and where it
+    runs, asked once. A runner that does not say so (an older one) gets every value inside
+    the JSON, as it always did."""
     key = (client.url_base, client.partition)
-    if key not in _runner_hosts:
+    if key not in _runners:
         try:
             about = client.fetch_json("/")
-        except YwMagicsError:
-            return None  # not now: the run itself will say what is wrong
-        _runner_hosts[key] = about.get("host") if isinstance(about, dict) else None
-    return _runner_hosts[key]
+        except (YwMagicsError, ValueError):
+            return False, None  # not now: the run itself will say what is wrong
+        takes = isinstance(about, dict) and about.get("bulk") == bulk.PROTOCOL
+        _runners[key] = (takes, about.get("host") if takes else None)
+    return _runners[key]
 
 
 def run_interpreter_cell(
@@ -138,29 +142,27 @@ def run_interpreter_cell(
     its output, and return the ``outputs`` decoded. A cell that raised raises
     :class:`RemoteExecutionError` with the runner's traceback."""
     where = f"{alias}: {client.name} {client.version}, partition {client.partition}"
-    host = runner_host(client) if inputs or outputs else None
-    request = RunRequest(
-        cell_id, code, encode_inputs(namespace, inputs, host), outputs, bulk_request(host)
-    )
+    takes, host = runner_bulk(client) if inputs or outputs else (False, None)
     output = output or notebook_output()
+    request: RunRequest | None = None
     try:
+        inputs_sent = encode_inputs(namespace, inputs, host, takes_bulk=takes)
+        request = RunRequest(cell_id, code, inputs_sent, outputs, bulk_request(host, takes))
         with _needs_runner(alias, client):
             result = run_cell(client, request, alias=alias, timeout=timeout, output=output)
     finally:
-        request.inputs.release()
+        if request is not None:
+            request.inputs.release()
         output.flush()  # what it printed goes before its error or the next cell's output
-    try:
-        if "host" in result.result:  # it may have moved: the next run sends it there
-            _runner_hosts[(client.url_base, client.partition)] = result.get("host")
-        exception = result.get("exception")
-        if exception:
-            raise RemoteExecutionError(
-                exception if isinstance(exception, dict) else {"message": str(exception)},
-                where=where,
-            )
-        return decode_outputs(result.get("capturedOut") or {}, outputs, result.buffers)
-    finally:
-        bulk.remove_segments(bulk.segment_names(result.get("buffers") or []))
+    if "host" in result.result:  # it may have moved: the next run sends it there
+        _runners[(client.url_base, client.partition)] = (True, result.get("host"))
+    exception = result.get("exception")
+    if exception:
+        raise RemoteExecutionError(
+            exception if isinstance(exception, dict) else {"message": str(exception)},
+            where=where,
+        )
+    return decode_outputs(result.get("capturedOut") or {}, outputs, result.buffers)
 
 
 def interrupt_run(client: BackendClient, run_id: str) -> bool:
@@ -382,6 +384,13 @@ class _Reader:
         while True:
             self._jobs.get()()
             self._idle.append(self)
+
+    @classmethod
+    def forget(cls) -> None:
+        cls._idle = collections.deque()  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_Reader.forget)
 
 
 class _Mailbox:

@@ -59,11 +59,16 @@ def check_names(option: str, names: Iterable[str]) -> list[str]:
 
 
 def encode_inputs(
-    namespace: Mapping[str, Any], names: Iterable[str], runner_host: Any = None
+    namespace: Mapping[str, Any],
+    names: Iterable[str],
+    runner_host: Any = None,
+    *,
+    takes_bulk: bool = True,
 ) -> Inputs:
-    """Encode the notebook variables ``names`` for ``capturedIn``, their big buffers put in
-    shared memory when ``runner_host`` (where the runner runs) is this machine."""
-    mode = bulk_mode()
+    """Encode the notebook variables ``names`` for ``capturedIn``; for a runner that
+    ``takes_bulk``, their big buffers go beside the JSON: in shared memory when
+    ``runner_host`` (where the runner runs) is this machine, else as frames."""
+    mode = bulk_mode() if takes_bulk else "inline"
     values = None if mode == "inline" else wire.Bulk()
     encoded: dict[str, Any] = {}
     for name in names:
@@ -79,40 +84,34 @@ def encode_inputs(
     if values is None or not len(values):
         return Inputs(encoded)
     here = _here() if mode == "shared" else None
-    try:
-        listed, frames = bulk.place(values, runner_host, here)
-    except (OSError, bulk.SegmentError) as error:
-        raise TransferError(
-            f"--in {', '.join(encoded)}: the values could not be put in shared memory "
-            f"({bulk.SHM_FOLDER}): {error}",
-            hint="set YWMAGICS_BULK=frames in the kernel's environment to send them otherwise",
-        ) from error
+    listed, frames = bulk.place(values, runner_host, here)  # what shm cannot take: frames
     return Inputs(encoded, values, listed, frames)
 
 
-_warned: list[bool] = []
+_said_no_shared_memory = False
 
 
 def _here() -> dict[str, Any] | None:
     """Where this kernel is (see :func:`ywmagics.bulk.host`); said once when shared memory
     cannot be used though there is some: big values then go more slowly, as frames."""
+    global _said_no_shared_memory
     here = bulk.host()
-    if here is None and os.path.isdir(bulk.SHM_FOLDER) and not _warned:
-        _warned.append(True)
+    if here is None and os.path.isdir(bulk.SHM_FOLDER) and not _said_no_shared_memory:
+        _said_no_shared_memory = True
         mine = os.path.join(bulk.SHM_FOLDER, f"ywmagics-{os.getuid()}")
         print(
-            f"ywmagics: {mine} is not a private folder of yours (another user's, or a link, "
-            "made before yours?): big values travel as frames, more slowly. Remove it, or ask "
-            "its owner to (ls -ld it to see who)",
+            f"ywmagics: no private folder for shared memory: {mine} could not be made, or is "
+            "not yours alone (another user's, or a link, made before yours?); big values "
+            "travel as frames, more slowly. See who owns it with 'ls -ld'",
             file=sys.stderr,
         )
     return here
 
 
-def bulk_request(runner_host: Any) -> dict[str, Any] | None:
+def bulk_request(runner_host: Any, takes_bulk: bool = True) -> dict[str, Any] | None:
     """What a run asks of the runner for its ``--out`` values: big buffers beside the JSON,
     in shared memory if it shares this machine (``None``: everything inside the JSON)."""
-    mode = bulk_mode()
+    mode = bulk_mode() if takes_bulk else "inline"
     if mode == "inline":
         return None
     return {"host": _here() if mode == "shared" else None}

@@ -37,6 +37,10 @@ SHARED_MODULES = {
     "ywmagics_wire.py": _PACKAGE / "wire.py",  # the value codec
     "ywmagics_bulk.py": _PACKAGE / "bulk.py",  # how bulk buffers travel: shared memory, frames
 }
+# A new codec or transport makes new environments: kernel and runner must not speak two.
+_SHARED_DIGEST = hashlib.sha256(
+    b"".join(source.read_bytes() for source in SHARED_MODULES.values())
+).hexdigest()[:16]
 Report = Callable[[str, "float | None"], None]
 
 
@@ -111,6 +115,8 @@ class Installer:
             "requirements": requirements,
             "digest": manifest.digest,
         }
+        if manifest.runtime is Runtime.PYTHON:  # their copies are part of the environment
+            identity["shared"] = _SHARED_DIGEST
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return Plan(manifest, config, interpreter, requirements, modules, fingerprint[:12])
 

@@ -2,7 +2,7 @@
 
 ::
 
-    GET  /           {"name", "version", "python", "host"}                (readiness)
+    GET  /           {"name", "version", "python", "bulk", "host"}        (readiness)
     POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId", "stdin" (optional),
                      "buffers", "bulk" (optional: see below)}
                      -> {"output", "error", "capturedOut", "exception", "displays"}
@@ -152,7 +152,13 @@ class App(Connection):
         route = (request.method, request.path)
         try:
             if route in (("GET", "/"), ("HEAD", "/")):
-                about = {"name": NAME, "version": VERSION, "python": sys.version, "host": HOST}
+                about = {
+                    "name": NAME,
+                    "version": VERSION,
+                    "python": sys.version,
+                    "bulk": bulk.PROTOCOL,  # it takes values' buffers beside the JSON
+                    "host": HOST,
+                }
                 self.send_json(200, about)
             elif route == ("POST", "/run"):
                 stream = NDJSON in request.headers.get("accept", "")
