@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import filelock
-
 from ywmagics.errors import InstallError
 from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
 from ywmagics.orchestrator.manifest import NOT_THE_BACKEND, Manifest, Runtime, expand
@@ -136,6 +134,8 @@ class Installer:
         if existing is not None:
             return existing, False
         final.parent.mkdir(parents=True, exist_ok=True)
+        import filelock  # at the first build, not at the orchestrator's start
+
         lock = filelock.FileLock(str(final) + ".lock")
         with lock:
             existing = self._load(final)
@@ -317,6 +317,8 @@ class Installer:
         left is swept (:meth:`sweep`)."""
         path = environment.path
         lock = str(path) + ".lock"
+        import filelock
+
         with filelock.FileLock(lock):
             self.retire(environment)
             self.running.end(str(path))  # its background compile, which would write in it

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from ywmagics.errors import ConfigurationError
 
 _OPERATOR = re.compile(r"^(===|==|!=|~=|<=|>=|<|>)")
@@ -30,6 +28,9 @@ def parse_requirements(text: str, option: str = "modules") -> tuple[str, ...]:
             joined[-1] += " " + piece  # name @ url
         else:
             joined.append(piece)
+    # Imported at the first install, not at the orchestrator's start (~8 ms of it).
+    from packaging.requirements import InvalidRequirement, Requirement
+
     requirements = []
     for piece in joined:
         if piece.startswith("-"):

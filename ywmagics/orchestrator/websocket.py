@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
-from websockets.asyncio.client import ClientConnection, connect, unix_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from ywmagics.errors import StartError, YwMagicsError, internal_error
 from ywmagics.orchestrator.browser import is_ours, set_cookie_name
@@ -33,6 +31,9 @@ from ywmagics.orchestrator.security import refuse
 from ywmagics.orchestrator.supervisor import Instance
 from ywmagics.orchestrator.upstream import socket_from_connector
 from ywmagics.protocol import FINGERPRINT_HEADER
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger("ywmagics.orchestrator")
 MAX_MESSAGE = 64 << 20  # bytes of one relayed message
@@ -85,6 +86,10 @@ class WebsocketProxy:
             await _relay(receive, send, upstream)
 
     async def _open(self, scope: Scope, instance: Instance, target: bytes) -> ClientConnection:
+        # Imported at the first websocket, not at the orchestrator's start (~10 ms of it).
+        from websockets.asyncio.client import connect, unix_connect
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in request_headers(scope, instance)
@@ -126,6 +131,7 @@ class WebsocketProxy:
 
 async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
     """Both ways until one side closes; then the other is closed with its code."""
+    from websockets.exceptions import ConnectionClosed
 
     async def from_client() -> None:
         while True:
