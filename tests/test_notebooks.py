@@ -169,6 +169,11 @@ def test_03_interpreter_cells(orchestrator: Connection, cwd: Path) -> None:
     assert "'square'" in travel and "function" in travel
 
     assert "ndarray float64 (4, 3) total: 66.0" in text_of(cell_starting(nb, "assert (transposed"))
+    # 200 MB there and back through a real kernel (its speed is bench_transfer's to measure)
+    assert re.search(
+        r"200 MB there and 200 MB back in \d+\.\d\d s",
+        text_of(cell_starting(nb, "seconds = time.perf_counter() - started")),
+    )
     badge = cell_starting(nb, "%%interpreter pyRunner\nclass Badge")
     assert badge.outputs[0].data["text/html"] == "<b>computed in the runner</b>"
     timeout = text_of(cell_starting(nb, "%%interpreter pyRunner --timeout 1"))
