@@ -3,7 +3,9 @@
 The wire codec (:mod:`ywmagics.wire`) keeps an array's data and long ``bytes`` out of its JSON
 (a :class:`~ywmagics.wire.Bulk`); the JSON lists them as descriptors, ``{"size": N}``, each with
 ``"shm": NAME`` when it waits in shared memory. Like the codec, this module is copied next to
-the python runner (as ``ywmagics_bulk.py``): the standard library only, Python 3.8 on.
+the python runner (as ``ywmagics_bulk.py``): the standard library only, Python 3.8 on. Unlike
+the rest of what the kernel, client and orchestrator share, it does I/O (files, mappings,
+``/proc``): moving bytes between processes is its one job.
 
 Shared memory, when both sides run on one machine (:func:`host` describes where a process runs;
 :func:`same_host` compares two): each buffer is a segment, a file that the sender creates (mode
@@ -53,11 +55,10 @@ SWEEP_AGE = 10.0  # seconds: a younger segment may still be on its way to a rece
 
 
 class SegmentError(Exception):
-    """A segment that cannot be created (``no_room``: the shared memory is full) or read."""
+    """A segment that cannot be created (the shared memory is full, its folder gone) or read.
 
-    def __init__(self, message: str, no_room: bool = False) -> None:
-        super().__init__(message)
-        self.no_room = no_room
+    Not in :mod:`ywmagics.errors`' tree: this module runs alone in a runner, where ywmagics is
+    not installed; the kernel side says it as a ``TransferError``."""
 
 
 def _read(path: str) -> str:
@@ -139,7 +140,7 @@ def _path(name: str) -> str:
 
 
 def _no_room(size: int) -> SegmentError:
-    return SegmentError(f"{SHM_FOLDER} has no room for {size} bytes", no_room=True)
+    return SegmentError(f"{SHM_FOLDER} has no room for {size} bytes")
 
 
 def write_segment(pieces: Iterable[memoryview], size: int, receiver: int) -> str:
