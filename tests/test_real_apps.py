@@ -70,10 +70,11 @@ def test_datasette_in_a_browser(apps: dict[str, BackendClient], page: Any) -> No
     page.goto(ds.browser_url("/"))
     page.get_by_role("link", name="fixtures", exact=True).first.click()
     page.get_by_role("link", name="items", exact=True).first.click()
-    assert page.get_by_text("item 4", exact=True).is_visible()
+    # Waited for: is_visible() looks once, and the click's page may not be there yet.
+    page.get_by_text("item 4", exact=True).wait_for(state="visible", timeout=15_000)
     # Its next page link is absolute, built from the Host the browser sent: the instance's own.
     page.get_by_role("link", name="Next page").click()
-    assert page.get_by_text("item 9", exact=True).is_visible()
+    page.get_by_text("item 9", exact=True).wait_for(state="visible", timeout=15_000)
     assert page.url.startswith(ds.browser_url("/").split("/backends/", 1)[0])
     assert f"/{_base(ds)}/fixtures/items" in page.url
     assert page.failed == []  # its stylesheets and scripts, all through the proxy
