@@ -618,3 +618,27 @@ def test_structured_titles_travel_too() -> None:
     back = wire.decode(json.loads(json.dumps(wire.encode(titled, "t", values))), "t",
                        _pieces_as_frames(values))  # fmt: skip
     assert back.dtype == titled.dtype and back.dtype.fields["x"][2] == "the x"
+
+
+def test_the_kernel_asks_a_restarted_runner_where_it_is_again() -> None:
+    from ywmagics.kernel import interpreter
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    answers = [
+        {"bulk": bulk.PROTOCOL, "host": {**(bulk.host() or {}), "pid": int(gone.stdout)}},
+        {"bulk": bulk.PROTOCOL, "host": bulk.host()},
+    ]
+
+    class Runner:  # a stand-in for the client: what its GET / answers, in turn
+        url_base, partition = "http://test/backends/pyrun_backend/0.1.0", "Restarted"
+
+        def fetch_json(self, path: str) -> Any:
+            return answers.pop(0)
+
+    runner: Any = Runner()
+    assert interpreter.runner_bulk(runner)[1]["pid"] == int(gone.stdout)
+    # Its pid has ended since: segments named for it could be swept on their way. Asked again.
+    assert interpreter.runner_bulk(runner) == (True, bulk.host())
+    assert interpreter.runner_bulk(runner) == (True, bulk.host())  # and kept, while it lives
+    assert answers == []

@@ -256,6 +256,11 @@ def sweep(min_age: float = SWEEP_AGE) -> list[str]:
     return removed
 
 
+def alive(pid: Any) -> bool:
+    """Whether ``pid`` is a live process here (``False`` for what cannot be a pid)."""
+    return valid_pid(pid) and _alive(pid)
+
+
 def valid_pid(pid: Any) -> bool:
     """Whether ``pid`` can be a process's (a receiver's pid comes from the other side)."""
     return type(pid) is int and 0 < pid <= MAX_PID

@@ -116,6 +116,9 @@ def runner_bulk(client: BackendClient) -> tuple[bool, Any]:
     runs, asked once. A runner that does not say so (an older one) gets every value inside
     the JSON, as it always did."""
     key = (client.url_base, client.partition)
+    known = _runners.get(key)
+    if known is not None and _restarted(known[1]):
+        del _runners[key]  # its segments must be named for its new pid: ask it again
     if key not in _runners:
         try:
             about = client.fetch_json("/")
@@ -124,6 +127,13 @@ def runner_bulk(client: BackendClient) -> tuple[bool, Any]:
         takes = isinstance(about, dict) and about.get("bulk") == bulk.PROTOCOL
         _runners[key] = (takes, about.get("host") if takes else None)
     return _runners[key]
+
+
+def _restarted(runner_host: Any) -> bool:
+    """Whether a runner on this machine has ended since it said where it runs (a crash and a
+    restart, a stop): its GET / then starts it again, and says its new pid."""
+    here = bulk.host()
+    return bool(here and bulk.same_host(here, runner_host) and not bulk.alive(runner_host["pid"]))
 
 
 def run_interpreter_cell(
