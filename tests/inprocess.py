@@ -21,7 +21,7 @@ TOKEN = "the-master-token"
 BASE = "http://127.0.0.1:8765"
 
 
-def make_orchestrator(root: Path) -> Orchestrator:
+def make_orchestrator(root: Path, registries: list[Path] | None = None) -> Orchestrator:
     sockets = root / "sockets"
     sockets.mkdir(parents=True, exist_ok=True)
     return Orchestrator(
@@ -29,7 +29,7 @@ def make_orchestrator(root: Path) -> Orchestrator:
             environments_dir=root / "environments",
             logs_dir=root / "logs",
             sockets_dir=sockets,
-            registries=[TEST_REGISTRY],
+            registries=registries or [TEST_REGISTRY],
             url=BASE,
         )
     )

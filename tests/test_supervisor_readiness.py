@@ -12,12 +12,12 @@ import pytest
 
 from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator import supervisor
-from ywmagics.orchestrator.service import Orchestrator, Settings
+from ywmagics.orchestrator.service import Orchestrator
 from ywmagics.orchestrator.supervisor import POLL_FIRST, POLL_MAX, _next_poll
 from ywmagics.orchestrator.upstream import UpstreamPool
 from ywmagics.spec import InstallRequest
 
-from .inprocess import BASE, LoopThread
+from .inprocess import LoopThread, make_orchestrator
 
 
 def _polls_until(seconds: float) -> list[float]:
@@ -78,17 +78,7 @@ def late_backend(tmp_path: Path) -> Path:
 @pytest.fixture
 def running(tmp_path: Path, late_backend: Path) -> Iterator[tuple[Orchestrator, LoopThread]]:
     loop = LoopThread()
-    sockets = tmp_path / "sockets"
-    sockets.mkdir()
-    orchestrator = Orchestrator(
-        Settings(
-            environments_dir=tmp_path / "environments",
-            logs_dir=tmp_path / "logs",
-            sockets_dir=sockets,
-            registries=[late_backend],
-            url=BASE,
-        )
-    )
+    orchestrator = make_orchestrator(tmp_path, registries=[late_backend])
     yield orchestrator, loop
     loop.run(orchestrator.shutdown())
     loop.close()
