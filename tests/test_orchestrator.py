@@ -638,6 +638,38 @@ def test_idle_connections_cannot_lock_the_orchestrator_out(tmp_path: Path) -> No
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_kept_alive_connection_outlives_client_pools_and_a_flood(
+    orchestrator: Connection,
+) -> None:
+    # A server that closes an idle connection as its client reuses it fails that request with
+    # no answer, and httpx does not send it again: uvicorn's 5 s keep-alive equalled httpx's
+    # own pool expiry, and one request in a thousand failed under load. New connections that
+    # never send their headers must not push a served one out either.
+    import http.client
+    import socket
+
+    from ywmagics.orchestrator.connections import MAX_WAITING
+
+    port = int(orchestrator.url.rsplit(":", 1)[1])
+    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    kept.request("GET", "/status", headers=orchestrator.headers)
+    assert kept.getresponse().read() and kept.sock is not None
+    served_from = kept.sock.getsockname()
+    flood = []
+    try:
+        for _ in range(MAX_WAITING + 50):
+            flood.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(6)  # past httpx's 5 s: a pool of it would still send on this connection
+        kept.request("GET", "/status", headers=orchestrator.headers)
+        answer = kept.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["pid"]
+        assert kept.sock.getsockname() == served_from  # the same connection, not a new one
+    finally:
+        kept.close()
+        for sock in flood:
+            sock.close()
+
+
 @pytest.mark.parametrize("attack", ["one endless value", "many small headers", "endless path"])
 def test_an_oversized_head_is_refused_without_stalling_anyone(
     orchestrator: Connection, attack: str

@@ -5,11 +5,18 @@ keeps a connection that never finishes its request's headers open forever, and o
 byte now and then never times out; 1,100 of them used up the descriptors of a ``ulimit -n
 1024`` and every request failed. So:
 
-- a request's headers must be complete within :data:`HEADERS_TIMEOUT` of the connection opening
-  or of the previous answer, else the connection is closed;
-- at most :data:`MAX_WAITING` connections may wait for their headers at once: past that, the
-  one that has waited longest is closed. A client with a token sends its request at once, so it
-  is served while someone else holds hundreds of connections open;
+- a new connection's first request must have its headers complete within
+  :data:`HEADERS_TIMEOUT`, else the connection is closed; at most :data:`MAX_WAITING` new
+  connections may wait at once: past that, the one that has waited longest is closed. A client
+  with a token sends its request at once, so it is served while someone else holds hundreds of
+  connections open;
+- a connection kept alive after an answer (so its client holds a credential: refusals close)
+  waits for its next request's headers up to :data:`KEEP_ALIVE_TIMEOUT`, at most
+  :data:`MAX_IDLE` of them (the oldest is closed past that). The timeout is longer than the
+  idle expiry of clients' pools (httpx 5 s, aiohttp 15 s): when a server closes an idle
+  connection at the moment its client reuses it, the request fails with no answer, and httpx
+  does not send it again (uvicorn's own 5 s did that to one request in a thousand under load).
+  New connections cannot push these out;
 - a request line and headers (and a chunked body's trailers, which are dropped) may take at most
   :data:`MAX_HEAD_BYTES`, else the answer is 431 and the connection is closed: parsers build
   them by repeated concatenation, so an endless header value spent the event loop's time for
@@ -34,6 +41,8 @@ from ywmagics.protocol import ERROR_HEADER
 
 HEADERS_TIMEOUT = 10.0
 MAX_WAITING = 256
+KEEP_ALIVE_TIMEOUT = 20  # seconds (uvicorn takes an int)
+MAX_IDLE = 256
 MAX_HEAD_BYTES = 64 * 1024
 LINGER = 1.0  # seconds a refused connection is drained before it is closed
 MAX_LINGERING = 32  # refused connections drained at once; past that, closed at once
@@ -61,6 +70,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Per event loop: one server per orchestrator process, but tests may run several.
     _waiting_by_loop: ClassVar[dict[asyncio.AbstractEventLoop, OrderedDict[Any, None]]] = {}
+    _idle_by_loop: ClassVar[dict[asyncio.AbstractEventLoop, OrderedDict[Any, None]]] = {}
     _lingering_by_loop: ClassVar[dict[asyncio.AbstractEventLoop, set[Any]]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -71,11 +81,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._trailer_bytes = 0
         self._waiting = self._waiting_by_loop.setdefault(self.loop, OrderedDict())
+        self._idle = self._idle_by_loop.setdefault(self.loop, OrderedDict())
         self._lingering = self._lingering_by_loop.setdefault(self.loop, set())
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._wait_for_headers()
+        self._wait_for_headers(self._waiting, HEADERS_TIMEOUT, MAX_WAITING)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -140,14 +151,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
-            self._wait_for_headers()  # the next request, kept alive
+            self._wait_for_headers(self._idle, KEEP_ALIVE_TIMEOUT, MAX_IDLE)  # the next request
 
-    def _wait_for_headers(self) -> None:
+    def _wait_for_headers(
+        self, waiting: OrderedDict[Any, None], timeout: float, at_most: int
+    ) -> None:
         self._stop_waiting()
-        self._deadline = self.loop.call_later(HEADERS_TIMEOUT, self._close)
-        self._waiting[self] = None
-        while len(self._waiting) > MAX_WAITING:
-            oldest, _ = self._waiting.popitem(last=False)
+        self._deadline = self.loop.call_later(timeout, self._close)
+        waiting[self] = None
+        while len(waiting) > at_most:
+            oldest, _ = waiting.popitem(last=False)
             oldest._close()
 
     def _stop_waiting(self) -> None:
@@ -155,6 +168,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
         self._waiting.pop(self, None)
+        self._idle.pop(self, None)
 
     def _close(self) -> None:
         self._stop_waiting()

@@ -26,7 +26,7 @@ from ywmagics.discovery import answers, read_discovery, write_discovery
 from ywmagics.orchestrator import housekeeping
 from ywmagics.orchestrator.app import create_app
 from ywmagics.orchestrator.config import load_user_config
-from ywmagics.orchestrator.connections import GuardedHttpToolsProtocol
+from ywmagics.orchestrator.connections import KEEP_ALIVE_TIMEOUT, GuardedHttpToolsProtocol
 from ywmagics.orchestrator.registry import default_registry_folders
 from ywmagics.orchestrator.service import Orchestrator, Settings
 
@@ -147,6 +147,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     config = uvicorn.Config(
         app,
         http=GuardedHttpToolsProtocol,  # headers deadline, cap on connections waiting for them
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,  # uvicorn would close idle ones at 5 s
         log_level=log_level,
         lifespan="on",
         access_log=False,
