@@ -23,11 +23,14 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
+from ywmagics.orchestrator import dashboard
 from ywmagics.orchestrator.browser import CODE_LIFETIME, CODE_QUERY, BrowserAccess
 from ywmagics.orchestrator.proxy import Proxy
 from ywmagics.orchestrator.requests import (
     BrowserLinkBody,
+    GcBody,
     InstallBody,
+    RestartBody,
     StopBody,
     UninstallBody,
     read_body,
@@ -138,7 +141,19 @@ async def logs(request: Request) -> Response:
 
 async def uninstall(request: Request) -> Response:
     body = await read_body(request, UninstallBody)
-    return JSONResponse(await _orchestrator(request).uninstall(body.spec))
+    return JSONResponse(await _orchestrator(request).uninstall(body.spec, body.fingerprint))
+
+
+async def restart(request: Request) -> Response:
+    body = await read_body(request, RestartBody)
+    partition = validate_partition(body.partition)
+    restarted = await _orchestrator(request).restart(partition, body.name, body.version)
+    return JSONResponse({"restarted": restarted})
+
+
+async def collect_garbage(request: Request) -> Response:
+    body = await read_body(request, GcBody)
+    return JSONResponse(await _orchestrator(request).gc(body.older_than_days, body.dry_run))
 
 
 async def browser_link(request: Request) -> Response:
@@ -200,8 +215,11 @@ ROUTES = [
     Route("/stop", stop, methods=["POST"]),
     Route("/logs/{name}", logs),
     Route("/uninstall", uninstall, methods=["POST"]),
+    Route("/restart", restart, methods=["POST"]),
+    Route("/gc", collect_garbage, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),
     Route("/browser-link", browser_link, methods=["POST"]),
+    *dashboard.ROUTES,
 ]
 
 

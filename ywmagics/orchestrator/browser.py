@@ -15,6 +15,8 @@ by port, so a cookie of ``127.0.0.1`` reaches every server on that host, another
   scripts make are refused by the middleware anyway (``Origin``, ``Sec-Fetch-Site``).
 - A session lasts :data:`SESSION_LIFETIME` at most and ends when its instance stops: a new
   instance, even of the same backend, has a new host name.
+
+The dashboard's links work alike, without a cookie: see :mod:`ywmagics.orchestrator.dashboard`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ SESSION_COOKIE = "ywmagics_session"
 SESSION_LIFETIME = 12 * 3600.0
 LABEL_PATTERN = re.compile(r"b-[0-9a-f]{16}")
 OUR_COOKIE_PREFIX = "ywmagics"  # every cookie named so is ours: never to or from a backend
+# The label of dashboard codes and sessions in BrowserAccess: never an instance's (b-<hex>).
+DASHBOARD_LABEL = "dashboard"
+# Open to anyone who can reach the port: the page itself (no data) and the trading of a code.
+PUBLIC_ROUTES = {
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/"),
+    ("POST", "/dashboard/session"),
+}
+PUBLIC_PREFIX = "/dashboard/static/"
+# What a dashboard session opens: what the page shows and its buttons, nothing else.
+SESSION_ROUTES = {
+    ("GET", "/dashboard/state"),
+    ("GET", "/dashboard/stream"),
+    ("GET", "/dashboard/log"),
+    ("GET", "/dashboard/install-log"),
+    ("POST", "/stop"),
+    ("POST", "/restart"),
+    ("POST", "/uninstall"),
+    ("POST", "/gc"),
+    ("POST", "/browser-link"),
+}
 
 
 def new_label() -> str:
@@ -112,3 +135,15 @@ def set_cookie_name(value: str) -> str:
     first = value.split(";", 1)[0]
     name, sep, _ = first.partition("=")
     return name.strip() if sep else ""
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether a route needs no credential at all (the dashboard's page and its files)."""
+    if (method, path) in PUBLIC_ROUTES:
+        return True
+    return method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIX)
+
+
+def dashboard_session_opens(method: str, path: str) -> bool:
+    """Whether a dashboard session opens this route."""
+    return (method, path) in SESSION_ROUTES

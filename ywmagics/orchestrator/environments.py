@@ -28,6 +28,7 @@ from ywmagics.orchestrator.processes import RunningSteps, run_logged
 from ywmagics.orchestrator.requirements import parse_requirements
 
 META_FILE = "ywmeta.json"
+USED_MARKER = ".last-used"  # its time: when an instance of the environment last started
 _PACKAGE = Path(__file__).parents[1]
 # The stdlib-only modules that the kernel side and the python runner share, copied verbatim into
 # every Python backend's app folder (their name there: their source): one source of truth.
@@ -309,6 +310,19 @@ class Installer:
             if environment is not None:
                 found.append(environment)
         return found
+
+    @staticmethod
+    def mark_used(environment: Environment) -> None:
+        with contextlib.suppress(OSError):  # removed meanwhile: nothing to mark
+            (environment.path / USED_MARKER).touch()
+
+    @staticmethod
+    def last_used(environment: Environment) -> float:
+        """When an instance of it last started (its creation if none has)."""
+        try:
+            return (environment.path / USED_MARKER).stat().st_mtime
+        except OSError:
+            return environment.created
 
     def remove(self, environment: Environment) -> None:
         """Delete an environment. First it is made unusable at once (its meta file goes: a folder

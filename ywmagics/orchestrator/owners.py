@@ -71,5 +71,13 @@ class PartitionOwners:
             del self._owners[partition]
         return ended
 
+    def of(self, partition: str) -> list[int]:
+        """The pids of ``partition``'s owners, as last claimed (some may have ended since)."""
+        return sorted(o.pid for o in self._owners.get(partition, ()))
+
+    def living(self) -> set[int]:
+        """The pids of every owner that still runs: the kernels attached."""
+        return {o.pid for owners in self._owners.values() for o in owners if owner_of(o.pid) == o}
+
     def __bool__(self) -> bool:
         return bool(self._owners)

@@ -48,6 +48,18 @@ class StopBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class UninstallBody(msgspec.Struct, forbid_unknown_fields=True):
     spec: Annotated[str, msgspec.Meta(max_length=MAX_SPEC_LENGTH)]
+    fingerprint: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{6,64}$")] | None = None
+
+
+class RestartBody(msgspec.Struct, forbid_unknown_fields=True):
+    partition: Short
+    name: Short
+    version: Short
+
+
+class GcBody(msgspec.Struct, forbid_unknown_fields=True):
+    older_than_days: Annotated[float, msgspec.Meta(ge=0, le=100_000)]
+    dry_run: bool = False
 
 
 class BrowserLinkBody(msgspec.Struct, forbid_unknown_fields=True):

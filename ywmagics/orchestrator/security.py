@@ -27,10 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ywmagics.errors import AuthenticationError, YwMagicsError
 from ywmagics.orchestrator.browser import (
     CODE_QUERY,
+    DASHBOARD_LABEL,
     SESSION_COOKIE,
     SESSION_LIFETIME,
     BrowserAccess,
     cookie_pairs,
+    dashboard_session_opens,
+    is_public,
     label_of_host,
 )
 from ywmagics.orchestrator.forwarding import split_host
@@ -120,6 +123,16 @@ class SecurityMiddleware:
         authorization = headers.get("authorization", "")
         given = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
+            scope["state"]["pinned_partition"] = None
+            return None
+        method, path = scope.get("method", ""), scope["path"]
+        if scope["type"] == "http" and is_public(method, path):
+            return None
+        if given and self.access.session_opens(given, DASHBOARD_LABEL):
+            if scope["type"] != "http" or not dashboard_session_opens(method, path):
+                return AuthenticationError(
+                    "a dashboard session opens the dashboard's own routes only"
+                ), 403
             scope["state"]["pinned_partition"] = None
             return None
         partition = self.instance_for_token(given) if given else None

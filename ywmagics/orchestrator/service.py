@@ -16,6 +16,7 @@ from ywmagics._version import __version__
 from ywmagics.errors import (
     BackendNotFound,
     ConfigurationError,
+    InstallError,
     InstanceNotFound,
     InstanceReplaced,
 )
@@ -23,11 +24,13 @@ from ywmagics.events import Event, EventKind
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus, event_of
+from ywmagics.orchestrator.installs import InstallRecord, InstallTracker
+from ywmagics.orchestrator.inventory import ResourceMeter, SizeCache
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.owners import POLL_INTERVAL, PartitionOwners
 from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
-from ywmagics.orchestrator.supervisor import Instance, InstanceGone, Supervisor
+from ywmagics.orchestrator.supervisor import Instance, InstanceGone, InstanceState, Supervisor
 from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
 
 log = logging.getLogger("ywmagics.orchestrator")
@@ -73,6 +76,10 @@ class Orchestrator:
         # The proxy's fast path: (partition, name, range as written) -> the instance it chose.
         self._routes: dict[tuple[str, str, str], Instance] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self.installs = InstallTracker()
+        self._meter = ResourceMeter()
+        self._sizes = SizeCache()
+        self._measuring: asyncio.Future[None] | None = None
 
     # -- install -----------------------------------------------------------------------------
 
@@ -86,21 +93,30 @@ class Orchestrator:
         if owner is not None:
             await self._claim(request.partition, owner)
         queue: asyncio.Queue[Event] = asyncio.Queue()
+        records: dict[str, InstallRecord] = {}  # by backend name: what the dashboard shows
 
         def emit(event: Event) -> None:
+            record = records.get(event.name)
+            if record is None:
+                record = records[event.name] = self.installs.begin(
+                    request.partition, event.name, event.version
+                )
+            self.installs.step(record, event)
             queue.put_nowait(event)
             self.bus.publish(event)
 
-        plans = await self._plan(request, emit)
-        task = asyncio.ensure_future(
-            _all_or_nothing(
-                [
-                    self._install_one(request.partition, spec, plan, emit, requested_by)
-                    for spec, plan in plans
-                ]
-            )
-        )
+        task: asyncio.Future[list[dict[str, Any]]] | None = None
+        ended = False
         try:
+            plans = await self._plan(request, emit)
+            task = asyncio.ensure_future(
+                _all_or_nothing(
+                    [
+                        self._install_one(request.partition, spec, plan, emit, requested_by)
+                        for spec, plan in plans
+                    ]
+                )
+            )
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,10 +124,40 @@ class Orchestrator:
                     yield getter.result()
                 else:
                     getter.cancel()
-            yield {"backends": task.result()}
+            result = task.result()
+            for record in records.values():
+                self.installs.finish(record)
+            ended = True
+            yield {"backends": result}
+        except BaseException as error:
+            if not ended:  # not a client that leaves once it has the result
+                self._install_failed(request, records, error)
+            raise
         finally:
-            if not task.done():
+            if task is not None and not task.done():
                 task.cancel()
+
+    def _install_failed(
+        self, request: InstallRequest, records: dict[str, InstallRecord], error: BaseException
+    ) -> None:
+        """Shown as failed, every backend of the request (one failure ends them all), and
+        said on the event stream when nothing said it yet (a build that failed)."""
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            error = InstallError("the install was cancelled: its client went away")
+        for spec in request.modules:  # a spec that did not resolve has no record yet
+            if spec.name not in records:
+                records[spec.name] = self.installs.begin(
+                    request.partition, spec.name, str(spec.range)
+                )
+        for record in records.values():
+            if record.state != "running":
+                continue
+            said = bool(record.steps) and record.steps[-1]["kind"] == EventKind.FAILED.value
+            self.installs.fail(record, error)
+            if not said:
+                self.bus.publish(
+                    event_of(EventKind.FAILED, record, record.partition, record.error or "failed")
+                )
 
     async def _plan(self, request: InstallRequest, emit: Emit) -> list[tuple[BackendSpec, Plan]]:
         """Resolve every spec and check every option before any work starts."""
@@ -236,10 +282,11 @@ class Orchestrator:
         for name in removed:
             log.info("removed the segment %s (a transfer cut short)", name)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
         self._background.add(task)  # a task only weakly referenced by the loop may vanish
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -348,15 +395,66 @@ class Orchestrator:
             "pid": os.getpid(),
             "url": self.settings.url,
             "uptime": round(time.time() - self.started, 1),
+            "started": self.started,
             "instances": len(self.supervisor.instances),
             "environments": len(self.installer.environments()),
+            "kernels": len(self.owners.living()),
             "registries": [str(f) for f in self.registry.folders],
         }
 
-    def listing(self) -> dict[str, Any]:
+    def instance_facts(self, instance: Instance) -> dict[str, Any]:
+        """What ``ywmagics list`` and the dashboard say of an instance."""
+        facts: dict[str, Any] = instance.to_dict()
+        state = instance.state
+        if state is InstanceState.STARTING and instance.restarts:
+            facts["state"] = "restarting"
+        facts["given_up"] = state is InstanceState.FAILED
+        running = state in (InstanceState.STARTING, InstanceState.READY)
+        facts["started"] = time.time() - facts["uptime"] if running else None
+        facts["cpu_percent"], facts["rss"] = (
+            self._meter.measure(instance.process.pid)
+            if running and instance.process is not None
+            else (None, None)
+        )
+        facts["python_version"] = instance.environment.python_version
+        return facts
+
+    def environment_facts(self, environment: Environment) -> dict[str, Any]:
+        """What ``ywmagics list`` and the dashboard say of an environment; its size once it
+        has been measured (in the background: see :meth:`measure_sizes`)."""
+        in_use = sorted(
+            i.partition
+            for i in self.supervisor.instances.values()
+            if i.environment.path == environment.path
+        )
         return {
-            "instances": [i.to_dict() for i in self.supervisor.instances.values()],
-            "environments": [e.to_dict() for e in self.installer.environments()],
+            **environment.to_dict(),
+            "last_used": self.installer.last_used(environment),
+            "size": self._sizes.get(environment.path),
+            "in_use": in_use,
+        }
+
+    def measure_sizes(self) -> None:
+        """Measure, in a thread, the environments whose size is unknown or old (one run at a
+        time)."""
+        if self._measuring is not None and not self._measuring.done():
+            return
+        folders = [e.path for e in self.installer.environments()]
+        self._sizes.keep_only(folders)
+        stale = self._sizes.stale(folders)
+        if stale:
+
+            async def measure() -> None:
+                for folder in stale:
+                    await asyncio.to_thread(self._sizes.measure, folder)
+
+            self._measuring = self._in_background(measure())
+
+    def listing(self) -> dict[str, Any]:
+        self.measure_sizes()
+        return {
+            "instances": [self.instance_facts(i) for i in self.supervisor.instances.values()],
+            "environments": [self.environment_facts(e) for e in self.installer.environments()],
             "backends": [
                 {
                     "name": m.name,
@@ -370,6 +468,28 @@ class Orchestrator:
                 for versions in self.registry.manifests().values()
                 for m in versions.values()
             ],
+        }
+
+    def overview(self) -> dict[str, Any]:
+        """Everything the dashboard shows, at this moment."""
+        self.measure_sizes()
+        self._meter.forget_ended()
+        instances = [self.instance_facts(i) for i in self.supervisor.instances.values()]
+        environments = [self.environment_facts(e) for e in self.installer.environments()]
+        partitions = sorted({i["partition"] for i in instances})
+        return {
+            "orchestrator": self.status(),
+            "partitions": [
+                {
+                    "name": partition,
+                    "owners": self.owners.of(partition),
+                    "instances": [i for i in instances if i["partition"] == partition],
+                }
+                for partition in partitions
+            ],
+            "environments": environments,
+            "disk": {"environments": sum(e["size"] or 0 for e in environments)},
+            "installs": self.installs.to_list(),
         }
 
     async def stop(
@@ -407,30 +527,80 @@ class Orchestrator:
         instance = max(matches, key=lambda i: version_key(i.manifest.version))
         return tail_of(instance.log_path, lines)
 
-    async def uninstall(self, spec: str) -> dict[str, Any]:
+    async def restart(self, partition: str, name: str, version: str) -> dict[str, Any]:
+        """Stop an instance and start it again (the dashboard's Restart)."""
+        instance = self.supervisor.instances.get((partition, validate_name(name), version))
+        if instance is None:
+            raise InstanceNotFound(
+                f"no instance of {name} {version} in partition {partition!r}",
+                hint="it may have been stopped meanwhile: 'ywmagics list' shows what runs",
+            )
+        try:
+            await self.supervisor.restart(instance)
+        except InstanceGone as gone:
+            raise InstanceNotFound(f"{gone} was stopped while it was being restarted") from gone
+        return self.instance_facts(instance)
+
+    async def uninstall(self, spec: str, fingerprint: str | None = None) -> dict[str, Any]:
+        """Remove the environments that match ``spec`` (only the one of ``fingerprint`` if
+        given), stopping what runs from them."""
         parsed = BackendSpec.parse(spec)
         environments = [
             e
             for e in self.installer.environments()
-            if e.name == parsed.name and parsed.range.matches(e.version)
+            if e.name == parsed.name
+            and parsed.range.matches(e.version)
+            and fingerprint in (None, e.fingerprint)
         ]
         if not environments:
-            raise BackendNotFound(f"no installed environment matches {spec!r}")
-        versions = {e.version for e in environments}
+            what = f"{spec!r}" + (f" with fingerprint {fingerprint}" if fingerprint else "")
+            raise BackendNotFound(f"no installed environment matches {what}")
+        removed, stopped = await self._remove_environments(environments)
+        return {"removed": removed, "stopped_partitions": stopped}
+
+    async def gc(self, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+        """Remove the environments that no instance runs from and that none has started from
+        for more than ``older_than_days``; with ``dry_run``, only say which."""
+        cutoff = time.time() - older_than_days * 86400
+        in_use = {i.environment.path for i in self.supervisor.instances.values()}
+        old, kept = [], []
+        for environment in self.installer.environments():
+            unused = environment.path not in in_use
+            if unused and self.installer.last_used(environment) < cutoff:
+                old.append(environment)
+            else:
+                kept.append(environment)
+        removed = [self.environment_facts(e) for e in old]
+        if old and not dry_run:
+            await self._remove_environments(old)
+        return {
+            "removed": removed,
+            "kept": [self.environment_facts(e) for e in kept],
+            "dry_run": dry_run,
+        }
+
+    async def _remove_environments(
+        self, environments: list[Environment]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Their facts, and the partitions where something that ran from them was stopped."""
+        facts = [self.environment_facts(e) for e in environments]
+        paths = {e.path for e in environments}
         # Unusable first, so that no request starts them again while their instances stop.
         for environment in environments:
-            self._last_used.pop((environment.name, environment.version), None)
+            last = self._last_used.get((environment.name, environment.version))
+            if last is not None and last[1].path == environment.path:
+                del self._last_used[(environment.name, environment.version)]
             self.installer.retire(environment)
         self._routes.clear()
         stopped = []
-        for instance in self.supervisor.matching(name=parsed.name):
-            if instance.manifest.version in versions:
+        for instance in list(self.supervisor.instances.values()):
+            if instance.environment.path in paths:
                 await self.supervisor.stop(instance)
                 await self.supervisor.remove_data(instance)
                 stopped.append(instance.partition)
         for environment in environments:
             await asyncio.to_thread(self.installer.remove, environment)
-        return {"removed": [e.to_dict() for e in environments], "stopped_partitions": stopped}
+        return facts, stopped
 
     async def shutdown(self) -> None:
         if self._watching_owners is not None:

@@ -87,6 +87,7 @@ class Instance:
     state: InstanceState = InstanceState.STARTING
     started_at: float = 0.0
     crashes_in_a_row: int = 0
+    restarts: int = 0  # after crashes, or asked for
     upstream: UpstreamPool | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Future[None] | None = None
@@ -129,7 +130,8 @@ class Instance:
             "config": self.environment.config,
             "fingerprint": self.environment.fingerprint,
             "installed_by": self.installed_by,
-            "restarts": self.crashes_in_a_row,
+            "restarts": self.restarts,
+            "crashes_in_a_row": self.crashes_in_a_row,
             "log": str(self.log_path),
             "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
             "home": self.manifest.home,
@@ -320,7 +322,17 @@ class Supervisor:
             if instance.state is InstanceState.CRASHED:
                 self._count_crash(instance)
                 await asyncio.sleep(self.settings.backoff(instance.crashes_in_a_row))
-            await self._start(instance, self.emit, restart=True)
+            await self._start(instance, self.emit, restart="restarting after a crash")
+        return instance
+
+    async def restart(self, instance: Instance) -> Instance:
+        """Stop it and start it again, as asked (by the dashboard): the same instance, its
+        data folder, token and host name kept; a given-up one is given another chance."""
+        async with instance.lock:
+            if self.instances.get(instance.key) is not instance:
+                raise InstanceGone(instance.where)
+            instance.crashes_in_a_row = 0
+            await self._start(instance, self.emit, restart="restarting, as asked")
         return instance
 
     def _note_ended(self, instance: Instance, process: asyncio.subprocess.Process) -> None:
@@ -400,14 +412,18 @@ class Supervisor:
             env.pop(private, None)
         return argv, env
 
-    async def _start(self, instance: Instance, emit: Emit, restart: bool = False) -> None:
+    async def _start(self, instance: Instance, emit: Emit, restart: str = "") -> None:
+        """Start its process and wait until it is ready; ``restart`` says why it starts again
+        (empty for a first start)."""
         manifest, environment = instance.manifest, instance.environment
-        await self._kill(instance)  # what a crashed run left in its process group
+        await self._kill(instance)  # what a crashed run left in its process group (or it runs)
+        if restart:
+            instance.restarts += 1
         emit(
             self._event(
                 instance,
                 EventKind.RESTARTED if restart else EventKind.STARTING,
-                "restarting after a crash" if restart else "starting",
+                restart or "starting",
             )
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -484,6 +500,7 @@ class Supervisor:
                 emit(self._event(instance, EventKind.FAILED, error.message))
             raise
         instance.state = InstanceState.READY
+        self.installer.mark_used(environment)
         emit(
             self._event(
                 instance,

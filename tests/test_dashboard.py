@@ -1,0 +1,210 @@
+"""The dashboard's routes in-process: how a browser gets in (a one-time code for a session that
+opens the dashboard's routes only), the snapshot it shows, installs that fail, and gc."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ywmagics.client import OrchestratorClient
+from ywmagics.discovery import Connection
+from ywmagics.errors import StartError
+from ywmagics.orchestrator.dashboard import CONTENT_SECURITY_POLICY, PAGE_FOLDER
+from ywmagics.orchestrator.environments import USED_MARKER
+from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.spec import InstallRequest
+
+from .inprocess import BASE, TOKEN, LoopThread, make_app, sync_client
+
+MASTER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Orchestrator, LoopThread]]:
+    loop = LoopThread()
+    app, orchestrator = make_app(tmp_path)
+    with sync_client(app, loop) as http:
+        yield http, orchestrator, loop
+    loop.run(orchestrator.shutdown())
+    loop.close()
+
+
+def _session(http: httpx.Client, master: dict[str, str] = MASTER) -> dict[str, str]:
+    """A dashboard session, as the page gets one from a link's code."""
+    link = http.post("/dashboard-link", headers=master).json()["url"]
+    assert link.startswith(f"{http.base_url}".rstrip("/") + "/dashboard/#code=")
+    code = link.split("#code=", 1)[1]
+    answer = http.post("/dashboard/session", json={"code": code})
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    return {"Authorization": f"Bearer {answer.json()['session']}"}
+
+
+def test_a_link_is_one_code_for_one_session_which_opens_the_dashboard_only(
+    served: tuple[httpx.Client, Orchestrator, LoopThread],
+) -> None:
+    http, _, _ = served
+    assert http.post("/dashboard-link").status_code == 401  # only with the master token
+    link = http.post("/dashboard-link", headers=MASTER).json()["url"]
+    code = link.split("#code=", 1)[1]
+    assert http.post("/dashboard/session", json={"code": code}).status_code == 200
+    spent = http.post("/dashboard/session", json={"code": code})
+    assert spent.status_code == 401 and "used already" in spent.json()["error"]["message"]
+    assert http.post("/dashboard/session", json={"code": "guess"}).status_code == 401
+    session = _session(http)
+    assert http.get("/dashboard/state", headers=session).status_code == 200
+    assert http.get("/dashboard/state").status_code == 401  # no credential, no data
+    for method, path in [
+        ("POST", "/install"),
+        ("POST", "/shutdown"),
+        ("GET", "/list"),
+        ("GET", "/status"),
+        ("POST", "/dashboard-link"),  # a session cannot make itself new ones
+        ("GET", "/backends/node_echo/1.0.0/"),
+    ]:
+        answer = http.request(method, path, headers=session, json={})
+        assert answer.status_code == 403, (method, path, answer.text)
+
+
+def test_the_page_holds_no_data_and_runs_only_its_own_files(
+    served: tuple[httpx.Client, Orchestrator, LoopThread],
+) -> None:
+    http, _, _ = served
+    page = http.get("/dashboard/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert (
+        "script-src 'self'" in CONTENT_SECURITY_POLICY and "unsafe" not in CONTENT_SECURITY_POLICY
+    )
+    assert page.text == (PAGE_FOLDER / "index.html").read_text()
+    assert http.get("/dashboard").status_code == 308  # to the folder: its files are relative
+    for shipped in PAGE_FOLDER.iterdir():
+        answer = http.get(f"/dashboard/static/{shipped.name}")
+        assert answer.status_code == 200 and answer.content == shipped.read_bytes()
+    for stray in ["../app.py", "..%2Fapp.py", "nope.js", "%2e%2e%2fservice.py"]:
+        # 401 when the client made the path leave the folder: then it needs a credential
+        assert http.get(f"/dashboard/static/{stray}").status_code in (401, 404), stray
+
+
+@pytest.mark.slow  # starts backends
+def test_a_failed_install_shows_in_red_with_its_log_tail(
+    served: tuple[httpx.Client, Orchestrator, LoopThread],
+) -> None:
+    http, _, _ = served
+    session = _session(http)
+    client = OrchestratorClient(Connection(BASE, TOKEN), http=http)
+    with pytest.raises(StartError):
+        client.install(InstallRequest.from_object({"modules": ["broken_start"], "partition": "P"}))
+    with pytest.raises(Exception, match="unknown backend"):
+        client.install(InstallRequest.from_object({"modules": ["nope"], "partition": "P"}))
+    installs = http.get("/dashboard/state", headers=session).json()["installs"]
+    unknown, broken = installs[0], installs[1]  # newest first
+    assert (unknown["name"], unknown["state"]) == ("nope", "failed")
+    assert "unknown backend" in unknown["error"]
+    assert (broken["name"], broken["version"], broken["state"]) == (
+        "broken_start",
+        "1.0.0",
+        "failed",
+    )
+    assert "BROKEN_START: cannot bind" in broken["log_tail"]
+    assert [s["kind"] for s in broken["steps"]][:2] == ["resolved", "built"]
+    assert broken["ended"] >= broken["started"]
+
+
+@pytest.mark.slow  # starts backends
+def test_the_snapshot_and_gc_of_environments_unused_for_days(
+    served: tuple[httpx.Client, Orchestrator, LoopThread],
+) -> None:
+    http, _, _ = served
+    session = _session(http)
+    client = OrchestratorClient(Connection(BASE, TOKEN), http=http)
+    client.install(InstallRequest.from_object({"modules": ["node_echo"], "partition": "Dash"}))
+    client.install(
+        InstallRequest.from_object({"modules": ["versions_demo#0.1.0"], "partition": "Old"})
+    )
+    state = http.get("/dashboard/state", headers=session).json()
+    assert state["orchestrator"]["pid"] == os.getpid()
+    (dash,) = [p for p in state["partitions"] if p["name"] == "Dash"]
+    (echo,) = dash["instances"]
+    assert (echo["name"], echo["state"], echo["given_up"]) == ("node_echo", "ready", False)
+    assert echo["rss"] > 0 and echo["cpu_percent"] is not None and echo["pid"] > 0
+    assert abs(echo["started"] + echo["uptime"] - time.time()) < 5
+    environments = {e["name"]: e for e in state["environments"]}
+    assert environments["node_echo"]["in_use"] == ["Dash"]
+    # Stopped, and last used 40 days ago: gc at 30 days takes it (a dry run first says so).
+    http.post("/stop", headers=session, json={"partition": "Old"}).raise_for_status()
+    old = Path(environments["versions_demo"]["path"])
+    forty_days_ago = time.time() - 40 * 86400
+    os.utime(old / USED_MARKER, (forty_days_ago, forty_days_ago))
+    dry = http.post("/gc", headers=session, json={"older_than_days": 30, "dry_run": True}).json()
+    assert [e["name"] for e in dry["removed"]] == ["versions_demo"] and old.exists()
+    done = http.post("/gc", headers=session, json={"older_than_days": 30}).json()
+    assert [e["name"] for e in done["removed"]] == ["versions_demo"] and not old.exists()
+    assert {e["name"] for e in done["kept"]} == {"node_echo"}  # in use: never taken
+    assert http.post("/gc", headers=session, json={"older_than_days": -1}).status_code == 400
+    # Restart: the same instance, a new process.
+    restarted = http.post(
+        "/restart",
+        headers=session,
+        json={"partition": "Dash", "name": "node_echo", "version": "1.0.0"},
+    ).json()["restarted"]
+    assert restarted["restarts"] == 1 and restarted["pid"] != echo["pid"]
+    missing = http.post(
+        "/restart",
+        headers=session,
+        json={"partition": "Nope", "name": "node_echo", "version": "1.0.0"},
+    )
+    assert missing.status_code == 404
+
+
+@pytest.mark.slow  # a real orchestrator and backends
+def test_the_stream_follows_each_event_with_a_snapshot_and_logs_follow(tmp_path: Path) -> None:
+    import json
+    import threading
+
+    import ywmagics
+
+    from .conftest import start_orchestrator, stop_orchestrator
+
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        with httpx.Client(base_url=connection.url, timeout=30) as http:
+            session = _session(http, connection.headers)
+            lines: list[dict[str, object]] = []
+            subscribed = threading.Event()
+
+            def read() -> None:
+                with http.stream("GET", "/dashboard/stream", headers=session) as answer:
+                    for line in answer.iter_lines():
+                        lines.append(json.loads(line))
+                        subscribed.set()
+                        if "event" in lines[-1] and lines[-1]["event"]["kind"] == "ready":  # type: ignore[index]
+                            return
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            assert subscribed.wait(10) and "state" in lines[0]
+            echo = ywmagics.install("node_echo as e", partition="Live", connection=connection).e
+            reader.join(10)
+            kinds = [line["event"]["kind"] for line in lines if "event" in line]  # type: ignore[index]
+            assert kinds[-1] == "ready" and "starting" in kinds
+            with http.stream("GET", "/dashboard/stream", headers=session) as answer:
+                first = json.loads(next(answer.iter_lines()))
+            (live,) = [p for p in first["state"]["partitions"] if p["name"] == "Live"]
+            assert live["instances"][0]["state"] == "ready"
+            # The log: what the backend writes after the panel opened comes through.
+            query = {"partition": "Live", "name": "node_echo", "version": "1.0.0"}
+            with http.stream("GET", "/dashboard/log", params=query, headers=session) as answer:
+                chunks = answer.iter_text()
+                assert "--- start" in next(chunks)
+                log_path = Path(live["instances"][0]["log"])
+                with log_path.open("a") as log:
+                    log.write("a line written later\n")
+                assert "a line written later" in next(chunks)
+            assert echo.fetch("/").status_code == 200
+    finally:
+        stop_orchestrator(process)
