@@ -188,3 +188,15 @@ def start_server(app: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``ywmagics`` command, as a user runs it, in another process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ywmagics", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

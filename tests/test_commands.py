@@ -6,13 +6,19 @@ from __future__ import annotations
 import pytest
 
 from ywmagics.commands import (
+    Age,
     StopTarget,
     build_install_request,
+    format_elapsed,
+    format_gc,
     format_listing,
+    format_listing_html,
     format_removed,
+    format_size,
     format_status,
     format_stopped,
     group_specs,
+    parse_age,
     parse_install_object,
     stop_target,
     table,
@@ -139,3 +145,165 @@ def test_listing_and_status_text() -> None:
     )
     removed = {"name": "echo", "version": "1.0.0", "fingerprint": "f00", "path": "/e"}
     assert format_removed({"removed": [removed]}) == "removed echo 1.0.0 (f00) from /e"
+
+
+@pytest.mark.parametrize(
+    ("text", "days", "said"),
+    [
+        ("30d", 30, "30 days"),
+        ("1d", 1, "1 day"),
+        ("12h", 0.5, "12 hours"),
+        ("90m", 90 / 1440, "90 minutes"),
+        ("2w", 14, "2 weeks"),
+        ("7", 7, "7 days"),  # a bare number: days
+        ("0d", 0, "0 days"),
+        ("1.5h", 1.5 / 24, "1.5 hours"),
+        (" 3 Days ", 3, "3 days"),
+        ("10min", 10 / 1440, "10 minutes"),
+    ],
+)
+def test_ages_as_typed(text: str, days: float, said: str) -> None:
+    age = parse_age(text)
+    assert age.days == pytest.approx(days)
+    assert str(age) == said
+
+
+@pytest.mark.parametrize("text", ["soon", "", "-3d", "30x", "d", "3d4h", "1e3", "inf", "30 d d"])
+def test_ages_that_are_not(text: str) -> None:
+    with pytest.raises(SpecError, match="is not a duration") as raised:
+        parse_age(text)
+    assert "30d (days), 12h (hours), 90m (minutes), 2w (weeks)" in raised.value.hint
+
+
+def test_sizes_and_durations_for_people() -> None:
+    assert [format_size(n) for n in (0, 512, 1536, 45.2 * 2**20, 3 * 2**30, 5 * 2**40)] == [
+        "0 B",
+        "512 B",
+        "1.5 KiB",
+        "45.2 MiB",
+        "3.0 GiB",
+        "5.0 TiB",
+    ]
+    assert [
+        format_elapsed(s)
+        for s in (-1, 42.9, 300, 3600, 3 * 3600 + 720, 86400, 2 * 86400 + 3 * 3600)
+    ] == [
+        "0 s",
+        "42 s",
+        "5 min",
+        "1 h",
+        "3 h 12 min",
+        "1 day",
+        "2 days 3 h",
+    ]
+
+
+NOW = 1_700_000_000.0
+
+
+def _environment(**changes: object) -> dict[str, object]:
+    return {
+        "name": "echo",
+        "version": "1.0.0",
+        "fingerprint": "f00",
+        "config": {},
+        "python_version": "3.11.9",
+        "path": "/envs/echo",
+        "created": NOW - 90 * 86400,
+        "last_used": NOW - 31 * 86400,
+        "size": 45 * 2**20,
+        "in_use": [],
+        **changes,
+    }
+
+
+def test_gc_says_what_went_and_what_it_freed() -> None:
+    month = Age(30, "day")
+    assert format_gc({"removed": [], "kept": [_environment()]}, month, dry_run=False, now=NOW) == (
+        "nothing unused for more than 30 days"
+    )
+    assert format_gc({"removed": []}, Age(12, "hour"), dry_run=True, now=NOW) == (
+        "nothing unused for more than 12 hours"
+    )
+    two = [_environment(), _environment(name="other", size=2**20, path="/envs/other")]
+    assert format_gc({"removed": two, "kept": []}, month, dry_run=False, now=NOW).splitlines() == [
+        "removed echo 1.0.0 (f00), last used 31 days ago, 45.0 MiB: /envs/echo",
+        "removed other 1.0.0 (f00), last used 31 days ago, 1.0 MiB: /envs/other",
+        "freed 46.0 MiB (2 environments)",
+    ]
+    unknown = [_environment(size=None)]
+    assert format_gc({"removed": unknown}, month, dry_run=True, now=NOW).splitlines() == [
+        "would remove echo 1.0.0 (f00), last used 31 days ago, size not known yet: /envs/echo",
+        "would free an unknown amount (1 environment)",
+    ]
+    some = format_gc({"removed": [*unknown, *two]}, month, dry_run=False, now=NOW)
+    assert some.splitlines()[-1] == "freed at least 46.0 MiB (3 environments)"
+
+
+def _instance(**changes: object) -> dict[str, object]:
+    return {
+        "partition": "P",
+        "name": "echo",
+        "version": "1.0.0",
+        "state": "ready",
+        "given_up": False,
+        "config": {"greeting": "hi"},
+        "pid": 42,
+        "uptime": 3725.0,
+        "restarts": 2,
+        "installed_by": "alias 'e' of kernel 1234",
+        "cpu_percent": 1.5,
+        "rss": 68 * 2**20,
+        **changes,
+    }
+
+
+def test_listing_html_has_the_dashboards_facts() -> None:
+    listing = {"instances": [_instance()], "environments": [_environment()]}
+    bound = [{"alias": "e", "name": "echo", "version": "1.0.0", "partition": "P"}]
+    page = format_listing_html(listing, now=NOW, bound=bound, partition="kernel-1")
+    for title in (
+        "partition", "name", "version", "state", "configuration", "pid", "uptime", "restarts",
+        "installed by", "CPU", "memory", "fingerprint", "python", "size", "last used", "alias",
+    ):  # fmt: skip
+        assert f">{title}</th>" in page, title
+    for cell in (
+        "ready", "greeting=hi", "42", "1 h 2 min", "2", "alias &#x27;e&#x27; of kernel 1234",
+        "2 %", "68.0 MiB", "f00", "3.11.9", "45.0 MiB", "31 days ago",
+    ):  # fmt: skip
+        assert f">{cell}</td>" in page, cell
+    assert "45.0 MiB on disk" in page
+    assert "This kernel's partition: <code>kernel-1</code>" in page
+    # Without sizes or last uses (an older orchestrator), those columns are left out.
+    older = {
+        "environments": [
+            {k: v for k, v in _environment().items() if k not in ("size", "last_used")}
+        ]
+    }
+    page = format_listing_html({"instances": [], **older}, now=NOW)
+    assert ">size</th>" not in page and ">last used</th>" not in page and "on disk" not in page
+    assert ">CPU</th>" not in page
+
+
+def test_listing_html_escapes_what_users_wrote() -> None:
+    evil = "<script>alert(1)</script>"
+    listing = {
+        "instances": [
+            _instance(config={"x": evil}, installed_by=evil, given_up=True, state="failed")
+        ],
+        "environments": [_environment(config={"q": '"><img src=x onerror=alert(1)>'})],
+    }
+    bound = [{"alias": "a", "name": evil, "version": "1", "partition": "P&Q"}]
+    page = format_listing_html(listing, now=NOW, bound=bound, partition="<b>")
+    assert "<script>" not in page and "<img" not in page and "<b>" not in page
+    assert "x=&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert ">P&amp;Q</td>" in page and "<code>&lt;b&gt;</code>" in page
+    assert ">failed (given up)</td>" in page
+
+
+def test_listing_html_of_nothing() -> None:
+    page = format_listing_html({"instances": [], "environments": []}, now=NOW)
+    assert page.count("<p><em>none</em></p>") == 2
+    assert "<table" not in page and "Bound in this notebook" not in page
+    assert "partition:" not in page

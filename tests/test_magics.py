@@ -5,6 +5,7 @@ The shell has no kernel, so progress shows as text lines (the fallback where wid
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -13,13 +14,15 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
+from IPython.core.formatters import DisplayFormatter
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import get_ipython
 
@@ -34,9 +37,12 @@ from ywmagics.kernel import (
     RunnerExited,
     YwMagics,
     _ipython,
+    backends_command,
     kernel_partition,
 )
 from ywmagics.kernel.progress import TextProgress, Tracker, WidgetProgress, make_progress
+
+from .dashboard_access import open_dashboard
 
 DEMO = "demo_yw_backend#^0.1.1"
 PYRUN = "pyrun_backend#^0.1.0"
@@ -148,6 +154,120 @@ def test_widget_progress_success_and_failure(shell: InteractiveShell) -> None:
     import ipywidgets  # type: ignore[import-untyped]
 
     ipywidgets.Widget.close_all()
+
+
+class _Orchestrator:
+    """The admin calls ``%backends list`` and ``dashboard`` make, answered as the contract says."""
+
+    def __init__(self) -> None:
+        self.links = 0
+
+    def dashboard_link(self) -> str:
+        self.links += 1
+        return f"http://127.0.0.1:4321/dashboard/#code=c{self.links}&x=<y>"
+
+    def listing(self) -> dict[str, Any]:
+        instance = {
+            "partition": "P",
+            "name": "<echo>",
+            "version": "1.0.0",
+            "state": "ready",
+            "config": {},
+            "pid": 42,
+            "uptime": 5.0,
+            "restarts": 0,
+            "installed_by": "",
+        }
+        return {"instances": [instance], "environments": []}
+
+
+class _Magics:
+    partition = "kernel-0000abcd"
+
+    def __init__(self) -> None:
+        self.orchestrator_client = _Orchestrator()
+
+    def orchestrator(self, timeout: float = 60.0) -> _Orchestrator:
+        return self.orchestrator_client
+
+    def bound_clients(self) -> dict[str, Any]:
+        return {"e": types.SimpleNamespace(name="<echo>", version="1.0.0", partition="P")}
+
+
+def _run(command: backends_command.BackendsCommand, line: str) -> None:
+    parsed = backends_command.parse(line)
+    assert parsed is not None
+    command.run(*parsed, None)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    shown: list[dict[str, Any]] = []
+    monkeypatch.setattr(_ipython, "publish", lambda bundle, *rest: shown.append(bundle))
+    monkeypatch.setattr(_ipython, "display", shown.append)
+    return shown
+
+
+def test_dashboard_shows_a_new_link_each_time_or_the_page_inline(
+    published: list[Any],
+) -> None:
+    command = backends_command.BackendsCommand(cast(YwMagics, _Magics()))
+    _run(command, "dashboard")
+    _run(command, "dashboard")
+    first, second = published
+    assert first["text/plain"] == "http://127.0.0.1:4321/dashboard/#code=c1&x=<y>"
+    assert second["text/plain"].endswith("#code=c2&x=<y>")  # a link's code works once
+    assert first["text/html"].startswith(
+        '<a href="http://127.0.0.1:4321/dashboard/#code=c1&amp;x=&lt;y&gt;" target="_blank"'
+    )
+    _run(command, "dashboard --inline")
+    _run(command, "dashboard --height 300 --inline")
+    inline, taller = published[2:]
+    assert inline["text/plain"].endswith("#code=c3&x=<y>")
+    assert inline["text/html"].startswith(
+        '<iframe src="http://127.0.0.1:4321/dashboard/#code=c3&amp;x=&lt;y&gt;" width="100%" '
+        'height="600"'
+    )
+    assert 'height="300"' in taller["text/html"]
+    for line, message in (
+        ("dashboard --height 300", "give --inline too"),
+        ("dashboard --inline --height 0", "must be a positive number"),
+        ("dashboard --inline --height tall", "invalid int value: 'tall'"),
+        ("dashboard extra", "unrecognized arguments: extra"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            _run(command, line)
+    assert len(published) == 4
+    assert {"--inline", "--height"} <= set(
+        command.complete(types.SimpleNamespace(line="%backends dashboard --", symbol="--"))
+    )
+    assert "dashboard" in command.complete(types.SimpleNamespace(line="%backends ", symbol=""))
+
+
+def test_list_is_a_table_in_notebooks_and_text_in_terminals(
+    published: list[Any], shell: InteractiveShell
+) -> None:
+    command = backends_command.BackendsCommand(cast(YwMagics, _Magics()))
+    _run(command, "list")
+    (shown,) = published
+    # What IPython makes of it: in a kernel both forms (a notebook shows the HTML), in a
+    # terminal the text only.
+    data, _ = DisplayFormatter().format(shown)
+    assert shell.display_formatter.format(shown)[0] == {"text/plain": data["text/plain"]}
+    assert data["text/plain"].splitlines()[:3] == [
+        "Running instances:",
+        "PARTITION  NAME    VERSION  STATE  CONFIG  PID  UPTIME",
+        "P          <echo>  1.0.0    ready  -       42   5s",
+    ]
+    assert data["text/plain"].endswith(
+        "Bound in this notebook:\n  e: <echo> 1.0.0 in partition P\n\n"
+        "This kernel's partition: kernel-0000abcd"
+    )
+    assert repr(shown) == data["text/plain"]
+    page = data["text/html"]
+    assert ">&lt;echo&gt;</td>" in page and "<echo>" not in page
+    assert ">restarts</th>" in page and ">installed by</th>" in page and ">alias</th>" in page
+    assert "<code>kernel-0000abcd</code>" in page
 
 
 # ---- the shell ---------------------------------------------------------------------------------
@@ -593,16 +713,22 @@ def test_unload_and_reload(magics: YwMagics, shell: InteractiveShell) -> None:
     assert reloaded.partition == magics.partition  # one partition per kernel process
 
 
-@slow
-def test_terminal_ipython_prints_text_and_never_hangs(orchestrator: Connection) -> None:
-    code = f"%load_ext ywmagics\n%backends install {DEMO} as demo\nprint(demo.partition)\n"
-    result = subprocess.run(
+def _terminal_ipython(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by terminal IPython (``ipython -c``), in another process."""
+    return subprocess.run(
         [sys.executable, "-m", "IPython", "--no-banner", "--quick", "--colors=NoColor", "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
         env=os.environ.copy(),
+        check=False,
     )
+
+
+@slow
+def test_terminal_ipython_prints_text_and_never_hangs(orchestrator: Connection) -> None:
+    code = f"%load_ext ywmagics\n%backends install {DEMO} as demo\nprint(demo.partition)\n"
+    result = _terminal_ipython(code)
     assert result.returncode == 0, result.stderr
     partition = result.stdout.strip().splitlines()[-1]
     assert partition.startswith("kernel-")
@@ -675,3 +801,67 @@ def test_docs_opens_the_home_page_else_docs_else_the_root(
     run_line(shell, '%backends docs named "/a?x=1&y=<b>"')
     assert "&amp;y=&lt;b&gt;" in shown[0]["text/html"] and "<b>" not in shown[0]["text/html"]
     run_line(shell, "%backends stop --partition Home")
+
+
+@slow
+def test_dashboard_link_and_inline_page(
+    magics: YwMagics,
+    shell: InteractiveShell,
+    orchestrator: Connection,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_line(shell, "%backends dashboard")  # this shell shows the text form: the URL
+    url = capsys.readouterr().out.strip()
+    assert url.startswith(f"{orchestrator.url}/dashboard/#code=")
+    assert open_dashboard(url)["orchestrator"]["pid"] == orchestrator.pid
+    shown: list[dict[str, str]] = []
+    monkeypatch.setattr(_ipython, "publish", lambda bundle, *rest: shown.append(bundle))
+    run_line(shell, "%backends dashboard")
+    run_line(shell, "%backends dashboard --inline --height 500")
+    link, inline = shown
+    assert len({url, link["text/plain"], inline["text/plain"]}) == 3  # a new link each time
+    assert link["text/html"].startswith(
+        f'<a href="{html.escape(link["text/plain"])}" target="_blank"'
+    )
+    assert inline["text/html"].startswith(
+        f'<iframe src="{html.escape(inline["text/plain"])}" width="100%" height="500"'
+    )
+    open_dashboard(link["text/plain"])
+    open_dashboard(inline["text/plain"])
+
+
+@slow
+def test_list_shows_a_table_in_a_notebook_and_text_in_a_terminal(
+    orchestrator: Connection, tmp_path: Path
+) -> None:
+    # A real kernel, run as Jupyter runs it: what it sends is what the notebook shows.
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = [
+        "%load_ext ywmagics",
+        "%backends install node_echo as echo --partition ListedHere",
+        "%backends list",
+        "%backends dashboard --inline",
+    ]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=120).execute(cwd=str(tmp_path))
+        (table,) = [o for o in nb.cells[2].outputs if o.output_type == "display_data"]
+        assert table.data["text/plain"].startswith("Running instances:")
+        page = table.data["text/html"]
+        assert ">ListedHere</td>" in page and ">node_echo</td>" in page
+        assert ">installed by</th>" in page and "alias &#x27;echo&#x27; of kernel" in page
+        assert "<strong>Bound in this notebook</strong>" in page and ">echo</td>" in page
+        (frame,) = nb.cells[3].outputs
+        assert frame.data["text/html"].startswith('<iframe src="http://127.0.0.1:')
+        open_dashboard(frame.data["text/plain"])
+    finally:
+        OrchestratorClient(orchestrator).stop(partition="ListedHere")
+    # A terminal shows the text, and the link on a line of its own.
+    code = "%load_ext ywmagics\n%backends list\n%backends dashboard\n"
+    result = _terminal_ipython(code)
+    assert result.returncode == 0, result.stderr
+    assert "Running instances:" in result.stdout and "<table" not in result.stdout
+    open_dashboard(result.stdout.strip().splitlines()[-1])

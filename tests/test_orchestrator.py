@@ -13,7 +13,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +33,13 @@ from ywmagics.errors import (
 )
 from ywmagics.events import Event, EventKind
 
-from .conftest import TEST_REGISTRY, run_concurrently, start_orchestrator, stop_orchestrator
+from .conftest import (
+    TEST_REGISTRY,
+    run_cli,
+    run_concurrently,
+    start_orchestrator,
+    stop_orchestrator,
+)
 
 pytestmark = pytest.mark.slow  # installs backends into a real orchestrator
 
@@ -223,42 +228,30 @@ def test_concurrent_installs_of_one_key_build_once(orchestrator: Connection) -> 
     assert kinds.count(EventKind.REUSED) == 1
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``ywmagics`` command, as a user runs it, in another process."""
-    return subprocess.run(
-        [sys.executable, "-m", "ywmagics", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home: Path) -> None:
 
-    done = _cli("install", "node_echo#^1.0.0", "--partition", "Cli")
+    done = run_cli("install", "node_echo#^1.0.0", "--partition", "Cli")
     assert done.returncode == 0, done.stderr
     assert "ready" in done.stdout and "/backends/node_echo/1.0.0" in done.stdout
-    listing = _cli("list")
+    listing = run_cli("list")
     assert listing.returncode == 0, listing.stderr
     mine = [line.split() for line in listing.stdout.splitlines() if line.startswith("Cli ")]
     assert mine and mine[0][1:4] == ["node_echo", "1.0.0", "ready"]
-    logs = _cli("logs", "node_echo", "--partition", "Cli")
+    logs = run_cli("logs", "node_echo", "--partition", "Cli")
     assert logs.returncode == 0 and "--- start" in logs.stdout
-    stop = _cli("stop", "--partition", "Cli")
+    stop = run_cli("stop", "--partition", "Cli")
     assert stop.returncode == 0 and "stopped node_echo 1.0.0 in partition Cli" in stop.stdout
-    bad = _cli("install", "nope#^1")
+    bad = run_cli("install", "nope#^1")
     assert bad.returncode == 2 and "unknown backend 'nope'" in bad.stderr
-    status = _cli("status")
+    status = run_cli("status")
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith(f"orchestrator {ywmagics.__version__} at {orchestrator.url} ")
     assert f"(pid {orchestrator.pid}," in status.stdout
     # A spec with an alias, typed as users type it on a line.
-    aliased = _cli("install", "node_echo#^1.0.0", "as", "echo", "--partition", "Cli")
+    aliased = run_cli("install", "node_echo#^1.0.0", "as", "echo", "--partition", "Cli")
     assert aliased.returncode == 0, aliased.stderr
     assert "echo: node_echo 1.0.0 in partition Cli" in aliased.stdout
-    wrong = _cli("stop", "--all", "--partition", "Cli")
+    wrong = run_cli("stop", "--all", "--partition", "Cli")
     assert wrong.returncode == 2 and "give it alone" in wrong.stderr
 
 
@@ -277,9 +270,9 @@ def test_orchestrator_killed_leaves_no_backend_behind(tmp_path: Path) -> None:
         assert not any(_running(p) for p in pids)
         # Its discovery file is now stale: a client starts a new orchestrator in its place.
         env = {**os.environ, "YW_HOME": str(tmp_path / "home")}
-        status = _cli("status", env=env)
+        status = run_cli("status", env=env)
         assert status.returncode == 1 and "no orchestrator is running" in status.stdout
-        listing = _cli("list", env=env)
+        listing = run_cli("list", env=env)
         assert listing.returncode == 0, listing.stderr
         assert "Installed environments" in listing.stdout and "node_echo" in listing.stdout
         restarted = read_discovery(tmp_path / "home" / "run" / "orchestrator.json")
@@ -419,7 +412,7 @@ def test_registries_from_the_config_file(tmp_path: Path) -> None:
     env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": ""}
 
     def registries() -> subprocess.CompletedProcess[str]:
-        return _cli("registries", env=env)
+        return run_cli("registries", env=env)
 
     assert "my_echo" not in registries().stdout
     (home / "config.toml").write_text(f'registries = ["{extra}"]\n')
@@ -558,7 +551,7 @@ def test_shutdown_of_an_orchestrator_this_process_started(
     for made in ("orchestrator.log", "start.lock"):
         assert stat.S_IMODE((tmp_path / "home" / "run" / made).stat().st_mode) == 0o600
     started = time.monotonic()
-    done = _cli("shutdown")
+    done = run_cli("shutdown")
     assert done.returncode == 0, done.stderr
     assert f"orchestrator (pid {connection.pid}) stopped" in done.stdout
     assert time.monotonic() - started < 10
@@ -909,7 +902,7 @@ def test_the_command_line_stop_keeps_data_when_asked(orchestrator: Connection) -
     keeper = ywmagics.install("data_keeper as d", partition="CliData", connection=orchestrator).d
     keeper.fetch_json("/add", method="POST", json={"line": "x"})
     data = Path(keeper.fetch_json("/")["data"])
-    done = _cli("stop", "--partition", "CliData", "--keep-data")
+    done = run_cli("stop", "--partition", "CliData", "--keep-data")
     assert done.returncode == 0 and "stopped data_keeper" in done.stdout, done.stderr
     assert (data / "log").read_text() == "x\n"
     shutil.rmtree(data)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ywmagics import commands
 from ywmagics.errors import YwMagicsError
@@ -145,8 +146,80 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    print(commands.format_removed(_client().uninstall(args.spec)))
+    print(commands.format_removed(_client().uninstall(args.spec, args.fingerprint)))
     return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    age: commands.Age = args.older_than
+    done = _client().gc(age.days, dry_run=args.dry_run)
+    print(commands.format_gc(done, age, dry_run=args.dry_run, now=time.time()))
+    return 0
+
+
+def _age(text: str) -> commands.Age:
+    """``--older-than``'s type: argparse shows the message of this error only."""
+    try:
+        return commands.parse_age(text)
+    except YwMagicsError as error:
+        hint = f" ({error.hint})" if error.hint else ""
+        raise argparse.ArgumentTypeError(error.message + hint) from error
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    url = _client().dashboard_link()
+    # The URL alone on its line: a terminal makes it a link, and it is copied whole.
+    print(f"The dashboard (this link works once; run 'ywmagics dashboard' for another tab):\n{url}")
+    if not args.no_browser and not open_in_browser(url):
+        port = urlsplit(url).port
+        print(
+            "No browser to open here: open the link in yours (from another machine, forward the "
+            f"port first: ssh -L {port}:127.0.0.1:{port} THIS-HOST)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def open_in_browser(url: str) -> bool:
+    """Open ``url`` in the desktop's browser; ``False`` where there is none (over SSH, in a
+    container), never an error. Without a display, ``webbrowser`` falls back to a text browser
+    (lynx, w3m) that would take this terminal over: that one is used only if ``BROWSER`` says so.
+
+    The browser is started on a private page that leads to ``url`` (as Jupyter does), not on
+    ``url``: a command line is readable by every local user (``ps``), and a link's one-time
+    code could be spent by one of them before the browser is up."""
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if type(browser) is webbrowser.GenericBrowser and not os.environ.get("BROWSER"):
+        return False  # a console browser (GenericBrowser runs in the foreground)
+    try:
+        return bool(browser.open(opener_page(url).as_uri(), new=2))
+    except (OSError, webbrowser.Error):
+        return False
+
+
+def opener_page(url: str) -> Path:
+    """A page in the private runtime folder that sends the browser on to ``url``."""
+    import html
+
+    from ywmagics import paths
+
+    page = paths.runtime_dir() / "dashboard-open.html"
+    target = html.escape(url, quote=True)
+    text = (
+        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}">'
+        f'<title>ywmagics dashboard</title><p><a href="{target}">Open the dashboard</a></p>\n'
+    )
+    staged = page.with_name(f".{page.name}.{os.getpid()}")
+    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.replace(staged, page)  # whole or not at all, for a browser that reads it at once
+    return page
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -397,7 +470,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     uninstall = commands.add_parser("uninstall", help="remove environments (stops instances)")
     uninstall.add_argument("spec", help="name or name#range")
+    uninstall.add_argument(
+        "--fingerprint", help="only the environment of this build (see 'ywmagics list')"
+    )
     uninstall.set_defaults(run=cmd_uninstall)
+
+    gc = commands.add_parser(
+        "gc", help="remove environments that nothing runs and nothing used for a while"
+    )
+    gc.add_argument(
+        "--older-than",
+        required=True,
+        type=_age,
+        metavar="AGE",
+        help="unused for longer than this: 30d, 12h, 90m, 2w (a bare number is days)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    gc.set_defaults(run=cmd_gc)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="open the live dashboard page (prints its link)"
+    )
+    dashboard.add_argument(
+        "--no-browser", action="store_true", help="only print the link, open no browser"
+    )
+    dashboard.set_defaults(run=cmd_dashboard)
 
     commands.add_parser("status", help="where the orchestrator is").set_defaults(run=cmd_status)
     commands.add_parser("shutdown", help="stop the orchestrator and its backends").set_defaults(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import html
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +197,103 @@ def format_listing(listing: Mapping[str, Any]) -> str:
     )
 
 
+def format_listing_html(
+    listing: Mapping[str, Any],
+    *,
+    now: float,
+    bound: Sequence[Mapping[str, Any]] = (),
+    partition: str | None = None,
+) -> str:
+    """``%backends list`` as HTML tables, for notebooks, with the facts of the dashboard: who
+    installed each instance, its restarts (its CPU and memory, each environment's size and last
+    use, when the listing has them); then the aliases ``bound`` in the notebook (alias, name,
+    version, partition) and the kernel's own ``partition``. Every value is escaped: names and
+    configurations come from users."""
+    instances = [
+        {
+            **i,
+            "state": f"{i.get('state', '')}{' (given up)' if i.get('given_up') else ''}",
+            "config": _config_text(i.get("config") or {}),
+            "pid": "-" if i.get("pid") is None else i["pid"],
+            "uptime": format_elapsed(i["uptime"]) if i.get("uptime") else "-",
+            "restarts": i.get("restarts", 0),
+            "installed_by": i.get("installed_by") or "-",
+            "cpu": "-" if i.get("cpu_percent") is None else f"{i['cpu_percent']:.0f} %",
+            "rss": "-" if i.get("rss") is None else format_size(i["rss"]),
+        }
+        for i in listing["instances"]
+    ]
+    environments = [
+        {
+            **e,
+            "config": _config_text(e.get("config") or {}),
+            "python": e.get("python_version") or "-",
+            "size": "not known yet" if e.get("size") is None else format_size(e["size"]),
+            "last_used": "-" if not e.get("last_used") else format_ago(now - e["last_used"]),
+        }
+        for e in listing["environments"]
+    ]
+    instance_columns = [
+        ("partition", "partition"),
+        ("name", "name"),
+        ("version", "version"),
+        ("state", "state"),
+        ("config", "configuration"),
+        ("pid", "pid"),
+        ("uptime", "uptime"),
+        ("restarts", "restarts"),
+        ("installed_by", "installed by"),
+    ]
+    if any("cpu_percent" in i for i in listing["instances"]):  # an orchestrator with psutil
+        instance_columns += [("cpu", "CPU"), ("rss", "memory")]
+    environment_columns = [
+        ("name", "name"),
+        ("version", "version"),
+        ("fingerprint", "fingerprint"),
+        ("python", "python"),
+        ("config", "configuration"),
+    ]
+    if any("size" in e for e in listing["environments"]):
+        environment_columns.append(("size", "size"))
+    if any("last_used" in e for e in listing["environments"]):
+        environment_columns.append(("last_used", "last used"))
+    parts = [
+        "<div>",
+        "<strong>Running instances</strong>",
+        html_table(instances, instance_columns),
+        "<strong>Installed environments</strong>",
+        html_table(environments, environment_columns),
+    ]
+    sizes = [e["size"] for e in listing["environments"] if isinstance(e.get("size"), int)]
+    if sizes:
+        parts.append(f"<p>{html.escape(format_size(sum(sizes)))} on disk</p>")
+    if bound:
+        parts.append("<strong>Bound in this notebook</strong>")
+        columns = [("alias", "alias"), ("name", "name"), ("version", "version")]
+        parts.append(html_table(bound, [*columns, ("partition", "partition")]))
+    if partition is not None:
+        parts.append(f"<p>This kernel's partition: <code>{html.escape(partition)}</code></p>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+_LEFT = ' style="text-align: left"'  # Jupyter aligns table cells right, as for numbers
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows as an HTML table of ``columns`` (key, title), every cell escaped; or *none*."""
+    if not rows:
+        return "<p><em>none</em></p>"
+    head = "".join(f"<th{_LEFT}>{html.escape(title)}</th>" for _, title in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{_LEFT}>{html.escape(str(row.get(key, '')))}</td>" for key, _ in columns)
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def format_status(status: Mapping[str, Any]) -> str:
     """The text of ``ywmagics status`` and ``%backends status`` (each adds its own lines)."""
     return (
@@ -211,3 +310,96 @@ def format_removed(done: Mapping[str, Any]) -> str:
         f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}"
         for e in done["removed"]
     )
+
+
+# -- durations and sizes -----------------------------------------------------------------------
+
+_DAYS_IN = {"minute": 1 / 1440, "hour": 1 / 24, "day": 1.0, "week": 7.0}
+_UNIT_OF = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
+_AGE = re.compile(
+    r"(\d+(?:\.\d*)?|\.\d+) ?(m|mins?|minutes?|h|hrs?|hours?|d|days?|w|weeks?)?", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Age:
+    """A duration as a user typed it (``30d``, ``12h``, ``90m``, ``2w``): said back in its own
+    unit ("30 days"), sent to the orchestrator in days."""
+
+    amount: float
+    unit: str  # minute, hour, day or week
+
+    @property
+    def days(self) -> float:
+        return self.amount * _DAYS_IN[self.unit]
+
+    def __str__(self) -> str:
+        number = str(int(self.amount)) if self.amount == int(self.amount) else str(self.amount)
+        return f"{number} {self.unit}{'' if self.amount == 1 else 's'}"
+
+
+def parse_age(text: str) -> Age:
+    """``30d``, ``12h``, ``90m``, ``2w`` (also ``30 days``, ``1.5h``); a bare number is days."""
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise SpecError(
+            f"{text!r} is not a duration",
+            hint="a number and a unit: 30d (days), 12h (hours), 90m (minutes), 2w (weeks); "
+            "a bare number is days",
+        )
+    unit = _UNIT_OF[(match.group(2) or "d")[0].lower()]
+    return Age(float(match.group(1)), unit)
+
+
+def format_size(size: float) -> str:
+    """Bytes in units of 1024, as ``du -h`` counts them: ``512 B``, ``1.5 KiB``, ``45.2 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def format_elapsed(seconds: float) -> str:
+    """A duration for people: ``42 s``, ``5 min``, ``3 h 12 min``, ``2 days 3 h``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    text = f"{days} day{'' if days == 1 else 's'}"
+    return f"{text} {hours} h" if hours else text
+
+
+def format_ago(seconds: float) -> str:
+    return "just now" if seconds < 60 else f"{format_elapsed(seconds)} ago"
+
+
+# -- gc ----------------------------------------------------------------------------------------
+
+
+def format_gc(done: Mapping[str, Any], age: Age, *, dry_run: bool, now: float) -> str:
+    """What a gc removed (or, ``dry_run``, would remove), one environment a line, then the disk
+    space that freed; or that nothing was unused for longer than ``age``."""
+    removed = list(done["removed"])
+    if not removed:
+        return f"nothing unused for more than {age}"
+    lines = []
+    for e in removed:
+        facts = [f"{e['name']} {e['version']} ({e['fingerprint']})"]
+        if e.get("last_used"):
+            facts.append(f"last used {format_ago(now - e['last_used'])}")
+        facts.append("size not known yet" if e.get("size") is None else format_size(e["size"]))
+        lines.append(f"{'would remove' if dry_run else 'removed'} {', '.join(facts)}: {e['path']}")
+    known = [e["size"] for e in removed if e.get("size") is not None]
+    freed = format_size(sum(known)) if known else "an unknown amount"
+    if known and len(known) < len(removed):
+        freed = f"at least {freed}"  # the sizes of the others were not measured yet
+    count = f"{len(removed)} environment{'' if len(removed) == 1 else 's'}"
+    lines.append(f"{'would free' if dry_run else 'freed'} {freed} ({count})")
+    return "\n".join(lines)

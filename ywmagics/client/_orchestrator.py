@@ -1,4 +1,5 @@
-"""The orchestrator's admin client (sync): install, list, stop, logs, uninstall, status, events."""
+"""The orchestrator's admin client (sync): install, list, stop, restart, logs, uninstall, gc,
+status, events, dashboard links."""
 
 from __future__ import annotations
 
@@ -157,8 +158,36 @@ class OrchestratorClient:
             "GET", f"/logs/{validate_name(name)}", params={"partition": partition, "lines": lines}
         ).text
 
-    def uninstall(self, spec: str) -> dict[str, Any]:
-        return dict(self._call("POST", "/uninstall", json={"spec": spec}).json())
+    def restart(self, partition: str, name: str, version: str) -> dict[str, Any]:
+        """Stop the instance ``(partition, name, version)`` and start it again (its data folder
+        kept; one that was given up after crashes gets another chance). Returns the instance as
+        :meth:`listing` shows it, once it is ready."""
+        body = {"partition": partition, "name": name, "version": version}
+        return dict(self._call("POST", "/restart", json=body).json()["restarted"])
+
+    def uninstall(self, spec: str, fingerprint: str | None = None) -> dict[str, Any]:
+        """Remove the installed environments that match ``spec`` (``name`` or ``name#range``),
+        or with ``fingerprint`` only that one, stopping their instances. Returns ``{"removed":
+        [environment, ...], "stopped_partitions": [...]}``."""
+        body: dict[str, Any] = {"spec": spec}
+        if fingerprint is not None:
+            body["fingerprint"] = fingerprint
+        return dict(self._call("POST", "/uninstall", json=body).json())
+
+    def gc(self, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+        """Remove the environments that no instance runs and none has used for more than
+        ``older_than_days`` days (``dry_run``: only say which). Returns ``{"removed": [...],
+        "kept": [...]}``, environments as :meth:`listing` shows them (with their ``size`` in
+        bytes, ``None`` when not known yet)."""
+        body = {"older_than_days": older_than_days, "dry_run": dry_run}
+        return dict(self._call("POST", "/gc", json=body).json())
+
+    def dashboard_link(self) -> str:
+        """A link that opens the dashboard page in a browser:
+        ``http://127.0.0.1:PORT/dashboard/#code=...``. The code is good for one use, for a few
+        minutes: the page trades it for a session of its own (never this client's token), kept
+        across reloads of its tab. Each tab needs a link of its own."""
+        return str(self._call("POST", "/dashboard-link").json()["url"])
 
     def shutdown(self) -> None:
         self._call("POST", "/shutdown")

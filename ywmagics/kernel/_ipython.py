@@ -65,6 +65,13 @@ def publish(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> Non
     display.publish_display_data(data=data, metadata=metadata or {})  # type: ignore[no-untyped-call]
 
 
+def display(value: object) -> None:
+    """Show ``value`` under the cell in each form it has (``_repr_html_``, text...)."""
+    from IPython import display as _display
+
+    _display.display(value)  # type: ignore[no-untyped-call]
+
+
 def completer(owner: object, method: Callable[[Any], list[str]]) -> Callable[[Any, Any], list[str]]:
     """Adapt ``method(event)`` to IPython's hook signature ``hook(shell, event)``; the hook is
     marked with its ``owner`` so that :func:`remove_completers` finds it again."""

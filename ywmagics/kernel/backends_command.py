@@ -13,6 +13,7 @@ import html
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ def _partition_option(parser: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help=f"the partition {what} (default: this kernel's own, see %%config YwMagics)",
     )
+
+
+INLINE_HEIGHT = 600  # pixels: the dashboard's tables and a log, without a scroll bar at once
 
 
 def build_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -85,6 +89,20 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
         help="another page (default: the manifest's home, else /docs if it has one, else /)",
     )
     status = _parser("status", "where the orchestrator runs, and this kernel's partition")
+    dashboard = _parser(
+        "dashboard",
+        "a link to the live dashboard of every backend (a one-time code, not the token)",
+    )
+    dashboard.add_argument(
+        "--inline", action="store_true", help="show the page here, in the output area"
+    )
+    dashboard.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help=f"the height of the --inline page (default {INLINE_HEIGHT})",
+    )
     return {
         "install": install,
         "list": listing,
@@ -93,6 +111,7 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
         "uninstall": uninstall,
         "docs": docs,
         "status": status,
+        "dashboard": dashboard,
     }
 
 
@@ -174,6 +193,7 @@ class BackendsCommand:
             "uninstall": self.uninstall,
             "docs": self.docs,
             "status": self.status,
+            "dashboard": self.dashboard,
         }
         if command == "install":
             self.install(args, cell)
@@ -260,13 +280,23 @@ class BackendsCommand:
     # -- the others ----------------------------------------------------------------------------
 
     def listing(self, args: argparse.Namespace) -> None:
-        print(commands.format_listing(self.magics.orchestrator().listing()))
-        bound = self.magics.bound_clients()
+        listing = self.magics.orchestrator().listing()
+        bound = [
+            {"alias": a, "name": c.name, "version": c.version, "partition": c.partition}
+            for a, c in self.magics.bound_clients().items()
+        ]
+        text = commands.format_listing(listing)
         if bound:
-            print("\nBound in this notebook:")
-            for alias, client in bound.items():
-                print(f"  {alias}: {client.name} {client.version} in partition {client.partition}")
-        print(f"\nThis kernel's partition: {self.magics.partition}")
+            text += "\n\nBound in this notebook:"
+            for b in bound:
+                text += (
+                    f"\n  {b['alias']}: {b['name']} {b['version']} in partition {b['partition']}"
+                )
+        text += f"\n\nThis kernel's partition: {self.magics.partition}"
+        html_text = commands.format_listing_html(
+            listing, now=time.time(), bound=bound, partition=self.magics.partition
+        )
+        _ipython.display(RichText(text, html_text))
 
     def _target(self, alias: str, partition: str | None) -> tuple[str, str | None, str]:
         """(name, version, partition) of ``alias``: a bound client, else a backend name."""
@@ -359,6 +389,27 @@ class BackendsCommand:
         status = self.magics.orchestrator().status()
         print(f"{commands.format_status(status)}\nthis kernel's partition: {self.magics.partition}")
 
+    def dashboard(self, args: argparse.Namespace) -> None:
+        if args.height is not None and not args.inline:
+            raise UsageError("--height is the height of the --inline page: give --inline too")
+        height = INLINE_HEIGHT if args.height is None else args.height
+        if height < 1:
+            raise UsageError("--height must be a positive number of pixels")
+        url = self.magics.orchestrator().dashboard_link()  # one each time: its code works once
+        if args.inline:
+            # The page allows being framed by loopback origins only (its frame-ancestors).
+            markup = (
+                f'<iframe src="{html.escape(url)}" width="100%" height="{height}" '
+                'style="border: 1px solid #ccc" title="ywmagics dashboard"></iframe>'
+            )
+        else:
+            markup = (
+                f'<a href="{html.escape(url)}" target="_blank" rel="noopener">Open the ywmagics '
+                "dashboard</a> (the link works once: run <code>%backends dashboard</code> again "
+                "for another tab)"
+            )
+        _ipython.publish({"text/plain": url, "text/html": markup})
+
     def complete(self, event: Any) -> list[str]:
         """Completions after ``%backends``: the commands, then aliases where one is expected."""
         words = event.line.split()
@@ -371,6 +422,24 @@ class BackendsCommand:
         if parser is None:
             return []
         return [o for action in parser._actions for o in action.option_strings if o[:2] == "--"]
+
+
+class RichText:
+    """A text and its HTML twin, displayed as one output: IPython picks the richest form its
+    frontend shows (the HTML in a notebook, the text in a terminal), as for its own objects."""
+
+    def __init__(self, text: str, html: str) -> None:
+        self.text = text
+        self.html = html
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.text)
+
+    def _repr_html_(self) -> str:
+        return self.html
 
 
 def _warn_of_replaced(bound: dict[str, BackendClient], result: dict[str, Any]) -> None:

@@ -229,7 +229,8 @@ class YwMagics(Magics):
 
         Other commands::
 
-            %backends list                     running instances and installed environments
+            %backends list                     running instances and installed environments (a
+                                               table in a notebook)
             %backends stop ALIAS               stop the instance behind ALIAS
             %backends stop [--partition P]     stop the instances of a partition (default: this
                                                kernel's)
@@ -238,6 +239,8 @@ class YwMagics(Magics):
             %backends uninstall NAME[#RANGE]   remove installed environments (stops instances)
             %backends docs ALIAS               a link to the backend's /docs page
             %backends status                   where the orchestrator runs, this kernel's partition
+            %backends dashboard [--inline]     a link to the live dashboard of every backend
+                                               (--inline: the page itself, in the output area)
 
         ``%backends COMMAND --help`` shows one command's options. All of them:
         """
