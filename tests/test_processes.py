@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ywmagics.orchestrator.placements.local import free_port
 from ywmagics.orchestrator.processes import (
     LAUNCHER,
     child_argv,
@@ -27,7 +28,6 @@ from ywmagics.orchestrator.processes import (
     signal_group,
     tail_of,
 )
-from ywmagics.orchestrator.supervisor import _free_port
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
@@ -308,7 +308,7 @@ def test_a_private_network_is_reached_through_its_connector_only(whom: str) -> N
     shared = Path(tempfile.mkdtemp(prefix="ywnet-"))  # a folder the other user can enter too
     os.chmod(shared, 0o777)
     connector = shared / "c.sock"
-    port = _free_port()
+    port = free_port()
     # Another user may not enter our Python's folders: the system's Python serves for it.
     python = sys.executable if whom == "me" else shutil.which("python3", path="/usr/bin:/bin")
     if python is None:

@@ -24,12 +24,11 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
@@ -37,14 +36,14 @@ from ywmagics.orchestrator.browser import new_label
 from ywmagics.orchestrator.config import SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, event_of
-from ywmagics.orchestrator.manifest import Listen, Manifest, Network, expand
+from ywmagics.orchestrator.manifest import Manifest
+from ywmagics.orchestrator.placements import Launch, Placement
+from ywmagics.orchestrator.placements.local import LocalPlacement
 from ywmagics.orchestrator.processes import (
     END_GRACE,
-    PrivateNetwork,
     child_argv,
     end_all,
     has_exited,
-    private_network_available,
     program_pid,
     signal_group,
     tail_of,
@@ -94,6 +93,7 @@ class Instance:
     # Its pages' own host name for browsers (b-<hex>.localhost); a new instance, a new name.
     browser_label: str = field(default_factory=new_label)
     installed_by: str = ""  # who asked for it: "alias 'py310' of kernel 1234"
+    placement: str = "local"  # where it runs: a kind of Supervisor.placements
 
     @property
     def key(self) -> InstanceKey:
@@ -160,14 +160,6 @@ def _next_poll(waited: float) -> float:
     return min(POLL_FIRST + POLL_GROWTH * waited, POLL_MAX)
 
 
-def _free_port() -> int:
-    # Only for manifests that insist on TCP: the backend binds it itself, so a short race remains;
-    # Unix sockets (the default) have none.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Supervisor:
     def __init__(
         self,
@@ -179,6 +171,7 @@ class Supervisor:
         settings: SupervisorSettings | None = None,
         orchestrator_socket: Path | None = None,
         data_dir: Path | None = None,  # instances' own folders: next to the logs by default
+        placements: Mapping[str, Placement] | None = None,  # by kind; "local" by default
     ) -> None:
         self.installer = installer
         self.sockets_dir = sockets_dir
@@ -192,6 +185,10 @@ class Supervisor:
         self._key_locks: dict[InstanceKey, asyncio.Lock] = {}
         self.by_token: dict[str, Instance] = {}
         self.by_label: dict[str, Instance] = {}
+        self.placements: dict[str, Placement] = {
+            "local": LocalPlacement(sockets_dir, orchestrator_url, orchestrator_socket),
+            **(placements or {}),
+        }
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -373,44 +370,34 @@ class Supervisor:
                 log_tail=tail_of(instance.log_path),
             )
 
-    def _command(self, instance: Instance) -> tuple[list[str], dict[str, str]]:
-        """The start command and environment of ``instance``, with a fresh socket or port."""
-        manifest, environment = instance.manifest, instance.environment
+    def placement(self, instance: Instance) -> Placement:
+        return self.placements[instance.placement]
+
+    async def _launch(self, instance: Instance) -> Launch:
+        """The child that runs ``instance``, as its placement makes it, with what every
+        backend is given."""
+        environment = instance.environment
         placeholders = self.installer.placeholders(instance.plan, environment.path)
-        instance.socket_path = instance.port = instance.connector_path = None
-        if manifest.listen is Listen.UNIX:
-            instance.socket_path = self.sockets_dir / f"{secrets.token_hex(6)}.sock"
-            placeholders.update(socket=str(instance.socket_path), port="")
-        else:
-            instance.port = _free_port()
-            if manifest.network is Network.PRIVATE and private_network_available():
-                instance.connector_path = self.sockets_dir / f"{secrets.token_hex(6)}.conn"
-            placeholders.update(socket="", port=str(instance.port))
-        base_path = instance.base_path
         placeholders.update(
-            base_path=base_path,
+            base_path=instance.base_path,
             orchestrator_url=self.orchestrator_url,
             data=str(instance.data_path),
         )
-        argv = [expand(arg, placeholders) for arg in manifest.start]
         env = {
             **os.environ,
             "YW_ORCHESTRATOR_URL": self.orchestrator_url,
             "YW_INSTANCE_TOKEN": instance.token,
             "YW_PARTITION": instance.partition,
-            "YW_BASE_PATH": base_path,
+            "YW_BASE_PATH": instance.base_path,
             "YW_DATA_DIR": str(instance.data_path),
             "PYTHONPATH": str(environment.app),
             **{f"YW_BUILD_{k.upper()}": v for k, v in environment.config.items()},
-            **{k: expand(v, placeholders) for k, v in manifest.env.items()},
         }
-        if instance.port is not None:
-            env["PORT"] = str(instance.port)
         # YW_HOME is the orchestrator's, not the backend's; bytecode writes are wanted (see
         # Installer.compile_environment).
         for private in ("YW_HOME", "PYTHONDONTWRITEBYTECODE"):
             env.pop(private, None)
-        return argv, env
+        return await self.placement(instance).launch(instance, placeholders, env)
 
     async def _start(self, instance: Instance, emit: Emit, restart: str = "") -> None:
         """Start its process and wait until it is ready; ``restart`` says why it starts again
@@ -428,40 +415,20 @@ class Supervisor:
         )
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
         instance.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if manifest.listen is not Listen.UNIX and manifest.network is Network.PRIVATE:
-            # Learnt once (a process), off the loop; a Unix socket needs no network of its own.
-            await asyncio.to_thread(private_network_available)
-        argv, env = self._command(instance)
-        if instance.port is not None and instance.connector_path is None:
-            why = (
-                "its manifest asks for the machine's network"
-                if manifest.network is Network.SHARED
-                else "this machine gives no private network namespace (user namespaces are off)"
-            )
-            emit(
-                self._event(
-                    instance,
-                    EventKind.STARTING,
-                    f"it listens on TCP port {instance.port}, which every local user can reach: "
-                    + why,
-                )
-            )
-        private = None
-        if instance.connector_path is not None and instance.port is not None:
-            private = PrivateNetwork(
-                instance.connector_path,
-                instance.port,
-                urlsplit(self.orchestrator_url).port,
-                self.orchestrator_socket,
-            )
+        launch = await self._launch(instance)
+        argv = launch.argv
+        for warning in launch.warnings:
+            emit(self._event(instance, EventKind.STARTING, warning))
         with instance.log_path.open("ab") as log_file:
             log_file.write(f"--- start {time.ctime()}: {' '.join(argv)}\n".encode())
             log_file.flush()
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *child_argv(argv, cwd=environment.path, env=env, private_network=private),
-                    cwd=environment.path,
-                    env=env,
+                    *child_argv(
+                        argv, cwd=launch.cwd, env=launch.env, private_network=launch.private_network
+                    ),
+                    cwd=launch.cwd,
+                    env=launch.env,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -481,12 +448,9 @@ class Supervisor:
         instance.watcher = asyncio.ensure_future(self._watch(instance, process))
         if instance.upstream is not None:
             instance.upstream.close_idle()
-        instance.upstream = UpstreamPool(
-            uds=str(instance.socket_path) if instance.socket_path else None,
-            port=instance.port,
-            connector=str(instance.connector_path) if instance.connector_path else None,
-        )
+        instance.upstream = None
         try:
+            instance.upstream = await self.placement(instance).connect(instance, process, emit)
             await self._wait_ready(instance, process)
         except BaseException as error:  # a failure, or the install was cancelled: no half-start
             await asyncio.shield(self._kill(instance))
@@ -587,10 +551,7 @@ class Supervisor:
             if not await ended(END_GRACE):
                 signal_group(process.pid, signal.SIGKILL)
                 await ended(self.settings.stop_timeout)  # reaped; unless stuck in the kernel
-        for path in (instance.socket_path, instance.connector_path):
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        await self.placement(instance).release(instance)
 
     async def remove_data(self, instance: Instance) -> None:
         """Delete a stopped instance's data folder, and its partition's folder once empty;

@@ -1,0 +1,61 @@
+"""Placements: where an instance's process runs. The supervisor owns an instance's life the same
+way wherever it runs: a local child process (the program itself, or what starts it elsewhere,
+such as ``srun``) with its log, its process group and its end seen as a crash; a placement says
+what that child is, how the backend is reached once it runs, and what it holds that the child's
+end does not free.
+
+- :mod:`~ywmagics.orchestrator.placements.local`: on this machine (the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ywmagics.orchestrator.processes import PrivateNetwork
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ywmagics.orchestrator.events import Emit
+    from ywmagics.orchestrator.supervisor import Instance
+    from ywmagics.orchestrator.upstream import UpstreamPool
+
+
+@dataclass
+class Launch:
+    """The local child to start for an instance."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    private_network: PrivateNetwork | None = None
+    # said once it starts: e.g. that every local user can reach its TCP port
+    warnings: list[str] = field(default_factory=list)
+
+
+class Placement(Protocol):
+    kind: str
+
+    async def launch(
+        self, instance: Instance, placeholders: dict[str, str], env: dict[str, str]
+    ) -> Launch:
+        """The child that runs ``instance``: ``placeholders`` expand the manifest's start
+        command and environment (all but ``socket`` and ``port``, which the placement gives),
+        ``env`` is what every backend gets."""
+        ...
+
+    async def connect(
+        self, instance: Instance, process: asyncio.subprocess.Process, emit: Emit
+    ) -> UpstreamPool:
+        """Once the child runs: how to reach the backend (it may not answer yet)."""
+        ...
+
+    async def release(self, instance: Instance) -> None:
+        """After the child has ended: free what it held elsewhere (sockets, a job)."""
+        ...
+
+    def facts(self, instance: Instance) -> dict[str, object]:
+        """What listings say of where it runs."""
+        ...
