@@ -5,10 +5,7 @@ The browser is Debian's ``chromium`` (``.ci/run`` installs it), driven by Playwr
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -20,35 +17,9 @@ import ywmagics
 from ywmagics.client import BackendClient, OrchestratorClient
 from ywmagics.discovery import Connection
 
+from .conftest import Recorder
+
 pytestmark = pytest.mark.slow  # starts a browser (conftest's ``browser``)
-
-
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """Another local server, as another user may run one: it keeps what browsers send it."""
-
-    seen: list[dict[str, str]] = []
-
-    def do_GET(self) -> None:
-        self.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
-        body = b"<!doctype html><title>elsewhere</title><img src='/pixel'>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def elsewhere() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
 
 
 def _instance(orchestrator: Connection, partition: str) -> BackendClient:

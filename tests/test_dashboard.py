@@ -208,3 +208,48 @@ def test_the_stream_follows_each_event_with_a_snapshot_and_logs_follow(tmp_path:
             assert echo.fetch("/").status_code == 200
     finally:
         stop_orchestrator(process)
+
+
+@pytest.mark.slow  # a real orchestrator
+def test_open_streams_end_when_the_orchestrator_stops(tmp_path: Path) -> None:
+    # uvicorn waits for open answers at shutdown, for its whole graceful timeout (5 s): an open
+    # dashboard tab made every stop 5 s slower.
+    import threading
+
+    from ywmagics.discovery import pid_alive
+
+    from .conftest import start_orchestrator, stop_orchestrator
+
+    process, connection = start_orchestrator(tmp_path / "home")
+    ended: list[str] = []
+    try:
+        with httpx.Client(base_url=connection.url, timeout=30) as http:
+            session = _session(http, connection.headers)
+
+            def follow(path: str, headers: dict[str, str]) -> None:
+                with http.stream("GET", path, headers=headers) as answer:
+                    for _ in answer.iter_lines():
+                        pass
+                ended.append(path)
+
+            readers = [
+                threading.Thread(target=follow, args=(path, headers), daemon=True)
+                for path, headers in [
+                    ("/dashboard/stream", session),
+                    ("/events", connection.headers),
+                ]
+            ]
+            for reader in readers:
+                reader.start()
+            time.sleep(0.5)  # both answers under way
+            started = time.monotonic()
+            http.post("/shutdown", headers=connection.headers).raise_for_status()
+            while pid_alive(process.pid) and time.monotonic() - started < 10:
+                time.sleep(0.02)
+            took = time.monotonic() - started
+            for reader in readers:
+                reader.join(5)
+        assert sorted(ended) == ["/dashboard/stream", "/events"]
+        assert took < 3, f"the orchestrator took {took:.1f} s to stop"
+    finally:
+        stop_orchestrator(process)

@@ -107,8 +107,8 @@ async def event_stream(request: Request) -> Response:
     async def lines() -> AsyncIterator[bytes]:
         async with bus.subscribe() as queue:
             yield _line({"subscribed": True})
-            while True:
-                yield _line({"event": (await queue.get()).to_dict()})
+            while (event := await queue.get()) is not None:  # None: the server is stopping
+                yield _line({"event": event.to_dict()})
 
     return StreamingResponse(lines(), media_type=NDJSON)
 

@@ -53,7 +53,7 @@ LOG_LOOK_EVERY = 0.25  # seconds between looks at a followed log
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors http://127.0.0.1:* http://localhost:* http://[::1]:*"
+    "frame-ancestors http://127.0.0.1:* http://localhost:*"  # (no IPv6 literal is allowed here)
 )
 _PAGE_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
@@ -136,9 +136,13 @@ async def stream(request: Request) -> Response:
                 except asyncio.TimeoutError:
                     yield _line({"state": orchestrator.overview()})
                     continue
-                yield _line({"event": event.to_dict()})
+                burst = [event]
                 while not queue.empty():  # a burst: one snapshot after all of it
-                    yield _line({"event": queue.get_nowait().to_dict()})
+                    burst.append(queue.get_nowait())
+                for each in burst:
+                    if each is None:
+                        return  # the server is stopping
+                    yield _line({"event": each.to_dict()})
                 yield _line({"state": orchestrator.overview()})
 
     return StreamingResponse(lines(), media_type=NDJSON, headers=_PRIVATE_HEADERS)
@@ -160,6 +164,8 @@ async def follow_log(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[bytes]:
         while not path.exists():
+            if orchestrator.bus.closed:
+                return
             await asyncio.sleep(LOG_LOOK_EVERY)
         with path.open("rb") as log:
             log.seek(max(0, log.seek(0, 2) - LOG_TAIL))
@@ -167,6 +173,8 @@ async def follow_log(request: Request) -> Response:
                 if data := log.read(1 << 20):
                     yield data
                     continue
+                if orchestrator.bus.closed:  # the server is stopping
+                    return
                 if orchestrator.supervisor.instances.get(key) is not instance:
                     yield b"\n--- the instance was stopped ---\n"
                     return

@@ -27,21 +27,37 @@ def event_of(
 
 
 class EventBus:
-    """Fan-out of events to subscribers; a slow subscriber loses events rather than slowing us."""
+    """Fan-out of events to subscribers; a slow subscriber loses events rather than slowing us.
+    A subscriber's queue gives ``None`` once the bus is closed: its stream ends."""
 
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
+        self.closed = False
 
     def publish(self, event: Event) -> None:
         for queue in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
+    def close(self) -> None:
+        """End every subscription: the server is stopping, and waits for open streams."""
+        self.closed = True
+        for queue in self._subscribers:
+            _end(queue)
+
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event | None]]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
+        if self.closed:
+            _end(queue)
         self._subscribers.add(queue)
         try:
             yield queue
         finally:
             self._subscribers.discard(queue)
+
+
+def _end(queue: asyncio.Queue[Event | None]) -> None:
+    while queue.full():  # the end matters more than the oldest event
+        queue.get_nowait()
+    queue.put_nowait(None)

@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -62,6 +62,19 @@ class ClientNoiseLimit(logging.Filter):
         if self._count == self.per_minute + 1:
             record.msg = f"{record.msg} (more such lines are dropped for a minute)"
         return self._count <= self.per_minute + 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the orchestrator's endless answers (the event streams, followed
+    logs) as its shutdown begins: it waits for open answers, for a whole graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, streams_end: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._streams_end = streams_end
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._streams_end()
+        await super().shutdown(sockets)
 
 
 def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str = "warning") -> None:
@@ -157,5 +170,5 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         date_header=False,  # the backends' own Date passes through; no second one
     )
     logging.getLogger("uvicorn.error").addFilter(ClientNoiseLimit())  # after uvicorn's set-up
-    server = uvicorn.Server(config)
+    server = _Server(config, orchestrator.bus.close)
     server.run(sockets=[listener, unix_listener])

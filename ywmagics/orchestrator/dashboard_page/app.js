@@ -8,7 +8,7 @@ const SESSION_KEY = "ywmagics.dashboard.session";
 const NEW_LINK = ["open a new link with ", ["ywmagics dashboard"], " or ", ["%backends dashboard"]];
 const GONE = ["The orchestrator is gone (or was restarted): ", ...NEW_LINK, "."];
 const LOG_LIMIT = 512 * 1024; // characters kept in a log panel: a chatty backend stays bounded
-const DONE_SHOWN_FOR = 60; // seconds a finished install stays listed
+const DONE_SHOWN_FOR = 30; // seconds a finished install stays listed (as one line)
 
 let session = null;
 let gone = false;
@@ -214,7 +214,10 @@ async function follow() {
   const began = Date.now();
   try {
     const response = await request("GET", "/dashboard/stream");
-    if (!response.ok) throw new Error(await errorText(response));
+    if (!response.ok) {
+      const why = await errorText(response);
+      return showBanner([`The orchestrator refused the dashboard (${why}): `, ...NEW_LINK, "."], "gone");
+    }
     setLive("live", "live");
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -310,7 +313,8 @@ function updateInstall(card, install) {
   setText(r.title, `${spec(install)} in ${install.partition}`);
   setText(r.badge, install.state);
   r.badge.dataset.state = install.state;
-  setText(r.when, install.ended ? `took ${duration(install.ended - install.started)}` : "");
+  const took = install.ended - install.started;
+  setText(r.when, install.ended ? `took ${took < 10 ? `${took.toFixed(1)} s` : duration(took)}` : "");
   r.close.hidden = install.state !== "failed";
   r.bar.hidden = install.state !== "running";
   // No progress known yet: an indeterminate bar (no value attribute) says "working".
