@@ -53,3 +53,31 @@ def test_a_wrong_file_is_a_clear_error_naming_it(tmp_path: Path, text: str, mess
     with pytest.raises(ConfigurationError) as error:
         load_user_config(file)
     assert message in error.value.message and str(file) in error.value.message
+
+
+def test_clusters_are_read_with_their_settings(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(
+        '[clusters.big]\nkind = "slurm"\npartition = "gpu"\naccount = "proj42"\n'
+        'srun_options = ["--exclusive"]\nshared_dir = "~/shared"\n'
+    )
+    (big,) = load_user_config(file).clusters.values()
+    assert (big.name, big.kind, big.partition, big.account) == ("big", "slurm", "gpu", "proj42")
+    assert big.srun_options == ("--exclusive",) and big.python == "python3"
+    assert big.shared_dir == Path("~/shared").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[clusters.big]\nkind = "k8s"', "kind 'k8s' is not one we place on"),
+        ("[clusters.big]\nnodes = 3", r"unknown \[clusters.big\] setting\(s\): nodes"),
+        ('[clusters.big]\nsrun_options = "--exclusive"', "srun_options must be a list"),
+        ("clusters = 3", r"\[clusters\] must hold tables"),
+    ],
+)
+def test_a_wrong_cluster_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigurationError, match=message):
+        load_user_config(file)

@@ -190,3 +190,29 @@ def test_a_spec_parses_in_linear_time_and_is_bounded() -> None:
     assert len(longest) == 400 and str(BackendSpec.parse(longest)) == "a#>=1.0 <2 as b"
     with pytest.raises(SpecError, match="at most 400 characters"):
         BackendSpec.parse("a#1" + " " * 40_000 + "x")
+
+
+def test_an_install_on_a_cluster_carries_checked_resources() -> None:
+    request = InstallRequest.from_object(
+        {"modules": ["pyrun_backend"], "on": "slurm", "resources": "cpus=16,mem=64G,gres=gpu:1"}
+    )
+    assert request.on == "slurm"
+    assert request.resources == {"cpus": "16", "mem": "64G", "gres": "gpu:1"}
+    assert InstallRequest.from_object(request.to_dict()) == request
+    assert "on" not in InstallRequest.from_object("pyrun_backend").to_dict()  # as before
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"resources": {"cpus": "2"}}, "resources are asked of a cluster: give --on too"),
+        ({"on": "slurm", "resources": {"nodes": "2"}}, "unknown resource 'nodes'"),
+        ({"on": "slurm", "resources": {"mem": "1G --uid=0"}}, "is not a value a cluster takes"),
+        ({"on": "slurm", "resources": {"mem": "--exclusive"}}, "is not a value a cluster takes"),
+        ({"on": "slurm", "resources": "cpus"}, "'cpus' is not NAME=VALUE"),
+        ({"on": "../x"}, "invalid cluster name"),
+    ],
+)
+def test_bad_placement_input_is_refused(data: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        InstallRequest.from_object({"modules": ["pyrun_backend"], **data})

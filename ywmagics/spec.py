@@ -194,6 +194,10 @@ class InstallRequest:
     modules: list[BackendSpec]
     configurations: Configurations = field(default_factory=dict)
     partition: str = DEFAULT_PARTITION
+    # where the instances run: a cluster of the user's configuration ("slurm" works without
+    # one), with what to ask of it; None: this machine
+    on: str | None = None
+    resources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_object(
@@ -204,11 +208,12 @@ class InstallRequest:
             data = {"modules": [data]}
         elif not isinstance(data, Mapping):
             data = {"modules": list(data)}
-        unknown = set(data) - {"modules", "configurations", "partition"}
+        unknown = set(data) - {"modules", "configurations", "partition", "on", "resources"}
         if unknown:
             raise SpecError(
                 f"unknown install field(s): {', '.join(sorted(unknown))}",
-                hint="the install object takes 'modules', 'configurations' and 'partition'",
+                hint="the install object takes 'modules', 'configurations', 'partition', and "
+                "'on' and 'resources' for a cluster",
             )
         modules = data.get("modules") or []
         if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
@@ -233,17 +238,75 @@ class InstallRequest:
             if not isinstance(conf.get("build", {}), Mapping):
                 raise ConfigurationError(f"'build' of {name!r} must be an object")
         chosen = partition or data.get("partition") or DEFAULT_PARTITION
+        on = None if data.get("on") is None else validate_cluster(data.get("on"))
         return cls(
             modules=specs,
             configurations={
                 str(k): {"build": dict(v.get("build", {}))} for k, v in configurations.items()
             },
             partition=validate_partition(chosen),
+            on=on,
+            resources=validate_resources(data.get("resources") or {}, on),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "modules": [str(s) for s in self.modules],
             "configurations": self.configurations,
             "partition": self.partition,
         }
+        if self.on is not None:
+            data.update(on=self.on, resources=self.resources)
+        return data
+
+
+# What a cluster can be asked for, as Slurm names it: cpus -> --cpus-per-task, mem -> --mem,
+# time -> --time, gres -> --gres, partition/account/qos/constraint -> the same options.
+RESOURCES = ("cpus", "mem", "time", "gres", "partition", "account", "qos", "constraint")
+_RESOURCE_VALUE = re.compile(r"[A-Za-z0-9_.:/+][A-Za-z0-9_.:/+-]{0,127}")
+
+
+def validate_cluster(name: object) -> str:
+    """A cluster's name in the user's configuration (``[clusters.NAME]``), or ``slurm``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SpecError(
+            f"invalid cluster name {name!r}",
+            hint="a name of [clusters.NAME] in your config.toml, or 'slurm'",
+        )
+    return name
+
+
+def validate_resources(resources: object, on: str | None) -> dict[str, str]:
+    """``{"cpus": "16", "mem": "64G", ...}``: known names, values that are one word of a
+    command line (never an option of its own)."""
+    if isinstance(resources, str):
+        resources = parse_resources(resources)
+    if not isinstance(resources, Mapping):
+        raise SpecError("'resources' must be an object such as {'cpus': '16', 'mem': '64G'}")
+    if resources and on is None:
+        raise SpecError(
+            "resources are asked of a cluster: give --on too",
+            hint="e.g. --on slurm --resources cpus=16,mem=64G",
+        )
+    checked = {}
+    for key, value in resources.items():
+        if key not in RESOURCES:
+            raise SpecError(f"unknown resource {key!r}", hint=f"resources: {', '.join(RESOURCES)}")
+        text = str(value)
+        if not _RESOURCE_VALUE.fullmatch(text):
+            raise SpecError(f"resource {key}={text!r} is not a value a cluster takes")
+        checked[str(key)] = text
+    return checked
+
+
+def parse_resources(text: str) -> dict[str, str]:
+    """``cpus=16,mem=64G,time=2:00:00,gres=gpu:1`` as a dict."""
+    resources = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SpecError(
+                f"{item!r} is not NAME=VALUE", hint="e.g. --resources cpus=16,mem=64G,time=2:00:00"
+            )
+        resources[key.strip()] = value.strip()
+    return resources

@@ -11,8 +11,18 @@
     stable_after = 60.0                 # a run this long (seconds) starts the count anew
     stop_timeout = 5.0                  # seconds between SIGTERM and SIGKILL at a stop
 
-The names follow jupyter_client's restarter (``restart_limit``, ``stable_start_time``,
-``shutdown_wait_time``).
+    [clusters.big]                      # a cluster for '--on big' ('--on slurm' needs none)
+    kind = "slurm"
+    partition = "gpu"                   # Slurm's partition, account and QOS (optional)
+    account = "proj42"
+    qos = "normal"
+    srun_options = ["--exclusive"]      # more options for srun
+    slurm_conf = "/etc/slurm/slurm.conf"  # default: $SLURM_CONF, else Slurm's own default
+    shared_dir = "~/.ywmagics-cluster"  # a folder the nodes see too (default: the data folder)
+    python = "python3"                  # the Python the nodes run the node shim with
+
+The names of [supervisor] follow jupyter_client's restarter (``restart_limit``,
+``stable_start_time``, ``shutdown_wait_time``).
 """
 
 from __future__ import annotations
@@ -69,9 +79,61 @@ class SupervisorSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """A cluster that ``--on NAME`` places instances on."""
+
+    name: str = "slurm"
+    kind: str = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    srun_options: tuple[str, ...] = ()
+    slurm_conf: Path | None = None
+    shared_dir: Path | None = None
+    python: str = "python3"
+
+    @classmethod
+    def from_table(cls, name: str, table: object, where: Path) -> ClusterSettings:
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [clusters.{name}] must be a table")
+        known = {f.name for f in fields(cls)} - {"name"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown [clusters.{name}] setting(s): {', '.join(unknown)}",
+                hint=f"settings: {', '.join(sorted(known))}",
+            )
+        if table.get("kind", "slurm") != "slurm":
+            raise ConfigurationError(
+                f"{where}: [clusters.{name}] kind {table['kind']!r} is not one we place on",
+                hint='kind = "slurm"',
+            )
+        values: dict[str, Any] = {"name": name}
+        for key in ("partition", "account", "qos", "python"):
+            if key in table:
+                if not isinstance(table[key], str) or not table[key]:
+                    raise ConfigurationError(f"{where}: [clusters.{name}] {key} must be a name")
+                values[key] = table[key]
+        for key in ("slurm_conf", "shared_dir"):
+            if key in table:
+                if not isinstance(table[key], str):
+                    raise ConfigurationError(f"{where}: [clusters.{name}] {key} must be a path")
+                values[key] = Path(table[key]).expanduser()
+        options = table.get("srun_options", [])
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            raise ConfigurationError(
+                f"{where}: [clusters.{name}] srun_options must be a list of strings",
+                hint='e.g. srun_options = ["--exclusive"]',
+            )
+        values["srun_options"] = tuple(options)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class UserConfig:
     registries: list[Path] = field(default_factory=list)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    clusters: dict[str, ClusterSettings] = field(default_factory=dict)
 
 
 def load_user_config(file: Path | None = None) -> UserConfig:
@@ -84,12 +146,15 @@ def load_user_config(file: Path | None = None) -> UserConfig:
         return UserConfig()
     except (toml.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"{file} is not valid TOML: {error}") from error
-    unknown = sorted(set(data) - {"registries", "supervisor"})
+    unknown = sorted(set(data) - {"registries", "supervisor", "clusters"})
     if unknown:
         raise ConfigurationError(
             f"{file}: unknown setting(s): {', '.join(unknown)}",
-            hint="the file takes 'registries = [...]' and a [supervisor] table",
+            hint="the file takes 'registries = [...]', a [supervisor] table and [clusters.NAME]",
         )
+    clusters = data.get("clusters", {})
+    if not isinstance(clusters, dict):
+        raise ConfigurationError(f"{file}: [clusters] must hold tables such as [clusters.big]")
     folders = data.get("registries", [])
     if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
         raise ConfigurationError(
@@ -99,4 +164,7 @@ def load_user_config(file: Path | None = None) -> UserConfig:
     return UserConfig(
         registries=[Path(f).expanduser() for f in folders],
         supervisor=SupervisorSettings.from_table(data.get("supervisor", {}), file),
+        clusters={
+            name: ClusterSettings.from_table(name, table, file) for name, table in clusters.items()
+        },
     )

@@ -33,6 +33,8 @@ class InstallBody(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.Meta(max_length=MAX_MODULES),
     ] = {}
     partition: Short | None = None
+    on: Short | None = None
+    resources: Annotated[dict[Short, Short], msgspec.Meta(max_length=16)] = {}
 
     def as_object(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
