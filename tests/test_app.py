@@ -162,3 +162,12 @@ def test_big_bodies_and_long_specs_are_refused_before_any_work(
     answer = _post(client, "/install", many)
     assert answer.status_code == 400 and "at `$.modules`" in answer.json()["error"]["message"]
     assert orchestrator.supervisor.instances == {}
+
+
+def test_an_install_on_an_unknown_cluster_is_refused_not_run_here(
+    served: tuple[OrchestratorClient, Orchestrator],
+) -> None:
+    client, orchestrator = served
+    with pytest.raises(ConfigurationError, match="no cluster 'big' to place instances on"):
+        client.install(InstallRequest.from_object({"modules": ["node_echo"], "on": "big"}))
+    assert not orchestrator.supervisor.instances

@@ -161,6 +161,13 @@ class Orchestrator:
 
     async def _plan(self, request: InstallRequest, emit: Emit) -> list[tuple[BackendSpec, Plan]]:
         """Resolve every spec and check every option before any work starts."""
+        if request.on is not None and request.on not in self.supervisor.placements:
+            # Never run elsewhere than where the user asked.
+            raise ConfigurationError(
+                f"no cluster {request.on!r} to place instances on",
+                hint="clusters are [clusters.NAME] tables of config.toml; without --on, "
+                "instances run on this machine",
+            )
         names = {spec.name for spec in request.modules}
         stray = sorted(set(request.configurations) - names)
         if stray:
