@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ywmagics import commands
+from ywmagics.commands import add_placement_options
 from ywmagics.errors import YwMagicsError
 
 if TYPE_CHECKING:
@@ -109,7 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from ywmagics.progress import TextProgress  # text only: no IPython, no widgets
 
-    request = commands.build_install_request(args.specs, args.config, args.partition)
+    request = commands.build_install_request(
+        args.specs, args.config, args.partition, on=args.on, resources=args.resources
+    )
     client = _client()
     specs = ", ".join(str(s) for s in request.modules)
     view = TextProgress(
@@ -445,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("specs", nargs="+", metavar="SPEC", help="name#range [as alias]")
     install.add_argument("--partition", default=None)
     install.add_argument("--config", action="append", default=[], metavar="NAME.build.OPTION=VALUE")
+    add_placement_options(install)
     install.set_defaults(run=cmd_install)
 
     listing = commands.add_parser("list", help="running instances and installed environments")

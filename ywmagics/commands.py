@@ -8,6 +8,7 @@ return.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import html
@@ -18,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ywmagics.errors import ConfigurationError, SpecError
-from ywmagics.spec import Configurations, InstallRequest, parse_config_option, validate_partition
+from ywmagics.spec import (
+    Configurations,
+    InstallRequest,
+    parse_config_option,
+    parse_resources,
+    validate_partition,
+)
 
 # -- install -----------------------------------------------------------------------------------
 
@@ -70,10 +77,13 @@ def build_install_request(
     partition: str | None = None,
     body: Mapping[str, Any] | None = None,
     default_partition: str | None = None,
+    on: str | None = None,
+    resources: str | None = None,
 ) -> InstallRequest:
     """The install request for specs typed on a line (``a#^1 as x b``), ``--config`` options,
-    ``--partition``, and the object form's ``body``: the line adds to the body's modules and
-    options, an explicit ``partition`` wins over the body's, which wins over the default."""
+    ``--partition``, ``--on`` and ``--resources`` (``cpus=16,mem=64G``), and the object form's
+    ``body``: the line adds to the body's modules and options, an explicit ``partition`` wins
+    over the body's, which wins over the default; so do ``on`` and ``resources``."""
     data = dict(body or {})
     modules = data.get("modules") or []
     if isinstance(modules, str):
@@ -90,8 +100,27 @@ def build_install_request(
     for option in config_options:
         parse_config_option(option, configurations)
     chosen = partition or data.get("partition") or default_partition
+    if on is not None:
+        data["on"] = on
+    if resources is not None:
+        data["resources"] = parse_resources(resources)
     return InstallRequest.from_object(
         {**data, "modules": modules, "configurations": configurations}, chosen
+    )
+
+
+def add_placement_options(parser: argparse.ArgumentParser) -> None:
+    """``--on`` and ``--resources``, as the CLI and the magic take them."""
+    parser.add_argument(
+        "--on",
+        metavar="CLUSTER",
+        help="run on a cluster: 'slurm', or a [clusters.NAME] of config.toml",
+    )
+    parser.add_argument(
+        "--resources",
+        metavar="NAME=VALUE,...",
+        help="what to ask the cluster for: cpus=16,mem=64G,time=2:00:00,gres=gpu:1 "
+        "(also partition, account, qos, constraint)",
     )
 
 

@@ -16,6 +16,7 @@ class EventKind(str, Enum):
     BUILDING = "building"
     BUILT = "built"
     REUSED = "reused"
+    QUEUED = "queued"  # waiting for a cluster's job to start (its id and Slurm's reason)
     STARTING = "starting"
     READY = "ready"
     REPLACED = "replaced"

@@ -64,6 +64,7 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
         metavar="NAME.build.OPTION=VALUE",
         help="a build option, e.g. pyrun_backend.build.python=3.10 (repeatable)",
     )
+    commands.add_placement_options(install)
     listing = _parser("list", "running instances, installed environments, bound aliases")
     stop = _parser("stop", "stop the instance behind ALIAS, a partition's, or every instance")
     stop.add_argument("alias", nargs="?", metavar="ALIAS", help="a bound alias, or a backend name")
@@ -211,7 +212,13 @@ class BackendsCommand:
                     "%backends install demo_yw_backend#^0.1.1 as ywDemoClient"
                 )
         request = commands.build_install_request(
-            args.specs, args.config, args.partition, data, self.magics.partition
+            args.specs,
+            args.config,
+            args.partition,
+            data,
+            self.magics.partition,
+            on=args.on,
+            resources=args.resources,
         )
         try:
             self.run_install(request)

@@ -7,8 +7,10 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 SIZE_FRESH_FOR = 600.0  # seconds a measured size is reused (an environment changes little)
 
@@ -24,6 +26,8 @@ class ResourceMeter:
     def measure(self, pid: int) -> tuple[float | None, int | None]:
         """``(cpu_percent, rss_bytes)`` of ``pid`` and its descendants; ``(None, None)`` when it
         has ended."""
+        import psutil  # here: not among what an orchestrator loads before its first answer
+
         try:
             root = self._process(pid)
             tree = [root, *(self._process(p.pid) for p in root.children(recursive=True))]
@@ -38,6 +42,8 @@ class ResourceMeter:
         return round(cpu, 1), rss
 
     def _process(self, pid: int) -> psutil.Process:
+        import psutil
+
         known = self._seen.get(pid)
         if known is None or not known.is_running():  # is_running also tells a reused pid
             known = self._seen[pid] = psutil.Process(pid)

@@ -115,6 +115,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             url=url,
             supervisor=user_config.supervisor,
             unix_socket=unix_path,
+            clusters=user_config.clusters,
         )
     )
     # Before serving: a build that starts later must not lose its folder to the sweep.

@@ -21,13 +21,14 @@ from ywmagics.errors import (
     InstanceReplaced,
 )
 from ywmagics.events import Event, EventKind
-from ywmagics.orchestrator.config import SupervisorSettings
+from ywmagics.orchestrator.config import ClusterSettings, SupervisorSettings
 from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.installs import InstallRecord, InstallTracker
 from ywmagics.orchestrator.inventory import ResourceMeter, SizeCache
 from ywmagics.orchestrator.manifest import Manifest
 from ywmagics.orchestrator.owners import POLL_INTERVAL, PartitionOwners
+from ywmagics.orchestrator.placements.slurm import SlurmPlacement
 from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, InstanceState, Supervisor
@@ -48,6 +49,8 @@ class Settings:
     unix_socket: Path | None = None
     # each instance's own data folder is under it ({data}); by default next to the logs
     instances_data_dir: Path | None = None
+    # clusters of the user's configuration ('--on NAME'); 'slurm' is there without one
+    clusters: dict[str, ClusterSettings] = field(default_factory=dict)
 
 
 class Orchestrator:
@@ -66,6 +69,12 @@ class Orchestrator:
             settings.supervisor,
             settings.unix_socket,
             settings.instances_data_dir,
+            {
+                name: SlurmPlacement(
+                    cluster, settings.environments_dir.parent, settings.unix_socket
+                )
+                for name, cluster in {"slurm": ClusterSettings(), **settings.clusters}.items()
+            },
         )
         self.owners = PartitionOwners()
         self._watching_owners: asyncio.Future[None] | None = None
@@ -112,7 +121,7 @@ class Orchestrator:
             task = asyncio.ensure_future(
                 _all_or_nothing(
                     [
-                        self._install_one(request.partition, spec, plan, emit, requested_by)
+                        self._install_one(request, spec, plan, emit, requested_by)
                         for spec, plan in plans
                     ]
                 )
@@ -194,14 +203,21 @@ class Orchestrator:
         return plans
 
     async def _install_one(
-        self, partition: str, spec: BackendSpec, plan: Plan, emit: Emit, requested_by: str
+        self,
+        request: InstallRequest,
+        spec: BackendSpec,
+        plan: Plan,
+        emit: Emit,
+        requested_by: str,
     ) -> dict[str, Any]:
-        manifest = plan.manifest
+        manifest, partition = plan.manifest, request.partition
         environment = await self._environment(plan, partition, emit)
         by = f"alias {spec.alias!r}" + (f" of {requested_by}" if requested_by else "")
         before = self.supervisor.instances.get((partition, manifest.name, manifest.version))
         replaced = before.environment.fingerprint if before is not None else None
-        instance = await self.supervisor.ensure(partition, plan, environment, emit, by)
+        instance = await self.supervisor.ensure(
+            partition, plan, environment, emit, by, request.on or "local", request.resources
+        )
         # Once it runs, not before: a compile competing for the CPU would slow its start.
         self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         self._routes.clear()  # a range may now resolve to this instance
@@ -418,11 +434,13 @@ class Orchestrator:
         facts["given_up"] = state is InstanceState.FAILED
         running = state in (InstanceState.STARTING, InstanceState.READY)
         facts["started"] = time.time() - facts["uptime"] if running else None
+        local = instance.placement == "local"  # elsewhere, the child is only what starts it
         facts["cpu_percent"], facts["rss"] = (
             self._meter.measure(instance.process.pid)
-            if running and instance.process is not None
+            if running and local and instance.process is not None
             else (None, None)
         )
+        facts.update(self.supervisor.placement(instance).facts(instance))
         facts["python_version"] = instance.environment.python_version
         return facts
 

@@ -93,7 +93,8 @@ class Instance:
     # Its pages' own host name for browsers (b-<hex>.localhost); a new instance, a new name.
     browser_label: str = field(default_factory=new_label)
     installed_by: str = ""  # who asked for it: "alias 'py310' of kernel 1234"
-    placement: str = "local"  # where it runs: a kind of Supervisor.placements
+    placement: str = "local"  # where it runs: a key of Supervisor.placements
+    resources: dict[str, str] = field(default_factory=dict)  # what it asks of a cluster
 
     @property
     def key(self) -> InstanceKey:
@@ -238,15 +239,19 @@ class Supervisor:
         environment: Environment,
         emit: Emit,
         installed_by: str = "",
+        placement: str = "local",
+        resources: dict[str, str] | None = None,
     ) -> Instance:
-        """A ready instance of ``environment`` in ``partition``; replaces one of another config.
+        """A ready instance of ``environment`` in ``partition``; replaces one of another config,
+        or placed elsewhere (``placement``, a key of :attr:`placements`, with ``resources``).
         ``installed_by`` says who asked, for a new instance (told to the clients it leaves).
 
         Serialised per key: two installs racing with different configurations must not both
         replace the old instance (one replacement would go untracked)."""
         key = (partition, plan.manifest.name, plan.manifest.version)
+        where = (placement, resources or {})
         async with self._key_locks.setdefault(key, asyncio.Lock()):
-            return await self._ensure(key, plan, environment, emit, installed_by)
+            return await self._ensure(key, plan, environment, emit, installed_by, where)
 
     async def _ensure(
         self,
@@ -254,23 +259,28 @@ class Supervisor:
         plan: Plan,
         environment: Environment,
         emit: Emit,
-        installed_by: str = "",
+        installed_by: str,
+        where: tuple[str, dict[str, str]],
     ) -> Instance:
         while True:
             current = self.instances.get(key)
-            if current is not None and current.environment.fingerprint != environment.fingerprint:
+            moved = current is not None and (current.placement, current.resources) != where
+            if current is not None and (
+                moved or current.environment.fingerprint != environment.fingerprint
+            ):
                 await self.stop(current)
-                emit(
-                    self._event(
-                        current,
-                        EventKind.REPLACED,
-                        _replacement_reason(current.environment, environment),
-                    )
+                reason = (
+                    f"replacing the running instance: it runs on {current.placement!r} "
+                    f"{current.resources or ''}, {where[0]!r} {where[1] or ''} was asked for"
+                    if moved
+                    else _replacement_reason(current.environment, environment)
                 )
+                emit(self._event(current, EventKind.REPLACED, reason))
                 continue
             if current is None:
                 instance = self._new_instance(key, plan, environment)
                 instance.installed_by = installed_by
+                instance.placement, instance.resources = where
             else:
                 instance = current
             async with instance.lock:
@@ -430,7 +440,7 @@ class Supervisor:
                     cwd=launch.cwd,
                     env=launch.env,
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
+                    stdout=log_file if launch.stdout_to_log else asyncio.subprocess.PIPE,
                     stderr=log_file,
                     start_new_session=True,  # its own process group, signalled as a whole
                     close_fds=True,

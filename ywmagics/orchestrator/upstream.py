@@ -13,8 +13,12 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httptools
+
+if TYPE_CHECKING:
+    import ssl
 
 Headers = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterator[bytes] | None
@@ -224,7 +228,8 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one backend: on a Unix socket (``uds``), on loopback TCP
     (``port``), or on TCP in the backend's private network namespace, through the connector
-    that hands connected sockets out (``connector``, see :mod:`ywmagics.orchestrator.launcher`).
+    that hands connected sockets out (``connector``, see :mod:`ywmagics.orchestrator.launcher`);
+    or over TLS to a node shim that relays to it (``host``, ``port`` and ``tls``).
     """
 
     def __init__(
@@ -233,11 +238,15 @@ class UpstreamPool:
         uds: str | None = None,
         port: int | None = None,
         connector: str | None = None,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
         max_idle: int = 256,
     ) -> None:
         self.uds = uds
         self.port = port
         self.connector = connector
+        self.host = host  # with ``tls``: a node shim on another machine (placements/slurm.py)
+        self.tls = tls
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._prune: asyncio.TimerHandle | None = None
@@ -264,7 +273,7 @@ class UpstreamPool:
                 sock = await socket_from_connector(self.connector) if self.connector else None
                 if sock is None:
                     reader, writer = await asyncio.open_connection(
-                        "127.0.0.1", self.port, limit=_READ_SIZE
+                        self.host, self.port, limit=_READ_SIZE, ssl=self.tls
                     )
                 else:
                     reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_SIZE)

@@ -4,7 +4,8 @@ such as ``srun``) with its log, its process group and its end seen as a crash; a
 what that child is, how the backend is reached once it runs, and what it holds that the child's
 end does not free.
 
-- :mod:`~ywmagics.orchestrator.placements.local`: on this machine (the default).
+- :mod:`~ywmagics.orchestrator.placements.local`: on this machine (the default);
+- :mod:`~ywmagics.orchestrator.placements.slurm`: in a Slurm job, behind a node shim.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Launch:
     private_network: PrivateNetwork | None = None
     # said once it starts: e.g. that every local user can reach its TCP port
     warnings: list[str] = field(default_factory=list)
+    # False: the placement reads the child's output (the node shim's first line says where
+    # the backend is), and writes it to the log itself
+    stdout_to_log: bool = True
 
 
 class Placement(Protocol):

@@ -1,0 +1,388 @@
+"""On a Slurm cluster: the local child is ``srun``, which runs the node shim
+(:mod:`~ywmagics.orchestrator.placements.node_shim`) in a job; the shim starts the backend on
+the node, on a private socket, and is the only thing there that listens.
+
+- **Certificates**: made for each start (one for the shim, one for us), pinned both ways, handed
+  to the shim in a private file (0600) of a folder the nodes share, never on a command line.
+- **Where it is**: the shim says its address in its first line of output (``YW-SHIM {...}``),
+  which ``srun`` relays to us; nothing is guessed. Until then the job may wait in the queue:
+  each change of its state and of Slurm's reason is said (``queued``).
+- **Lease**: a control connection on which we say ``PING`` every second; a shim that hears
+  nothing for :data:`LEASE` seconds (this orchestrator was killed) ends the backend and its job.
+- **Backend to orchestrator**: the backend's ``YW_ORCHESTRATOR_URL`` is a port of the shim on
+  the node; its calls come back over connections we open when the shim asks (``NEED n``), and
+  are relayed to our own Unix socket, where its instance token pins them to its partition.
+- **Stop**: the child's process group gets SIGTERM (``srun`` passes it to the shim), then
+  ``scancel`` ends what is left of the job, even after a ``srun`` killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ywmagics import paths
+from ywmagics.errors import StartError
+from ywmagics.events import EventKind
+from ywmagics.orchestrator.config import ClusterSettings
+from ywmagics.orchestrator.events import event_of
+from ywmagics.orchestrator.manifest import Listen, expand
+from ywmagics.orchestrator.placements import Launch
+from ywmagics.orchestrator.processes import tail_of
+from ywmagics.orchestrator.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ywmagics.orchestrator.events import Emit
+    from ywmagics.orchestrator.supervisor import Instance
+
+log = logging.getLogger("ywmagics.orchestrator")
+SHIM = Path(__file__).with_name("node_shim.py")
+READY = "YW-SHIM "
+LEASE_ALPN, REVERSE_ALPN = "yw-lease", "yw-reverse"  # and "http/1.1": what a connection is
+LEASE = 10.0  # seconds a shim runs on without hearing from us (the issue asks for 30 at most)
+HEARTBEAT = 1.0
+QUEUE_LOOK_EVERY = 1.0  # seconds between looks at a job that has not started yet
+# What Slurm is asked for, by the names of InstallRequest.resources.
+OPTIONS = {
+    "cpus": "--cpus-per-task",
+    "mem": "--mem",
+    "time": "--time",
+    "gres": "--gres",
+    "partition": "--partition",
+    "account": "--account",
+    "qos": "--qos",
+    "constraint": "--constraint",
+}
+
+
+@dataclass
+class _Job:
+    """What an instance holds on the cluster, for one start."""
+
+    name: str
+    config: Path
+    shim_cert: str
+    client_cert: str
+    client_key: str
+    job_id: str | None = None
+    state: str = ""
+    reason: str = ""
+    node: str | None = None
+    host: str | None = None
+    port: int | None = None
+    tasks: list[asyncio.Future[Any]] = field(default_factory=list)
+    lease: asyncio.StreamWriter | None = None
+
+    def context(self, alpn: str) -> ssl.SSLContext:
+        from ywmagics.orchestrator.placements import certificates
+
+        return certificates.client_context(
+            self.shim_cert, self.client_cert, self.client_key, [alpn]
+        )
+
+
+class SlurmPlacement:
+    kind = "slurm"
+
+    def __init__(
+        self,
+        cluster: ClusterSettings,
+        shared_dir: Path,
+        orchestrator_socket: Path | None,
+    ) -> None:
+        self.cluster = cluster
+        self.shared_dir = cluster.shared_dir or shared_dir
+        self.orchestrator_socket = orchestrator_socket
+        self._jobs: dict[str, _Job] = {}  # by instance label
+        self._reach_address: str | None = None
+
+    # -- the child ----------------------------------------------------------------------------
+
+    def _slurm_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("YW_")}
+        if self.cluster.slurm_conf is not None:
+            env["SLURM_CONF"] = str(self.cluster.slurm_conf)
+        return env
+
+    async def launch(
+        self, instance: Instance, placeholders: dict[str, str], env: dict[str, str]
+    ) -> Launch:
+        if shutil.which("srun", path=self._slurm_env().get("PATH")) is None:
+            raise StartError(
+                f"cannot place {instance.where} on {self.cluster.name!r}: no 'srun' on PATH",
+                hint="run the orchestrator where Slurm's commands are (a login node)",
+            )
+        from ywmagics.orchestrator.placements import certificates  # cryptography: only here
+
+        manifest = instance.manifest
+        folder = paths.private_dir(self.shared_dir / "jobs")
+        shim_cert, shim_key = certificates.self_signed("ywmagics-node")
+        client_cert, client_key = certificates.self_signed("ywmagics-orchestrator")
+        kept = {**placeholders, "socket": "{socket}", "port": "{port}"}  # the shim's to fill
+        backend_env = {k: v for k, v in env.items() if k.startswith("YW_") or k == "PYTHONPATH"}
+        backend_env.update({k: expand(v, kept) for k, v in manifest.env.items()})
+        config = {
+            "argv": [expand(arg, kept) for arg in manifest.start],
+            "env": backend_env,
+            "cwd": str(instance.environment.path),
+            "listen": "unix" if manifest.listen is Listen.UNIX else "tcp",
+            "reach": await self._reach(),
+            "cert": shim_cert,
+            "key": shim_key,
+            "peer": client_cert,
+            "lease": LEASE,
+        }
+        name = f"ywmagics-{instance.browser_label}"
+        path = folder / f"{name}-{secrets.token_hex(4)}.json"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(config, file)
+        self._jobs[instance.browser_label] = _Job(name, path, shim_cert, client_cert, client_key)
+        argv = [
+            "srun",
+            f"--job-name={name}",
+            "--nodes=1",
+            "--ntasks=1",
+            "--unbuffered",  # the shim's first line at once
+            *self._options(instance.resources),
+            *self.cluster.srun_options,
+            self.cluster.python,
+            "-I",
+            str(SHIM),
+            str(path),
+        ]
+        return Launch(argv, self._slurm_env(), folder, stdout_to_log=False)
+
+    def _options(self, resources: dict[str, str]) -> list[str]:
+        chosen = {
+            "partition": self.cluster.partition,
+            "account": self.cluster.account,
+            "qos": self.cluster.qos,
+            **resources,
+        }
+        return [f"{OPTIONS[k]}={v}" for k, v in chosen.items() if v]
+
+    async def _reach(self) -> str:
+        """An address of ours that the nodes reach: the one facing Slurm's controller, which
+        the nodes talk to (the shim then binds its own address that faces this one)."""
+        if self._reach_address is None:
+            controller = await self._controller_address()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect((controller, 9))  # a UDP connect sends nothing
+                    self._reach_address = str(probe.getsockname()[0])
+                except OSError:
+                    self._reach_address = "127.0.0.1"
+        return self._reach_address
+
+    async def _ask(self, *argv: str) -> str:
+        """What one of Slurm's commands prints (at most 10 s)."""
+        command = await asyncio.create_subprocess_exec(
+            *argv,
+            env=self._slurm_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(command.communicate(), 10)
+        return out.decode(errors="replace")
+
+    async def _controller_address(self) -> str:
+        """``SlurmctldHost[0] = name(address)`` of ``scontrol show config``."""
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            out = await self._ask("scontrol", "show", "config")
+            for line in out.splitlines():
+                key, _, value = line.partition("=")
+                if key.strip().startswith("SlurmctldHost"):
+                    host = value.strip()
+                    name, _, address = host.partition("(")
+                    with contextlib.suppress(OSError):
+                        return address.rstrip(")") or socket.gethostbyname(name)
+        return "127.0.0.1"
+
+    # -- once it runs ---------------------------------------------------------------------------
+
+    async def connect(
+        self, instance: Instance, process: asyncio.subprocess.Process, emit: Emit
+    ) -> UpstreamPool:
+        job = self._jobs[instance.browser_label]
+        assert process.stdout is not None
+        address = await self._address(instance, process, job, emit)
+        job.host, job.port = address["host"], int(address["port"])
+        job.tasks.append(asyncio.ensure_future(_copy_to_log(process.stdout, instance.log_path)))
+        reader, writer = await asyncio.open_connection(
+            job.host, job.port, ssl=job.context(LEASE_ALPN)
+        )
+        job.lease = writer
+        job.tasks.append(asyncio.ensure_future(self._hold_lease(instance, job, reader, writer)))
+        return UpstreamPool(host=job.host, port=job.port, tls=job.context("http/1.1"))
+
+    async def _address(
+        self, instance: Instance, process: asyncio.subprocess.Process, job: _Job, emit: Emit
+    ) -> dict[str, Any]:
+        """The shim's first line; meanwhile, what Slurm says of the job."""
+        assert process.stdout is not None
+        with instance.log_path.open("ab") as log_file:
+            while True:
+                try:
+                    line = await asyncio.wait_for(process.stdout.readline(), QUEUE_LOOK_EVERY)
+                except asyncio.TimeoutError:
+                    await self._look_at_queue(instance, job, emit)
+                    continue
+                if not line:  # srun ended first: refused, or the job failed to start
+                    await process.wait()
+                    raise StartError(
+                        f"{instance.where} did not start on {self.cluster.name!r}"
+                        + (f" (job {job.job_id}: {job.reason})" if job.reason else "")
+                        + f": srun exited with code {process.returncode}",
+                        hint="Slurm's own words are in the log tail below; 'ywmagics logs' "
+                        "has the rest",
+                        log_tail=tail_of(instance.log_path),
+                    )
+                text = line.decode(errors="replace")
+                if text.startswith(READY):
+                    await self._look_at_queue(instance, job, emit, started=True)
+                    return dict(json.loads(text[len(READY) :]))
+                log_file.write(line)
+                log_file.flush()
+
+    async def _look_at_queue(
+        self, instance: Instance, job: _Job, emit: Emit, started: bool = False
+    ) -> None:
+        """Say the job's id, state and reason when they change (``squeue`` by its name)."""
+        try:
+            out = await self._ask("squeue", "-h", f"--name={job.name}", "-o", "%i|%T|%r|%N")
+        except (OSError, asyncio.TimeoutError):
+            return
+        fields = out.strip().splitlines()
+        if not fields:
+            return
+        job_id, state, reason, node = [*fields[0].split("|"), "", "", ""][:4]
+        changed = (job_id, state, reason) != (job.job_id, job.state, job.reason)
+        job.job_id, job.state, job.reason, job.node = job_id, state, reason, node or None
+        if changed and not started:
+            why = f" ({reason})" if reason and reason != "None" else ""
+            emit(
+                event_of(
+                    EventKind.QUEUED,
+                    instance.manifest,
+                    instance.partition,
+                    f"job {job_id} on {self.cluster.name}: {state.lower()}{why}",
+                )
+            )
+
+    async def _hold_lease(
+        self,
+        instance: Instance,
+        job: _Job,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """``PING`` every :data:`HEARTBEAT`; reverse connections as the shim asks for them."""
+
+        async def beat() -> None:
+            while True:
+                writer.write(b"PING\n")
+                await writer.drain()
+                await asyncio.sleep(HEARTBEAT)
+
+        beating = asyncio.ensure_future(beat())
+        try:
+            while line := await reader.readline():
+                word, _, count = line.decode(errors="replace").strip().partition(" ")
+                if word == "NEED" and count.isdigit():
+                    for _ in range(min(int(count), 64)):
+                        job.tasks.append(asyncio.ensure_future(self._reverse(job)))
+        except OSError as error:  # ssl.SSLError too
+            log.info("%s: the lease connection broke: %s", instance.where, error)
+        finally:
+            beating.cancel()
+
+    async def _reverse(self, job: _Job) -> None:
+        """One reverse connection: the backend's call, relayed to our own Unix socket."""
+        if self.orchestrator_socket is None or job.host is None:
+            return
+        with contextlib.suppress(OSError):  # ssl.SSLError too
+            shim_reader, shim_writer = await asyncio.open_connection(
+                job.host, job.port, ssl=job.context(REVERSE_ALPN)
+            )
+            try:
+                first = await shim_reader.read(256 * 1024)  # the backend's call has begun
+                if not first:
+                    return
+                own_reader, own_writer = await asyncio.open_unix_connection(
+                    str(self.orchestrator_socket)
+                )
+                try:
+                    own_writer.write(first)
+                    await asyncio.gather(
+                        _pump(shim_reader, own_writer), _pump(own_reader, shim_writer)
+                    )
+                finally:
+                    own_writer.close()
+            finally:
+                shim_writer.close()
+
+    async def release(self, instance: Instance) -> None:
+        job = self._jobs.pop(instance.browser_label, None)
+        if job is None:
+            return
+        if job.lease is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                job.lease.write(b"STOP\n")
+                await asyncio.wait_for(job.lease.drain(), 1)
+        for task in job.tasks:
+            task.cancel()
+        await asyncio.gather(*job.tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):  # whatever srun's end left of the job
+            scancel = await asyncio.create_subprocess_exec(
+                "scancel",
+                f"--name={job.name}",
+                env=self._slurm_env(),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(scancel.wait(), 10)
+        with contextlib.suppress(FileNotFoundError):
+            job.config.unlink()  # the shim removes it as it reads it: a job that never ran
+
+    def facts(self, instance: Instance) -> dict[str, object]:
+        job = self._jobs.get(instance.browser_label)
+        if job is None:
+            return {"on": self.cluster.name}
+        return {
+            "on": self.cluster.name,
+            "job": job.job_id,
+            "job_state": job.state,
+            "node": job.node,
+            "address": f"{job.host}:{job.port}" if job.host else None,
+        }
+
+
+async def _copy_to_log(stream: asyncio.StreamReader, log_path: Path) -> None:
+    """What srun relays after the shim's first line (the backend's output), into its log."""
+    with log_path.open("ab") as log_file:
+        while chunk := await stream.read(64 * 1024):
+            log_file.write(chunk)
+            log_file.flush()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction, to its end, which is passed on (the other may go on)."""
+    with contextlib.suppress(OSError, RuntimeError):  # ssl.SSLError is an OSError
+        while chunk := await reader.read(256 * 1024):
+            writer.write(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
