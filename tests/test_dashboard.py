@@ -145,6 +145,16 @@ def test_the_snapshot_and_gc_of_environments_unused_for_days(
     done = http.post("/gc", headers=session, json={"older_than_days": 30}).json()
     assert [e["name"] for e in done["removed"]] == ["versions_demo"] and not old.exists()
     assert {e["name"] for e in done["kept"]} == {"node_echo"}  # in use: never taken
+    # Uninstalled, then installed again: the same build, built anew (its install step was once
+    # told to end for good, and so was every later one).
+    again = InstallRequest.from_object({"modules": ["slow_build"], "partition": "Again"})
+    client.install(again)
+    (built,) = [e for e in client.listing()["environments"] if e["name"] == "slow_build"]
+    removal = {"spec": "slow_build", "fingerprint": built["fingerprint"]}
+    http.post("/uninstall", headers=session, json=removal).raise_for_status()
+    assert not Path(built["path"]).exists()
+    client.install(again)
+    assert (Path(built["path"]) / "app" / "built").read_text() == "built\n"
     assert http.post("/gc", headers=session, json={"older_than_days": -1}).status_code == 400
     # Restart: the same instance, a new process.
     restarted = http.post(

@@ -338,6 +338,7 @@ class Installer:
             self.running.end(str(path))  # its background compile, which would write in it
             trash = path.parent / f".trash-{uuid.uuid4().hex[:8]}"
             os.rename(path, trash)
+            self.running.release(str(path))  # a build there now is of a new environment
         shutil.rmtree(trash, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)

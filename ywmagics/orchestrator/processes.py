@@ -180,6 +180,12 @@ class RunningSteps:
         if ended:  # its folder went away while it started
             end_all(process.pid)
 
+    def release(self, key: str) -> None:
+        """Let steps of ``key`` run again: its folder is gone, and what builds there now is a
+        new environment (installed again after an uninstall)."""
+        with self._lock:
+            self._ended.discard(key)
+
     def discard(self, key: str, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._by_key.get(key, set()).discard(process)
