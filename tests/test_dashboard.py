@@ -64,6 +64,7 @@ def test_a_link_is_one_code_for_one_session_which_opens_the_dashboard_only(
         ("GET", "/list"),
         ("GET", "/status"),
         ("POST", "/dashboard-link"),  # a session cannot make itself new ones
+        ("POST", "/browser-link"),  # nor open a backend's pages: they are its API (pyrun runs code)
         ("GET", "/backends/node_echo/1.0.0/"),
     ]:
         answer = http.request(method, path, headers=session, json={})

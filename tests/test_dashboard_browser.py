@@ -471,6 +471,33 @@ def test_another_site_cannot_act_with_the_dashboard(
     assert pid_alive(pid) and home.instance("DashXsite")["pid"] == pid
 
 
+def test_a_page_that_frames_the_dashboard_gets_no_live_one(
+    home: Home, open_dashboard: Callable[..., Any], elsewhere: int
+) -> None:
+    # The tab that held a dashboard goes to another local page, which frames the dashboard:
+    # the frame shares the tab's sessionStorage (same origin, same site), so a stored session
+    # would make it live under a page that can lure clicks onto its buttons.
+    home.install("node_echo", "DashFramed")
+    page = open_dashboard()
+    assert page.evaluate("() => sessionStorage.getItem('ywmagics.dashboard.session')")
+    page.goto(f"http://127.0.0.1:{elsewhere}/framing")
+
+    def framed(src: str) -> Any:
+        page.evaluate(
+            """src => { const f = document.createElement('iframe'); f.src = src;
+                        f.width = 1000; f.height = 600; document.body.append(f); }""",
+            src,
+        )
+        return page.frame_locator("iframe").last
+
+    lured = framed(f"{home.connection.url}/dashboard/")
+    lured.locator("#gone[data-reason='no-link']").wait_for()
+    assert lured.locator("[data-testid='instance']").count() == 0
+    # A notebook's --inline frame comes with a fresh code of its own: that one is live.
+    inline = framed(home.link())
+    inline.locator(_selector("instance", {"partition": "DashFramed"})).wait_for()
+
+
 def test_the_page_says_when_the_orchestrator_is_gone(browser: Any, tmp_path: Path) -> None:
     process, connection = start_orchestrator(tmp_path / "home")
     try:

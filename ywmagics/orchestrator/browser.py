@@ -52,7 +52,6 @@ SESSION_ROUTES = {
     ("POST", "/restart"),
     ("POST", "/uninstall"),
     ("POST", "/gc"),
-    ("POST", "/browser-link"),
 }
 
 

@@ -6,7 +6,17 @@
 
 const SESSION_KEY = "ywmagics.dashboard.session";
 const NEW_LINK = ["open a new link with ", ["ywmagics dashboard"], " or ", ["%backends dashboard"]];
-const GONE = ["The orchestrator is gone (or was restarted): ", ...NEW_LINK, "."];
+const GONE = ["The orchestrator is gone or was restarted, or this session has ended: ",
+  ...NEW_LINK, "."];
+// Framed (a notebook's output area), the page keeps its session in memory only: a tab's
+// sessionStorage is shared with frames of the same origin that other pages put up, and with
+// tabs it opens, so a stored session would let another page on 127.0.0.1 frame a live one.
+const FRAMED = window.top !== window.self;
+const stored = {
+  get: () => (FRAMED ? null : sessionStorage.getItem(SESSION_KEY)),
+  set: (value) => { if (!FRAMED) sessionStorage.setItem(SESSION_KEY, value); },
+  drop: () => sessionStorage.removeItem(SESSION_KEY),
+};
 const LOG_LIMIT = 512 * 1024; // characters kept in a log panel: a chatty backend stays bounded
 const DONE_SHOWN_FOR = 30; // seconds a finished install stays listed (as one line)
 
@@ -141,7 +151,7 @@ async function request(method, path, body, signal) {
   }
   if (response.status === 401) {
     // Sessions live in the orchestrator's memory: a 401 means it restarted (or ours expired).
-    sessionStorage.removeItem(SESSION_KEY);
+    stored.drop();
     showBanner(GONE, "gone");
     throw new Gone();
   }
@@ -382,18 +392,17 @@ function createInstance(instance) {
   }
   cells.State.append(el("span", { class: "state" }));
   const key = instanceKey(instance);
-  const open = button("Open", "open", () => run(open, () => openHome(body.item)));
   const log = button("Log", "log", () => togglePanel(key, body, (entry) => followLog(entry, body.item)));
   const restart = button("Restart", "restart", () => run(restart, () => restartInstance(body.item)));
   const stop = button("Stop", "stop", () => run(stop, () => stopInstance(body.item)), "danger");
-  row.append(el("td", { class: "actions" }, open, log, restart, stop));
-  body.refs = { row, cells, open, log };
+  row.append(el("td", { class: "actions" }, log, restart, stop));
+  body.refs = { row, cells, log };
   body.append(row);
   return body;
 }
 
 function updateInstance(body, i) {
-  const { row, cells, open } = body.refs;
+  const { row, cells } = body.refs;
   setData(row, { partition: i.partition, name: i.name, version: i.version, state: i.state,
     pid: i.pid ?? "", fingerprint: i.fingerprint });
   setText(cells.Name, i.name);
@@ -409,7 +418,6 @@ function updateInstance(body, i) {
   setText(cells["Used by"], i.installed_by || "—");
   setText(cells.Configuration, configText(i.config));
   cells.Configuration.title = i.python_version ? `Python ${i.python_version}` : "";
-  open.hidden = !i.home;
 }
 
 async function stopInstance(i) {
@@ -430,21 +438,6 @@ async function stopPartition(p) {
   if (!confirm(`Stop partition ${p.name} and all its instances (${names})?`)) return;
   await act("/stop", { partition: p.name });
   notice(`Stopped partition ${p.name}.`);
-}
-
-async function openHome(i) {
-  // Opened before the await, or the browser takes it for a pop-up; cut from us (no opener)
-  // before it goes to the backend's origin.
-  const tab = window.open("", "_blank");
-  if (tab) tab.opener = null;
-  try {
-    const { url } = await act("/browser-link", { partition: i.partition, name: i.name,
-      version: i.version, path: i.home || "/" });
-    if (tab) tab.location = url;
-  } catch (error) {
-    if (tab) tab.close();
-    throw error;
-  }
 }
 
 // ---- log panels (instance logs, install logs) ------------------------------------------------
@@ -599,14 +592,14 @@ async function start() {
     }
     if (response.ok) {
       session = (await response.json()).session;
-      sessionStorage.setItem(SESSION_KEY, session);
-    } else if (!sessionStorage.getItem(SESSION_KEY)) {
+      stored.set(session);
+    } else if (!stored.get()) {
       const why = response.status === 401 ? "This link was already used, or it expired: "
         : `This link did not open a session (${await errorText(response)}): `;
       return showBanner([why, ...NEW_LINK, "."], "spent");
     }
   }
-  session = session || sessionStorage.getItem(SESSION_KEY);
+  session = session || stored.get();
   if (!session) {
     return showBanner(["This page needs a link with a one-time code: ", ...NEW_LINK, "."], "no-link");
   }
