@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from ywmagics.client import OrchestratorClient
 from ywmagics.discovery import Connection
 from ywmagics.errors import StartError
+from ywmagics.events import Event
 from ywmagics.orchestrator.dashboard import CONTENT_SECURITY_POLICY, PAGE_FOLDER
 from ywmagics.orchestrator.environments import USED_MARKER
 from ywmagics.orchestrator.service import Orchestrator
@@ -173,7 +175,7 @@ def test_the_snapshot_and_gc_of_environments_unused_for_days(
 
 
 @pytest.mark.slow  # a real orchestrator and backends
-def test_the_stream_follows_each_event_with_a_snapshot_and_logs_follow(tmp_path: Path) -> None:
+def test_the_stream_sends_a_new_snapshot_after_events_and_logs_follow(tmp_path: Path) -> None:
     import json
     import threading
 
@@ -185,28 +187,34 @@ def test_the_stream_follows_each_event_with_a_snapshot_and_logs_follow(tmp_path:
     try:
         with httpx.Client(base_url=connection.url, timeout=30) as http:
             session = _session(http, connection.headers)
-            lines: list[dict[str, object]] = []
+            states: list[tuple[float, dict[str, Any]]] = []
             subscribed = threading.Event()
+
+            def ready(state: dict[str, Any]) -> bool:
+                live = [p for p in state["partitions"] if p["name"] == "Live"]
+                return bool(live) and live[0]["instances"][0]["state"] == "ready"
 
             def read() -> None:
                 with http.stream("GET", "/dashboard/stream", headers=session) as answer:
                     for line in answer.iter_lines():
-                        lines.append(json.loads(line))
+                        states.append((time.time(), json.loads(line)["state"]))
                         subscribed.set()
-                        if "event" in lines[-1] and lines[-1]["event"]["kind"] == "ready":  # type: ignore[index]
+                        if ready(states[-1][1]):
                             return
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            assert subscribed.wait(10) and "state" in lines[0]
-            echo = ywmagics.install("node_echo as e", partition="Live", connection=connection).e
+            assert subscribed.wait(10) and not ready(states[0][1])
+            events: list[Event] = []
+            echo = ywmagics.install(
+                "node_echo as e", partition="Live", connection=connection, on_event=events.append
+            ).e
             reader.join(10)
-            kinds = [line["event"]["kind"] for line in lines if "event" in line]  # type: ignore[index]
-            assert kinds[-1] == "ready" and "starting" in kinds
-            with http.stream("GET", "/dashboard/stream", headers=session) as answer:
-                first = json.loads(next(answer.iter_lines()))
-            (live,) = [p for p in first["state"]["partitions"] if p["name"] == "Live"]
-            assert live["instances"][0]["state"] == "ready"
+            seen_at, last = states[-1]
+            assert ready(last)
+            (ready_event,) = [e for e in events if e.kind.value == "ready"]
+            assert seen_at - ready_event.time < 1.0  # pushed, not found at the next 2 s look
+            (live,) = [p for p in last["partitions"] if p["name"] == "Live"]
             # The log: what the backend writes after the panel opened comes through.
             query = {"partition": "Live", "name": "node_echo", "version": "1.0.0"}
             with http.stream("GET", "/dashboard/log", params=query, headers=session) as answer:

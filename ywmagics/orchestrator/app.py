@@ -37,6 +37,7 @@ from ywmagics.orchestrator.requests import (
 )
 from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
 from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.orchestrator.snapshots import SnapshotFeed
 from ywmagics.orchestrator.websocket import WebsocketProxy
 from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, NDJSON, OWNER_HEADER
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
@@ -264,6 +265,9 @@ def create_app(
     access = BrowserAccess()
     admin.state.orchestrator = orchestrator
     admin.state.access = access
+    admin.state.snapshots = SnapshotFeed(
+        orchestrator.bus, lambda: dashboard.snapshot_line(orchestrator)
+    )
     admin.state.request_exit = request_exit
     supervisor = orchestrator.supervisor
 

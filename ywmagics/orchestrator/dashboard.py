@@ -40,11 +40,11 @@ from ywmagics.orchestrator.browser import (
 )
 from ywmagics.orchestrator.requests import read_body
 from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.orchestrator.snapshots import SnapshotFeed
 from ywmagics.protocol import NDJSON
 from ywmagics.spec import validate_name, validate_partition
 
 PAGE_FOLDER = Path(__file__).parent / "dashboard_page"
-STATE_EVERY = 2.0  # seconds between snapshots when nothing happens (CPU, memory, uptime)
 LOG_TAIL = 64 * 1024  # bytes of a log shown before it is followed
 INSTALL_LOG_TAIL = 256 * 1024
 LOG_LOOK_EVERY = 0.25  # seconds between looks at a followed log
@@ -123,29 +123,22 @@ async def state(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    """The snapshot, then each event followed by a new snapshot, and one every
-    :data:`STATE_EVERY` seconds anyway."""
-    orchestrator = _orchestrator(request)
+    """``{"state": ...}`` lines: the newest snapshot, then each newer one (see
+    :mod:`~ywmagics.orchestrator.snapshots`), until the server stops."""
+    feed: SnapshotFeed = request.app.state.snapshots
 
     async def lines() -> AsyncIterator[bytes]:
-        async with orchestrator.bus.subscribe() as queue:
-            yield _line({"state": orchestrator.overview()})
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), STATE_EVERY)
-                except asyncio.TimeoutError:
-                    yield _line({"state": orchestrator.overview()})
-                    continue
-                burst = [event]
-                while not queue.empty():  # a burst: one snapshot after all of it
-                    burst.append(queue.get_nowait())
-                for each in burst:
-                    if each is None:
-                        return  # the server is stopping
-                    yield _line({"event": each.to_dict()})
-                yield _line({"state": orchestrator.overview()})
+        async with feed.watching():
+            seen = 0
+            while (newer := await feed.newer_than(seen)) is not None:
+                line, seen = newer
+                yield line
 
     return StreamingResponse(lines(), media_type=NDJSON, headers=_PRIVATE_HEADERS)
+
+
+def snapshot_line(orchestrator: Orchestrator) -> bytes:
+    return _line({"state": orchestrator.overview()})
 
 
 async def follow_log(request: Request) -> Response:

@@ -14,6 +14,7 @@ from ywmagics.errors import YwMagicsError
 from ywmagics.events import Event
 
 KEPT_ENDED = 20  # installs that have ended, newest first, shown after the running ones
+KEPT_STEPS = 50  # the last steps of an install (each line a build prints is one)
 
 
 @dataclass
@@ -26,13 +27,14 @@ class InstallRecord:
     progress: float | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=KEPT_STEPS))
+    steps_before: int = 0  # steps no longer kept: a build that prints much stays small here
     error: str | None = None
     hint: str | None = None
     log_tail: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "steps": list(self.steps)}
 
 
 class InstallTracker:
@@ -49,6 +51,8 @@ class InstallTracker:
 
     @staticmethod
     def step(record: InstallRecord, event: Event) -> None:
+        if len(record.steps) == KEPT_STEPS:
+            record.steps_before += 1
         record.steps.append(
             {
                 "kind": event.kind.value,

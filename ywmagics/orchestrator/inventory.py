@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,23 +24,34 @@ class ResourceMeter:
     def __init__(self) -> None:
         self._seen: dict[int, psutil.Process] = {}
 
-    def measure(self, pid: int) -> tuple[float | None, int | None]:
-        """``(cpu_percent, rss_bytes)`` of ``pid`` and its descendants; ``(None, None)`` when it
-        has ended."""
+    def measure(self, pids: Iterable[int]) -> dict[int, tuple[float | None, int | None]]:
+        """``(cpu_percent, rss_bytes)`` of each of ``pids`` with its descendants; ``(None,
+        None)`` for one that has ended. One look at every process for all the trees (psutil's
+        ``children()`` looks at every process for each)."""
         import psutil  # here: not among what an orchestrator loads before its first answer
 
-        try:
-            root = self._process(pid)
-            tree = [root, *(self._process(p.pid) for p in root.children(recursive=True))]
-        except psutil.Error:
-            return None, None
-        cpu, rss = 0.0, 0
-        for process in tree:
-            # a child that ended in between counts no more
-            with contextlib.suppress(psutil.Error), process.oneshot():
-                cpu += process.cpu_percent(None)
-                rss += process.memory_info().rss
-        return round(cpu, 1), rss
+        children: dict[int, list[int]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            children.setdefault(process.info["ppid"], []).append(process.pid)
+        usage: dict[int, tuple[float | None, int | None]] = {}
+        for pid in pids:
+            try:
+                self._process(pid)
+            except psutil.Error:
+                usage[pid] = (None, None)
+                continue
+            cpu, rss, tree = 0.0, 0, [pid]
+            while tree:
+                member = tree.pop()
+                tree.extend(children.get(member, ()))
+                # one that ended in between counts no more
+                with contextlib.suppress(psutil.Error):
+                    process = self._process(member)
+                    with process.oneshot():
+                        cpu += process.cpu_percent(None)
+                        rss += process.memory_info().rss
+            usage[pid] = (round(cpu, 1), rss)
+        return usage
 
     def _process(self, pid: int) -> psutil.Process:
         import psutil

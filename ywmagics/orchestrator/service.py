@@ -412,7 +412,9 @@ class Orchestrator:
 
     # -- administration ----------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, environments: list[Environment] | None = None) -> dict[str, Any]:
+        if environments is None:
+            environments = self.installer.environments()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -420,13 +422,27 @@ class Orchestrator:
             "uptime": round(time.time() - self.started, 1),
             "started": self.started,
             "instances": len(self.supervisor.instances),
-            "environments": len(self.installer.environments()),
+            "environments": len(environments),
             "kernels": len(self.owners.living()),
             "registries": [str(f) for f in self.registry.folders],
         }
 
-    def instance_facts(self, instance: Instance) -> dict[str, Any]:
-        """What ``ywmagics list`` and the dashboard say of an instance."""
+    def _usage(self) -> dict[int, tuple[float | None, int | None]]:
+        """CPU and memory of every local instance's process tree (other placements' children
+        are only what starts them elsewhere)."""
+        return self._meter.measure(
+            i.process.pid
+            for i in self.supervisor.instances.values()
+            if i.process is not None and i.placement == "local"
+        )
+
+    def instance_facts(
+        self,
+        instance: Instance,
+        usage: dict[int, tuple[float | None, int | None]] | None = None,
+    ) -> dict[str, Any]:
+        """What ``ywmagics list`` and the dashboard say of an instance; ``usage`` is
+        :meth:`_usage`, looked at once for all of them."""
         facts: dict[str, Any] = instance.to_dict()
         state = instance.state
         if state is InstanceState.STARTING and instance.restarts:
@@ -434,11 +450,11 @@ class Orchestrator:
         facts["given_up"] = state is InstanceState.FAILED
         running = state in (InstanceState.STARTING, InstanceState.READY)
         facts["started"] = time.time() - facts["uptime"] if running else None
-        local = instance.placement == "local"  # elsewhere, the child is only what starts it
+        if usage is None:
+            usage = self._usage()
+        pid = instance.process.pid if instance.process is not None else None
         facts["cpu_percent"], facts["rss"] = (
-            self._meter.measure(instance.process.pid)
-            if running and local and instance.process is not None
-            else (None, None)
+            usage.get(pid, (None, None)) if running and pid is not None else (None, None)
         )
         facts.update(self.supervisor.placement(instance).facts(instance))
         facts["python_version"] = instance.environment.python_version
@@ -459,12 +475,12 @@ class Orchestrator:
             "in_use": in_use,
         }
 
-    def measure_sizes(self) -> None:
+    def measure_sizes(self, environments: list[Environment]) -> None:
         """Measure, in a thread, the environments whose size is unknown or old (one run at a
         time)."""
         if self._measuring is not None and not self._measuring.done():
             return
-        folders = [e.path for e in self.installer.environments()]
+        folders = [e.path for e in environments]
         self._sizes.keep_only(folders)
         stale = self._sizes.stale(folders)
         if stale:
@@ -476,10 +492,14 @@ class Orchestrator:
             self._measuring = self._in_background(measure())
 
     def listing(self) -> dict[str, Any]:
-        self.measure_sizes()
+        environments = self.installer.environments()
+        self.measure_sizes(environments)
+        usage = self._usage()
         return {
-            "instances": [self.instance_facts(i) for i in self.supervisor.instances.values()],
-            "environments": [self.environment_facts(e) for e in self.installer.environments()],
+            "instances": [
+                self.instance_facts(i, usage) for i in self.supervisor.instances.values()
+            ],
+            "environments": [self.environment_facts(e) for e in environments],
             "backends": [
                 {
                     "name": m.name,
@@ -497,13 +517,15 @@ class Orchestrator:
 
     def overview(self) -> dict[str, Any]:
         """Everything the dashboard shows, at this moment."""
-        self.measure_sizes()
+        found = self.installer.environments()
+        self.measure_sizes(found)
         self._meter.forget_ended()
-        instances = [self.instance_facts(i) for i in self.supervisor.instances.values()]
-        environments = [self.environment_facts(e) for e in self.installer.environments()]
+        usage = self._usage()
+        instances = [self.instance_facts(i, usage) for i in self.supervisor.instances.values()]
+        environments = [self.environment_facts(e) for e in found]
         partitions = sorted({i["partition"] for i in instances})
         return {
-            "orchestrator": self.status(),
+            "orchestrator": self.status(found),
             "partitions": [
                 {
                     "name": partition,
