@@ -283,6 +283,30 @@ def test_a_log_is_followed_as_it_grows(home: Home, open_dashboard: Callable[...,
     panel.wait_for(state="detached")
 
 
+def test_many_open_logs_leave_the_page_usable(
+    home: Home, open_dashboard: Callable[..., Any]
+) -> None:
+    # A browser opens at most 6 connections to a host: with the stream and 5 followed logs,
+    # a Stop never got through, nor did a second dashboard tab.
+    partitions = [f"DashMany{n}" for n in range(5)]
+    for partition in partitions:
+        home.install("node_echo", partition)
+    page = open_dashboard()
+    for partition in partitions:
+        button_of(page, "instance", "log", partition=partition).click()
+        page.locator(f"tbody:has([data-partition='{partition}']) [data-testid='log']").wait_for()
+    paused = page.locator(".log-head").filter(has_text="paused: at most 2 logs")
+    wait_until(lambda: paused.count() == 3)
+    second = page.context.new_page()  # another tab, sharing the connections to the host
+    second.goto(home.link())
+    second.locator(_selector("instance", {"partition": partitions[0]})).wait_for()
+    pid = home.instance(partitions[0])["pid"]
+    page.on("dialog", lambda dialog: dialog.accept())
+    button_of(page, "instance", "stop", partition=partitions[0]).click()
+    row(page, "instance", partition=partitions[0]).wait_for(state="detached")
+    wait_until(lambda: not pid_alive(pid))
+
+
 def test_stop_and_restart_from_the_page(home: Home, open_dashboard: Callable[..., Any]) -> None:
     home.install("node_echo", "DashStop")
     first = home.instance("DashStop")["pid"]

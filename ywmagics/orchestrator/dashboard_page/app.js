@@ -498,8 +498,25 @@ async function streamInto(entry, path, following) {
   }
 }
 
+// A browser opens at most 6 connections to a host, for every tab and frame of it: the stream
+// holds one, and each followed log another. Past FOLLOWED_AT_ONCE, the oldest stops following
+// (its text stays), so that buttons and other tabs still get through.
+const FOLLOWED_AT_ONCE = 2;
+const followed = [];
+
 function followLog(entry, i) {
   const query = new URLSearchParams({ partition: i.partition, name: i.name, version: i.version });
+  for (const old of followed.splice(0, Math.max(0, followed.length - FOLLOWED_AT_ONCE + 1))) {
+    old.controller.abort();
+    if (panels.get(old.key) === old) {
+      setText(old.status, `paused: at most ${FOLLOWED_AT_ONCE} logs are followed at once`);
+    }
+  }
+  followed.push(entry);
+  entry.controller.signal.addEventListener("abort", () => {
+    const at = followed.indexOf(entry);
+    if (at >= 0) followed.splice(at, 1);
+  });
   streamInto(entry, `/dashboard/log?${query}`, "following");
   entry.status.after(el("span", { class: "muted path" }, i.log || ""));
 }
