@@ -272,3 +272,48 @@ def test_open_streams_end_when_the_orchestrator_stops(tmp_path: Path) -> None:
         assert took < 3, f"the orchestrator took {took:.1f} s to stop"
     finally:
         stop_orchestrator(process)
+
+
+@pytest.mark.slow  # starts a backend
+def test_gc_racing_a_request_that_starts_an_old_environment_breaks_nothing(
+    served: tuple[httpx.Client, Orchestrator, LoopThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request for an installed backend that does not run lists the environments, then plans
+    # in a thread: a gc in between took the environment, and the start failed ('No such file',
+    # 'is the program on PATH?') and left a broken instance behind for every later request.
+    import asyncio
+    import threading
+
+    from ywmagics.errors import BackendNotFound
+
+    http, orchestrator, loop = served
+    client = OrchestratorClient(Connection(BASE, TOKEN), http=http)
+    client.install(InstallRequest.from_object({"modules": ["node_echo"], "partition": "Race"}))
+    client.stop(partition="Race")
+    (environment,) = orchestrator.installer.environments()
+    forty_days_ago = time.time() - 40 * 86400
+    os.utime(environment.path / USED_MARKER, (forty_days_ago, forty_days_ago))
+    orchestrator._last_used.clear()  # as after a restart of the orchestrator: planned again
+    planning, go_on = threading.Event(), threading.Event()
+    plan = orchestrator.installer.plan
+
+    def slow_plan(*args: object) -> object:
+        planning.set()
+        go_on.wait(10)
+        return plan(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orchestrator.installer, "plan", slow_plan)
+
+    async def race() -> tuple[object, dict[str, object]]:
+        start = asyncio.ensure_future(orchestrator.instance_for("Race", "node_echo", "^1"))
+        await asyncio.to_thread(planning.wait, 10)
+        collected = await orchestrator.gc(30)
+        go_on.set()
+        outcome = (await asyncio.gather(start, return_exceptions=True))[0]
+        return outcome, collected
+
+    outcome, collected = loop.run(race())
+    assert [e["name"] for e in collected["removed"]] == ["node_echo"]  # type: ignore[index]
+    assert isinstance(outcome, BackendNotFound)
+    assert "was uninstalled while this request was starting it" in outcome.message
+    assert not orchestrator.supervisor.instances  # nothing broken left behind

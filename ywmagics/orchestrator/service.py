@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -89,6 +90,8 @@ class Orchestrator:
         self._meter = ResourceMeter()
         self._sizes = SizeCache()
         self._measuring: asyncio.Future[None] | None = None
+        # environments a request is starting an instance of (see _find_instance), by folder
+        self._starting: collections.Counter[Path] = collections.Counter()
 
     # -- install -----------------------------------------------------------------------------
 
@@ -402,7 +405,21 @@ class Orchestrator:
                 f"--partition {partition}'",
             )
         plan, environment = candidates[version]
-        return await self.supervisor.ensure(partition, plan, environment, self.bus.publish)
+        # No await from this look to the count: gc, which keeps what is counted, either sees
+        # it counted or has retired it already (then this says so, rather than failing to run
+        # a program whose folder is gone).
+        if self.installer.find(plan) is None:
+            raise BackendNotFound(
+                f"{name} {version} was uninstalled while this request was starting it",
+                hint=f"install it again: 'ywmagics install {name}#{version}'",
+            )
+        self._starting[environment.path] += 1
+        try:
+            return await self.supervisor.ensure(partition, plan, environment, self.bus.publish)
+        finally:
+            self._starting[environment.path] -= 1
+            if not self._starting[environment.path]:
+                del self._starting[environment.path]
 
     def _manifest_of(self, environment: Environment) -> Manifest | None:
         try:
@@ -610,6 +627,7 @@ class Orchestrator:
         for more than ``older_than_days``; with ``dry_run``, only say which."""
         cutoff = time.time() - older_than_days * 86400
         in_use = {i.environment.path for i in self.supervisor.instances.values()}
+        in_use.update(self._starting)  # chosen by a request, not running yet
         old, kept = [], []
         for environment in self.installer.environments():
             unused = environment.path not in in_use
