@@ -88,6 +88,9 @@ def test_the_page_holds_no_data_and_runs_only_its_own_files(
     for shipped in PAGE_FOLDER.iterdir():
         answer = http.get(f"/dashboard/static/{shipped.name}")
         assert answer.status_code == 200 and answer.content == shipped.read_bytes()
+    assert http.head("/dashboard/").status_code == 200  # as GET: no credential
+    unknown = http.get("/dashboard/static/nope.js")
+    assert unknown.status_code == 404 and unknown.headers["x-ywmagics-error"] == "1"
     for stray in ["../app.py", "..%2Fapp.py", "nope.js", "%2e%2e%2fservice.py"]:
         # 401 when the client made the path leave the folder: then it needs a credential
         assert http.get(f"/dashboard/static/{stray}").status_code in (401, 404), stray
@@ -145,7 +148,11 @@ def test_the_snapshot_and_gc_of_environments_unused_for_days(
     os.utime(old / USED_MARKER, (forty_days_ago, forty_days_ago))
     dry = http.post("/gc", headers=session, json={"older_than_days": 30, "dry_run": True}).json()
     assert [e["name"] for e in dry["removed"]] == ["versions_demo"] and old.exists()
-    done = http.post("/gc", headers=session, json={"older_than_days": 30}).json()
+    # Only what was confirmed: another key removes nothing.
+    other = {"older_than_days": 30, "only": ["versions_demo/0.1.0/000000"]}
+    assert http.post("/gc", headers=session, json=other).json()["removed"] == [] and old.exists()
+    confirmed = [f"{e['name']}/{e['version']}/{e['fingerprint']}" for e in dry["removed"]]
+    done = http.post("/gc", headers=session, json={"older_than_days": 30, "only": confirmed}).json()
     assert [e["name"] for e in done["removed"]] == ["versions_demo"] and not old.exists()
     assert {e["name"] for e in done["kept"]} == {"node_echo"}  # in use: never taken
     # Uninstalled, then installed again: the same build, built anew (its install step was once

@@ -199,10 +199,14 @@ def open_in_browser(url: str) -> bool:
         return False
     if type(browser) is webbrowser.GenericBrowser and not os.environ.get("BROWSER"):
         return False  # a console browser (GenericBrowser runs in the foreground)
+    page = opener_page(url)
     try:
-        return bool(browser.open(opener_page(url).as_uri(), new=2))
+        if browser.open(page.as_uri(), new=2):
+            return True
     except (OSError, webbrowser.Error):
-        return False
+        pass
+    page.unlink(missing_ok=True)  # no browser took it: its code is not left lying about
+    return False
 
 
 def opener_page(url: str) -> Path:
@@ -487,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_age,
         metavar="AGE",
-        help="unused for longer than this: 30d, 12h, 90m, 2w (a bare number is days)",
+        help="unused for longer than this: 30d, 12h, 90min, 2w (a bare number is days)",
     )
     gc.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     gc.set_defaults(run=cmd_gc)

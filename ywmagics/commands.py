@@ -345,14 +345,18 @@ def format_removed(done: Mapping[str, Any]) -> str:
 
 _DAYS_IN = {"minute": 1 / 1440, "hour": 1 / 24, "day": 1.0, "week": 7.0}
 _UNIT_OF = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
+# No bare "m": on a command that removes things, 6m must not be read as minutes by us and as
+# months by the user. ASCII digits only (\d takes every script's).
 _AGE = re.compile(
-    r"(\d+(?:\.\d*)?|\.\d+) ?(m|mins?|minutes?|h|hrs?|hours?|d|days?|w|weeks?)?", re.IGNORECASE
+    r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+) ?(mins?|minutes?|h|hrs?|hours?|d|days?|w|weeks?)?",
+    re.IGNORECASE,
 )
+MAX_AGE_DAYS = 100_000  # what the orchestrator takes
 
 
 @dataclass(frozen=True)
 class Age:
-    """A duration as a user typed it (``30d``, ``12h``, ``90m``, ``2w``): said back in its own
+    """A duration as a user typed it (``30d``, ``12h``, ``90min``, ``2w``): said back in its own
     unit ("30 days"), sent to the orchestrator in days."""
 
     amount: float
@@ -368,16 +372,19 @@ class Age:
 
 
 def parse_age(text: str) -> Age:
-    """``30d``, ``12h``, ``90m``, ``2w`` (also ``30 days``, ``1.5h``); a bare number is days."""
+    """``30d``, ``12h``, ``90min``, ``2w`` (also ``30 days``, ``1.5h``); a bare number is days."""
     match = _AGE.fullmatch(text.strip())
     if match is None:
         raise SpecError(
             f"{text!r} is not a duration",
-            hint="a number and a unit: 30d (days), 12h (hours), 90m (minutes), 2w (weeks); "
+            hint="a number and a unit: 30d (days), 12h (hours), 90min (minutes), 2w (weeks); "
             "a bare number is days",
         )
     unit = _UNIT_OF[(match.group(2) or "d")[0].lower()]
-    return Age(float(match.group(1)), unit)
+    age = Age(float(match.group(1)), unit)
+    if age.days > MAX_AGE_DAYS:
+        raise SpecError(f"{text!r} is more than {MAX_AGE_DAYS} days", hint="say fewer days")
+    return age
 
 
 def format_size(size: float) -> str:

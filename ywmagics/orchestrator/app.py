@@ -154,7 +154,8 @@ async def restart(request: Request) -> Response:
 
 async def collect_garbage(request: Request) -> Response:
     body = await read_body(request, GcBody)
-    return JSONResponse(await _orchestrator(request).gc(body.older_than_days, body.dry_run))
+    orchestrator = _orchestrator(request)
+    return JSONResponse(await orchestrator.gc(body.older_than_days, body.dry_run, body.only))
 
 
 async def browser_link(request: Request) -> Response:

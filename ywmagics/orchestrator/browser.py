@@ -138,7 +138,7 @@ def set_cookie_name(value: str) -> str:
 
 def is_public(method: str, path: str) -> bool:
     """Whether a route needs no credential at all (the dashboard's page and its files)."""
-    if (method, path) in PUBLIC_ROUTES:
+    if ("GET" if method == "HEAD" else method, path) in PUBLIC_ROUTES:
         return True
     return method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIX)
 

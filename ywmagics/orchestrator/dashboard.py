@@ -94,7 +94,7 @@ async def static(request: Request) -> Response:
     name = request.path_params["file"]
     shipped = {p.name for p in PAGE_FOLDER.iterdir() if p.is_file()}
     if name not in shipped:  # only what the package ships: no path is ever built from input
-        return JSONResponse({"error": {"message": f"no file {name!r}"}}, status_code=404)
+        raise InstanceNotFound(f"the dashboard has no file {name[:80]!r}")
     return FileResponse(PAGE_FOLDER / name, headers=_PAGE_HEADERS)
 
 

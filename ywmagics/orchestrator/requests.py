@@ -62,6 +62,9 @@ class RestartBody(msgspec.Struct, forbid_unknown_fields=True):
 class GcBody(msgspec.Struct, forbid_unknown_fields=True):
     older_than_days: Annotated[float, msgspec.Meta(ge=0, le=100_000)]
     dry_run: bool = False
+    # only these, NAME/VERSION/FINGERPRINT (as a dry run listed them and the user confirmed),
+    # if they still qualify
+    only: Annotated[list[Short], msgspec.Meta(max_length=10_000)] | None = None
 
 
 class BrowserLinkBody(msgspec.Struct, forbid_unknown_fields=True):

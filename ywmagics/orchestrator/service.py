@@ -622,16 +622,22 @@ class Orchestrator:
         removed, stopped = await self._remove_environments(environments)
         return {"removed": removed, "stopped_partitions": stopped}
 
-    async def gc(self, older_than_days: float, dry_run: bool = False) -> dict[str, Any]:
+    async def gc(
+        self, older_than_days: float, dry_run: bool = False, only: list[str] | None = None
+    ) -> dict[str, Any]:
         """Remove the environments that no instance runs from and that none has started from
-        for more than ``older_than_days``; with ``dry_run``, only say which."""
+        for more than ``older_than_days``; with ``dry_run``, only say which; with ``only``
+        (``NAME/VERSION/FINGERPRINT``: what a dry run listed and the user confirmed), none but
+        those."""
         cutoff = time.time() - older_than_days * 86400
         in_use = {i.environment.path for i in self.supervisor.instances.values()}
         in_use.update(self._starting)  # chosen by a request, not running yet
         old, kept = [], []
         for environment in self.installer.environments():
             unused = environment.path not in in_use
-            if unused and self.installer.last_used(environment) < cutoff:
+            key = f"{environment.name}/{environment.version}/{environment.fingerprint}"
+            chosen = only is None or key in only
+            if unused and chosen and self.installer.last_used(environment) < cutoff:
                 old.append(environment)
             else:
                 kept.append(environment)

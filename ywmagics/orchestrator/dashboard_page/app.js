@@ -587,7 +587,9 @@ async function collect(event) {
     if (preview.removed.length === 0) return notice(`No environment has been unused for ${days} days.`);
     const list = preview.removed.map((e) => `  ${spec(e)} (${configText(e.config)}, ${size(e.size)})`);
     if (!confirm(`Remove ${list.length} environment${list.length === 1 ? "" : "s"} unused for ${days} days?\n${list.join("\n")}`)) return;
-    const { removed } = await act("/gc", { older_than_days: days, dry_run: false });
+    // What was confirmed, not what a second look finds: something may have aged meanwhile.
+    const only = preview.removed.map((e) => `${e.name}/${e.version}/${e.fingerprint}`);
+    const { removed } = await act("/gc", { older_than_days: days, dry_run: false, only });
     notice(`Removed ${removed.length} environment${removed.length === 1 ? "" : "s"}: ${removed.map(spec).join(", ")}.`);
   });
 }
