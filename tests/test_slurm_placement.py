@@ -20,7 +20,7 @@ from ywmagics.errors import StartError
 from ywmagics.events import Event
 
 from . import slurm_cluster
-from .conftest import start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
 from .slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slow  # a Slurm cluster, an orchestrator, jobs
@@ -121,3 +121,46 @@ def test_a_cluster_refused_for_a_bad_resource_value_never_reaches_srun(
             json={"modules": ["node_echo"], "on": "slurm", "resources": {"mem": "1G --uid=0"}},
         )
     assert answer.status_code == 400 and "is not a value a cluster takes" in answer.text
+
+
+slurm2 = slurm_cluster.slurm2
+
+
+def test_on_the_second_node_a_runner_takes_values_in_and_out(
+    slurm2: SlurmCluster, tmp_path: Path
+) -> None:
+    # n1 is in a network namespace of its own: the orchestrator reaches its shim across the
+    # veth pair, at the address the shim said, as on a real cluster.
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = {**slurm2.env, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
+    code = """
+import numpy as np
+ip = get_ipython()
+ip.run_line_magic("load_ext", "ywmagics")
+ip.run_line_magic("backends", "install pyrun_backend as big --on slurm --resources nodelist=n1 "
+    "--config pyrun_backend.build.modules=numpy")
+a = np.arange(12.0).reshape(3, 4)
+ip.run_cell_magic("interpreter", "big --in a --out b node", (
+    "import os\\nb = a.T * 2\\nnode = os.environ.get('SLURMD_NODENAME')"))
+assert (b == a.T * 2).all() and b.dtype == a.dtype, b
+print("ON", node)
+"""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "IPython", "--no-banner", "--quick", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "ON n1" in result.stdout
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ywmagics", "shutdown"], env=env, timeout=60, check=False
+        )
+    assert slurm2.run("squeue", "-h").stdout.strip() == ""  # its job ended with it

@@ -261,9 +261,19 @@ class InstallRequest:
 
 
 # What a cluster can be asked for, as Slurm names it: cpus -> --cpus-per-task, mem -> --mem,
-# time -> --time, gres -> --gres, partition/account/qos/constraint -> the same options.
-RESOURCES = ("cpus", "mem", "time", "gres", "partition", "account", "qos", "constraint")
-_RESOURCE_VALUE = re.compile(r"[A-Za-z0-9_.:/+][A-Za-z0-9_.:/+-]{0,127}")
+# time -> --time, gres -> --gres, partition/account/qos/constraint/nodelist -> the same options.
+RESOURCES = (
+    "cpus",
+    "mem",
+    "time",
+    "gres",
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "nodelist",
+)
+_RESOURCE_VALUE = re.compile(r"[A-Za-z0-9_.:/+\[][A-Za-z0-9_.:/+\[\]-]{0,127}")  # n[1-3] too
 
 
 def validate_cluster(name: object) -> str:

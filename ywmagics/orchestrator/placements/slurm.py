@@ -63,6 +63,7 @@ OPTIONS = {
     "account": "--account",
     "qos": "--qos",
     "constraint": "--constraint",
+    "nodelist": "--nodelist",
 }
 
 
