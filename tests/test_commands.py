@@ -20,6 +20,7 @@ from ywmagics.commands import (
     group_specs,
     parse_age,
     parse_install_object,
+    placement_text,
     stop_target,
     table,
 )
@@ -138,6 +139,17 @@ def test_listing_and_status_text() -> None:
         "P          echo  1.0.0    ready  greeting=hi  42   3s",
     ]
     assert text.endswith("Installed environments:\n(none)")
+    # One on a cluster: a column says where each runs.
+    listing["instances"].append(
+        {**listing["instances"][0], "partition": "Q", "on": "slurm", "job": "12", "node": "n1"}
+    )
+    assert [line.rsplit("  ", 1)[-1] for line in format_listing(listing).splitlines()[1:4]] == [
+        "WHERE",
+        "here",
+        "slurm job 12 on n1",
+    ]
+    queued = {"on": "big", "job": "13", "job_state": "PENDING"}
+    assert placement_text(queued) == "big job 13 (pending)"
     assert table([], ["a"]) == "(none)"
     status = {"version": "0.1.0", "url": "http://127.0.0.1:1", "pid": 7, "uptime": 61.2}
     assert format_status(status).startswith(

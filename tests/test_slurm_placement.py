@@ -15,6 +15,7 @@ import pytest
 
 import ywmagics
 from ywmagics.client import OrchestratorClient
+from ywmagics.commands import format_listing
 from ywmagics.discovery import Connection
 from ywmagics.errors import StartError
 from ywmagics.events import Event
@@ -62,6 +63,8 @@ def test_a_backend_runs_in_a_job_and_answers_through_the_proxy(
     assert (facts["on"], facts["node"], facts["state"]) == ("slurm", "n0", "ready")
     ((job_id, job_name, job_state),) = [line.split() for line in _jobs(slurm)]
     assert (job_id, job_state) == (facts["job"], "RUNNING") and job_name.startswith("ywmagics-b-")
+    listed = format_listing(OrchestratorClient(connection).listing())
+    assert f"slurm job {job_id} on n0" in listed  # what 'ywmagics list' prints
     # Its calls to other backends come back through the shim, with its token: in its partition.
     ywmagics.install("node_unix", partition="Job", connection=connection)
     answer = echo.fetch_json("/call", params={"path": "/backends/node_unix/^1/"})

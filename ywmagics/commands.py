@@ -208,19 +208,43 @@ def _config_text(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items() if v) or "-"
 
 
+def placement_text(instance: Mapping[str, Any]) -> str:
+    """Where an instance runs: ``here``, or ``slurm job 12 on n1`` (``(pending)`` until then)."""
+    on = instance.get("on") or "local"
+    if on == "local":
+        return "here"
+    text = on + (f" job {instance['job']}" if instance.get("job") else "")
+    text += f" on {instance['node']}" if instance.get("node") else ""
+    state = instance.get("job_state") or ""
+    return text + (f" ({state.lower()})" if state and state != "RUNNING" else "")
+
+
+def _elsewhere(instances: Sequence[Mapping[str, Any]]) -> bool:
+    return any((i.get("on") or "local") != "local" for i in instances)
+
+
 def format_listing(listing: Mapping[str, Any]) -> str:
-    """The text of ``ywmagics list`` and ``%backends list``."""
+    """The text of ``ywmagics list`` and ``%backends list``; a column of where each instance
+    runs when one runs on a cluster."""
     instances = [
-        {**i, "config": _config_text(i["config"]), "uptime": f"{i['uptime']:.0f}s"}
+        {
+            **i,
+            "config": _config_text(i["config"]),
+            "uptime": f"{i['uptime']:.0f}s",
+            "where": placement_text(i),
+        }
         for i in listing["instances"]
     ]
     environments = [
         {**e, "config": _config_text(e["config"]), "python": e.get("python_version") or "-"}
         for e in listing["environments"]
     ]
+    columns = ["partition", "name", "version", "state", "config", "pid", "uptime"]
+    if _elsewhere(listing["instances"]):
+        columns.append("where")
     return (
         "Running instances:\n"
-        + table(instances, ["partition", "name", "version", "state", "config", "pid", "uptime"])
+        + table(instances, columns)
         + "\n\nInstalled environments:\n"
         + table(environments, ["name", "version", "fingerprint", "python", "config"])
     )
@@ -249,6 +273,7 @@ def format_listing_html(
             "installed_by": i.get("installed_by") or "-",
             "cpu": "-" if i.get("cpu_percent") is None else f"{i['cpu_percent']:.0f} %",
             "rss": "-" if i.get("rss") is None else format_size(i["rss"]),
+            "where": placement_text(i),
         }
         for i in listing["instances"]
     ]
@@ -275,6 +300,8 @@ def format_listing_html(
     ]
     if any("cpu_percent" in i for i in listing["instances"]):  # an orchestrator with psutil
         instance_columns += [("cpu", "CPU"), ("rss", "memory")]
+    if _elsewhere(listing["instances"]):
+        instance_columns.append(("where", "where"))
     environment_columns = [
         ("name", "name"),
         ("version", "version"),

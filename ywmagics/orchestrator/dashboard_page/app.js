@@ -411,6 +411,10 @@ function updateInstance(body, i) {
   setText(badge, STATE_LABELS[i.state] || i.state);
   badge.dataset.state = i.state;
   setText(cells.PID, i.pid === null ? "—" : String(i.pid));
+  // On a cluster: its job and node (the pid is srun's, on this machine).
+  const where = i.on && i.on !== "local" ? placementText(i) : "";
+  cells.PID.title = where;
+  if (where) cells.PID.append(el("div", { class: "muted", "data-testid": "where" }, where));
   setText(cells.Uptime, i.started ? duration(i.uptime) : "—");
   setText(cells.Restarts, String(i.restarts));
   setText(cells.CPU, i.cpu_percent === null || i.cpu_percent === undefined ? "—" : `${i.cpu_percent.toFixed(1)} %`);
@@ -418,6 +422,13 @@ function updateInstance(body, i) {
   setText(cells["Used by"], i.installed_by || "—");
   setText(cells.Configuration, configText(i.config));
   cells.Configuration.title = i.python_version ? `Python ${i.python_version}` : "";
+}
+
+function placementText(i) {
+  const job = i.job ? ` job ${i.job}` : "";
+  const node = i.node ? ` on ${i.node}` : "";
+  const state = i.job_state && i.job_state !== "RUNNING" ? ` (${i.job_state.toLowerCase()})` : "";
+  return `${i.on}${job}${node}${state}`;
 }
 
 async function stopInstance(i) {
