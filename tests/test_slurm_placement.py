@@ -167,3 +167,46 @@ print("ON", node)
             [sys.executable, "-m", "ywmagics", "shutdown"], env=env, timeout=60, check=False
         )
     assert slurm2.run("squeue", "-h").stdout.strip() == ""  # its job ended with it
+
+
+def test_a_job_that_waits_says_so_with_slurms_reason_then_starts(
+    on_slurm: tuple[Connection, SlurmCluster],
+) -> None:
+    import threading
+
+    connection, slurm = on_slurm
+    # Another job holds all the node's memory: ours waits for it (reason: Resources).
+    blocker = slurm.run(
+        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
+    ).stdout.strip()
+    slurm.wait_job(blocker, ["RUNNING"])
+    events: list[Event] = []
+    done: list[object] = []
+
+    def install() -> None:
+        try:
+            done.append(
+                ywmagics.install(
+                    {"modules": ["node_echo as e"], "on": "slurm", "partition": "Waits"},
+                    connection=connection,
+                    on_event=events.append,
+                ).e
+            )
+        except Exception as error:  # said by the assertion below
+            done.append(error)
+
+    installing = threading.Thread(target=install, daemon=True)
+    installing.start()
+    deadline = time.monotonic() + 30
+    while not any(e.kind.value == "queued" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    queued = [e for e in events if e.kind.value == "queued"]
+    assert queued and "pending" in queued[0].text and "(Resources)" in queued[0].text, events
+    assert queued[0].text.startswith("job ")
+    slurm.run("scancel", blocker)
+    installing.join(60)
+    (echo,) = done
+    assert not isinstance(echo, Exception), echo
+    assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Waits"}  # type: ignore[attr-defined]
+    kinds = [e.kind.value for e in events]
+    assert kinds.index("queued") < kinds.index("ready")
