@@ -209,4 +209,4 @@ def test_a_job_that_waits_says_so_with_slurms_reason_then_starts(
     assert not isinstance(echo, Exception), echo
     assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Waits"}  # type: ignore[attr-defined]
     kinds = [e.kind.value for e in events]
-    assert kinds.index("queued") < kinds.index("ready")
+    assert kinds.index("queued") < kinds.index("starting") < kinds.index("ready")

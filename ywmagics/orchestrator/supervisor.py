@@ -416,13 +416,7 @@ class Supervisor:
         await self._kill(instance)  # what a crashed run left in its process group (or it runs)
         if restart:
             instance.restarts += 1
-        emit(
-            self._event(
-                instance,
-                EventKind.RESTARTED if restart else EventKind.STARTING,
-                restart or "starting",
-            )
-        )
+            emit(self._event(instance, EventKind.RESTARTED, restart))
         instance.log_path.parent.mkdir(parents=True, exist_ok=True)
         instance.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         launch = await self._launch(instance)
@@ -460,7 +454,10 @@ class Supervisor:
             instance.upstream.close_idle()
         instance.upstream = None
         try:
+            # On a cluster the job may wait first (said as 'queued'); then it starts.
             instance.upstream = await self.placement(instance).connect(instance, process, emit)
+            if not restart:
+                emit(self._event(instance, EventKind.STARTING, "starting"))
             await self._wait_ready(instance, process)
         except BaseException as error:  # a failure, or the install was cancelled: no half-start
             await asyncio.shield(self._kill(instance))
