@@ -3,6 +3,7 @@ and everything the user sees stays the same: routing, partitions, tokens, logs, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,7 +63,7 @@ def test_a_backend_runs_in_a_job_and_answers_through_the_proxy(
     facts = _instance(connection, "Job")
     assert (facts["on"], facts["node"], facts["state"]) == ("slurm", "n0", "ready")
     ((job_id, job_name, job_state),) = [line.split() for line in _jobs(slurm)]
-    assert (job_id, job_state) == (facts["job"], "RUNNING") and job_name.startswith("ywmagics-b-")
+    assert (job_id, job_state) == (facts["job"], "RUNNING") and job_name.startswith("ywmagics-")
     listed = format_listing(OrchestratorClient(connection).listing())
     assert f"slurm job {job_id} on n0" in listed  # what 'ywmagics list' prints
     # Its calls to other backends come back through the shim, with its token: in its partition.
@@ -210,3 +211,49 @@ def test_a_job_that_waits_says_so_with_slurms_reason_then_starts(
     assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Waits"}  # type: ignore[attr-defined]
     kinds = [e.kind.value for e in events]
     assert kinds.index("queued") < kinds.index("starting") < kinds.index("ready")
+
+
+def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
+    slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed with its srun while the job waited in the queue: the job would start later for
+    # nobody (its lease would end it then, after it took the node for nothing).
+    import threading
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    blocker = slurm.run(
+        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
+    ).stdout.strip()
+    try:
+        slurm.wait_job(blocker, ["RUNNING"])
+        process, connection = start_orchestrator(tmp_path / "home")
+        try:
+            queued = threading.Event()
+
+            def install() -> None:
+                with contextlib.suppress(Exception):  # its orchestrator is killed under it
+                    ywmagics.install(
+                        {"modules": ["node_echo"], "on": "slurm"},
+                        connection=connection,
+                        on_event=lambda e: queued.set() if e.kind.value == "queued" else None,
+                    )
+
+            threading.Thread(target=install, daemon=True).start()
+            assert queued.wait(30)
+            srun = int(_instance(connection, "Default")["pid"])  # type: ignore[call-overload]
+            os.killpg(os.getpgid(srun), signal.SIGKILL)
+            os.kill(process.pid, signal.SIGKILL)
+            waiting = [line for line in _jobs(slurm) if "PENDING" in line]
+            assert len(waiting) == 1  # left in the queue
+        finally:
+            stop_orchestrator(process)
+        process, connection = start_orchestrator(tmp_path / "home")
+        try:
+            deadline = time.monotonic() + 20
+            while len(_jobs(slurm)) > 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [line.split()[0] for line in _jobs(slurm)] == [blocker]
+        finally:
+            stop_orchestrator(process)
+    finally:
+        slurm.run("scancel", blocker)

@@ -139,6 +139,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             file=sys.stderr,
             flush=True,
         )
+        orchestrator.start()
         try:
             yield
         finally:

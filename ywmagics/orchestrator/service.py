@@ -673,6 +673,20 @@ class Orchestrator:
             await asyncio.to_thread(self.installer.remove, environment)
         return facts, stopped
 
+    def start(self) -> None:
+        """Once it serves: in the background, end what a previous orchestrator left running on
+        clusters (placements' sweeps)."""
+        self._in_background(self._sweep_placements())
+
+    async def _sweep_placements(self) -> None:
+        placements = {id(p): p for p in self.supervisor.placements.values()}.values()
+        for placement in placements:
+            try:
+                for ended in await placement.sweep():
+                    log.info("ended %s, left by a previous orchestrator", ended)
+            except Exception:  # never the orchestrator's end
+                log.exception("the sweep of %s placements failed", placement.kind)
+
     async def shutdown(self) -> None:
         if self._watching_owners is not None:
             self._watching_owners.cancel()

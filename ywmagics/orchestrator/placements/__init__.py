@@ -63,3 +63,8 @@ class Placement(Protocol):
     def facts(self, instance: Instance) -> dict[str, object]:
         """What listings say of where it runs."""
         ...
+
+    async def sweep(self) -> list[str]:
+        """At the orchestrator's start: end what a previous one left running there (jobs);
+        what was ended, said for the log."""
+        ...

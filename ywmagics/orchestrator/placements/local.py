@@ -95,3 +95,6 @@ class LocalPlacement:
 
     def facts(self, instance: Instance) -> dict[str, object]:
         return {"on": self.kind}
+
+    async def sweep(self) -> list[str]:
+        return []  # a local child never outlives its orchestrator (the launcher sees to it)

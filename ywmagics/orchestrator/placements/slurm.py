@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -107,6 +109,10 @@ class SlurmPlacement:
         self.orchestrator_socket = orchestrator_socket
         self._jobs: dict[str, _Job] = {}  # by instance label
         self._reach_address: str | None = None
+        # Jobs of the orchestrators of this user on this machine (one at a time): what a
+        # previous one left is found by it, never another machine's (another login node's).
+        tag = hashlib.sha256(f"{socket.gethostname()}:{os.getuid()}".encode()).hexdigest()[:8]
+        self._job_prefix = f"ywmagics-{tag}-"
 
     # -- the child ----------------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class SlurmPlacement:
             "peer": client_cert,
             "lease": LEASE,
         }
-        name = f"ywmagics-{instance.browser_label}"
+        name = f"{self._job_prefix}{instance.browser_label}"
         path = folder / f"{name}-{secrets.token_hex(4)}.json"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "w") as file:
@@ -357,6 +363,28 @@ class SlurmPlacement:
                 await asyncio.wait_for(scancel.wait(), 10)
         with contextlib.suppress(FileNotFoundError):
             job.config.unlink()  # the shim removes it as it reads it: a job that never ran
+
+    async def sweep(self) -> list[str]:
+        """Cancel the jobs a previous orchestrator of this machine left (killed with its srun:
+        a job still waiting in the queue would start later for nobody)."""
+        if shutil.which("squeue", path=self._slurm_env().get("PATH")) is None:
+            return []
+        user = pwd.getpwuid(os.getuid()).pw_name
+        try:
+            out = await self._ask("squeue", "-h", f"--user={user}", "-o", "%i %j")
+        except (OSError, asyncio.TimeoutError):
+            return []
+        ours = {job.name for job in self._jobs.values()}
+        jobs = [line.split() for line in out.splitlines() if len(line.split()) == 2]
+        left = [
+            (job_id, name)
+            for job_id, name in jobs
+            if name.startswith(self._job_prefix) and name not in ours
+        ]
+        if left:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await self._ask("scancel", *(job_id for job_id, _ in left))
+        return [f"job {job_id} ({name}) on {self.cluster.name}" for job_id, name in left]
 
     def facts(self, instance: Instance) -> dict[str, object]:
         job = self._jobs.get(instance.browser_label)
