@@ -17,7 +17,7 @@ import pytest
 import ywmagics
 from ywmagics.client import OrchestratorClient
 from ywmagics.commands import format_listing
-from ywmagics.discovery import Connection
+from ywmagics.discovery import Connection, pid_alive
 from ywmagics.errors import StartError
 from ywmagics.events import Event
 
@@ -167,6 +167,9 @@ print("ON", node)
         subprocess.run(
             [sys.executable, "-m", "ywmagics", "shutdown"], env=env, timeout=60, check=False
         )
+    deadline = time.monotonic() + 20  # COMPLETING for a moment
+    while slurm2.run("squeue", "-h").stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert slurm2.run("squeue", "-h").stdout.strip() == ""  # its job ended with it
 
 
@@ -257,3 +260,67 @@ def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
             stop_orchestrator(process)
     finally:
         slurm.run("scancel", blocker)
+
+
+def test_a_websocket_reaches_a_backend_on_the_second_node_over_the_shims_tls(
+    slurm2: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It went in plain text to 127.0.0.1:<the shim's port> on this machine, where any local
+    # user could listen.
+    from websockets.sync.client import connect
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm2.conf))
+    process, connection = start_orchestrator(tmp_path / "home")
+    try:
+        ywmagics.install(
+            {"modules": ["ws_echo"], "on": "slurm", "partition": "Ws", "resources": "nodelist=n1"},
+            connection=connection,
+        )
+        assert str(_instance(connection, "Ws")["address"]).startswith(slurm2.addresses["n1"])
+        base = connection.url.replace("http://", "ws://") + "/backends/ws_echo/^1"
+        headers = {**connection.headers, "X-Backends-Partition": "Ws"}
+        with connect(f"{base}/echo", additional_headers=headers) as ws:
+            json.loads(ws.recv())  # its hello
+            ws.send("text")
+            assert ws.recv() == "text"
+    finally:
+        stop_orchestrator(process)
+
+
+def _shim_of_job(job_id: str) -> int:
+    """The pid of the node shim that runs in job ``job_id``."""
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"node_shim.py" in command and f"SLURM_JOB_ID={job_id}".encode() in environ:
+            return pid
+    raise AssertionError(f"no node shim in job {job_id}")
+
+
+def test_a_shim_killed_takes_its_backend_and_the_next_request_starts_a_new_one(
+    on_slurm: tuple[Connection, SlurmCluster],
+) -> None:
+    # SIGKILLed (an OOM kill), the shim left its backend running (with its token, in a session
+    # of its own) and srun waiting on its output: the instance stayed 'ready' with nothing
+    # behind it, and every request was refused.
+    connection, _ = on_slurm
+    echo = ywmagics.install(
+        {"modules": ["node_echo as e"], "on": "slurm", "partition": "Killed"},
+        connection=connection,
+    ).e
+    facts = _instance(connection, "Killed")
+    shim = _shim_of_job(str(facts["job"]))
+    backend = int(Path(f"/proc/{shim}/task/{shim}/children").read_text().split()[0])
+    os.kill(shim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while pid_alive(backend) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(backend)  # it went with its shim
+    while _instance(connection, "Killed")["state"] == "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _instance(connection, "Killed")["state"] == "crashed"
+    assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Killed"}
+    assert _instance(connection, "Killed")["job"] != facts["job"]  # a new job

@@ -116,6 +116,15 @@ class WebsocketProxy:
                 return await connect(
                     uri, sock=await socket_from_connector(pool.connector), **options
                 )
+            if pool.tls is not None:  # a node shim: over its pinned TLS, never in plain text
+                return await connect(
+                    "wss" + uri[2:],
+                    host=pool.host,
+                    port=pool.port,
+                    ssl=pool.tls,
+                    server_hostname=pool.host,
+                    **options,
+                )
             return await connect(uri, host="127.0.0.1", port=pool.port, **options)
         except InvalidStatus as error:
             denied = StartError(

@@ -514,12 +514,14 @@ class Shim:
         env["YW_ORCHESTRATOR_URL"] = f"http://127.0.0.1:{reverse.getsockname()[1]}"
         if config.listen == "tcp":
             env["PORT"] = str(self.port)
+        shim = os.getpid()
         self.backend = subprocess.Popen(
             [filled(arg) for arg in config.argv],
             cwd=config.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: ended as a whole
+            preexec_fn=lambda: die_with(shim),
         )
         address = {"host": host, "port": public.getsockname()[1], "pid": self.backend.pid}
         print(f"{READY} {json.dumps(address)}", flush=True)
@@ -650,6 +652,21 @@ class Shim:
             self.ask()
         elif isinstance(connection, Plain) and connection in self.waiting:
             self.waiting.pop(connection).cancel()
+
+
+def die_with(parent: int) -> None:
+    """In the backend, before it runs: it ends when the shim does, however the shim ends (an
+    OOM kill, SIGKILL): else it would run on with its token and socket, and keep srun's
+    output open, so that nobody would see it go."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the shim ended before the above took effect
+        os._exit(1)
 
 
 def end_own_job() -> None:

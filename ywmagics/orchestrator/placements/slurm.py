@@ -27,6 +27,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from ywmagics.orchestrator.config import ClusterSettings
 from ywmagics.orchestrator.events import event_of
 from ywmagics.orchestrator.manifest import Listen, expand
 from ywmagics.orchestrator.placements import Launch
-from ywmagics.orchestrator.processes import tail_of
+from ywmagics.orchestrator.processes import signal_group, tail_of
 from ywmagics.orchestrator.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ READY = "YW-SHIM "
 LEASE_ALPN, REVERSE_ALPN = "yw-lease", "yw-reverse"  # and "http/1.1": what a connection is
 LEASE = 10.0  # seconds a shim runs on without hearing from us (the issue asks for 30 at most)
 HEARTBEAT = 1.0
+SILENCE = 5.0  # seconds without a PONG after which the shim is taken as gone
 QUEUE_LOOK_EVERY = 1.0  # seconds between looks at a job that has not started yet
 # What Slurm is asked for, by the names of InstallRequest.resources.
 OPTIONS = {
@@ -231,7 +233,9 @@ class SlurmPlacement:
             job.host, job.port, ssl=job.context(LEASE_ALPN)
         )
         job.lease = writer
-        job.tasks.append(asyncio.ensure_future(self._hold_lease(instance, job, reader, writer)))
+        job.tasks.append(
+            asyncio.ensure_future(self._hold_lease(instance, process, job, reader, writer))
+        )
         return UpstreamPool(host=job.host, port=job.port, tls=job.context("http/1.1"))
 
     async def _address(
@@ -291,29 +295,47 @@ class SlurmPlacement:
     async def _hold_lease(
         self,
         instance: Instance,
+        process: asyncio.subprocess.Process,
         job: _Job,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        """``PING`` every :data:`HEARTBEAT`; reverse connections as the shim asks for them."""
+        """``PING`` every :data:`HEARTBEAT`; reverse connections as the shim asks for them.
+        A lease that ends, or that no ``PONG`` answers for :data:`SILENCE`, means the shim is
+        gone (killed, its node or the network down): the instance is taken as crashed (its
+        srun is ended, so the supervisor sees it and the next request starts it anew), rather
+        than kept ready with nothing behind it."""
+        last_pong = asyncio.get_running_loop().time()
 
         async def beat() -> None:
-            while True:
+            while asyncio.get_running_loop().time() - last_pong < SILENCE:
                 writer.write(b"PING\n")
                 await writer.drain()
                 await asyncio.sleep(HEARTBEAT)
+            log.warning("%s: its node shim has not answered for %g s", instance.where, SILENCE)
 
         beating = asyncio.ensure_future(beat())
+        reading = asyncio.ensure_future(reader.readline())
         try:
-            while line := await reader.readline():
+            while True:
+                await asyncio.wait({beating, reading}, return_when=asyncio.FIRST_COMPLETED)
+                if beating.done() or not (line := reading.result()):
+                    break
                 word, _, count = line.decode(errors="replace").strip().partition(" ")
-                if word == "NEED" and count.isdigit():
+                if word == "PONG":
+                    last_pong = asyncio.get_running_loop().time()
+                elif word == "NEED" and count.isdigit():
                     for _ in range(min(int(count), 64)):
                         job.tasks.append(asyncio.ensure_future(self._reverse(job)))
+                reading = asyncio.ensure_future(reader.readline())
         except OSError as error:  # ssl.SSLError too
             log.info("%s: the lease connection broke: %s", instance.where, error)
         finally:
             beating.cancel()
+            reading.cancel()
+        if self._jobs.get(instance.browser_label) is job and process.returncode is None:
+            log.warning("%s: its lease ended: taken as crashed", instance.where)
+            signal_group(process.pid, signal.SIGKILL)
 
     async def _reverse(self, job: _Job) -> None:
         """One reverse connection: the backend's call, relayed to our own Unix socket."""
