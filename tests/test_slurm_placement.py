@@ -212,8 +212,15 @@ def test_a_job_that_waits_says_so_with_slurms_reason_then_starts(
     (echo,) = done
     assert not isinstance(echo, Exception), echo
     assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Waits"}  # type: ignore[attr-defined]
-    kinds = [e.kind.value for e in events]
-    assert kinds.index("queued") < kinds.index("starting") < kinds.index("ready")
+    steps = [(e.kind.value, e.text) for e in events]
+    started = next(
+        i for i, (kind, text) in enumerate(steps) if (kind, text) == ("starting", "starting")
+    )
+    queued_at = next(i for i, (kind, _) in enumerate(steps) if kind == "queued")
+    ready_at = next(i for i, (kind, _) in enumerate(steps) if kind == "ready")
+    assert queued_at < started < ready_at, steps
+    # node_echo listens on TCP: on a node, every user of the node can reach that port; said.
+    assert any("every user of that node" in text for _, text in steps)
 
 
 def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
@@ -324,3 +331,28 @@ def test_a_shim_killed_takes_its_backend_and_the_next_request_starts_a_new_one(
     assert _instance(connection, "Killed")["state"] == "crashed"
     assert echo.fetch_json("/echo", method="POST", json={}) == {"partition": "Killed"}
     assert _instance(connection, "Killed")["job"] != facts["job"]  # a new job
+
+
+def test_a_stop_gives_the_backend_its_grace_and_leaves_nothing_on_the_node(
+    on_slurm: tuple[Connection, SlurmCluster],
+) -> None:
+    # srun turns SIGTERM into SIGKILL for its job: the backend had no grace, and the shim,
+    # killed too, left its private folder on the node at every stop.
+    import glob
+    import tempfile
+
+    connection, _ = on_slurm
+    pattern = os.path.join(tempfile.gettempdir(), "yw-shim-*")
+    before = set(glob.glob(pattern))
+    ywmagics.install(
+        {"modules": ["slow_stop"], "on": "slurm", "partition": "Grace"}, connection=connection
+    )
+    assert set(glob.glob(pattern)) - before  # the shim's folder, while it runs
+    log = Path(str(_instance(connection, "Grace")["log"]))
+    started = time.monotonic()
+    OrchestratorClient(connection).stop(partition="Grace")
+    took = time.monotonic() - started
+    assert took >= 0.9, f"stopped in {took:.2f} s: no grace (it ends 1 s after SIGTERM)"
+    assert set(glob.glob(pattern)) <= before
+    last_run = log.read_text().split("--- start")[-1]
+    assert "forcing job termination" not in last_run and "Killed" not in last_run, last_run

@@ -552,6 +552,7 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(process.wait()), within)
             return process.returncode is not None
 
+        await self.placement(instance).ask_to_stop(instance, process, self.settings.stop_timeout)
         signal_group(process.pid, signal.SIGTERM)  # its launcher passes it on to the program
         if not await ended(self.settings.stop_timeout):
             end_all(process.pid)

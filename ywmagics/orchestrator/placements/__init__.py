@@ -56,6 +56,13 @@ class Placement(Protocol):
         """Once the child runs: how to reach the backend (it may not answer yet)."""
         ...
 
+    async def ask_to_stop(
+        self, instance: Instance, process: asyncio.subprocess.Process, within: float
+    ) -> None:
+        """Before the child's process group is signalled: a chance to stop the backend
+        gracefully, for up to ``within`` seconds (a job's srun turns SIGTERM into SIGKILL)."""
+        ...
+
     async def release(self, instance: Instance) -> None:
         """After the child has ended: free what it held elsewhere (sockets, a job)."""
         ...

@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 SHIM_NAME = "ywmagics-node"  # the certificates' DNS name; hostnames are not checked (pinning)
 
 
-def self_signed(common_name: str, days: int = 30) -> tuple[str, str]:
+def self_signed(common_name: str, days: int = 3650) -> tuple[str, str]:
     """A new certificate and its private key, ``(cert_pem, key_pem)``, good as a TLS server's
     and a client's. It is its own CA (so that ``cadata=`` trusts it), valid from five minutes
     ago (clocks of a cluster differ a little) for ``days``."""

@@ -87,6 +87,11 @@ class LocalPlacement:
             connector=str(instance.connector_path) if instance.connector_path else None,
         )
 
+    async def ask_to_stop(
+        self, instance: Instance, process: asyncio.subprocess.Process, within: float
+    ) -> None:
+        pass  # SIGTERM to its group is the way: its launcher passes it on
+
     async def release(self, instance: Instance) -> None:
         for path in (instance.socket_path, instance.connector_path):
             if path is not None:

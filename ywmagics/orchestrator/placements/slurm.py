@@ -111,10 +111,12 @@ class SlurmPlacement:
         self.orchestrator_socket = orchestrator_socket
         self._jobs: dict[str, _Job] = {}  # by instance label
         self._reach_address: str | None = None
-        # Jobs of the orchestrators of this user on this machine (one at a time): what a
-        # previous one left is found by it, never another machine's (another login node's).
-        tag = hashlib.sha256(f"{socket.gethostname()}:{os.getuid()}".encode()).hexdigest()[:8]
-        self._job_prefix = f"ywmagics-{tag}-"
+        # Jobs of this user's orchestrators of this machine and this data folder (one at a
+        # time): what a previous one left is found by the next, never what another runs (another
+        # login node, another YW_HOME). The rest of a name is random: the instance's host name
+        # for browsers is a secret, and every cluster user sees job names.
+        where = f"{socket.gethostname()}:{os.getuid()}:{self.shared_dir.resolve()}"
+        self._job_prefix = f"ywmagics-{hashlib.sha256(where.encode()).hexdigest()[:8]}-"
 
     # -- the child ----------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class SlurmPlacement:
             "peer": client_cert,
             "lease": LEASE,
         }
-        name = f"{self._job_prefix}{instance.browser_label}"
+        name = f"{self._job_prefix}{secrets.token_hex(6)}"
         path = folder / f"{name}-{secrets.token_hex(4)}.json"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "w") as file:
@@ -171,7 +173,13 @@ class SlurmPlacement:
             str(SHIM),
             str(path),
         ]
-        return Launch(argv, self._slurm_env(), folder, stdout_to_log=False)
+        launch = Launch(argv, self._slurm_env(), folder, stdout_to_log=False)
+        if manifest.listen is not Listen.UNIX:
+            launch.warnings.append(
+                "it listens on a TCP port of the node's loopback, which every user of that node "
+                "can reach (a Unix socket backend is private to you there)"
+            )
+        return launch
 
     def _options(self, resources: dict[str, str]) -> list[str]:
         chosen = {
@@ -362,6 +370,19 @@ class SlurmPlacement:
             finally:
                 shim_writer.close()
 
+    async def ask_to_stop(
+        self, instance: Instance, process: asyncio.subprocess.Process, within: float
+    ) -> None:
+        """``STOP`` on the lease: the shim gives the backend SIGTERM and its grace, then ends,
+        and srun with it. (srun itself would turn a SIGTERM into SIGKILL for the job.)"""
+        job = self._jobs.get(instance.browser_label)
+        if job is None or job.lease is None or process.returncode is not None:
+            return
+        with contextlib.suppress(OSError, RuntimeError, asyncio.TimeoutError):
+            job.lease.write(b"STOP\n")
+            await asyncio.wait_for(job.lease.drain(), 1)
+            await asyncio.wait_for(asyncio.shield(process.wait()), within)
+
     async def release(self, instance: Instance) -> None:
         job = self._jobs.pop(instance.browser_label, None)
         if job is None:
@@ -377,6 +398,7 @@ class SlurmPlacement:
             scancel = await asyncio.create_subprocess_exec(
                 "scancel",
                 f"--name={job.name}",
+                f"--user={pwd.getpwuid(os.getuid()).pw_name}",  # never another's of that name
                 env=self._slurm_env(),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
@@ -437,3 +459,5 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:  # TLS (asyncio's cannot half-close): the answer is whole, the connection ends
+            writer.close()
