@@ -508,7 +508,7 @@ def test_racing_installs_with_two_configurations_leave_one_tracked_instance(
     ]
     assert len(tracked) == 1
     # No untracked node_echo of this partition runs anywhere.
-    running = [p for p in _node_pids() if _partition_of_pid(p) == "Race"]
+    running = [p for p in _node_pids() if _partition_of_pid(p, orchestrator) == "Race"]
     assert running == [tracked[0]["pid"]]
 
 
@@ -527,14 +527,16 @@ def _node_pids() -> list[int]:
     return pids
 
 
-def _partition_of_pid(pid: int) -> str | None:
+def _partition_of_pid(pid: int, orchestrator: Connection) -> str | None:
+    """The partition of a backend process of ``orchestrator`` (not another's: CI may run)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return None
-    return next(
-        (v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"YW_PARTITION=")), None
-    )
+    variables = dict(v.decode(errors="replace").split("=", 1) for v in environ if b"=" in v)
+    if variables.get("YW_ORCHESTRATOR_URL") != orchestrator.url:
+        return None
+    return variables.get("YW_PARTITION")
 
 
 def test_shutdown_of_an_orchestrator_this_process_started(

@@ -356,3 +356,45 @@ def test_a_stop_gives_the_backend_its_grace_and_leaves_nothing_on_the_node(
     assert set(glob.glob(pattern)) <= before
     last_run = log.read_text().split("--- start")[-1]
     assert "forcing job termination" not in last_run and "Killed" not in last_run, last_run
+
+
+def test_a_stop_while_the_job_waits_in_the_queue_cancels_it_at_once(
+    on_slurm: tuple[Connection, SlurmCluster],
+) -> None:
+    # The stop waited for the start, which waited for the queue: the unwanted backend started
+    # first, once the node was free.
+    import threading
+
+    connection, slurm = on_slurm
+    blocker = slurm.run(
+        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
+    ).stdout.strip()
+    try:
+        slurm.wait_job(blocker, ["RUNNING"])
+        queued = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def install() -> None:
+            try:
+                ywmagics.install(
+                    {"modules": ["node_echo"], "on": "slurm", "partition": "Unwanted"},
+                    connection=connection,
+                    on_event=lambda e: queued.set() if e.kind.value == "queued" else None,
+                )
+                outcome.append(None)
+            except BaseException as error:
+                outcome.append(error)
+
+        installing = threading.Thread(target=install, daemon=True)
+        installing.start()
+        assert queued.wait(30)
+        started = time.monotonic()
+        OrchestratorClient(connection).stop(partition="Unwanted")
+        assert time.monotonic() - started < 10
+        installing.join(20)
+        (error,) = outcome
+        assert isinstance(error, StartError)
+        assert "was stopped while its job waited in the queue" in error.message
+        assert [line.split()[0] for line in _jobs(slurm)] == [blocker]
+    finally:
+        slurm.run("scancel", blocker)

@@ -525,6 +525,8 @@ class Supervisor:
             ended.cancel()
 
     async def stop(self, instance: Instance, *, forget: bool = True) -> None:
+        if instance.lock.locked() and instance.state is InstanceState.STARTING:
+            await self.placement(instance).cancel_start(instance)  # not wait for a queue
         async with instance.lock:
             await self._kill(instance)
             instance.state = InstanceState.STOPPED

@@ -63,6 +63,11 @@ class Placement(Protocol):
         gracefully, for up to ``within`` seconds (a job's srun turns SIGTERM into SIGKILL)."""
         ...
 
+    async def cancel_start(self, instance: Instance) -> None:
+        """A stop came while the instance starts (holding its lock): end a wait that may be
+        long (a job in the queue), so that the start fails now and the stop goes on."""
+        ...
+
     async def release(self, instance: Instance) -> None:
         """After the child has ended: free what it held elsewhere (sockets, a job)."""
         ...

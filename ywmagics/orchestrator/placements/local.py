@@ -92,6 +92,9 @@ class LocalPlacement:
     ) -> None:
         pass  # SIGTERM to its group is the way: its launcher passes it on
 
+    async def cancel_start(self, instance: Instance) -> None:
+        pass  # a local start waits for readiness only, within the manifest's time limit
+
     async def release(self, instance: Instance) -> None:
         for path in (instance.socket_path, instance.connector_path):
             if path is not None:

@@ -88,6 +88,7 @@ class _Job:
     port: int | None = None
     tasks: list[asyncio.Future[Any]] = field(default_factory=list)
     lease: asyncio.StreamWriter | None = None
+    cancelled: bool = False  # stopped while it waited in the queue
 
     def context(self, alpn: str) -> ssl.SSLContext:
         from ywmagics.orchestrator.placements import certificates
@@ -260,6 +261,11 @@ class SlurmPlacement:
                     continue
                 if not line:  # srun ended first: refused, or the job failed to start
                     await process.wait()
+                    if job.cancelled:
+                        raise StartError(
+                            f"{instance.where} was stopped while its job waited in the queue",
+                            hint="install it again to start it",
+                        )
                     raise StartError(
                         f"{instance.where} did not start on {self.cluster.name!r}"
                         + (f" (job {job.job_id}: {job.reason})" if job.reason else "")
@@ -382,6 +388,15 @@ class SlurmPlacement:
             job.lease.write(b"STOP\n")
             await asyncio.wait_for(job.lease.drain(), 1)
             await asyncio.wait_for(asyncio.shield(process.wait()), within)
+
+    async def cancel_start(self, instance: Instance) -> None:
+        """A job still in the queue is cancelled: srun ends, and so does the start."""
+        job = self._jobs.get(instance.browser_label)
+        if job is not None and job.host is None:
+            job.cancelled = True
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                user = pwd.getpwuid(os.getuid()).pw_name
+                await self._ask("scancel", f"--name={job.name}", f"--user={user}")
 
     async def release(self, instance: Instance) -> None:
         job = self._jobs.pop(instance.browser_label, None)
