@@ -44,6 +44,15 @@ def _jobs(slurm: SlurmCluster) -> list[str]:
     return slurm.run("squeue", "-h", "-o", "%i %j %T").stdout.split("\n")[:-1]
 
 
+def _hold_the_node(slurm: SlurmCluster) -> str:
+    """The id of a running job that holds all the node's memory: the next ones wait."""
+    blocker = slurm.run(
+        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
+    ).stdout.strip()
+    slurm.wait_job(blocker, ["RUNNING"])
+    return blocker
+
+
 def _instance(connection: Connection, partition: str) -> dict[str, object]:
     listing = OrchestratorClient(connection).listing()["instances"]
     return next(i for i in listing if i["partition"] == partition)
@@ -180,10 +189,7 @@ def test_a_job_that_waits_says_so_with_slurms_reason_then_starts(
 
     connection, slurm = on_slurm
     # Another job holds all the node's memory: ours waits for it (reason: Resources).
-    blocker = slurm.run(
-        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
-    ).stdout.strip()
-    slurm.wait_job(blocker, ["RUNNING"])
+    blocker = _hold_the_node(slurm)
     events: list[Event] = []
     done: list[object] = []
 
@@ -231,11 +237,8 @@ def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
     import threading
 
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    blocker = slurm.run(
-        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
-    ).stdout.strip()
+    blocker = _hold_the_node(slurm)
     try:
-        slurm.wait_job(blocker, ["RUNNING"])
         process, connection = start_orchestrator(tmp_path / "home")
         try:
             queued = threading.Event()
@@ -366,11 +369,8 @@ def test_a_stop_while_the_job_waits_in_the_queue_cancels_it_at_once(
     import threading
 
     connection, slurm = on_slurm
-    blocker = slurm.run(
-        "sbatch", "--parsable", f"--mem={slurm.real_memory_mb}", "--wrap", "sleep 120"
-    ).stdout.strip()
+    blocker = _hold_the_node(slurm)
     try:
-        slurm.wait_job(blocker, ["RUNNING"])
         queued = threading.Event()
         outcome: list[BaseException | None] = []
 
