@@ -71,6 +71,8 @@ def test_a_backend_runs_in_a_job_and_answers_through_the_proxy(
     assert echo.fetch_json("/echo", method="POST", json={"x": 1}) == {"x": 1, "partition": "Job"}
     facts = _instance(connection, "Job")
     assert (facts["on"], facts["node"], facts["state"]) == ("slurm", "n0", "ready")
+    assert facts["reachable_by"] == "every user of its node (TCP on the node's loopback)"
+    assert facts["listen"] == "on its node, behind its shim"
     ((job_id, job_name, job_state),) = [line.split() for line in _jobs(slurm)]
     assert (job_id, job_state) == (facts["job"], "RUNNING") and job_name.startswith("ywmagics-")
     listed = format_listing(OrchestratorClient(connection).listing())

@@ -134,7 +134,13 @@ class Instance:
             "restarts": self.restarts,
             "crashes_in_a_row": self.crashes_in_a_row,
             "log": str(self.log_path),
-            "listen": str(self.socket_path) if self.socket_path else f"127.0.0.1:{self.port}",
+            "listen": (
+                str(self.socket_path)
+                if self.socket_path
+                else f"127.0.0.1:{self.port}"
+                if self.port
+                else "on its node, behind its shim"
+            ),
             "home": self.manifest.home,
             "data": str(self.data_path),
             "reachable_by": self.reachable_by,

@@ -56,7 +56,9 @@ LEASE_ALPN, REVERSE_ALPN = "yw-lease", "yw-reverse"  # and "http/1.1": what a co
 LEASE = 10.0  # seconds a shim runs on without hearing from us (the issue asks for 30 at most)
 HEARTBEAT = 1.0
 SILENCE = 5.0  # seconds without a PONG after which the shim is taken as gone
-QUEUE_LOOK_EVERY = 1.0  # seconds between looks at a job that has not started yet
+QUEUE_LOOK_EVERY = 1.0  # seconds to the first look at a job that has not started yet...
+QUEUE_LOOK_MAX = 30.0  # ...then twice as long each time, up to this (slurmctld is shared)
+MAX_IDLE_REVERSE = 16  # reverse connections kept open for a shim (it asks for 2 spare)
 # What Slurm is asked for, by the names of InstallRequest.resources.
 OPTIONS = {
     "cpus": "--cpus-per-task",
@@ -89,13 +91,19 @@ class _Job:
     tasks: list[asyncio.Future[Any]] = field(default_factory=list)
     lease: asyncio.StreamWriter | None = None
     cancelled: bool = False  # stopped while it waited in the queue
+    idle_reverse: int = 0  # reverse connections open and not used yet
+    contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
     def context(self, alpn: str) -> ssl.SSLContext:
-        from ywmagics.orchestrator.placements import certificates
+        """One per kind of connection (loading a key writes it to a private file for a moment:
+        not once per call from the backend)."""
+        if alpn not in self.contexts:
+            from ywmagics.orchestrator.placements import certificates
 
-        return certificates.client_context(
-            self.shim_cert, self.client_cert, self.client_key, [alpn]
-        )
+            self.contexts[alpn] = certificates.client_context(
+                self.shim_cert, self.client_cert, self.client_key, [alpn]
+            )
+        return self.contexts[alpn]
 
 
 class SlurmPlacement:
@@ -252,12 +260,14 @@ class SlurmPlacement:
     ) -> dict[str, Any]:
         """The shim's first line; meanwhile, what Slurm says of the job."""
         assert process.stdout is not None
+        look_every = QUEUE_LOOK_EVERY
         with instance.log_path.open("ab") as log_file:
             while True:
                 try:
-                    line = await asyncio.wait_for(process.stdout.readline(), QUEUE_LOOK_EVERY)
+                    line = await asyncio.wait_for(process.stdout.readline(), look_every)
                 except asyncio.TimeoutError:
                     await self._look_at_queue(instance, job, emit)
+                    look_every = min(QUEUE_LOOK_MAX, look_every * 2)
                     continue
                 if not line:  # srun ended first: refused, or the job failed to start
                     await process.wait()
@@ -339,7 +349,10 @@ class SlurmPlacement:
                 if word == "PONG":
                     last_pong = asyncio.get_running_loop().time()
                 elif word == "NEED" and count.isdigit():
-                    for _ in range(min(int(count), 64)):
+                    # At most MAX_IDLE_REVERSE waiting: another user of the node who connects
+                    # to the shim's loopback port over and over makes it ask for more.
+                    job.tasks = [task for task in job.tasks if not task.done()]
+                    for _ in range(max(0, min(int(count), MAX_IDLE_REVERSE - job.idle_reverse))):
                         job.tasks.append(asyncio.ensure_future(self._reverse(job)))
                 reading = asyncio.ensure_future(reader.readline())
         except OSError as error:  # ssl.SSLError too
@@ -355,14 +368,24 @@ class SlurmPlacement:
         """One reverse connection: the backend's call, relayed to our own Unix socket."""
         if self.orchestrator_socket is None or job.host is None:
             return
-        with contextlib.suppress(OSError):  # ssl.SSLError too
+        job.idle_reverse += 1
+        try:
             shim_reader, shim_writer = await asyncio.open_connection(
                 job.host, job.port, ssl=job.context(REVERSE_ALPN)
             )
             try:
                 first = await shim_reader.read(256 * 1024)  # the backend's call has begun
-                if not first:
-                    return
+            except BaseException:
+                shim_writer.close()
+                raise
+        except OSError:  # ssl.SSLError too
+            return
+        finally:
+            job.idle_reverse -= 1
+        try:
+            if not first:
+                return
+            with contextlib.suppress(OSError):
                 own_reader, own_writer = await asyncio.open_unix_connection(
                     str(self.orchestrator_socket)
                 )
@@ -373,8 +396,8 @@ class SlurmPlacement:
                     )
                 finally:
                     own_writer.close()
-            finally:
-                shim_writer.close()
+        finally:
+            shim_writer.close()
 
     async def ask_to_stop(
         self, instance: Instance, process: asyncio.subprocess.Process, within: float
@@ -446,11 +469,17 @@ class SlurmPlacement:
         return [f"job {job_id} ({name}) on {self.cluster.name}" for job_id, name in left]
 
     def facts(self, instance: Instance) -> dict[str, object]:
+        reachable_by = (
+            "this user (through its node shim, TLS pinned both ways)"
+            if instance.manifest.listen is Listen.UNIX
+            else "every user of its node (TCP on the node's loopback)"
+        )
         job = self._jobs.get(instance.browser_label)
         if job is None:
-            return {"on": self.cluster.name}
+            return {"on": self.cluster.name, "reachable_by": reachable_by}
         return {
             "on": self.cluster.name,
+            "reachable_by": reachable_by,
             "job": job.job_id,
             "job_state": job.state,
             "node": job.node,
