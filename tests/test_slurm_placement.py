@@ -260,6 +260,7 @@ def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
             os.kill(process.pid, signal.SIGKILL)
             waiting = [line for line in _jobs(slurm) if "PENDING" in line]
             assert len(waiting) == 1  # left in the queue
+            (jobs_folder,) = {p.parent for p in (tmp_path / "home").rglob("jobs/*.json")}
         finally:
             stop_orchestrator(process)
         process, connection = start_orchestrator(tmp_path / "home")
@@ -268,6 +269,11 @@ def test_a_job_left_waiting_by_a_killed_orchestrator_is_cancelled_by_the_next(
             while len(_jobs(slurm)) > 1 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert [line.split()[0] for line in _jobs(slurm)] == [blocker]
+            # Its configuration file (a shim's key, an instance token) is gone too.
+            deadline = time.monotonic() + 10
+            while list(jobs_folder.glob("*.json")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert list(jobs_folder.glob("*.json")) == []
         finally:
             stop_orchestrator(process)
     finally:

@@ -448,14 +448,16 @@ class SlurmPlacement:
 
     async def sweep(self) -> list[str]:
         """Cancel the jobs a previous orchestrator of this machine left (killed with its srun:
-        a job still waiting in the queue would start later for nobody)."""
+        a job still waiting in the queue would start later for nobody), and remove the
+        configuration files (a shim's key, an instance token) that no job of ours will read."""
+        removed = self._remove_left_configs()
         if shutil.which("squeue", path=self._slurm_env().get("PATH")) is None:
-            return []
+            return removed
         user = pwd.getpwuid(os.getuid()).pw_name
         try:
             out = await self._ask("squeue", "-h", f"--user={user}", "-o", "%i %j")
         except (OSError, asyncio.TimeoutError):
-            return []
+            return removed
         ours = {job.name for job in self._jobs.values()}
         jobs = [line.split() for line in out.splitlines() if len(line.split()) == 2]
         left = [
@@ -466,7 +468,17 @@ class SlurmPlacement:
         if left:
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await self._ask("scancel", *(job_id for job_id, _ in left))
-        return [f"job {job_id} ({name}) on {self.cluster.name}" for job_id, name in left]
+        return removed + [f"job {job_id} ({name}) on {self.cluster.name}" for job_id, name in left]
+
+    def _remove_left_configs(self) -> list[str]:
+        ours = {job.config for job in self._jobs.values()}
+        removed = []
+        for config in (self.shared_dir / "jobs").glob(f"{self._job_prefix}*.json"):
+            if config not in ours:
+                with contextlib.suppress(OSError):
+                    config.unlink()
+                    removed.append(f"the configuration file {config.name}")
+        return removed
 
     def facts(self, instance: Instance) -> dict[str, object]:
         reachable_by = (
