@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +34,17 @@ slurm = slurm_cluster.slurm
 def on_slurm(
     slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Connection, SlurmCluster]]:
-    """An orchestrator that places on the test cluster (its SLURM_CONF, as a user's shell has)."""
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    process, connection = start_orchestrator(tmp_path / "home")
+    process, connection = _serving(slurm, tmp_path / "home", monkeypatch)
     yield connection, slurm
     stop_orchestrator(process)
+
+
+def _serving(
+    cluster: SlurmCluster, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[subprocess.Popen[bytes], Connection]:
+    """An orchestrator that places on ``cluster`` (its SLURM_CONF, as a user's shell has)."""
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    return start_orchestrator(home)
 
 
 def _jobs(slurm: SlurmCluster) -> list[str]:
@@ -107,8 +114,7 @@ def test_impossible_resources_are_a_clear_error_with_slurms_reason(
 def test_an_orchestrator_killed_with_sigkill_leaves_no_job_behind(
     slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    process, connection = start_orchestrator(tmp_path / "home")
+    process, connection = _serving(slurm, tmp_path / "home", monkeypatch)
     try:
         ywmagics.install({"modules": ["node_echo"], "on": "slurm"}, connection=connection)
         assert len(_jobs(slurm)) == 1
@@ -287,8 +293,7 @@ def test_a_websocket_reaches_a_backend_on_the_second_node_over_the_shims_tls(
     # user could listen.
     from websockets.sync.client import connect
 
-    monkeypatch.setenv("SLURM_CONF", str(slurm2.conf))
-    process, connection = start_orchestrator(tmp_path / "home")
+    process, connection = _serving(slurm2, tmp_path / "home", monkeypatch)
     try:
         ywmagics.install(
             {"modules": ["ws_echo"], "on": "slurm", "partition": "Ws", "resources": "nodelist=n1"},
