@@ -26,6 +26,7 @@ import ipaddress
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -309,6 +310,7 @@ class SlurmCluster:
         self.addresses: dict[str, str] = {}
         self.controller_address = "127.0.0.1"
         self.netns: dict[str, str] = {}
+        self.hidden: list[Path] = []
         self.ports: dict[str, int] = {}
         self.cpus = CPUS
         # Half of the machine, shared by the nodes, so that slurmd never finds less memory than
@@ -330,15 +332,20 @@ class SlurmCluster:
         timeout: float = 30.0,
         inactive_limit: int = 0,
         extra_conf: str = "",
+        hidden: Sequence[Path] = (),
     ) -> SlurmCluster:
         """Start a cluster of ``nodes`` (1 or 2) under ``folder`` and wait until every node is
         idle (at most ``timeout`` s; then raise ``SlurmError`` with the daemons' log tails).
         ``inactive_limit`` is Slurm's ``InactiveLimit``: 0 (Slurm's default, and that of many
         sites), so a job whose ``srun`` was killed keeps running until something else ends it;
         a limit of 30 s or less would hide a missing node-side lease. ``extra_conf`` is appended
-        to ``slurm.conf``. On any failure everything started is removed before raising."""
+        to ``slurm.conf``. ``hidden`` folders are not seen by the nodes (nor by their jobs): each
+        is an empty tmpfs in the nodes' own mount namespace, as on a cluster that shares no
+        folder with the login node. On any failure everything started is removed before
+        raising."""
         sweep_leftovers()
         cluster = cls(folder, nodes)
+        cluster.hidden = [Path(h) for h in hidden]
         started = time.monotonic()
         try:
             for attempt in range(3):
@@ -508,6 +515,15 @@ class SlurmCluster:
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         for node in self.nodes:
             command = ["slurmd", "-D", "-f", str(self.conf), "-N", node]
+            if self.hidden:
+                # A mount namespace of its own (private: nothing reaches the machine's), with
+                # an empty tmpfs over each hidden folder; slurmd and its jobs live in it.
+                mounts = " && ".join(
+                    f"mount -t tmpfs -o mode=0755 yw-hidden {shlex.quote(str(h))}"
+                    for h in self.hidden
+                )
+                script = f"{mounts} && exec {shlex.join(command)}"
+                command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
             path = self.netns_path(node)
             if path:
                 # nsenter, not `ip netns exec`: the latter also remounts /sys, which hides
@@ -703,6 +719,28 @@ def _mem_total_mb() -> int:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) // 1024
     raise SlurmError("no MemTotal in /proc/meminfo")
+
+
+def run_in_ipython(code: str, env: dict[str, str], timeout: float = 240) -> str:
+    """Run ``code`` in a real IPython (as a user's terminal would) with ``env``, then shut down
+    the orchestrator it started; its output, or an AssertionError with its end."""
+    import sys
+
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "IPython", "--no-banner", "--quick", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ywmagics", "shutdown"], env=env, timeout=60, check=False
+        )
 
 
 # --- fixtures -----------------------------------------------------------------------------------

@@ -150,6 +150,18 @@ def test_listing_and_status_text() -> None:
     ]
     queued = {"on": "big", "job": "13", "job_state": "PENDING"}
     assert placement_text(queued) == "big job 13 (pending)"
+    # An environment that a cluster's nodes build: its Python is theirs, found there.
+    listing["environments"] = [
+        {
+            "name": "r",
+            "version": "1",
+            "fingerprint": "f",
+            "config": {},
+            "python_version": None,
+            "node": "far",
+        }
+    ]
+    assert "  built on far's nodes  " in format_listing(listing).splitlines()[-1]
     assert table([], ["a"]) == "(none)"
     status = {"version": "0.1.0", "url": "http://127.0.0.1:1", "pid": 7, "uptime": 61.2}
     assert format_status(status).startswith(

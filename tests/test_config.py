@@ -64,7 +64,14 @@ def test_clusters_are_read_with_their_settings(tmp_path: Path) -> None:
     (big,) = load_user_config(file).clusters.values()
     assert (big.name, big.kind, big.partition, big.account) == ("big", "slurm", "gpu", "proj42")
     assert big.srun_options == ("--exclusive",) and big.python == "python3"
-    assert big.shared_dir == Path("~/shared").expanduser()
+    assert big.shared_dir == Path("~/shared").expanduser() and big.node_dir is None
+
+
+def test_a_cluster_without_a_shared_folder_keeps_its_node_dir_for_the_node(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text('[clusters.far]\nnode_dir = "~/scratch/$USER/yw"\n')
+    (far,) = load_user_config(file).clusters.values()
+    assert far.node_dir == "~/scratch/$USER/yw"  # expanded on the node, not here
 
 
 @pytest.mark.parametrize(
@@ -74,6 +81,8 @@ def test_clusters_are_read_with_their_settings(tmp_path: Path) -> None:
         ("[clusters.big]\nnodes = 3", r"unknown \[clusters.big\] setting\(s\): nodes"),
         ('[clusters.big]\nsrun_options = "--exclusive"', "srun_options must be a list"),
         ("clusters = 3", r"\[clusters\] must hold tables"),
+        ('[clusters.big]\nnode_dir = "/n"\nshared_dir = "/s"', "both shared_dir and node_dir"),
+        ('[clusters.big]\nnode_dir = " "', "node_dir must be a path on the nodes"),
     ],
 )
 def test_a_wrong_cluster_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

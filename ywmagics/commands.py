@@ -236,7 +236,7 @@ def format_listing(listing: Mapping[str, Any]) -> str:
         for i in listing["instances"]
     ]
     environments = [
-        {**e, "config": _config_text(e["config"]), "python": e.get("python_version") or "-"}
+        {**e, "config": _config_text(e["config"]), "python": _python_text(e)}
         for e in listing["environments"]
     ]
     columns = ["partition", "name", "version", "state", "config", "pid", "uptime"]
@@ -248,6 +248,15 @@ def format_listing(listing: Mapping[str, Any]) -> str:
         + "\n\nInstalled environments:\n"
         + table(environments, ["name", "version", "fingerprint", "python", "config"])
     )
+
+
+def _python_text(environment: Mapping[str, Any]) -> str:
+    """An environment's Python; one that a cluster's nodes build has the node's, found there."""
+    if environment.get("python_version"):
+        return str(environment["python_version"])
+    if environment.get("node"):
+        return f"built on {environment['node']}'s nodes"
+    return "-"
 
 
 def format_listing_html(
@@ -281,7 +290,7 @@ def format_listing_html(
         {
             **e,
             "config": _config_text(e.get("config") or {}),
-            "python": e.get("python_version") or "-",
+            "python": _python_text(e),
             "size": "not known yet" if e.get("size") is None else format_size(e["size"]),
             "last_used": "-" if not e.get("last_used") else format_ago(now - e["last_used"]),
         }

@@ -90,6 +90,9 @@ class ClusterSettings:
     srun_options: tuple[str, ...] = ()
     slurm_conf: Path | None = None
     shared_dir: Path | None = None
+    # Set where the nodes share no folder with this machine: environments are built on each
+    # node, in this folder of the node (``~`` and ``$VAR`` are expanded there).
+    node_dir: str | None = None
     python: str = "python3"
 
     @classmethod
@@ -119,6 +122,19 @@ class ClusterSettings:
                 if not isinstance(table[key], str):
                     raise ConfigurationError(f"{where}: [clusters.{name}] {key} must be a path")
                 values[key] = Path(table[key]).expanduser()
+        if "node_dir" in table:
+            if "shared_dir" in table:
+                raise ConfigurationError(
+                    f"{where}: [clusters.{name}] has both shared_dir and node_dir",
+                    hint="shared_dir: the nodes see a folder of this machine; node_dir: they do "
+                    "not, and build environments in a folder of their own",
+                )
+            if not isinstance(table["node_dir"], str) or not table["node_dir"].strip():
+                raise ConfigurationError(
+                    f"{where}: [clusters.{name}] node_dir must be a path on the nodes",
+                    hint='e.g. node_dir = "/scratch/$USER/ywmagics" (expanded on the node)',
+                )
+            values["node_dir"] = table["node_dir"]
         options = table.get("srun_options", [])
         if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
             raise ConfigurationError(

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ywmagics.errors import InstallError
-from ywmagics.orchestrator.interpreters import Interpreter, find_python, uv_binary
+from ywmagics.orchestrator.interpreters import (
+    Interpreter,
+    check_request,
+    find_python,
+    uv_binary,
+)
 from ywmagics.orchestrator.manifest import NOT_THE_BACKEND, Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import RunningSteps, run_logged
 from ywmagics.orchestrator.requirements import parse_requirements
@@ -64,6 +69,9 @@ class Environment:
     python: str | None
     python_version: str | None
     created: float
+    # The cluster whose nodes build it as an instance starts (no folder is shared with them):
+    # here it holds the backend's files only.
+    node: str | None = None
 
     @property
     def app(self) -> Path:
@@ -89,6 +97,8 @@ class Plan:
     requirements: tuple[str, ...]
     modules: tuple[str, ...]
     fingerprint: str
+    node: str | None = None  # see Environment.node
+    python_request: str = ""  # what config asks for (found on the node, for a node build)
 
 
 class Installer:
@@ -98,17 +108,23 @@ class Installer:
         self.uv = uv_binary()
         self.running = RunningSteps()
 
-    def plan(self, manifest: Manifest, config: dict[str, str]) -> Plan:
+    def plan(self, manifest: Manifest, config: dict[str, str], node: str | None = None) -> Plan:
+        """What to build for ``manifest`` with ``config``; with ``node`` (a cluster's name), an
+        environment that the nodes of that cluster build, with an interpreter of theirs."""
         interpreter = None
         modules: tuple[str, ...] = ()
+        python_request = config.get("python", "").strip()
         if manifest.runtime is Runtime.PYTHON:
-            interpreter = find_python(config.get("python", ""))
+            if node is None:
+                interpreter = find_python(python_request)
+            else:
+                check_request(python_request)
             modules = parse_requirements(config.get("modules", ""))
         requirements = manifest.requirements + modules
         # For a Python runtime, python and modules count as what they resolve to: an
         # interpreter and requirements (so 'six  idna' and 'six idna' are one environment).
         resolved = ("python", "modules") if manifest.runtime is Runtime.PYTHON else ()
-        identity = {
+        identity: dict[str, Any] = {
             "config": {k: v for k, v in sorted(config.items()) if k not in resolved},
             "python": [str(interpreter.path), interpreter.version] if interpreter else None,
             "requirements": requirements,
@@ -116,8 +132,19 @@ class Installer:
         }
         if manifest.runtime is Runtime.PYTHON:  # their copies are part of the environment
             identity["shared"] = _SHARED_DIGEST
+        if node is not None:
+            identity["node"] = [node, python_request]
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        return Plan(manifest, config, interpreter, requirements, modules, fingerprint[:12])
+        return Plan(
+            manifest,
+            config,
+            interpreter,
+            requirements,
+            modules,
+            fingerprint[:12],
+            node,
+            python_request,
+        )
 
     def final_path(self, plan: Plan) -> Path:
         return self.root / plan.manifest.name / plan.manifest.version / plan.fingerprint
@@ -170,6 +197,11 @@ class Installer:
         shutil.copytree(
             manifest.folder, folder / "app", ignore=shutil.ignore_patterns(*NOT_THE_BACKEND)
         )
+        if manifest.runtime is Runtime.PYTHON:
+            for name, source in SHARED_MODULES.items():
+                shutil.copyfile(source, folder / "app" / name)
+        if plan.node is not None:  # the rest is made on the node (placements.node_build)
+            return self._write_meta(plan, folder)
 
         def step(
             argv: list[str], text: str, progress: float, env: dict[str, str] | None = None
@@ -191,7 +223,6 @@ class Installer:
                     log_tail=tail,
                 )
 
-        interpreter = plan.interpreter
         if manifest.runtime is Runtime.PYTHON:
             self._build_python(plan, folder, log, step)
         for index, argv in enumerate(manifest.install):
@@ -201,15 +232,21 @@ class Installer:
                 f"install step {index + 1}/{len(manifest.install)}",
                 0.7,
             )
+        return self._write_meta(plan, folder)
+
+    @staticmethod
+    def _write_meta(plan: Plan, folder: Path) -> Environment:
+        interpreter = plan.interpreter
         environment = Environment(
-            name=manifest.name,
-            version=manifest.version,
+            name=plan.manifest.name,
+            version=plan.manifest.version,
             fingerprint=plan.fingerprint,
             path=folder,
             config=plan.config,
             python=str(interpreter.path) if interpreter else None,
             python_version=interpreter.version if interpreter else None,
             created=time.time(),
+            node=plan.node,
         )
         # Written last, atomically: the meta file is what makes the folder an environment.
         meta = folder / f".{META_FILE}.partial"
@@ -222,9 +259,6 @@ class Installer:
         the modules it shares with the kernel side next to its code."""
         interpreter = plan.interpreter
         assert interpreter is not None
-        app = folder / "app"
-        for name, source in SHARED_MODULES.items():
-            shutil.copyfile(source, app / name)
         venv = folder / "venv"
         python = str(venv / "bin" / "python")
         # Not the user's VIRTUAL_ENV, nor their UV_COMPILE_BYTECODE (their uv.toml is ignored

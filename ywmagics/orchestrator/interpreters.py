@@ -240,6 +240,21 @@ def _probe_all(candidates: Iterable[Path]) -> list[Interpreter]:
     return [interpreter for interpreter in found if interpreter is not None]
 
 
+def check_request(request: str) -> str:
+    """The version that ``request`` asks for, or the error of one that is neither a version nor
+    a path (also for interpreters looked for elsewhere: on a cluster's node)."""
+    request = request.strip()
+    if not request or os.sep in request or request.startswith("."):
+        return request
+    match = _VERSION_REQUEST.match(request)
+    if not match:
+        raise ConfigurationError(
+            f"{request!r} is not a Python version",
+            hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
+        )
+    return match.group(1)
+
+
 def find_python(request: str) -> Interpreter:
     """The interpreter for ``request`` (empty: the orchestrator's own), or a clear error."""
     request = request.strip()
@@ -263,13 +278,7 @@ def find_python(request: str) -> Interpreter:
         if found is None:
             raise ConfigurationError(f"{request!r} is not a working Python interpreter")
         return found
-    match = _VERSION_REQUEST.match(request)
-    if not match:
-        raise ConfigurationError(
-            f"{request!r} is not a Python version",
-            hint="use '3.10', 'python3.10', '3.10.13' or a path to an interpreter",
-        )
-    wanted = match.group(1)
+    wanted = check_request(request)
     on_path = _on_path(_named(f"python{'.'.join(wanted.split('.')[:2])}"))
     # Cheapest first, each group probed in parallel: programs on PATH and in pyenv (PATH's
     # first), uv's managed Pythons only when they have none (asking costs a process), scripts

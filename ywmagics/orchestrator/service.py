@@ -192,7 +192,9 @@ class Orchestrator:
             manifest = self.registry.resolve(spec.name, spec.range)
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
-            plan = await asyncio.to_thread(self.installer.plan, manifest, config)
+            plan = await asyncio.to_thread(
+                self.installer.plan, manifest, config, self._built_on_nodes_of(request.on)
+            )
             emit(
                 event_of(
                     EventKind.RESOLVED,
@@ -204,6 +206,11 @@ class Orchestrator:
             )
             plans.append((spec, plan))
         return plans
+
+    def _built_on_nodes_of(self, cluster: str | None) -> str | None:
+        """``cluster`` if its nodes build environments themselves (they share no folder)."""
+        settings = self.settings.clusters.get(cluster or "")
+        return cluster if settings is not None and settings.node_dir else None
 
     async def _install_one(
         self,
@@ -253,18 +260,17 @@ class Orchestrator:
         async with lock:
             existing = self.installer.find(plan)
             if existing is not None:
-                emit(
-                    event_of(
-                        EventKind.REUSED,
-                        manifest,
-                        partition,
-                        f"environment {existing.fingerprint} already installed",
-                        0.8,
-                    )
-                )
+                said, progress = f"environment {existing.fingerprint} already installed", 0.8
+                if plan.node is not None:
+                    said, progress = f"{said} here; its node has it or builds it", 0.1
+                emit(event_of(EventKind.REUSED, manifest, partition, said, progress))
                 return existing
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
+        if plan.node is not None:
+            said = f"environment {environment.fingerprint} prepared: its node builds the rest"
+            emit(event_of(EventKind.BUILT, manifest, partition, said, 0.1))
+            return environment
         emit(
             event_of(
                 EventKind.BUILT,
@@ -392,7 +398,7 @@ class Orchestrator:
                 manifest = self._manifest_of(environment)
                 if manifest is not None:
                     plan = await asyncio.to_thread(
-                        self.installer.plan, manifest, environment.config
+                        self.installer.plan, manifest, environment.config, environment.node
                     )
                     if plan.fingerprint == environment.fingerprint:
                         candidates.setdefault(environment.version, (plan, environment))
@@ -415,7 +421,14 @@ class Orchestrator:
             )
         self._starting[environment.path] += 1
         try:
-            return await self.supervisor.ensure(partition, plan, environment, self.bus.publish)
+            # An environment that a cluster's nodes build runs there, and nowhere else.
+            return await self.supervisor.ensure(
+                partition,
+                plan,
+                environment,
+                self.bus.publish,
+                placement=environment.node or "local",
+            )
         finally:
             self._starting[environment.path] -= 1
             if not self._starting[environment.path]:

@@ -439,7 +439,9 @@ class Supervisor:
                     ),
                     cwd=launch.cwd,
                     env=launch.env,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.DEVNULL
+                    if launch.stdin is None
+                    else asyncio.subprocess.PIPE,
                     stdout=log_file if launch.stdout_to_log else asyncio.subprocess.PIPE,
                     stderr=log_file,
                     start_new_session=True,  # its own process group, signalled as a whole
@@ -452,6 +454,8 @@ class Supervisor:
                     f"{error.strerror or error}",
                     hint="is the program on PATH? Check the manifest's 'start' command",
                 ) from error
+        if launch.stdin is not None and process.stdin is not None:
+            process.stdin.write(launch.stdin)  # not closed: its end says that we are gone
         instance.process = process
         instance.started_at = time.monotonic()
         instance.state = InstanceState.STARTING

@@ -37,6 +37,8 @@ class Launch:
     # False: the placement reads the child's output (the node shim's first line says where
     # the backend is), and writes it to the log itself
     stdout_to_log: bool = True
+    # written to the child's stdin, which stays open for its life (else: /dev/null)
+    stdin: bytes | None = None
 
 
 class Placement(Protocol):

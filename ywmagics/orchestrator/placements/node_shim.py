@@ -4,13 +4,22 @@ Standard library only, Python 3.8 or later, one file (it runs with whatever ``py
 node has)::
 
     python3 -I node_shim.py CONFIG_PATH
+    python3 -I -c BOOTSTRAP        (where no folder is shared: see below)
 
 CONFIG_PATH is a private JSON file (mode 0600, this user's), deleted as soon as it is read::
 
     {"argv": [...], "env": {...}, "cwd": "...", "listen": "unix" | "tcp", "reach": "HOST",
-     "cert": "PEM", "key": "PEM", "peer": "PEM", "lease": 10.0}
+     "cert": "PEM", "key": "PEM", "peer": "PEM", "lease": 10.0, "build": {...}}
 
-(Other fields are ignored.)
+(Other fields are ignored.) Where the node shares no folder with the orchestrator, ``-`` in place
+of CONFIG_PATH reads that JSON as one line of stdin (srun's, a pipe of the orchestrator), after
+``slurm.BOOTSTRAP`` has read this file's source and :mod:`node_build`'s from the line before. Then
+``build`` says what to build on the node first (see
+:mod:`~ywmagics.orchestrator.placements.node_build`), each step said on stdout as ``YW-BUILD
+{"text": ..., "progress": ...}``, the end as ``YW-BUILT {...}`` or ``YW-FAILED {"message": ...,
+"tail": [...]}`` (exit 3); ``{env}``, ``{app}``, ``{python}`` and ``{data}`` in ``argv``, ``env``
+and ``cwd`` are then the built environment's. The end of stdin during the build (the orchestrator
+gone) cancels it.
 
 The shim starts the backend (``{socket}`` or ``{port}`` in ``argv`` and ``env`` filled in, on a
 Unix socket in a private folder or a TCP port on 127.0.0.1; the node's environment with ``env``
@@ -52,13 +61,16 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 READY = "YW-SHIM"
+BUILD, BUILT, FAILED = "YW-BUILD", "YW-BUILT", "YW-FAILED"
 LEASE, PROXY, REVERSE = "yw-lease", "http/1.1", "yw-reverse"
 USAGE_ERROR = 2  # exit code: refused to run (bad or unsafe configuration)
 LEASE_LAPSED = 75  # exit code: the orchestrator stopped renewing the lease (EX_TEMPFAIL)
+BUILD_FAILED = 3  # exit code: the environment could not be built on the node
 END_GRACE = 3.0  # seconds the backend has after SIGTERM, then SIGKILL
 HANDSHAKE_TIMEOUT = 10.0
 REVERSE_WAIT = 10.0  # seconds a backend's call waits for a reverse connection
@@ -109,6 +121,21 @@ class Config:
             self.peer_digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(self.peer)).digest()
         except ValueError:
             raise Refused("configuration field 'peer' is not a PEM certificate") from None
+        self.build: dict[str, Any] | None = raw.get("build")
+        if self.build is not None and not isinstance(self.build, dict):
+            raise Refused("configuration field 'build' must be an object")
+
+    def fill(self, placeholders: dict[str, str]) -> None:
+        """Put the built environment's paths into what starts the backend."""
+
+        def filled(text: str) -> str:
+            for name, value in placeholders.items():
+                text = text.replace("{" + name + "}", value)
+            return text
+
+        self.argv = [filled(arg) for arg in self.argv]
+        self.env = {name: filled(value) for name, value in self.env.items()}
+        self.cwd = filled(self.cwd)
 
 
 def read_config(path: str) -> Config:
@@ -137,6 +164,62 @@ def read_config(path: str) -> Config:
     if not isinstance(raw, dict):
         raise Refused(f"{path} is not a JSON object")
     return Config(raw)
+
+
+def read_config_line() -> Config:
+    """The configuration as the next line of stdin (no folder is shared with the orchestrator)."""
+    try:
+        raw = json.loads(sys.stdin.buffer.readline())
+    except ValueError as error:
+        raise Refused(f"the configuration on stdin is not JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise Refused("the configuration on stdin is not a JSON object")
+    return Config(raw)
+
+
+def build_on_node(config: Config) -> int:
+    """Build the environment that ``config.build`` describes, or find it built; 0 once the
+    backend's paths are filled in, else :data:`BUILD_FAILED` (said on stdout)."""
+    if TYPE_CHECKING:
+        from ywmagics.orchestrator.placements import node_build
+    else:  # sent with this file's source (slurm.BOOTSTRAP): there is no package on the node
+        import node_build
+
+    def report(text: str, progress: float | None) -> None:
+        print(f"{BUILD} {json.dumps({'text': text, 'progress': progress})}", flush=True)
+
+    assert config.build is not None
+    try:
+        builder = node_build.Builder(config.build, report)
+    except node_build.BuildFailed as error:
+        print(f"{FAILED} {json.dumps({'message': error.message, 'tail': []})}", flush=True)
+        return BUILD_FAILED
+
+    def watch_stdin() -> None:  # its end: the orchestrator (and its pipe to srun) is gone
+        while sys.stdin.buffer.read(4096):
+            pass
+        builder.cancel()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    started = time.monotonic()
+    try:
+        placed = builder.run()
+    except node_build.BuildFailed as error:
+        said = {"message": error.message, "tail": error.tail}
+        print(f"{FAILED} {json.dumps(said)}", flush=True)
+        if builder.cancelled.is_set():  # nobody waits for this job: its allocation too
+            end_own_job()
+        return BUILD_FAILED
+    done = {
+        "built": bool(placed.pop("built")),
+        "node": node_build.node_name(),
+        "seconds": round(time.monotonic() - started, 2),
+        "python_version": placed.pop("python_version"),
+        "env": placed["env"],
+    }
+    print(f"{BUILT} {json.dumps(done)}", flush=True)
+    config.fill(placed)
+    return 0
 
 
 def private_file(folder: str, name: str, text: str) -> str:
@@ -690,10 +773,14 @@ def main(argv: list[str]) -> int:
         say("usage: node_shim.py CONFIG_PATH")
         return USAGE_ERROR
     try:
-        config = read_config(argv[1])
+        config = read_config_line() if argv[1] == "-" else read_config(argv[1])
     except Refused as error:
         say(str(error))
         return USAGE_ERROR
+    if config.build is not None:
+        code = build_on_node(config)
+        if code:
+            return code
 
     async def run() -> int:
         return await Shim(config).run()

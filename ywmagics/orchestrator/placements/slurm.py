@@ -4,6 +4,11 @@ the node, on a private socket, and is the only thing there that listens.
 
 - **Certificates**: made for each start (one for the shim, one for us), pinned both ways, handed
   to the shim in a private file (0600) of a folder the nodes share, never on a command line.
+- **No shared folder** (the cluster's ``node_dir``): the shim's source, then its configuration,
+  go as two lines on srun's stdin (:data:`BOOTSTRAP` on the command line reads them), and the
+  shim builds the environment on the node (:mod:`~ywmagics.orchestrator.placements.node_build`)
+  before it starts the backend, each step said as an event. The pipe stays open: its end (this
+  orchestrator gone) cancels a build that runs.
 - **Where it is**: the shim says its address in its first line of output (``YW-SHIM {...}``),
   which ``srun`` relays to us; nothing is guessed. Until then the job may wait in the queue:
   each change of its state and of Slurm's reason is said (``queued``).
@@ -19,8 +24,10 @@ the node, on a private socket, and is the only thing there that listens.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,6 +36,7 @@ import secrets
 import shutil
 import signal
 import socket
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +46,7 @@ from ywmagics.errors import StartError
 from ywmagics.events import EventKind
 from ywmagics.orchestrator.config import ClusterSettings
 from ywmagics.orchestrator.events import event_of
-from ywmagics.orchestrator.manifest import Listen, expand
+from ywmagics.orchestrator.manifest import Listen, Runtime, expand
 from ywmagics.orchestrator.placements import Launch
 from ywmagics.orchestrator.processes import signal_group, tail_of
 from ywmagics.orchestrator.upstream import UpstreamPool
@@ -51,7 +59,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ywmagics.orchestrator")
 SHIM = Path(__file__).with_name("node_shim.py")
+NODE_BUILD = Path(__file__).with_name("node_build.py")
 READY = "YW-SHIM "
+BUILD, BUILT, FAILED = "YW-BUILD ", "YW-BUILT ", "YW-FAILED "
+# The command line of a shim that has no file on the node (Python 3.8+): stdin's first line holds
+# the sources, which it runs; the shim then reads its configuration from the second ("-").
+BOOTSTRAP = (
+    "import json,sys,types\n"
+    "sources=json.loads(sys.stdin.buffer.readline())\n"
+    "for name,source in sources['modules'].items():\n"
+    " module=types.ModuleType(name);module.__file__=name+'.py';sys.modules[name]=module\n"
+    " exec(compile(source,name+'.py','exec'),module.__dict__)\n"
+    "sys.argv=['node_shim.py','-']\n"
+    "exec(compile(sources['shim'],'node_shim.py','exec'))\n"
+)
+MAX_BUNDLE = 64 * 1024 * 1024  # bytes of a backend's files sent to a node that builds it
 LEASE_ALPN, REVERSE_ALPN = "yw-lease", "yw-reverse"  # and "http/1.1": what a connection is
 LEASE = 10.0  # seconds a shim runs on without hearing from us (the issue asks for 30 at most)
 HEARTBEAT = 1.0
@@ -78,7 +100,7 @@ class _Job:
     """What an instance holds on the cluster, for one start."""
 
     name: str
-    config: Path
+    config: Path | None  # None: it went on srun's stdin
     shim_cert: str
     client_cert: str
     client_key: str
@@ -91,6 +113,8 @@ class _Job:
     tasks: list[asyncio.Future[Any]] = field(default_factory=list)
     lease: asyncio.StreamWriter | None = None
     cancelled: bool = False  # stopped while it waited in the queue
+    failure: dict[str, Any] | None = None  # what the node said of a build that failed
+    built_python: str | None = None  # the Python version of an environment built on the node
     idle_reverse: int = 0  # reverse connections open and not used yet
     contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
@@ -145,17 +169,25 @@ class SlurmPlacement:
             )
         from ywmagics.orchestrator.placements import certificates  # cryptography: only here
 
-        manifest = instance.manifest
-        folder = paths.private_dir(self.shared_dir / "jobs")
+        manifest, on_node = instance.manifest, instance.environment.node is not None
+        if on_node and self.cluster.node_dir is None:
+            raise StartError(
+                f"{instance.where} was installed to be built on the nodes of "
+                f"{self.cluster.name!r}, whose entry no longer has a node_dir",
+                hint=f"install it again with --on {self.cluster.name}",
+            )
         shim_cert, shim_key = certificates.self_signed("ywmagics-node")
         client_cert, client_key = certificates.self_signed("ywmagics-orchestrator")
         kept = {**placeholders, "socket": "{socket}", "port": "{port}"}  # the shim's to fill
         backend_env = {k: v for k, v in env.items() if k.startswith("YW_") or k == "PYTHONPATH"}
+        if on_node:  # paths of the node, known once it has built the environment
+            kept.update(env="{env}", app="{app}", python="{python}", data="{data}")
+            backend_env.update(PYTHONPATH="{app}", YW_DATA_DIR="{data}")
         backend_env.update({k: expand(v, kept) for k, v in manifest.env.items()})
         config = {
             "argv": [expand(arg, kept) for arg in manifest.start],
             "env": backend_env,
-            "cwd": str(instance.environment.path),
+            "cwd": "{env}" if on_node else str(instance.environment.path),
             "listen": "unix" if manifest.listen is Listen.UNIX else "tcp",
             "reach": await self._reach(),
             "cert": shim_cert,
@@ -164,12 +196,7 @@ class SlurmPlacement:
             "lease": LEASE,
         }
         name = f"{self._job_prefix}{secrets.token_hex(6)}"
-        path = folder / f"{name}-{secrets.token_hex(4)}.json"
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(config, file)
-        self._jobs[instance.browser_label] = _Job(name, path, shim_cert, client_cert, client_key)
-        argv = [
+        srun = [
             "srun",
             f"--job-name={name}",
             "--nodes=1",
@@ -177,18 +204,58 @@ class SlurmPlacement:
             "--unbuffered",  # the shim's first line at once
             *self._options(instance.resources),
             *self.cluster.srun_options,
-            self.cluster.python,
-            "-I",
-            str(SHIM),
-            str(path),
         ]
-        launch = Launch(argv, self._slurm_env(), folder, stdout_to_log=False)
+        if on_node:
+            config["build"] = self._build_spec(instance, kept)
+            sources = {"modules": {"node_build": NODE_BUILD.read_text()}, "shim": SHIM.read_text()}
+            stdin = f"{json.dumps(sources)}\n{json.dumps(config)}\n".encode()
+            # No folder of ours is on the node: srun's own is not either.
+            argv = [*srun, "--chdir=/", self.cluster.python, "-I", "-c", BOOTSTRAP]
+            path = None
+            launch = Launch(argv, self._slurm_env(), instance.environment.path, stdin=stdin)
+        else:
+            folder = paths.private_dir(self.shared_dir / "jobs")
+            path = folder / f"{name}-{secrets.token_hex(4)}.json"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with os.fdopen(os.open(path, flags, 0o600), "w") as file:
+                json.dump(config, file)
+            argv = [*srun, self.cluster.python, "-I", str(SHIM), str(path)]
+            launch = Launch(argv, self._slurm_env(), folder)
+        launch.stdout_to_log = False
+        self._jobs[instance.browser_label] = _Job(name, path, shim_cert, client_cert, client_key)
         if manifest.listen is not Listen.UNIX:
             launch.warnings.append(
                 "it listens on a TCP port of the node's loopback, which every user of that node "
                 "can reach (a Unix socket backend is private to you there)"
             )
         return launch
+
+    def _build_spec(self, instance: Instance, kept: dict[str, str]) -> dict[str, Any]:
+        """What the node builds (see node_build.Builder): the environment's files, as prepared
+        here, and the rest of what Installer would do."""
+        environment, plan = instance.environment, instance.plan
+        bundle = io.BytesIO()
+        with tarfile.open(fileobj=bundle, mode="w:gz", compresslevel=6) as tar:
+            tar.add(environment.app, arcname=".")
+        if bundle.tell() > MAX_BUNDLE:
+            raise StartError(
+                f"{instance.where}: its files are {bundle.tell() / 2**20:.0f} MiB compressed, "
+                f"more than the {MAX_BUNDLE // 2**20} MiB sent to a node that builds it",
+                hint="leave data out of the backend's folder (fetch it from the node instead), "
+                "or use a cluster whose nodes share a folder (shared_dir)",
+            )
+        python_runtime = plan.manifest.runtime is Runtime.PYTHON
+        return {
+            "dir": self.cluster.node_dir,
+            "name": environment.name,
+            "version": environment.version,
+            "fingerprint": environment.fingerprint,
+            "app": base64.b64encode(bundle.getvalue()).decode(),
+            "python": plan.python_request if python_runtime else None,
+            "requirements": list(plan.requirements) if python_runtime else [],
+            "install": [[expand(arg, kept) for arg in argv] for argv in plan.manifest.install],
+            "data": list(instance.data_path.parts[-2:]),
+        }
 
     def _options(self, resources: dict[str, str]) -> list[str]:
         chosen = {
@@ -271,6 +338,13 @@ class SlurmPlacement:
                     continue
                 if not line:  # srun ended first: refused, or the job failed to start
                     await process.wait()
+                    if job.failure is not None:
+                        raise StartError(
+                            f"{instance.where}: {job.failure.get('message', 'its build failed')}",
+                            hint=f"the node's build output is in its log ({instance.log_path}); "
+                            "fix what it says, then install again",
+                            log_tail="\n".join(job.failure.get("tail") or []),
+                        )
                     if job.cancelled:
                         raise StartError(
                             f"{instance.where} was stopped while its job waited in the queue",
@@ -288,8 +362,39 @@ class SlurmPlacement:
                 if text.startswith(READY):
                     await self._look_at_queue(instance, job, emit, started=True)
                     return dict(json.loads(text[len(READY) :]))
+                if text.startswith((BUILD, BUILT, FAILED)):
+                    text = self._said_by_build(instance, job, emit, text)
+                    line = f"{text}\n".encode()
                 log_file.write(line)
                 log_file.flush()
+
+    def _said_by_build(self, instance: Instance, job: _Job, emit: Emit, text: str) -> str:
+        """An event for a line of the node's build; the line, as the log keeps it."""
+        word, _, rest = text.partition(" ")
+        try:
+            said = json.loads(rest)
+        except ValueError:
+            return text.rstrip()
+        if not isinstance(said, dict):
+            return text.rstrip()
+        manifest, partition = instance.manifest, instance.partition
+        if word == BUILD.strip():
+            progress = said.get("progress")
+            progress = float(progress) if isinstance(progress, (int, float)) else None
+            emit(event_of(EventKind.BUILDING, manifest, partition, str(said.get("text")), progress))
+            return f"[build on the node] {said.get('text')}"
+        if word == BUILT.strip():
+            node, env = said.get("node"), said.get("env")
+            if said.get("built"):
+                message = f"environment built on {node} in {said.get('seconds')} s ({env})"
+                emit(event_of(EventKind.BUILT, manifest, partition, message, 0.85))
+            else:
+                message = f"environment {instance.environment.fingerprint} already built on {node}"
+                emit(event_of(EventKind.REUSED, manifest, partition, message, 0.85))
+            job.built_python = str(said.get("python_version") or "") or None
+            return f"[build on the node] {message}"
+        job.failure = said
+        return f"[build on the node] failed: {said.get('message')}"
 
     async def _look_at_queue(
         self, instance: Instance, job: _Job, emit: Emit, started: bool = False
@@ -443,8 +548,9 @@ class SlurmPlacement:
             )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(scancel.wait(), 10)
-        with contextlib.suppress(FileNotFoundError):
-            job.config.unlink()  # the shim removes it as it reads it: a job that never ran
+        if job.config is not None:
+            with contextlib.suppress(FileNotFoundError):
+                job.config.unlink()  # the shim removes it as it reads it: a job that never ran
 
     async def sweep(self) -> list[str]:
         """Cancel the jobs a previous orchestrator of this machine left (killed with its srun:
@@ -496,6 +602,7 @@ class SlurmPlacement:
             "job_state": job.state,
             "node": job.node,
             "address": f"{job.host}:{job.port}" if job.host else None,
+            **({"python_on_node": job.built_python} if job.built_python else {}),
         }
 
 
