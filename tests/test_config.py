@@ -64,6 +64,10 @@ def test_clusters_are_read_with_their_settings(tmp_path: Path) -> None:
     (big,) = load_user_config(file).clusters.values()
     assert (big.name, big.kind, big.partition, big.account) == ("big", "slurm", "gpu", "proj42")
     assert big.srun_options == ("--exclusive",) and big.python == "python3"
+    kept = ["--exclusive", "-c4", "--nodelist=n1", "-p", "gpu", "--export=ALL"]
+    text = f"[clusters.ok]\nsrun_options = {kept!r}\n".replace("'", '"')
+    file.write_text(text)
+    assert load_user_config(file).clusters["ok"].srun_options == tuple(kept)
     assert big.shared_dir == Path("~/shared").expanduser() and big.node_dir is None
 
 
@@ -83,6 +87,10 @@ def test_a_cluster_without_a_shared_folder_keeps_its_node_dir_for_the_node(tmp_p
         ("clusters = 3", r"\[clusters\] must hold tables"),
         ('[clusters.big]\nnode_dir = "/n"\nshared_dir = "/s"', "both shared_dir and node_dir"),
         ('[clusters.big]\nnode_dir = " "', "node_dir must be a path on the nodes"),
+        ('[clusters.big]\nsrun_options = ["--label"]', "'--label' is not yours to set"),
+        ('[clusters.big]\nsrun_options = ["-ofile"]', "srun's output is read by the orchestrator"),
+        ('[clusters.big]\nsrun_options = ["--ntasks=4"]', "one job of one task runs the node shim"),
+        ('[clusters.big]\nsrun_options = ["-J", "x"]', "the job's name is how"),
     ],
 )
 def test_a_wrong_cluster_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

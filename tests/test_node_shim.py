@@ -155,6 +155,7 @@ def start_shim(tmp_path: Path, pki: Pki) -> Iterator[StartShim]:
         mode: int = 0o600,
         wait: bool = True,
         python: str = sys.executable,
+        nofile: tuple[int, int] | None = None,
     ) -> Shim:
         config = tmp_path / f"shim-{len(started)}.json"
         settings = {
@@ -173,8 +174,9 @@ def start_shim(tmp_path: Path, pki: Pki) -> Iterator[StartShim]:
         with os.fdopen(descriptor, "w") as file:
             json.dump(settings, file)
         config.chmod(mode)
+        limit = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}"] if nofile else []
         process = subprocess.Popen(
-            [python, "-I", SHIM, str(config)],
+            [*limit, python, "-I", SHIM, str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -627,3 +629,62 @@ def test_certificates_are_fresh_and_fingerprinted() -> None:
     assert certificates.fingerprint(first[0]) != certificates.fingerprint(second[0])
     assert len(certificates.fingerprint(first[0])) == 64
     assert "PRIVATE KEY" in first[1] and "CERTIFICATE" in first[0]
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end has closed ``sock`` by now (looked at without waiting)."""
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_a_flood_of_connections_is_capped_said_in_few_lines_and_the_orchestrator_served_on(
+    start_shim: StartShim, pki: Pki, open_lease: OpenLease
+) -> None:
+    shim = start_shim()
+    lease = open_lease(shim)
+    lease.pinging.set()
+    served = ready_connection(shim, pki.context(PROXY))
+    _, body = get(served, "/env")
+    calls_port = int(json.loads(body)["env"]["YW_ORCHESTRATOR_URL"].rsplit(":", 1)[1])
+    foreign = pki.context(PROXY, client=pki.foreign)
+    for _ in range(60):
+        assert not answers(shim.endpoint, foreign)
+    # Another user of the node fills the port for the backend's calls, and the TLS port with
+    # connections that never begin their handshake: those beyond the caps are closed at once.
+    calls = [
+        socket.create_connection(("127.0.0.1", calls_port)) for _ in range(node_shim.MAX_CALLS + 20)
+    ]
+    silent = [
+        socket.create_connection(shim.endpoint) for _ in range(node_shim.MAX_HANDSHAKING + 20)
+    ]
+    try:
+        time.sleep(0.5)
+        assert sum(map(_closed_by_peer, calls)) == 20
+        assert sum(map(_closed_by_peer, silent)) == 20
+        assert get(served, "/")[0] == 200  # the orchestrator's connection is served on
+    finally:
+        served.close()
+        for sock in calls + silent:
+            sock.close()
+    time.sleep(0.2)
+    ready_connection(shim, pki.context(PROXY)).close()  # and new ones once those are gone
+    lease.send("PING\n")
+    lease.expect("PONG")
+    assert shim.process.poll() is None
+    # One line per kind, however many came (60 refused, 20 and 20 closed).
+    said = [line for line in shim.stderr if "refused" in line or "closed a connection" in line]
+    assert len(said) == 3, said
+    assert "refused a connection from 127.0.0.1" in said[0]
+    assert "backend's calls: 128 are already open" in said[1]
+    assert "256 are already in their handshake" in said[2]
+
+
+def test_the_shim_raises_its_descriptor_limit_to_the_hard_one(start_shim: StartShim) -> None:
+    shim = start_shim(nofile=(256, 4096))  # as a node's defaults may be
+    limits = Path(f"/proc/{shim.process.pid}/limits").read_text()
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"], line

@@ -394,3 +394,21 @@ def test_a_stop_while_the_job_waits_in_the_queue_cancels_it_at_once(
         assert [line.split()[0] for line in _jobs(slurm)] == [blocker]
     finally:
         slurm.run("scancel", blocker)
+
+
+def test_a_cluster_whose_slurm_conf_is_missing_says_so_at_once(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[clusters.gone]\nslurm_conf = "{tmp_path}/no.conf"\n')
+    process, connection = start_orchestrator(home)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StartError) as refused:
+            ywmagics.install({"modules": ["node_echo"], "on": "gone"}, connection=connection)
+        assert time.monotonic() - started < 10  # srun would wait about a minute, then say little
+        assert f"its slurm_conf {tmp_path}/no.conf is not a file" in refused.value.message
+        assert "[clusters.gone] of config.toml" in refused.value.hint
+    finally:
+        stop_orchestrator(process)

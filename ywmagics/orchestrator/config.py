@@ -141,8 +141,50 @@ class ClusterSettings:
                 f"{where}: [clusters.{name}] srun_options must be a list of strings",
                 hint='e.g. srun_options = ["--exclusive"]',
             )
+        for option in options:
+            taken = _option_we_set(option)
+            if taken:
+                raise ConfigurationError(
+                    f"{where}: [clusters.{name}] srun_options: {option!r} is not yours to set",
+                    hint=f"{taken}; resources go in --resources (cpus, mem, time, gres, ...)",
+                )
         values["srun_options"] = tuple(options)
         return cls(**values)
+
+
+# srun options that would break what the orchestrator relies on, and why.
+_SRUN_OUTPUT = (
+    "srun's output is read by the orchestrator (the node shim's address is its first line)"
+)
+_ONE_TASK = "one job of one task runs the node shim"
+_OPTIONS_WE_SET = {
+    "--label": _SRUN_OUTPUT,
+    "-l": _SRUN_OUTPUT,
+    "--output": _SRUN_OUTPUT,
+    "-o": _SRUN_OUTPUT,
+    "--error": _SRUN_OUTPUT,
+    "-e": _SRUN_OUTPUT,
+    "--input": "the shim's configuration may come on srun's stdin",
+    "-i": "the shim's configuration may come on srun's stdin",
+    "--pty": _SRUN_OUTPUT,
+    "--nodes": _ONE_TASK,
+    "-N": _ONE_TASK,
+    "--ntasks": _ONE_TASK,
+    "-n": _ONE_TASK,
+    "--job-name": "the job's name is how the orchestrator finds its jobs again",
+    "-J": "the job's name is how the orchestrator finds its jobs again",
+}
+
+
+def _option_we_set(option: str) -> str | None:
+    """Why ``option`` is refused in srun_options (``--label``, ``--output=x``, ``-ox``), if so."""
+    for known, why in _OPTIONS_WE_SET.items():
+        long = known.startswith("--")
+        if option == known or (long and option.startswith(known + "=")):
+            return why
+        if not long and option.startswith(known) and known != "-l":  # -ofile, -N2
+            return why
+    return None
 
 
 @dataclass(frozen=True)

@@ -77,11 +77,46 @@ REVERSE_WAIT = 10.0  # seconds a backend's call waits for a reverse connection
 REVERSE_SPARE = 2  # idle reverse connections kept ahead of the backend's calls
 NEED_RETRY = 5.0  # seconds after which reverse connections asked for and not come are asked again
 CHUNK = 256 * 1024
+# Anyone who reaches the node can open connections (its TLS port), and any user of the node the
+# port for the backend's calls: so many at most wait there, beyond them new ones are closed at
+# once, so that they cannot take every descriptor of the shim (its established connections, the
+# orchestrator's, go on). Each kind of complaint is said at most once per SAY_EVERY seconds.
+MAX_HANDSHAKING = 256  # TLS connections that have not shown the orchestrator's certificate
+MAX_CALLS = 128  # connections of the backend's calls, waiting or relayed
+SAY_EVERY = 10.0
 
 
 def say(message: str) -> None:
     text = " ".join(str(message).split())  # one line, whatever an error's text holds
     print(f"ywmagics node shim: {text}", file=sys.stderr, flush=True)
+
+
+_said_at: dict[str, tuple[float, int]] = {}  # kind -> when last said, how many held back since
+
+
+def say_now_and_then(kind: str, message: str) -> None:
+    """:func:`say`, for what others can make happen at will (a flood of connections): each
+    ``kind`` once per :data:`SAY_EVERY` seconds, with the count of those held back (else the
+    log, which is the orchestrator's, grows as fast as they can connect)."""
+    now = time.monotonic()
+    last, held = _said_at.get(kind, (-SAY_EVERY, 0))
+    if now - last < SAY_EVERY:
+        _said_at[kind] = (last, held + 1)
+        return
+    _said_at[kind] = (now, 0)
+    say(message + (f" ({held} more like it in the last {now - last:.0f} s)" if held else ""))
+
+
+def raise_descriptor_limit() -> None:
+    """Up to the hard limit: a node's soft limit (often 1024) is for programs, not relays."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 class Refused(Exception):
@@ -309,6 +344,15 @@ class Side(asyncio.Protocol):
             self.peer.close()
         self.shim.forget(self)
 
+    def admit(self, into: set[Any], cap: int, kind: str, refusal: str) -> bool:
+        """Count this connection in ``into``; one past ``cap`` is closed at once instead."""
+        if len(into) >= cap:
+            self.transport.abort()
+            say_now_and_then(kind, refusal)
+            return False
+        into.add(self)
+        return True
+
     def attach(self, peer: End) -> None:
         self.peer = peer
         if self.eof_in:
@@ -344,10 +388,18 @@ class Tls(Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.timer = self.shim.loop.call_later(HANDSHAKE_TIMEOUT, self.transport.abort)
+        self.admit(
+            self.shim.handshaking,
+            MAX_HANDSHAKING,
+            "handshakes",
+            f"closed a connection from {self._address()}: {MAX_HANDSHAKING} are already in "
+            "their handshake",
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer.cancel()
+        self.shim.handshaking.discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -360,8 +412,10 @@ class Tls(Side):
             except ssl.SSLError as error:
                 self._flush()  # the alert, so that the client learns why
                 self.transport.close()
-                return say(f"refused a connection from {self._address()}: {error.reason or error}")
+                why = f"refused a connection from {self._address()}: {error.reason or error}"
+                return say_now_and_then("handshake", why)
             self.ready = True
+            self.shim.handshaking.discard(self)
             self.timer.cancel()
             self._flush()
             if not self.shim.accept(self):
@@ -454,9 +508,21 @@ class Plain(Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.peer is None:
+        if self.peer is None:  # a call of the backend (or of another user of the node)
+            if not self.admit(
+                self.shim.calls,
+                MAX_CALLS,
+                "calls",
+                f"closed a connection to the port for the backend's calls: {MAX_CALLS} are "
+                "already open (another user of the node may be filling it)",
+            ):
+                return
             self.transport.pause_reading()  # until a reverse connection is paired with it
             self.shim.wait_for_reverse(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shim.calls.discard(self)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None:
@@ -543,8 +609,15 @@ class Shim:
         self.idle: list[Tls] = []  # reverse connections from the orchestrator, unused yet
         self.waiting: dict[Plain, asyncio.TimerHandle] = {}  # backend calls without one
         self.asked, self.asked_at = 0, 0.0  # reverse connections asked for, not come yet
+        self.handshaking: set[Tls] = set()  # capped: see MAX_HANDSHAKING
+        self.calls: set[Plain] = set()  # capped: see MAX_CALLS
 
     async def run(self) -> int:
+        # asyncio's own complaints (an accept that fails for want of descriptors, each time the
+        # loop turns) are said the same way.
+        self.loop.set_exception_handler(
+            lambda _, context: say_now_and_then("asyncio", str(context.get("message")))
+        )
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             name = signal.Signals(signum).name
             self.loop.add_signal_handler(signum, self.finish, 128 + signum, f"got {name}: stopped")
@@ -665,7 +738,10 @@ class Shim:
         """Give a connection that passed the handshake its role; False closes it."""
         der = tls.tls.getpeercert(binary_form=True) or b""
         if not hmac.compare_digest(hashlib.sha256(der).digest(), self.config.peer_digest):
-            say(f"refused a connection from {tls._address()}: not the orchestrator's certificate")
+            say_now_and_then(
+                "certificate",
+                f"refused a connection from {tls._address()}: not the orchestrator's certificate",
+            )
             return False
         alpn = tls.tls.selected_alpn_protocol()
         if alpn == LEASE:
@@ -682,7 +758,9 @@ class Shim:
             self.asked = max(0, self.asked - 1)
             self.pair()
         else:
-            say(f"refused a connection from {tls._address()}: no known ALPN ({alpn})")
+            say_now_and_then(
+                "alpn", f"refused a connection from {tls._address()}: no known ALPN ({alpn})"
+            )
             return False
         return True
 
@@ -707,8 +785,10 @@ class Shim:
 
     def _gave_up(self, plain: Plain) -> None:
         if self.waiting.pop(plain, None) is not None:
-            say(
-                f"a call of the backend got no connection to the orchestrator in {REVERSE_WAIT:g} s"
+            say_now_and_then(
+                "gave up",
+                "a call of the backend got no connection to the orchestrator in "
+                f"{REVERSE_WAIT:g} s",
             )
             plain.transport.abort()
 
@@ -781,6 +861,7 @@ def main(argv: list[str]) -> int:
         code = build_on_node(config)
         if code:
             return code
+    raise_descriptor_limit()
 
     async def run() -> int:
         return await Shim(config).run()

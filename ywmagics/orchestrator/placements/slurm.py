@@ -80,6 +80,18 @@ HEARTBEAT = 1.0
 SILENCE = 5.0  # seconds without a PONG after which the shim is taken as gone
 QUEUE_LOOK_EVERY = 1.0  # seconds to the first look at a job that has not started yet...
 QUEUE_LOOK_MAX = 30.0  # ...then twice as long each time, up to this (slurmctld is shared)
+# Reasons of a pending job that time does not cure (Slurm's JOB_REASON names): said as such.
+NEVER_STARTS = {
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "AccountNotAllowed",
+    "QOSNotAllowed",
+    "ReqNodeNotAvail",
+}
 MAX_IDLE_REVERSE = 16  # reverse connections kept open for a shim (it asks for 2 spare)
 # What Slurm is asked for, by the names of InstallRequest.resources.
 OPTIONS = {
@@ -166,6 +178,14 @@ class SlurmPlacement:
             raise StartError(
                 f"cannot place {instance.where} on {self.cluster.name!r}: no 'srun' on PATH",
                 hint="run the orchestrator where Slurm's commands are (a login node)",
+            )
+        conf = self.cluster.slurm_conf
+        if conf is not None and not conf.is_file():  # else srun waits ~60 s, then says little
+            raise StartError(
+                f"cannot place {instance.where} on {self.cluster.name!r}: its slurm_conf {conf} "
+                "is not a file",
+                hint=f"fix slurm_conf in [clusters.{self.cluster.name}] of config.toml, or leave "
+                "it out for Slurm's default",
             )
         from ywmagics.orchestrator.placements import certificates  # cryptography: only here
 
@@ -411,15 +431,8 @@ class SlurmPlacement:
         changed = (job_id, state, reason) != (job.job_id, job.state, job.reason)
         job.job_id, job.state, job.reason, job.node = job_id, state, reason, node or None
         if changed and not started:
-            why = f" ({reason})" if reason and reason != "None" else ""
-            emit(
-                event_of(
-                    EventKind.QUEUED,
-                    instance.manifest,
-                    instance.partition,
-                    f"job {job_id} on {self.cluster.name}: {state.lower()}{why}",
-                )
-            )
+            text = queued_text(job_id, self.cluster.name, state, reason)
+            emit(event_of(EventKind.QUEUED, instance.manifest, instance.partition, text))
 
     async def _hold_lease(
         self,
@@ -604,6 +617,17 @@ class SlurmPlacement:
             "address": f"{job.host}:{job.port}" if job.host else None,
             **({"python_on_node": job.built_python} if job.built_python else {}),
         }
+
+
+def queued_text(job_id: str, cluster: str, state: str, reason: str) -> str:
+    """What a ``queued`` event says of a job that has not started."""
+    why = f" ({reason})" if reason and reason != "None" else ""
+    if reason in NEVER_STARTS:
+        why += (
+            ": Slurm keeps it waiting until the cluster changes, as it was asked for what this "
+            "cluster does not give; stop it and ask for other --resources"
+        )
+    return f"job {job_id} on {cluster}: {state.lower()}{why}"
 
 
 async def _copy_to_log(stream: asyncio.StreamReader, log_path: Path) -> None:
