@@ -84,6 +84,26 @@ def start_orchestrator(
     raise RuntimeError((home / "serve.log").read_text())
 
 
+def run_in_ipython(code: str, env: dict[str, str], timeout: float = 240) -> str:
+    """Run ``code`` in a real IPython (as a user's terminal would) with ``env``, then shut down
+    the orchestrator it started; its output, or an AssertionError with its end."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "IPython", "--no-banner", "--quick", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ywmagics", "shutdown"], env=env, timeout=60, check=False
+        )
+
+
 def run_concurrently(
     function: Callable[[Any], object], arguments: list[Any]
 ) -> list[BaseException]:

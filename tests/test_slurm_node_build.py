@@ -25,7 +25,13 @@ from ywmagics.errors import StartError
 from ywmagics.events import Event, EventKind
 
 from . import slurm_cluster
-from .conftest import TEST_REGISTRY, python_or_skip, start_orchestrator, stop_orchestrator
+from .conftest import (
+    TEST_REGISTRY,
+    python_or_skip,
+    run_in_ipython,
+    start_orchestrator,
+    stop_orchestrator,
+)
 from .slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slow  # a Slurm cluster, an orchestrator, environments built in jobs
@@ -157,7 +163,7 @@ ip.run_cell_magic("interpreter", "far --in a --out b", "b = a[::-1]")
 assert b == [{"k": None}, "x", 2.5, 1], b
 print("BACK", b)
 """
-    assert "BACK" in slurm_cluster.run_in_ipython(code, env)
+    assert "BACK" in run_in_ipython(code, env)
 
 
 def test_an_orchestrator_killed_during_the_node_build_ends_the_build_and_its_job(

@@ -23,7 +23,7 @@ from ywmagics.errors import StartError
 from ywmagics.events import Event
 
 from . import slurm_cluster
-from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, run_in_ipython, start_orchestrator, stop_orchestrator
 from .slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slow  # a Slurm cluster, an orchestrator, jobs
@@ -166,7 +166,7 @@ ip.run_cell_magic("interpreter", "big --in a --out b node", (
 assert (b == a.T * 2).all() and b.dtype == a.dtype, b
 print("ON", node)
 """
-    assert "ON n1" in slurm_cluster.run_in_ipython(code, env)
+    assert "ON n1" in run_in_ipython(code, env)
     deadline = time.monotonic() + 20  # COMPLETING for a moment
     while slurm2.run("squeue", "-h").stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -236,17 +236,35 @@ def format_listing(listing: Mapping[str, Any]) -> str:
         for i in listing["instances"]
     ]
     environments = [
-        {**e, "config": _config_text(e["config"]), "python": _python_text(e)}
+        {
+            **e,
+            "config": _config_text(e["config"]),
+            "python": _python_text(e),
+            "source": source_text(e.get("source")),
+        }
         for e in listing["environments"]
     ]
     columns = ["partition", "name", "version", "state", "config", "pid", "uptime"]
     if _elsewhere(listing["instances"]):
         columns.append("where")
+    environment_columns = ["name", "version", "fingerprint", "python", "config"]
+    if any(e.get("source") for e in listing["environments"]):
+        environment_columns.append("source")
     return (
         "Running instances:\n"
         + table(instances, columns)
         + "\n\nInstalled environments:\n"
-        + table(environments, ["name", "version", "fingerprint", "python", "config"])
+        + table(environments, environment_columns)
+    )
+
+
+def source_text(source: Mapping[str, Any] | None) -> str:
+    """Where a published backend's environment came from: what, which index, which file."""
+    if not source:
+        return "-"
+    return (
+        f"{source['package']} {source['version']} from {source['index']} "
+        f"(sha256 {str(source['sha256'])[:12]}...)"
     )
 
 

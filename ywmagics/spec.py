@@ -24,6 +24,10 @@ ALIAS_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 PARTITION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_PARTITION = "Default"
 MAX_SPEC_LENGTH = 400
+# A backend published on a Python package index: 'pypi:' and its normalized name (PEP 503), which
+# no local backend's name can be (they have no ':').
+PYPI_PREFIX = "pypi:"
+_PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
 MAX_MODULES = 64
 
 
@@ -33,12 +37,36 @@ def _shown(value: object) -> str:
 
 
 def validate_name(name: object) -> str:
-    """Return ``name`` if it can name a backend (and so a folder); raise :class:`SpecError`."""
+    """Return ``name`` if it can name a backend (and so a folder); raise :class:`SpecError`.
+    ``pypi:NAME`` names a published one, and is returned with NAME normalized."""
+    if isinstance(name, str) and name.startswith(PYPI_PREFIX):
+        package = name[len(PYPI_PREFIX) :]
+        if not _PACKAGE_PATTERN.fullmatch(package):
+            raise SpecError(
+                f"{_shown(name)} is not a valid package name",
+                hint="after 'pypi:', a distribution's name: letters, digits, '-', '_' or '.', "
+                "e.g. 'pypi:yw-weather'",
+            )
+        return PYPI_PREFIX + normalize_package(package)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
             f"{_shown(name)} is not a valid backend name",
-            hint="names start with a letter and use at most 64 letters, digits, '_', '-' or '.'",
+            hint="names start with a letter and use at most 64 letters, digits, '_', '-' or '.'"
+            "; a backend published on a package index is 'pypi:NAME'",
         )
+    return name
+
+
+def normalize_package(name: str) -> str:
+    """A distribution's name as indexes compare them (PEP 503): ``Yw_Weather`` is
+    ``yw-weather``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def default_alias(name: str) -> str:
+    """The alias of a spec that gives none: its name, a published one's as an identifier."""
+    if name.startswith(PYPI_PREFIX):
+        return name[len(PYPI_PREFIX) :].replace("-", "_")
     return name
 
 
@@ -150,7 +178,7 @@ class BackendSpec:
                 hint="write it as 'name#range as alias', e.g. 'demo_yw_backend#^0.1.1 as demo'",
             )
         name = validate_name(name.strip())
-        alias = alias or name
+        alias = alias or default_alias(name)
         if not ALIAS_PATTERN.fullmatch(alias) or alias == "as":
             raise SpecError(
                 f"{alias!r} cannot be used as an alias",

@@ -9,6 +9,7 @@ without a meta file that is never used and is removed by the next build or the o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ywmagics.errors import InstallError
+from ywmagics.errors import ConfigurationError, InstallError
 from ywmagics.orchestrator.interpreters import (
     Interpreter,
     check_request,
@@ -72,6 +73,7 @@ class Environment:
     # The cluster whose nodes build it as an instance starts (no folder is shared with them):
     # here it holds the backend's files only.
     node: str | None = None
+    source: dict[str, str] | None = None  # a published backend's Source
 
     @property
     def app(self) -> Path:
@@ -114,6 +116,12 @@ class Installer:
         interpreter = None
         modules: tuple[str, ...] = ()
         python_request = config.get("python", "").strip()
+        if node is not None and manifest.source is not None:
+            raise ConfigurationError(
+                f"{manifest.name} is a published backend, which the nodes of {node!r} cannot "
+                "build yet (they share no folder with this machine)",
+                hint="install it on a cluster whose nodes share a folder (shared_dir), or here",
+            )
         if manifest.runtime is Runtime.PYTHON:
             if node is None:
                 interpreter = find_python(python_request)
@@ -132,6 +140,8 @@ class Installer:
         }
         if manifest.runtime is Runtime.PYTHON:  # their copies are part of the environment
             identity["shared"] = _SHARED_DIGEST
+        if manifest.source is not None:  # the wheel installed, and the index of the rest
+            identity["source"] = [manifest.source.sha256, manifest.source.index]
         if node is not None:
             identity["node"] = [node, python_request]
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -247,6 +257,7 @@ class Installer:
             python_version=interpreter.version if interpreter else None,
             created=time.time(),
             node=plan.node,
+            source=dataclasses.asdict(plan.manifest.source) if plan.manifest.source else None,
         )
         # Written last, atomically: the meta file is what makes the folder an environment.
         meta = folder / f".{META_FILE}.partial"
@@ -268,13 +279,17 @@ class Installer:
         }
         uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
 
-        def install(requirements: tuple[str, ...], progress: float) -> None:
-            text = f"installing {' '.join(requirements)}"
+        source = plan.manifest.source
+        # A published backend: its wheel, and everything else from the index it came from.
+        index = ["--index-url", source.index] if source is not None else []
+
+        def install(requirements: tuple[str, ...], progress: float, text: str = "") -> None:
+            text = text or f"installing {' '.join(requirements)}"
             if self.uv:
-                argv = [self.uv, "pip", "install", "--no-config", "--python", python]
+                argv = [self.uv, "pip", "install", "--no-config", "--python", python, *index]
                 step([*argv, *requirements], text, progress, uv_env)
             else:
-                argv = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+                argv = [python, "-m", "pip", "install", "--disable-pip-version-check", *index]
                 step([*argv, *requirements], text, progress)
 
         creating = f"creating a Python {interpreter.version} environment"
@@ -283,7 +298,10 @@ class Installer:
             step([*argv, str(interpreter.path), str(venv)], creating + " (uv)", 0.1, uv_env)
         else:
             step([str(interpreter.path), "-m", "venv", str(venv)], creating + " (venv)", 0.1)
-        if plan.manifest.requirements:
+        if source is not None:
+            said = f"installing {source.package} {source.version} from {source.index}"
+            install((source.file, *plan.manifest.requirements), 0.3, said)
+        elif plan.manifest.requirements:
             install(plan.manifest.requirements, 0.3)
         # No bytecode is compiled here, where it would delay the first answer (a process, and a
         # walk of the environment): the backend's first start writes the bytecode of what it

@@ -46,6 +46,18 @@ class BuildOption:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a published backend came from (see :mod:`~ywmagics.orchestrator.published`):
+    the index, the package and version, the wheel file it installs, and that file's SHA-256."""
+
+    index: str
+    package: str
+    version: str
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     folder: Path
     name: str
@@ -64,6 +76,7 @@ class Manifest:
     env: dict[str, str] = field(default_factory=dict)
     build: dict[str, BuildOption] = field(default_factory=dict)
     digest: str = ""
+    source: Source | None = None  # None: from a local registry folder
 
     def build_config(self, requested: dict[str, Any] | None) -> dict[str, str]:
         """The effective build options: defaults overridden by ``requested``, all checked."""

@@ -16,7 +16,8 @@ from ywmagics.orchestrator.manifest import (
     folder_signature,
     load_manifest,
 )
-from ywmagics.spec import VersionRange, version_key
+from ywmagics.orchestrator.published import PackageIndex
+from ywmagics.spec import PYPI_PREFIX, VersionRange, version_key
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,13 @@ def default_registry_folders(
 
 
 class Registry:
-    """Finds manifests in ``folders``; the first folder that has a ``name``/``version`` wins."""
+    """Finds manifests in ``folders``; the first folder that has a ``name``/``version`` wins.
+    ``pypi:NAME`` is looked up on the user's package index instead (never in the folders), what
+    it fetches kept in ``published_cache``."""
 
-    def __init__(self, folders: Sequence[Path]) -> None:
+    def __init__(self, folders: Sequence[Path], published_cache: Path | None = None) -> None:
         self.folders = list(folders)
+        self.published = PackageIndex(published_cache) if published_cache else None
         # Folders are scanned at each install (a new backend is found without a restart); a
         # manifest is read and its folder hashed again only when one of its files changed.
         self._loaded: dict[Path, tuple[object, Manifest | ManifestError]] = {}
@@ -73,7 +77,10 @@ class Registry:
         return found
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
-        """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`."""
+        """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`.
+        Blocking for a published one (the index is asked)."""
+        if name.startswith(PYPI_PREFIX):
+            return self._published().resolve(name, version_range)
         every = self.manifests()
         versions = every.get(name)
         broken = self._broken_named(name)
@@ -93,6 +100,18 @@ class Registry:
                 hint=f"available versions: {', '.join(sorted(versions, key=version_key))}",
             )
         return versions[best]
+
+    def known(self, name: str, version: str) -> Manifest | None:
+        """The manifest of ``name`` ``version`` if it is at hand: in a folder, or a published
+        one fetched before (the index is not asked)."""
+        if name.startswith(PYPI_PREFIX):
+            return self._published().cached(name, version)
+        return self.manifests().get(name, {}).get(version)
+
+    def _published(self) -> PackageIndex:
+        if self.published is None:
+            raise BackendNotFound("this registry has no cache for published backends")
+        return self.published
 
     def _broken_named(self, name: str) -> ManifestError | None:
         """A manifest that failed to load, in a folder named ``name`` (or ``name/VERSION``)."""

@@ -33,7 +33,14 @@ from ywmagics.orchestrator.placements.slurm import SlurmPlacement
 from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, InstanceState, Supervisor
-from ywmagics.spec import BackendSpec, InstallRequest, VersionRange, validate_name, version_key
+from ywmagics.spec import (
+    PYPI_PREFIX,
+    BackendSpec,
+    InstallRequest,
+    VersionRange,
+    validate_name,
+    version_key,
+)
 
 log = logging.getLogger("ywmagics.orchestrator")
 
@@ -59,7 +66,9 @@ class Orchestrator:
         self.settings = settings
         self.started = time.time()
         self.bus = EventBus()
-        self.registry = Registry(settings.registries)
+        self.registry = Registry(
+            settings.registries, settings.environments_dir.parent / "published"
+        )
         self.installer = Installer(settings.environments_dir, settings.logs_dir)
         self.supervisor = Supervisor(
             self.installer,
@@ -189,7 +198,10 @@ class Orchestrator:
             )
         plans = []
         for spec in request.modules:
-            manifest = self.registry.resolve(spec.name, spec.range)
+            if spec.name.startswith(PYPI_PREFIX):  # the index is asked: not in the loop
+                manifest = await asyncio.to_thread(self.registry.resolve, spec.name, spec.range)
+            else:
+                manifest = self.registry.resolve(spec.name, spec.range)
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(
@@ -435,10 +447,7 @@ class Orchestrator:
                 del self._starting[environment.path]
 
     def _manifest_of(self, environment: Environment) -> Manifest | None:
-        try:
-            return self.registry.resolve(environment.name, VersionRange.parse(environment.version))
-        except BackendNotFound:
-            return None
+        return self.registry.known(environment.name, environment.version)
 
     # -- administration ----------------------------------------------------------------------
 

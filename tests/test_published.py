@@ -1,0 +1,178 @@
+"""Published backends from a real package index on loopback (pypiserver): released, installed
+with ``pypi:NAME#RANGE``, called, a new release picked by ``^``, uninstalled; every error
+names the index. Nothing may leave loopback: the orchestrator's proxy settings point at a
+closed port for every other host."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import ywmagics
+from ywmagics.client import OrchestratorClient
+from ywmagics.commands import format_listing
+from ywmagics.discovery import Connection
+from ywmagics.errors import BackendNotFound, ManifestError
+
+from .conftest import run_in_ipython, start_orchestrator, stop_orchestrator
+from .package_index import PackageServer, make_wheel
+
+pytestmark = pytest.mark.slow  # a package index, an orchestrator, environments built with uv
+
+SERVER = r"""
+import http.server, json, socketserver, sys
+import yw_helper
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(
+            {"version": "@VERSION@", "helper": yw_helper.VERSION, "file": __file__}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+Server(sys.argv[1], Handler).serve_forever()
+"""
+MANIFEST = """
+name = "yw-weather"
+version = "@VERSION@"
+description = "A published test backend: its version, and that of a dependency from the index."
+runtime = "python"
+start = ["{python}", "-m", "yw_weather", "{socket}"]
+listen = "unix"
+"""
+
+
+def weather(folder: Path, version: str, *, entry_point: bool = True) -> Path:
+    files = {
+        "yw_weather/__init__.py": "",
+        "yw_weather/__main__.py": SERVER.replace("@VERSION@", version),
+        "yw_weather/ywbackend.toml": MANIFEST.replace("@VERSION@", version),
+    }
+    return make_wheel(
+        folder,
+        "yw-weather",
+        version,
+        files,
+        entry_point="yw_weather" if entry_point else None,
+        requires=("yw-helper>=1",),
+    )
+
+
+def _only_loopback(index: PackageServer) -> dict[str, str]:
+    """The user's index, as uv and pip read it; any other host goes to a closed port."""
+    closed = "http://127.0.0.1:9"
+    env = {"UV_DEFAULT_INDEX": index.url, "NO_PROXY": "127.0.0.1,localhost"}
+    env.update(dict.fromkeys(["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"], closed))
+    return {**env, **{name.lower(): value for name, value in env.items()}}
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[PackageServer]:
+    with PackageServer(tmp_path / "index" / "packages") as server:
+        server.release(
+            make_wheel(
+                tmp_path / "built",
+                "yw-helper",
+                "1.0.0",
+                {"yw_helper/__init__.py": "VERSION = '1.0.0'\n"},
+            )
+        )
+        yield server
+
+
+@pytest.fixture
+def orchestrator(
+    index: PackageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Connection]:
+    for name, value in _only_loopback(index).items():
+        monkeypatch.setenv(name, value)
+    process, connection = start_orchestrator(tmp_path / "home")
+    yield connection
+    stop_orchestrator(process)
+
+
+def test_a_published_backend_installs_from_the_index_and_a_new_release_is_picked(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    first = weather(tmp_path / "built", "1.2.0")
+    index.release(first)
+    client = ywmagics.install("pypi:yw-weather#^1.2 as weather", connection=orchestrator).weather
+    answer = client.fetch_json("/")
+    assert (answer["version"], answer["helper"]) == ("1.2.0", "1.0.0")
+    assert "/site-packages/yw_weather/" in answer["file"]  # the wheel installed, not a copy
+    listing = OrchestratorClient(orchestrator).listing()
+    (environment,) = listing["environments"]
+    assert environment["name"] == "pypi:yw-weather"
+    source = environment["source"]
+    assert (source["index"], source["package"], source["version"]) == (
+        index.url,
+        "yw-weather",
+        "1.2.0",
+    )
+    assert source["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    shown = format_listing(listing)
+    assert f"yw-weather 1.2.0 from {index.url} (sha256 {source['sha256'][:12]}" in shown
+
+    # A new release: the same range now takes it.
+    index.release(weather(tmp_path / "built", "1.3.0"))
+    again = ywmagics.install("pypi:yw-weather#^1.2 as weather", connection=orchestrator).weather
+    assert again.fetch_json("/")["version"] == "1.3.0"
+
+    removed = OrchestratorClient(orchestrator).uninstall("pypi:yw-weather")
+    assert sorted(e["version"] for e in removed["removed"]) == ["1.2.0", "1.3.0"]
+    assert OrchestratorClient(orchestrator).listing()["environments"] == []
+
+
+def test_what_an_index_lacks_is_a_clear_error_naming_it(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    index.release(weather(tmp_path / "built", "1.2.0"))
+    with pytest.raises(BackendNotFound) as unknown:
+        ywmagics.install("pypi:yw-nothing", connection=orchestrator)
+    assert f"no package 'yw-nothing' on the index {index.url} (from UV_DEFAULT_INDEX)" in str(
+        unknown.value.message
+    )
+    with pytest.raises(BackendNotFound) as out_of_range:
+        ywmagics.install("pypi:yw-weather#^3", connection=orchestrator)
+    assert f"no version of pypi:yw-weather matches '^3' on the index {index.url}" in (
+        out_of_range.value.message
+    )
+    assert "versions with a pure wheel there: 1.2.0" in out_of_range.value.hint
+    # A plain name is a local backend's: an index's never shadows it.
+    with pytest.raises(BackendNotFound, match="unknown backend 'yw-weather'"):
+        ywmagics.install("yw-weather as w", connection=orchestrator)
+    # A package that is not a backend.
+    index.release(weather(tmp_path / "plain", "2.0.0", entry_point=False))
+    with pytest.raises(ManifestError) as not_a_backend:
+        ywmagics.install("pypi:yw-weather#^2", connection=orchestrator)
+    assert "pypi:yw-weather 2.0.0 is not a ywmagics backend" in not_a_backend.value.message
+    assert "ywmagics.backends" in not_a_backend.value.hint
+
+
+def test_the_kernel_installs_a_published_backend_with_the_magic(
+    index: PackageServer, tmp_path: Path
+) -> None:
+    index.release(weather(tmp_path / "built", "1.2.0"))
+    env = {**os.environ, **_only_loopback(index), "YW_HOME": str(tmp_path / "kernel-home")}
+    code = """
+ip = get_ipython()
+ip.run_line_magic("load_ext", "ywmagics")
+ip.run_line_magic("backends", "install pypi:yw-weather#^1.2")
+print("VERSION", yw_weather.fetch_json("/")["version"])
+"""
+    # The default alias: the package's name as an identifier.
+    assert "VERSION 1.2.0" in run_in_ipython(code, env)
