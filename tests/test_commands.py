@@ -169,6 +169,10 @@ def test_listing_and_status_text() -> None:
     )
     removed = {"name": "echo", "version": "1.0.0", "fingerprint": "f00", "path": "/e"}
     assert format_removed({"removed": [removed]}) == "removed echo 1.0.0 (f00) from /e"
+    on_nodes = {**removed, "node": "far"}
+    assert format_removed({"removed": [on_nodes]}).endswith(
+        "; the copies its nodes built stay in the node_dir of 'far'"
+    )
 
 
 @pytest.mark.parametrize(

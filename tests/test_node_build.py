@@ -95,17 +95,39 @@ def test_a_node_dir_of_another_user_is_refused(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)  # nobody
-    with pytest.raises(BuildFailed, match="is not a folder of this user"):
+    with pytest.raises(BuildFailed, match="theirs belongs to another user"):
         _build(_spec(theirs))
+    # Nor one under a folder of theirs: they could swap ours for their own while we build.
+    with pytest.raises(BuildFailed, match="theirs belongs to another user"):
+        _build(_spec(theirs / "alice" / "yw"))
 
 
 def test_a_node_dir_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(BuildFailed, match="can be written by group or others"):
+    with pytest.raises(BuildFailed, match="others may write to"):
         _build(_spec(shared))
     assert not (shared / "envs").exists()
+    with pytest.raises(BuildFailed, match="others may write to"):
+        _build(_spec(shared / "alice" / "yw"))  # a folder of ours under it could be swapped
+    assert not (shared / "alice").exists()
+
+
+def test_a_link_to_a_folder_of_ours_is_followed_once_checked(tmp_path: Path) -> None:
+    real = tmp_path / "scratch" / "me"
+    real.mkdir(parents=True, mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    placed, _ = _build(_spec(tmp_path / "link"))
+    assert placed["env"].startswith(f"{real}/envs/")  # the resolved path is what is used
+
+
+def test_a_variable_the_node_lacks_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("YW_NO_SUCH_VARIABLE", raising=False)
+    with pytest.raises(BuildFailed, match="names a variable this node does not have"):
+        _build(_spec(Path(f"{tmp_path}/$YW_NO_SUCH_VARIABLE/yw")))
 
 
 @pytest.mark.parametrize("name", ["../escape", "/etc/evil"])
@@ -150,3 +172,58 @@ def test_a_python_the_node_lacks_names_where_it_was_looked_for(
         node_build.find_python("/bin/true")
     with pytest.raises(BuildFailed, match="is not a Python version"):
         node_build.find_python("three")
+
+
+def test_a_step_that_leaves_a_process_behind_does_not_hold_the_build(tmp_path: Path) -> None:
+    daemon = [["sh", "-c", "sleep 97 & echo left a process running"]]
+    started = time.monotonic()
+    placed, said = _build(_spec(tmp_path / "node", install=daemon))
+    assert time.monotonic() - started < 15 and placed["built"] == "1"
+    assert ("left a process running", None) in said
+    time.sleep(0.2)
+    left = [
+        entry
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _cmdline(entry) == b"sleep\x0097\x00"
+    ]
+    assert left == []  # what it left running was ended with it
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_read_only_leftover_is_removed_and_built_again(tmp_path: Path) -> None:
+    readonly = [["sh", "-c", "mkdir -p {env}/cache/x && chmod -R a-w {env}/cache && exit 3"]]
+    with pytest.raises(BuildFailed, match="exit 3"):
+        _build(_spec(tmp_path / "node", install=readonly))
+    placed, _ = _build(_spec(tmp_path / "node"))
+    assert placed["built"] == "1" and not (Path(placed["env"]) / "cache").exists()
+
+
+def test_a_built_environment_that_lost_a_file_is_built_again(tmp_path: Path) -> None:
+    placed, _ = _build(_spec(tmp_path / "node"))
+    (Path(placed["app"]) / "main.py").unlink()  # a scratch purge, file by file
+    again, said = _build(_spec(tmp_path / "node"))
+    assert again["built"] == "1" and (Path(again["app"]) / "main.py").exists()
+    assert any("without app/main.py: building it again" in text for text, _ in said)
+
+
+def test_a_build_waits_its_turn_and_says_so(tmp_path: Path) -> None:
+    import fcntl
+
+    first = _spec(tmp_path / "node")
+    env = tmp_path / "node" / "envs" / "demo" / "1.0.0" / "0123456789ab"
+    env.parent.mkdir(parents=True)
+    (tmp_path / "node").chmod(0o700)
+    with open(f"{env}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another job's build
+        said: list[tuple[str, float | None]] = []
+        builder = Builder(first, lambda text, progress: said.append((text, progress)))
+        threading.Timer(1.0, builder.cancel).start()
+        with pytest.raises(BuildFailed, match="cancelled while it waited"):
+            builder.run()
+    assert said[0][0].startswith("waiting for another job's build of it on")

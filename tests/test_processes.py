@@ -344,7 +344,7 @@ def test_a_private_network_is_reached_through_its_connector_only(whom: str) -> N
 def test_a_steps_output_is_read_until_it_ends_not_until_its_pipe_closes() -> None:
     # Something that escaped a step (it cannot, under the launcher; without one it can) and
     # holds its output pipe must not keep a shutdown waiting forever.
-    from ywmagics.orchestrator.processes import _lines_until_ended
+    from ywmagics.portable import lines_until_ended
 
     held = subprocess.Popen(
         ["sh", "-c", "echo first; (sleep 30 &); echo last; exit 0"],
@@ -354,7 +354,7 @@ def test_a_steps_output_is_read_until_it_ends_not_until_its_pipe_closes() -> Non
     try:
         began = time.monotonic()
         assert held.stdout is not None
-        assert list(_lines_until_ended(held, held.stdout.fileno())) == ["first\n", "last\n"]
+        assert list(lines_until_ended(held, held.stdout.fileno())) == ["first\n", "last\n"]
         assert time.monotonic() - began < 3
     finally:
         os.killpg(held.pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -49,7 +50,7 @@ class Unshared:
             f"registries = {[str(r) for r in registries or []]!r}\n"
             "[clusters.far]\n"
             f'slurm_conf = "{self.cluster.conf}"\n'
-            f'node_dir = "{self.node_local}/$USER/yw"\n'
+            f'node_dir = "{self.node_local}/$SLURM_JOB_USER/yw"\n'
             f'python = "{sys.executable}"\n'
         )
 
@@ -169,14 +170,7 @@ print("BACK", b)
 def test_an_orchestrator_killed_during_the_node_build_ends_the_build_and_its_job(
     unshared: Unshared, tmp_path: Path
 ) -> None:
-    registry = unshared.login_only / f"registry-{tmp_path.name}"
-    shutil.copytree(TEST_REGISTRY / "slow_build", registry / "long_build")
-    manifest = registry / "long_build" / "ywbackend.toml"
-    text = manifest.read_text().replace('"slow_build"', '"long_build"')
-    manifest.write_text(text.replace("sleep 0.4", "sleep 97"))
-    home = unshared.login_only / tmp_path.name
-    unshared.config(home, registries=[registry])
-    process, connection = start_orchestrator(home)
+    process, connection = _serving_with(unshared, tmp_path, "long_build", "sleep 97")
     building = threading.Event()
 
     def install() -> None:
@@ -219,5 +213,44 @@ def _sleeping() -> bool:
     return False
 
 
+def _serving_with(
+    unshared: Unshared, tmp_path: Path, name: str, install_step: str
+) -> tuple[subprocess.Popen[bytes], Connection]:
+    """An orchestrator whose registry has ``name``: the slow_build test backend with another
+    install step (a shell command)."""
+    registry = unshared.login_only / f"registry-{tmp_path.name}"
+    shutil.copytree(TEST_REGISTRY / "slow_build", registry / name)
+    manifest = registry / name / "ywbackend.toml"
+    text = manifest.read_text().replace('"slow_build"', f'"{name}"')
+    manifest.write_text(text.replace("sleep 0.4", install_step))
+    home = unshared.login_only / tmp_path.name
+    unshared.config(home, registries=[registry])
+    return start_orchestrator(home)
+
+
 def _jobs(unshared: Unshared) -> list[str]:
     return unshared.cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+
+
+def test_a_build_step_with_a_huge_line_of_output_still_installs(
+    unshared: Unshared, tmp_path: Path
+) -> None:
+    registry = unshared.login_only / f"registry-{tmp_path.name}"
+    shutil.copytree(TEST_REGISTRY / "slow_build", registry / "chatty_build")
+    manifest = registry / "chatty_build" / "ywbackend.toml"
+    text = manifest.read_text().replace('"slow_build"', '"chatty_build"')
+    manifest.write_text(text.replace("sleep 0.4", "head -c 100000 /dev/zero | tr '\\\\0' x; echo"))
+    home = unshared.login_only / tmp_path.name
+    unshared.config(home, registries=[registry])
+    process, connection = start_orchestrator(home)
+    try:
+        events: list[Event] = []
+        ywmagics.install(
+            {"modules": ["chatty_build"], "on": "far"},
+            connection=connection,
+            on_event=events.append,
+        )
+        long_lines = [e.text for e in events if e.text.startswith("xxxx")]
+        assert long_lines and all(len(line) <= 2048 for line in long_lines)  # said, cut
+    finally:
+        stop_orchestrator(process)

@@ -412,3 +412,28 @@ def test_a_cluster_whose_slurm_conf_is_missing_says_so_at_once(
         assert "[clusters.gone] of config.toml" in refused.value.hint
     finally:
         stop_orchestrator(process)
+
+
+def test_a_request_starts_a_stopped_backend_where_and_as_it_was_installed(
+    on_slurm: tuple[Connection, SlurmCluster],
+) -> None:
+    connection, slurm = on_slurm
+    echo = ywmagics.install(
+        {
+            "modules": ["node_echo as e"],
+            "on": "slurm",
+            "partition": "Again",
+            "resources": {"time": "00:07:00"},
+        },
+        connection=connection,
+    ).e
+    OrchestratorClient(connection).stop(partition="Again")
+    deadline = time.monotonic() + 20
+    while _jobs(slurm) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _jobs(slurm) == []
+    # A request starts it again: in a job, with the time limit it was installed with.
+    assert echo.fetch_json("/echo", method="POST", json={"x": 2}) == {"x": 2, "partition": "Again"}
+    ((job_id, _, _),) = [line.split() for line in _jobs(slurm)]
+    assert slurm.job(job_id)["TimeLimit"] == "00:07:00"
+    OrchestratorClient(connection).stop(partition="Again")

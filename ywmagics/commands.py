@@ -391,6 +391,11 @@ def format_removed(done: Mapping[str, Any]) -> str:
     """What an uninstall removed (the orchestrator refuses one that matches nothing)."""
     return "\n".join(
         f"removed {e['name']} {e['version']} ({e['fingerprint']}) from {e['path']}"
+        + (
+            f"; the copies its nodes built stay in the node_dir of {e['node']!r}"
+            if e.get("node")
+            else ""
+        )
         for e in done["removed"]
     )
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import platformdirs
 
+from ywmagics.portable import changeable_by_others
+
 _APP = "ywmagics"
 log = logging.getLogger("ywmagics")
 
@@ -82,97 +84,6 @@ def session_folder_problem(folder: Path) -> str | None:
     if info.st_mode & 0o077:
         return f"its mode is {stat.S_IMODE(info.st_mode):04o}, not 0700: others may enter it"
     return None
-
-
-def changeable_by_others(path: Path) -> tuple[Path | None, str | None]:
-    """Whether another user could have put or changed what ``path`` names: ``(resolved, None)``
-    when not, else ``(None, why)``.
-
-    The path is resolved one link at a time, as the kernel does: every folder on the way, every
-    link and what it leads to must be yours or root's, and not writable by others (a sticky
-    folder such as /tmp aside: nobody replaces what is yours there; group-writable only with a
-    group of your own, as umask 002 setups make). ``resolved`` is the path with no link left:
-    use it, not ``path``, so that no later use goes through a link that was not checked."""
-    if not hasattr(os, "getuid"):
-        return Path(os.path.abspath(path)), None
-    pending = list(Path(os.path.abspath(path)).parts[1:])
-    current = Path(Path(os.path.abspath(path)).anchor)
-    checked = [current]
-    links = 0
-    while pending:
-        name = pending.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = current.parent  # ``current`` has no link left: its parent is real
-            continue
-        candidate = current / name
-        checked.append(candidate)
-        why = _unsafe(candidate)
-        if why is not None:
-            return None, why
-        if candidate.is_symlink():
-            links += 1
-            if links > 40:
-                return None, f"{path}: too many links"
-            target = Path(os.readlink(candidate))
-            if target.is_absolute():
-                current = Path(target.anchor)
-                pending = list(target.parts[1:]) + pending
-            else:
-                pending = list(target.parts) + pending
-        else:
-            current = candidate
-    why = _unsafe(Path(current.anchor))
-    return (current, None) if why is None else (None, why)
-
-
-def _unsafe(part: Path) -> str | None:
-    try:
-        info = os.lstat(part)
-    except FileNotFoundError:
-        return None  # not there (yet): nothing to change, nothing to run
-    except OSError as error:
-        return f"{part}: {error.strerror}"
-    if info.st_uid not in (os.getuid(), 0):
-        return f"{part} belongs to another user"
-    if stat.S_ISLNK(info.st_mode):
-        return None  # a link's own mode means nothing; who may replace it is its folder's
-    sticky_folder = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-    group_writes = info.st_mode & stat.S_IWGRP and not _group_of_our_own(info.st_gid)
-    if (info.st_mode & stat.S_IWOTH or group_writes) and not sticky_folder:
-        return f"others may write to {part}"
-    return None
-
-
-@functools.cache
-def _group_of_our_own(gid: int) -> bool:
-    """Root's, or our primary group with no other member (a user private group)."""
-    if gid == 0:
-        return True
-    if gid != os.getgid():
-        return False
-    import grp
-    import pwd
-
-    me = pwd.getpwuid(os.getuid()).pw_name if _has_passwd_entry() else ""
-    try:
-        members = set(grp.getgrgid(gid).gr_mem) - {me}
-    except KeyError:
-        return False
-    if members:
-        return False
-    return not any(u.pw_gid == gid and u.pw_uid != os.getuid() for u in pwd.getpwall())
-
-
-def _has_passwd_entry() -> bool:
-    import pwd
-
-    try:
-        pwd.getpwuid(os.getuid())
-    except KeyError:
-        return False
-    return True
 
 
 def private_dir(path: Path, *, instead: Path | None = None) -> Path:

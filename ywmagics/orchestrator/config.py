@@ -129,9 +129,10 @@ class ClusterSettings:
                     hint="shared_dir: the nodes see a folder of this machine; node_dir: they do "
                     "not, and build environments in a folder of their own",
                 )
-            if not isinstance(table["node_dir"], str) or not table["node_dir"].strip():
+            node_dir = table["node_dir"]
+            if not isinstance(node_dir, str) or not node_dir.strip().startswith(("/", "~", "$")):
                 raise ConfigurationError(
-                    f"{where}: [clusters.{name}] node_dir must be a path on the nodes",
+                    f"{where}: [clusters.{name}] node_dir must be an absolute path on the nodes",
                     hint='e.g. node_dir = "/scratch/$USER/ywmagics" (expanded on the node)',
                 )
             values["node_dir"] = table["node_dir"]

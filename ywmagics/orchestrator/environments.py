@@ -110,9 +110,16 @@ class Installer:
         self.uv = uv_binary()
         self.running = RunningSteps()
 
-    def plan(self, manifest: Manifest, config: dict[str, str], node: str | None = None) -> Plan:
+    def plan(
+        self,
+        manifest: Manifest,
+        config: dict[str, str],
+        node: str | None = None,
+        node_python: str = "",
+    ) -> Plan:
         """What to build for ``manifest`` with ``config``; with ``node`` (a cluster's name), an
-        environment that the nodes of that cluster build, with an interpreter of theirs."""
+        environment that the nodes of that cluster build, with an interpreter of theirs (an
+        empty ``python`` is ``node_python``, the one the cluster runs its shim with)."""
         interpreter = None
         modules: tuple[str, ...] = ()
         python_request = config.get("python", "").strip()
@@ -143,7 +150,7 @@ class Installer:
         if manifest.source is not None:  # the wheel installed, and the index of the rest
             identity["source"] = [manifest.source.sha256, manifest.source.index]
         if node is not None:
-            identity["node"] = [node, python_request]
+            identity["node"] = [node, python_request or node_python]
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return Plan(
             manifest,

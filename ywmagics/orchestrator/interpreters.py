@@ -24,7 +24,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from ywmagics.errors import ConfigurationError
-from ywmagics.paths import changeable_by_others
+from ywmagics.portable import changeable_by_others
 
 _VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
 _INTERPRETER_NAME = re.compile(r"^python3\.\d+$")  # not python3.11-config, python3.11-gdb.py

@@ -14,19 +14,18 @@ import contextlib
 import errno
 import functools
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ywmagics.orchestrator.launcher import END_SIGNAL
+from ywmagics.portable import lines_until_ended
 
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))  # run with -I -S: about 7 ms
 END_GRACE = 2.0  # seconds a launcher has to kill what its program left (then: SIGKILL)
@@ -210,29 +209,6 @@ class RunningSteps:
                     process.wait(5)
 
 
-def _lines_until_ended(process: subprocess.Popen[bytes], pipe: int) -> Iterator[str]:
-    """The lines of a step's output, as they come, until the pipe closes, or the step has ended
-    and nothing more comes for a moment: what still holds the pipe then is not the step (if
-    anything escaped its launcher, a shutdown must not wait for it forever)."""
-    pending = b""
-    ended_at: float | None = None
-    while ended_at is None or time.monotonic() - ended_at < 5:  # then it is not the step's
-        if ended_at is None and process.poll() is not None:
-            ended_at = time.monotonic()
-        if select.select([pipe], [], [], 0.5)[0]:
-            chunk = os.read(pipe, 65536)
-            if not chunk:
-                break
-            pending += chunk
-            *whole, pending = pending.split(b"\n")
-            for line in whole:
-                yield line.decode(errors="replace") + "\n"
-        elif process.poll() is not None:
-            break
-    if pending:
-        yield pending.decode(errors="replace") + "\n"
-
-
 def run_logged(
     argv: list[str],
     *,
@@ -270,7 +246,7 @@ def run_logged(
         try:
             with process:  # closes the pipe, or each step would leak a file descriptor
                 assert process.stdout is not None
-                for line in _lines_until_ended(process, process.stdout.fileno()):
+                for line in lines_until_ended(process, process.stdout.fileno()):
                     sink.write(line)
                     tail.append(line)
                     if on_line is not None:

@@ -92,6 +92,9 @@ class Orchestrator:
         # Which environment to start when a request reaches a backend that is installed but not
         # running: the last one installed or started for that name and version.
         self._last_used: dict[tuple[str, str], tuple[Plan, Environment]] = {}
+        # Where an install placed each (partition, name, version), with what it asked for: a
+        # request that starts it again starts it there.
+        self._placed: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
         # The proxy's fast path: (partition, name, range as written) -> the instance it chose.
         self._routes: dict[tuple[str, str, str], Instance] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -205,7 +208,7 @@ class Orchestrator:
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(
-                self.installer.plan, manifest, config, self._built_on_nodes_of(request.on)
+                self.installer.plan, manifest, config, *self._built_on_nodes_of(request.on)
             )
             emit(
                 event_of(
@@ -219,10 +222,13 @@ class Orchestrator:
             plans.append((spec, plan))
         return plans
 
-    def _built_on_nodes_of(self, cluster: str | None) -> str | None:
-        """``cluster`` if its nodes build environments themselves (they share no folder)."""
+    def _built_on_nodes_of(self, cluster: str | None) -> tuple[str | None, str]:
+        """``cluster`` if its nodes build environments themselves (they share no folder), and
+        the Python its shim runs with there (that of an empty ``build.python``)."""
         settings = self.settings.clusters.get(cluster or "")
-        return cluster if settings is not None and settings.node_dir else None
+        if settings is None or not settings.node_dir:
+            return None, ""
+        return cluster, settings.python
 
     async def _install_one(
         self,
@@ -244,6 +250,10 @@ class Orchestrator:
         self._in_background(asyncio.to_thread(self.installer.compile_environment, environment))
         self._routes.clear()  # a range may now resolve to this instance
         self._last_used[(manifest.name, manifest.version)] = (plan, environment)
+        self._placed[(partition, manifest.name, manifest.version)] = (
+            request.on or "local",
+            dict(request.resources),
+        )
         return {
             "alias": spec.alias,
             "name": manifest.name,
@@ -410,7 +420,10 @@ class Orchestrator:
                 manifest = self._manifest_of(environment)
                 if manifest is not None:
                     plan = await asyncio.to_thread(
-                        self.installer.plan, manifest, environment.config, environment.node
+                        self.installer.plan,
+                        manifest,
+                        environment.config,
+                        *self._built_on_nodes_of(environment.node),
                     )
                     if plan.fingerprint == environment.fingerprint:
                         candidates.setdefault(environment.version, (plan, environment))
@@ -433,13 +446,18 @@ class Orchestrator:
             )
         self._starting[environment.path] += 1
         try:
-            # An environment that a cluster's nodes build runs there, and nowhere else.
+            # Where it was last installed to run, with the resources asked for then; an
+            # environment that a cluster's nodes build runs there, and nowhere else.
+            placement, resources = self._placed.get(
+                (partition, name, version), (environment.node or "local", {})
+            )
             return await self.supervisor.ensure(
                 partition,
                 plan,
                 environment,
                 self.bus.publish,
-                placement=environment.node or "local",
+                placement=placement,
+                resources=resources,
             )
         finally:
             self._starting[environment.path] -= 1

@@ -36,7 +36,13 @@ import sys
 import tarfile
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+try:
+    from ywmagics import portable
+except ImportError:  # on a node: sent with the shim, as a module of its own
+    import portable  # type: ignore[no-redef,import-not-found]
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,6 +54,7 @@ _VERSION_REQUEST = re.compile(r"^(?:python)?(\d+(?:\.\d+){0,2})$")
 _PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # one path component, never '..'
 TAIL_LINES = 20
+MAX_LINE = 2048  # characters of a step's output line said (each is one line of srun's output)
 
 
 class BuildFailed(Exception):
@@ -89,31 +96,73 @@ class Builder:
     def run(self) -> dict[str, str]:
         """The placeholders of the built (or already built) environment: env, app, python,
         data, python_version, and whether it was ``built`` now ("1") or found ("")."""
+        try:
+            return self._run()
+        except OSError as error:  # the node's disk: full, read-only, a file in the way
+            where = f" ({error.filename})" if error.filename else ""
+            message = f"the build on {node_name()} failed: {error.strerror or error}{where}"
+            raise BuildFailed(message) from None
+
+    def _run(self) -> dict[str, str]:
         root = private_folder(self.node_dir)
         env = os.path.join(root, "envs", self.name, self.version, self.fingerprint)
         os.makedirs(os.path.dirname(env), mode=0o700, exist_ok=True)
         data = os.path.join(root, "data", *self.data)
         os.makedirs(data, mode=0o700, exist_ok=True)
         with open(env + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another job on this node may be building it
+            self._take_turn(lock)
             meta = _read_meta(env)
-            built = meta is None
-            if meta is None:
-                shutil.rmtree(env, ignore_errors=True)  # without its meta file: not ours
+            missing = self._missing(env, meta) if meta is not None else None
+            if missing:
+                self.report(f"found on {node_name()} without {missing}: building it again", 0.12)
+            built = meta is None or missing is not None
+            if built:
+                _remove(env)  # without its meta file, or incomplete: not to be used
                 try:
                     meta = self._build_into(env)
                 except BaseException:
-                    shutil.rmtree(env, ignore_errors=True)
+                    _remove(env, failing=False)
                     raise
-        python = meta.get("python") or sys.executable
+        assert meta is not None
         return {
             "env": env,
             "app": os.path.join(env, "app"),
-            "python": os.path.join(env, "venv", "bin", "python") if meta.get("python") else python,
+            "python": os.path.join(env, "venv", "bin", "python")
+            if meta.get("python")
+            else sys.executable,
             "data": data,
             "python_version": meta.get("python_version") or "",
             "built": "1" if built else "",
         }
+
+    def _take_turn(self, lock: Any) -> None:
+        """The environment's lock: another job on this node may be building it (said, and a
+        cancel still ends the wait)."""
+        said = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not said:
+                    self.report(f"waiting for another job's build of it on {node_name()}", None)
+                    said = True
+            if self.cancelled.wait(0.5):
+                raise BuildFailed("the build was cancelled while it waited for another")
+
+    def _missing(self, env: str, meta: dict[str, Any]) -> str | None:
+        """What a built environment lacks (a scratch purge removes files one by one): its
+        interpreter, or a file of the backend; None if nothing."""
+        python = meta.get("python")
+        if python and not os.path.exists(os.path.join(env, "venv", "bin", "python")):
+            return "its Python"
+        if python and not os.path.exists(python):
+            return f"the interpreter it was made from ({python})"
+        with tarfile.open(fileobj=io.BytesIO(self.bundle), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if member.isfile() and not os.path.isfile(os.path.join(env, "app", member.name)):
+                    return os.path.normpath(os.path.join("app", member.name))
+        return None
 
     def _build_into(self, env: str) -> dict[str, Any]:
         started = time.monotonic()
@@ -207,12 +256,14 @@ class Builder:
             self._current = process
         assert process.stdout is not None
         with process.stdout:
-            for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip()
+            for output in portable.lines_until_ended(process, process.stdout.fileno()):
+                line = output.rstrip()[:MAX_LINE]
                 if line.strip():
                     tail.append(line)
                     self.report(line, None)
         code = process.wait()
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what it left running holds no build up
         with self._lock:
             self._current = None
         if self.cancelled.is_set():
@@ -237,28 +288,57 @@ def node_name() -> str:
 
 
 def private_folder(path: str) -> str:
-    """``path`` (``~`` and ``$VAR`` expanded here, on the node), made if missing, refused unless
-    it is a folder of this user that nobody else can write: another user of the node must not
-    be able to put programs in what we run."""
+    """``path`` (``~`` and ``$VAR`` expanded here, on the node), made if missing, with no link
+    left in it; refused unless every folder on the way is this user's or root's and only they
+    can change it (a sticky folder such as /tmp aside), and the folder itself is this user's
+    alone: another user of the node must not be able to put programs in what we run."""
     expanded = os.path.expandvars(os.path.expanduser(path))
+    if "$" in expanded:
+        raise BuildFailed(f"node_dir {path!r} names a variable this node does not have")
     if not os.path.isabs(expanded):
         raise BuildFailed(f"the cluster's node_dir {path!r} is not an absolute path on the node")
+    resolved, why = portable.changeable_by_others(Path(expanded))
+    if resolved is None:
+        raise BuildFailed(f"node_dir {expanded} is refused: {why}")
     try:
-        os.makedirs(expanded, mode=0o700, exist_ok=True)
-        info = os.lstat(expanded)
+        os.makedirs(resolved, mode=0o700, exist_ok=True)
+        info = os.lstat(resolved)
     except OSError as error:
-        message = f"cannot make node_dir {expanded}: {error.strerror or error}"
+        message = f"cannot make node_dir {resolved}: {error.strerror or error}"
         raise BuildFailed(message) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise BuildFailed(
-            f"node_dir {expanded} is not a folder of this user (uid {os.getuid()}): refused"
+            f"node_dir {resolved} is not a folder of this user (uid {os.getuid()}): refused"
         )
     if info.st_mode & 0o022:
         raise BuildFailed(
-            f"node_dir {expanded} can be written by group or others (mode "
+            f"node_dir {resolved} can be written by group or others (mode "
             f"{stat.S_IMODE(info.st_mode):o}): refused, anyone could change what runs there"
         )
-    return expanded
+    return str(resolved)
+
+
+def _remove(folder: str, failing: bool = True) -> None:
+    """Remove ``folder`` whole, read-only parts too (a step may leave them, as Go's module
+    cache does); one that stays is said, else the next build would fail on it."""
+
+    def writable_then_again(function: Any, name: str, _: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            os.chmod(name, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            function(name)
+
+    handler = {"onexc" if sys.version_info >= (3, 12) else "onerror": writable_then_again}
+    try:
+        shutil.rmtree(folder, **handler)  # type: ignore[arg-type]
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        if failing:
+            raise BuildFailed(
+                f"cannot remove the unfinished build {folder} on {node_name()}: {error}"
+            ) from None
 
 
 def find_python(request: str) -> tuple[str, str]:

@@ -221,18 +221,27 @@ def build_on_node(config: Config) -> int:
         import node_build
 
     def report(text: str, progress: float | None) -> None:
-        print(f"{BUILD} {json.dumps({'text': text, 'progress': progress})}", flush=True)
+        said = {"text": text[: node_build.MAX_LINE], "progress": progress}
+        print(f"{BUILD} {json.dumps(said)}", flush=True)
+
+    def failed(error: node_build.BuildFailed) -> int:
+        tail = [line[:500] for line in error.tail[-node_build.TAIL_LINES :]]
+        said = {"message": error.message[: node_build.MAX_LINE], "tail": tail}
+        print(f"{FAILED} {json.dumps(said)}", flush=True)
+        return BUILD_FAILED
 
     assert config.build is not None
     try:
         builder = node_build.Builder(config.build, report)
     except node_build.BuildFailed as error:
-        print(f"{FAILED} {json.dumps({'message': error.message, 'tail': []})}", flush=True)
-        return BUILD_FAILED
+        return failed(error)
 
     def watch_stdin() -> None:  # its end: the orchestrator (and its pipe to srun) is gone
-        while sys.stdin.buffer.read(4096):
-            pass
+        # The descriptor itself, not sys.stdin: a thread blocked in a buffered read holds its
+        # lock, and the interpreter aborts at exit on it.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
         builder.cancel()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
@@ -240,11 +249,9 @@ def build_on_node(config: Config) -> int:
     try:
         placed = builder.run()
     except node_build.BuildFailed as error:
-        said = {"message": error.message, "tail": error.tail}
-        print(f"{FAILED} {json.dumps(said)}", flush=True)
         if builder.cancelled.is_set():  # nobody waits for this job: its allocation too
             end_own_job()
-        return BUILD_FAILED
+        return failed(error)
     done = {
         "built": bool(placed.pop("built")),
         "node": node_build.node_name(),

@@ -60,12 +60,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ywmagics.orchestrator")
 SHIM = Path(__file__).with_name("node_shim.py")
 NODE_BUILD = Path(__file__).with_name("node_build.py")
+PORTABLE = Path(__file__).parents[2] / "portable.py"
 READY = "YW-SHIM "
 BUILD, BUILT, FAILED = "YW-BUILD ", "YW-BUILT ", "YW-FAILED "
 # The command line of a shim that has no file on the node (Python 3.8+): stdin's first line holds
 # the sources, which it runs; the shim then reads its configuration from the second ("-").
 BOOTSTRAP = (
     "import json,sys,types\n"
+    "if sys.version_info<(3,8):sys.exit('ywmagics node shim: needs Python 3.8 or later, not '"
+    "+sys.version.split()[0]+' (the python of the cluster entry)')\n"
     "sources=json.loads(sys.stdin.buffer.readline())\n"
     "for name,source in sources['modules'].items():\n"
     " module=types.ModuleType(name);module.__file__=name+'.py';sys.modules[name]=module\n"
@@ -226,8 +229,10 @@ class SlurmPlacement:
             *self.cluster.srun_options,
         ]
         if on_node:
-            config["build"] = self._build_spec(instance, kept)
-            sources = {"modules": {"node_build": NODE_BUILD.read_text()}, "shim": SHIM.read_text()}
+            # In a thread: compressing a large folder would hold every other instance's lease.
+            config["build"] = await asyncio.to_thread(self._build_spec, instance, kept)
+            modules = {"portable": PORTABLE.read_text(), "node_build": NODE_BUILD.read_text()}
+            sources = {"modules": modules, "shim": SHIM.read_text()}
             stdin = f"{json.dumps(sources)}\n{json.dumps(config)}\n".encode()
             # No folder of ours is on the node: srun's own is not either.
             argv = [*srun, "--chdir=/", self.cluster.python, "-I", "-c", BOOTSTRAP]
@@ -254,16 +259,17 @@ class SlurmPlacement:
         """What the node builds (see node_build.Builder): the environment's files, as prepared
         here, and the rest of what Installer would do."""
         environment, plan = instance.environment, instance.plan
-        bundle = io.BytesIO()
-        with tarfile.open(fileobj=bundle, mode="w:gz", compresslevel=6) as tar:
-            tar.add(environment.app, arcname=".")
-        if bundle.tell() > MAX_BUNDLE:
+        bundle = _Capped(MAX_BUNDLE)
+        try:
+            with tarfile.open(fileobj=bundle, mode="w:gz", compresslevel=6) as tar:
+                tar.add(environment.app, arcname=".")
+        except _TooLarge:
             raise StartError(
-                f"{instance.where}: its files are {bundle.tell() / 2**20:.0f} MiB compressed, "
-                f"more than the {MAX_BUNDLE // 2**20} MiB sent to a node that builds it",
+                f"{instance.where}: its files are more than the {MAX_BUNDLE // 2**20} MiB "
+                "(compressed) sent to a node that builds it",
                 hint="leave data out of the backend's folder (fetch it from the node instead), "
                 "or use a cluster whose nodes share a folder (shared_dir)",
-            )
+            ) from None
         python_runtime = plan.manifest.runtime is Runtime.PYTHON
         return {
             "dir": self.cluster.node_dir,
@@ -356,6 +362,9 @@ class SlurmPlacement:
                     await self._look_at_queue(instance, job, emit)
                     look_every = min(QUEUE_LOOK_MAX, look_every * 2)
                     continue
+                except ValueError:  # a line longer than the stream's limit: dropped, said
+                    log_file.write(b"[a line of more than 64 KiB was left out]\n")
+                    continue
                 if not line:  # srun ended first: refused, or the job failed to start
                     await process.wait()
                     if job.failure is not None:
@@ -366,13 +375,19 @@ class SlurmPlacement:
                             log_tail="\n".join(job.failure.get("tail") or []),
                         )
                     if job.cancelled:
+                        waited = (
+                            "waited in the queue"
+                            if job.state in ("", "PENDING")
+                            else (f"started on {job.node or 'its node'}")
+                        )
                         raise StartError(
-                            f"{instance.where} was stopped while its job waited in the queue",
+                            f"{instance.where} was stopped while its job {waited}",
                             hint="install it again to start it",
                         )
+                    why = f": {job.reason}" if job.reason and job.reason != "None" else ""
                     raise StartError(
                         f"{instance.where} did not start on {self.cluster.name!r}"
-                        + (f" (job {job.job_id}: {job.reason})" if job.reason else "")
+                        + (f" (job {job.job_id}{why})" if job.job_id else "")
                         + f": srun exited with code {process.returncode}",
                         hint="Slurm's own words are in the log tail below; 'ywmagics logs' "
                         "has the rest",
@@ -628,6 +643,23 @@ def queued_text(job_id: str, cluster: str, state: str, reason: str) -> str:
             "cluster does not give; stop it and ask for other --resources"
         )
     return f"job {job_id} on {cluster}: {state.lower()}{why}"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Capped(io.BytesIO):
+    """A buffer that refuses to grow past ``cap`` bytes (a tar of a huge folder stops early)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > self.cap:
+            raise _TooLarge
+        return super().write(data)
 
 
 async def _copy_to_log(stream: asyncio.StreamReader, log_path: Path) -> None:
