@@ -6,15 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
-from types import TracebackType
 
-import httpx
+from .local_server import ServerProcess, free_port
 
 
 def make_wheel(
@@ -53,13 +49,13 @@ def make_wheel(
     return wheel
 
 
-class PackageServer:
+class PackageServer(ServerProcess):
     """``pypi-server`` serving ``packages`` on 127.0.0.1, no fallback to PyPI; releasing is
     putting a wheel in that folder (it reads the folder at each request)."""
 
     def __init__(self, packages: Path) -> None:
+        super().__init__(packages.parent / "pypi-server.log")
         self.packages = packages
-        self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     @property
@@ -71,53 +67,8 @@ class PackageServer:
 
     def __enter__(self) -> PackageServer:
         self.packages.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         server = Path(sys.executable).with_name("pypi-server")
-        log = (self.packages.parent / "pypi-server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(server),
-                "run",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-a",
-                ".",
-                "-P",
-                ".",
-                "--disable-fallback",
-                str(self.packages),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.__exit__(None, None, None)
-        raise RuntimeError((self.packages.parent / "pypi-server.log").read_text())
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        argv = [str(server), "run", "-i", "127.0.0.1", "-p", str(self.port), "-a", ".", "-P", "."]
+        self.start([*argv, "--disable-fallback", str(self.packages)], f"{self.url}/")
+        return self

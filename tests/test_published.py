@@ -1,12 +1,14 @@
-"""Published backends from a real package index on loopback (pypiserver): released, installed
-with ``pypi:NAME#RANGE``, called, a new release picked by ``^``, uninstalled; every error
-names the index. Nothing may leave loopback: the orchestrator's proxy settings point at a
-closed port for every other host."""
+"""Published backends from real package indexes on loopback (pypiserver; verdaccio for npm):
+released, installed with ``pypi:NAME#RANGE`` or ``npm:NAME#RANGE``, called, a new release picked
+by the range, uninstalled; every error names the index. Nothing may leave loopback: the
+orchestrator's proxy settings point at a closed port for every other host."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ywmagics.discovery import Connection
 from ywmagics.errors import BackendNotFound, ManifestError
 
 from .conftest import run_in_ipython, start_orchestrator, stop_orchestrator
+from .npm_registry import NpmRegistry, npm_package
 from .package_index import PackageServer, make_wheel
 
 pytestmark = pytest.mark.slow  # a package index, an orchestrator, environments built with uv
@@ -98,7 +101,14 @@ def index(tmp_path: Path) -> Iterator[PackageServer]:
 def orchestrator(
     index: PackageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Connection]:
-    for name, value in _only_loopback(index).items():
+    yield from _serving(_only_loopback(index), tmp_path, monkeypatch)
+
+
+def _serving(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Connection]:
+    """An orchestrator whose environment has ``env`` (the user's index settings)."""
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     process, connection = start_orchestrator(tmp_path / "home")
     yield connection
@@ -123,9 +133,9 @@ def test_a_published_backend_installs_from_the_index_and_a_new_release_is_picked
         "yw-weather",
         "1.2.0",
     )
-    assert source["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert source["digest"] == f"sha256:{hashlib.sha256(first.read_bytes()).hexdigest()}"
     shown = format_listing(listing)
-    assert f"yw-weather 1.2.0 from {index.url} (sha256 {source['sha256'][:12]}" in shown
+    assert f"yw-weather 1.2.0 from {index.url} ({source['digest'][:19]}..." in shown
 
     # A new release: the same range now takes it.
     index.release(weather(tmp_path / "built", "1.3.0"))
@@ -176,3 +186,124 @@ print("VERSION", yw_weather.fetch_json("/")["version"])
 """
     # The default alias: the package's name as an identifier.
     assert "VERSION 1.2.0" in run_in_ipython(code, env)
+
+
+TILES_SERVER = r"""
+const http = require("http");
+const dep = require("yw-dep");
+http.createServer((request, response) => {
+  response.setHeader("Content-Type", "application/json");
+  response.end(JSON.stringify({ version: "@VERSION@", dep: dep.VERSION, dir: __dirname }));
+}).listen(process.argv[2]);
+"""
+
+
+def tiles(folder: Path, version: str, **fields: object) -> Path:
+    manifest = {"runtime": "command", "start": ["node", "{app}/server.js", "{socket}"]}
+    return npm_package(
+        folder / version,
+        "@acme/yw-tiles",
+        version,
+        {"server.js": TILES_SERVER.replace("@VERSION@", version)},
+        dependencies={"yw-dep": "^1.0.0"},
+        **({"ywbackend": manifest} | fields),
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[NpmRegistry]:
+    with NpmRegistry(tmp_path / "npm-registry") as running:
+        dep = npm_package(
+            tmp_path / "dep", "yw-dep", "1.0.0", {"index.js": "exports.VERSION = '1.0.0';\n"}
+        )
+        running.publish(dep)
+        yield running
+
+
+@pytest.fixture
+def npm_orchestrator(
+    registry: NpmRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Connection]:
+    closed = "http://127.0.0.1:9"  # any host but loopback: refused
+    env = {**registry.env, "npm_config_proxy": closed, "npm_config_https_proxy": closed}
+    env["npm_config_noproxy"] = "127.0.0.1,localhost"
+    yield from _serving(env, tmp_path, monkeypatch)
+
+
+def test_an_npm_backend_installs_from_the_registry_and_a_new_release_is_picked(
+    registry: NpmRegistry, npm_orchestrator: Connection, tmp_path: Path
+) -> None:
+    registry.publish(tiles(tmp_path / "tiles", "2.0.1"))
+    client = ywmagics.install("npm:@acme/yw-tiles#~2.0 as tiles", connection=npm_orchestrator).tiles
+    answer = client.fetch_json("/")
+    assert (answer["version"], answer["dep"]) == ("2.0.1", "1.0.0")  # its dependency, from there
+    (environment,) = OrchestratorClient(npm_orchestrator).listing()["environments"]
+    assert environment["name"] == "npm:@acme+yw-tiles"
+    source = environment["source"]
+    assert (source["index"], source["package"], source["version"]) == (
+        registry.url,
+        "@acme/yw-tiles",
+        "2.0.1",
+    )
+    assert source["digest"].startswith("sha512-")
+    registry.publish(tiles(tmp_path / "tiles", "2.0.5"))
+    again = ywmagics.install("npm:@acme/yw-tiles#~2.0", connection=npm_orchestrator).yw_tiles
+    assert again.fetch_json("/")["version"] == "2.0.5"
+    removed = OrchestratorClient(npm_orchestrator).uninstall("npm:@acme/yw-tiles")
+    assert sorted(e["version"] for e in removed["removed"]) == ["2.0.1", "2.0.5"]
+
+
+def test_what_an_npm_registry_lacks_is_a_clear_error_naming_it(
+    registry: NpmRegistry, npm_orchestrator: Connection, tmp_path: Path
+) -> None:
+    registry.publish(tiles(tmp_path / "tiles", "2.0.1"))
+    with pytest.raises(BackendNotFound) as unknown:
+        ywmagics.install("npm:yw-nothing", connection=npm_orchestrator)
+    assert f"no package 'yw-nothing' on the npm registry {registry.url}" in unknown.value.message
+    with pytest.raises(BackendNotFound) as out_of_range:
+        ywmagics.install("npm:@acme/yw-tiles#~3.0", connection=npm_orchestrator)
+    assert "no version of @acme/yw-tiles matches '~3.0'" in out_of_range.value.message
+    assert out_of_range.value.hint == "versions there: 2.0.1"
+    registry.publish(
+        npm_package(tmp_path / "plain", "yw-plain", "1.0.0", {"index.js": ""}, description="x")
+    )
+    with pytest.raises(ManifestError) as not_a_backend:
+        ywmagics.install("npm:yw-plain", connection=npm_orchestrator)
+    assert "is not a ywmagics backend: its package.json has no 'ywbackend' field" in (
+        not_a_backend.value.message
+    )
+
+
+def _new_backend(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ywmagics", "new-backend", *args], check=True)
+
+
+def test_new_backend_makes_a_python_project_that_builds_releases_and_runs(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    project = tmp_path / "yw-demo"
+    _new_backend("yw-demo", "--python", "--dir", str(project))
+    uv = Path(sys.executable).with_name("uv")
+    subprocess.run([str(uv), "build", "--wheel", "--quiet"], cwd=project, check=True)
+    (wheel,) = (project / "dist").glob("*.whl")
+    index.release(wheel)
+    demo = ywmagics.install("pypi:yw-demo#^0.1.0", connection=orchestrator).yw_demo
+    assert demo.fetch_json("/") == {
+        "backend": "yw-demo",
+        "version": "0.1.0",
+        "partition": "Default",
+    }
+
+
+def test_new_backend_makes_a_node_project_that_publishes_and_runs(
+    registry: NpmRegistry, npm_orchestrator: Connection, tmp_path: Path
+) -> None:
+    project = tmp_path / "yw-demo-js"
+    _new_backend("yw-demo-js", "--node", "--dir", str(project))
+    registry.publish(project)
+    demo = ywmagics.install("npm:yw-demo-js#^0.1.0", connection=npm_orchestrator).yw_demo_js
+    assert demo.fetch_json("/") == {
+        "backend": "yw-demo-js",
+        "version": "0.1.0",
+        "partition": "Default",
+    }

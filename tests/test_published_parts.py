@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from ywmagics.errors import InstallError, ManifestError, SpecError
-from ywmagics.orchestrator.published import DEFAULT_INDEX, PackageIndex, _extract_backend, index_url
+from ywmagics.orchestrator.published.pypi import (
+    DEFAULT_INDEX,
+    PackageIndex,
+    _extract_backend,
+    index_url,
+)
 from ywmagics.spec import BackendSpec, VersionRange, validate_name
 
 from .package_index import make_wheel

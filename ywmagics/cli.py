@@ -371,6 +371,8 @@ def _missing(listing: RegistryListing) -> str:
 def cmd_new_backend(args: argparse.Namespace) -> int:
     from ywmagics import paths
 
+    if args.python or args.node:
+        return _new_package(args.name, "python" if args.python else "node", args.dir)
     name = installable_name(args.name)
     target = Path(args.dir) if args.dir else paths.user_registry_dir() / name
     if target.exists():
@@ -381,6 +383,39 @@ def cmd_new_backend(args: argparse.Namespace) -> int:
         if file.exists():
             file.write_text(file.read_text().replace("my_backend", name))
     print(f"created {target}; install it with: ywmagics install {name}")
+    return 0
+
+
+def _new_package(name: str, kind: str, folder: str | None) -> int:
+    """A project that builds a backend to release on a package index: a Python distribution
+    (``pypi:NAME``) or an npm package (``npm:NAME``)."""
+    from ywmagics.spec import NPM_PREFIX, PYPI_PREFIX, default_alias, npm_package, validate_name
+
+    prefix = PYPI_PREFIX if kind == "python" else NPM_PREFIX
+    published = validate_name(prefix + name)
+    package = published[len(PYPI_PREFIX) :] if kind == "python" else npm_package(published)
+    if package != name:
+        raise YwMagicsError(
+            f"{name!r} is not a package name as the index writes it",
+            hint=f"use {package!r}",
+        )
+    module = default_alias(published)
+    target = Path(folder) if folder else Path.cwd() / package.rsplit("/", 1)[-1]
+    if target.exists():
+        raise YwMagicsError(f"{target} already exists", hint="choose another folder with --dir")
+    template = Path(__file__).parent / "templates" / f"{kind}_package"
+    shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__"))
+    if kind == "python":
+        (target / "src" / "my_module").rename(target / "src" / module)
+    for file in target.rglob("*"):
+        if file.is_file():
+            text = file.read_text().replace("my_module", module)
+            file.write_text(text.replace("my_backend", package))
+    release = "uv build && uv publish" if kind == "python" else "npm publish"
+    print(
+        f"created {target}; release it with '{release}' (see its README.md), then install it "
+        f"with: %backends install {prefix}{package}#^0.1.0"
+    )
     return 0
 
 
@@ -514,7 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     new = commands.add_parser("new-backend", help="create a backend from the template")
     new.add_argument("name")
-    new.add_argument("--dir", help="where (default: your registry folder)")
+    new.add_argument(
+        "--dir", help="where (default: your registry folder; with --python/--node, ./NAME)"
+    )
+    kind = new.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--python", action="store_true", help="a Python package to release on an index (pypi:)"
+    )
+    kind.add_argument("--node", action="store_true", help="an npm package to release (npm:)")
     new.set_defaults(run=cmd_new_backend)
 
     kernel = commands.add_parser("kernel", help="Jupyter kernel spec")

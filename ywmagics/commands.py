@@ -264,7 +264,7 @@ def source_text(source: Mapping[str, Any] | None) -> str:
         return "-"
     return (
         f"{source['package']} {source['version']} from {source['index']} "
-        f"(sha256 {str(source['sha256'])[:12]}...)"
+        f"({str(source['digest'])[:19]}...)"
     )
 
 

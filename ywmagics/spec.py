@@ -24,10 +24,27 @@ ALIAS_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 PARTITION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_PARTITION = "Default"
 MAX_SPEC_LENGTH = 400
-# A backend published on a Python package index: 'pypi:' and its normalized name (PEP 503), which
-# no local backend's name can be (they have no ':').
+# A backend published on a package index: 'pypi:' and its normalized name (PEP 503), or 'npm:'
+# and its package name, with a scope's '/' as '+' (a backend's name is one path segment and one
+# folder); no local backend's name can be one (they have no ':').
 PYPI_PREFIX = "pypi:"
+NPM_PREFIX = "npm:"
 _PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
+_NPM_PART = r"[a-z0-9][a-z0-9._~-]{0,100}"
+_NPM_PATTERN = re.compile(rf"(?:@({_NPM_PART})[/+])?({_NPM_PART})")
+
+
+def is_published(name: str) -> bool:
+    """Whether ``name`` is a backend of a package index (``pypi:``, ``npm:``)."""
+    return name.startswith((PYPI_PREFIX, NPM_PREFIX))
+
+
+def npm_package(name: str) -> str:
+    """The npm package that a backend's name stands for: ``npm:@acme+tiles`` is
+    ``@acme/tiles``."""
+    return name[len(NPM_PREFIX) :].replace("+", "/", 1)
+
+
 MAX_MODULES = 64
 
 
@@ -48,11 +65,21 @@ def validate_name(name: object) -> str:
                 "e.g. 'pypi:yw-weather'",
             )
         return PYPI_PREFIX + normalize_package(package)
+    if isinstance(name, str) and name.startswith(NPM_PREFIX):
+        match = _NPM_PATTERN.fullmatch(name[len(NPM_PREFIX) :])
+        if not match:
+            raise SpecError(
+                f"{_shown(name)} is not a valid npm package name",
+                hint="after 'npm:', a package's name, lowercase, scoped or not: "
+                "'npm:yw-tiles', 'npm:@acme/yw-tiles'",
+            )
+        scope, package = match.groups()
+        return NPM_PREFIX + (f"@{scope}+{package}" if scope else package)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
             f"{_shown(name)} is not a valid backend name",
             hint="names start with a letter and use at most 64 letters, digits, '_', '-' or '.'"
-            "; a backend published on a package index is 'pypi:NAME'",
+            "; one published on a package index is 'pypi:NAME' or 'npm:NAME'",
         )
     return name
 
@@ -67,6 +94,8 @@ def default_alias(name: str) -> str:
     """The alias of a spec that gives none: its name, a published one's as an identifier."""
     if name.startswith(PYPI_PREFIX):
         return name[len(PYPI_PREFIX) :].replace("-", "_")
+    if name.startswith(NPM_PREFIX):
+        return re.sub(r"[^A-Za-z0-9_]", "_", npm_package(name).rsplit("/", 1)[-1])
     return name
 
 

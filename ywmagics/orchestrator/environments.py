@@ -148,7 +148,7 @@ class Installer:
         if manifest.runtime is Runtime.PYTHON:  # their copies are part of the environment
             identity["shared"] = _SHARED_DIGEST
         if manifest.source is not None:  # the wheel installed, and the index of the rest
-            identity["source"] = [manifest.source.sha256, manifest.source.index]
+            identity["source"] = [manifest.source.digest, manifest.source.index]
         if node is not None:
             identity["node"] = [node, python_request or node_python]
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -286,7 +286,11 @@ class Installer:
         }
         uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
 
-        source = plan.manifest.source
+        source = (
+            plan.manifest.source
+            if plan.manifest.source and plan.manifest.source.file.endswith(".whl")
+            else None
+        )
         # A published backend: its wheel, and everything else from the index it came from.
         index = ["--index-url", source.index] if source is not None else []
 

@@ -48,13 +48,15 @@ class BuildOption:
 @dataclass(frozen=True)
 class Source:
     """Where a published backend came from (see :mod:`~ywmagics.orchestrator.published`):
-    the index, the package and version, the wheel file it installs, and that file's SHA-256."""
+    the index, the package and version, the file it was made from (a wheel, which the
+    environment installs; an npm tarball), and that file's digest (``sha256:HEX``, or npm's
+    ``sha512-BASE64`` integrity)."""
 
     index: str
     package: str
     version: str
     file: str
-    sha256: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,13 @@ def load_manifest(path: Path) -> Manifest:
         data = toml.loads(path.read_bytes().decode())
     except (toml.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid TOML: {error}") from error
-    read = _Reader(path, data)
+    return manifest_of(data, path, path.parent)
+
+
+def manifest_of(data: dict[str, Any], where: Path, folder: Path) -> Manifest:
+    """Validate a manifest's keys (``data``, read from ``where``: a manifest file, or the
+    package.json of an npm package) for the backend whose files are in ``folder``."""
+    read = _Reader(where, data)
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise read.fail(
@@ -259,7 +267,7 @@ def load_manifest(path: Path) -> Manifest:
         except ManifestError as error:
             raise read.fail(error.message, error.hint) from error
     return Manifest(
-        folder=path.parent,
+        folder=folder,
         name=name,
         version=version,
         description=read.string("description"),
@@ -275,7 +283,7 @@ def load_manifest(path: Path) -> Manifest:
         ready_timeout=float(ready_timeout),
         env=dict(env),
         build=build,
-        digest=_folder_digest(path.parent),
+        digest=_folder_digest(folder),
     )
 
 

@@ -16,8 +16,8 @@ from ywmagics.orchestrator.manifest import (
     folder_signature,
     load_manifest,
 )
-from ywmagics.orchestrator.published import PackageIndex
-from ywmagics.spec import PYPI_PREFIX, VersionRange, version_key
+from ywmagics.orchestrator.published import Published
+from ywmagics.spec import VersionRange, is_published, version_key
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ def default_registry_folders(
 
 class Registry:
     """Finds manifests in ``folders``; the first folder that has a ``name``/``version`` wins.
-    ``pypi:NAME`` is looked up on the user's package index instead (never in the folders), what
-    it fetches kept in ``published_cache``."""
+    ``pypi:NAME`` and ``npm:NAME`` are looked up on the user's package indexes instead (never in
+    the folders), what they fetch kept in ``published_cache``."""
 
     def __init__(self, folders: Sequence[Path], published_cache: Path | None = None) -> None:
         self.folders = list(folders)
-        self.published = PackageIndex(published_cache) if published_cache else None
+        self.published = Published(published_cache) if published_cache else None
         # Folders are scanned at each install (a new backend is found without a restart); a
         # manifest is read and its folder hashed again only when one of its files changed.
         self._loaded: dict[Path, tuple[object, Manifest | ManifestError]] = {}
@@ -79,7 +79,7 @@ class Registry:
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
         """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`.
         Blocking for a published one (the index is asked)."""
-        if name.startswith(PYPI_PREFIX):
+        if is_published(name):
             return self._published().resolve(name, version_range)
         every = self.manifests()
         versions = every.get(name)
@@ -104,11 +104,11 @@ class Registry:
     def known(self, name: str, version: str) -> Manifest | None:
         """The manifest of ``name`` ``version`` if it is at hand: in a folder, or a published
         one fetched before (the index is not asked)."""
-        if name.startswith(PYPI_PREFIX):
+        if is_published(name):
             return self._published().cached(name, version)
         return self.manifests().get(name, {}).get(version)
 
-    def _published(self) -> PackageIndex:
+    def _published(self) -> Published:
         if self.published is None:
             raise BackendNotFound("this registry has no cache for published backends")
         return self.published

@@ -34,10 +34,10 @@ from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, InstanceState, Supervisor
 from ywmagics.spec import (
-    PYPI_PREFIX,
     BackendSpec,
     InstallRequest,
     VersionRange,
+    is_published,
     validate_name,
     version_key,
 )
@@ -201,7 +201,7 @@ class Orchestrator:
             )
         plans = []
         for spec in request.modules:
-            if spec.name.startswith(PYPI_PREFIX):  # the index is asked: not in the loop
+            if is_published(spec.name):  # the index is asked: not in the loop
                 manifest = await asyncio.to_thread(self.registry.resolve, spec.name, spec.range)
             else:
                 manifest = self.registry.resolve(spec.name, spec.range)

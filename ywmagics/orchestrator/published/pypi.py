@@ -1,5 +1,5 @@
-"""Published backends: ``pypi:NAME`` is a distribution on a Python package index whose wheel
-ships a manifest, found through its ``ywmagics.backends`` entry point::
+"""``pypi:NAME``: a distribution on a Python package index whose wheel ships a manifest, found
+through its ``ywmagics.backends`` entry point::
 
     [project.entry-points."ywmagics.backends"]
     yw-weather = "yw_weather"          # the package whose folder holds ywbackend.toml
@@ -20,11 +20,8 @@ import contextlib
 import dataclasses
 import hashlib
 import html.parser
-import json
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 from ywmagics.errors import BackendNotFound, InstallError, ManifestError
 from ywmagics.orchestrator import toml
 from ywmagics.orchestrator.manifest import MANIFEST_NAME, Manifest, Source, load_manifest
+from ywmagics.orchestrator.published.cache import CachedIndex, keep
 from ywmagics.spec import PYPI_PREFIX, VersionRange, is_semver, normalize_package, version_key
 
 ENTRY_POINT_GROUP = "ywmagics.backends"
@@ -95,12 +93,9 @@ def _uv_index(file: Path) -> str | None:
     return None
 
 
-class PackageIndex:
+class PackageIndex(CachedIndex):
     """Resolves ``pypi:NAME#RANGE`` against the user's index; the wheels it takes are kept in
     ``cache`` (one folder per package and version)."""
-
-    def __init__(self, cache: Path) -> None:
-        self.cache = cache
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
         """The manifest of the highest version in range (downloaded the first time). Blocking:
@@ -123,20 +118,8 @@ class PackageIndex:
             return cached
         return self._fetch(name, best, versions[best], url)
 
-    def cached(self, name: str, version: str) -> Manifest | None:
-        """The manifest of a version fetched before (no request: for restarts)."""
-        folder = self._folder(name, version)
-        try:
-            source = Source(**json.loads((folder / "source.json").read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-        try:
-            return self._manifest(name, source, folder / "backend")
-        except ManifestError:
-            return None
-
     def _folder(self, name: str, version: str) -> Path:
-        return self.cache / "pypi" / name.removeprefix(PYPI_PREFIX) / version
+        return self.cache / name.removeprefix(PYPI_PREFIX) / version
 
     # -- the index ----------------------------------------------------------------------------
 
@@ -183,10 +166,7 @@ class PackageIndex:
     def _fetch(self, name: str, version: str, wheel: _Wheel, url: str) -> Manifest:
         import httpx
 
-        folder = self._folder(name, version)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder.parent))
-        try:
+        def fetch(work: Path) -> Source:
             digest = hashlib.sha256()
             path = work / wheel.filename
             with httpx.stream("GET", wheel.url, timeout=_TIMEOUT, follow_redirects=True) as got:
@@ -207,16 +187,14 @@ class PackageIndex:
                     f"(sha256 {sha256}, not {wheel.sha256})",
                     hint="the file changed on the way or on the index: nothing was installed",
                 )
-            source = Source(url, name.removeprefix(PYPI_PREFIX), version, wheel.filename, sha256)
+            package = name.removeprefix(PYPI_PREFIX)
+            source = Source(url, package, version, wheel.filename, f"sha256:{sha256}")
             _extract_backend(path, work / "backend", name, version)
             self._manifest(name, source, work / "backend")  # refused before it is kept
-            (work / "source.json").write_text(json.dumps(dataclasses.asdict(source), indent=2))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.rename(work, folder)  # whole, or not there at all
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        return self._manifest(name, source, folder / "backend")
+            return source
+
+        folder = self._folder(name, version)
+        return self._manifest(name, keep(folder, fetch), folder / "backend")
 
     def _manifest(self, name: str, source: Source, folder: Path) -> Manifest:
         wheel_path = folder.parent / source.file

@@ -1,0 +1,1 @@
+"""A ywmagics backend: its manifest is ywbackend.toml, next to this file."""
