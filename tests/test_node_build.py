@@ -223,7 +223,7 @@ def test_a_build_waits_its_turn_and_says_so(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX)  # another job's build
         said: list[tuple[str, float | None]] = []
         builder = Builder(first, lambda text, progress: said.append((text, progress)))
-        threading.Timer(1.0, builder.cancel).start()
+        threading.Timer(0.2, builder.cancel).start()
         with pytest.raises(BuildFailed, match="cancelled while it waited"):
             builder.run()
     assert said[0][0].startswith("waiting for another job's build of it on")

@@ -35,6 +35,10 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 def test_the_readme_sections_a_newcomer_follows_are_there() -> None:
+    assert code_blocks(section("Run the tutorial"), "bash") == [
+        "pip install -e . && ywmagics tutorial\n"
+    ]
+    assert README.index("## Run the tutorial") < README.index("## Install")  # at the top
     assert code_blocks(section("Install"), "bash") == ["pip install -e .\n"]
     assert code_blocks(section("Test"), "bash")[:1] == [
         'pip install -e ".[test]" && python -m pytest\n'
@@ -70,6 +74,25 @@ def test_the_install_then_the_quick_start_in_a_fresh_virtualenv(
     # None of the test tools came with it: the user's install is light.
     for tool in ("pytest", "mypy", "ruff", "pandas", "matplotlib"):
         assert not list((venv / "lib").glob(f"python*/site-packages/{tool}")), tool
+
+    # The main job, the command the README puts at the top (its install part was just run).
+    (main_job,) = code_blocks(section("Run the tutorial"), "bash")
+    tutorial = main_job.split("&&")[1].split()
+    ran = subprocess.run(
+        [str(venv / "bin" / tutorial[0]), *tutorial[1:]],
+        env=env, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    said = ran.stdout
+    assert "hello backends" in said  # cow-say, through the proxy
+    assert re.search(r"^squares computed by Python 3\.\d+\.\d+: \[0, 1, 4, 9\]$", said, re.M)
+    assert "the runner gets Python" in said or "the runner uses this one" in said
+    assert "Alice sees: set in Alice's runner" in said
+    assert "Bob sees:   <not defined in Bob's runner>" in said
+    assert said.rstrip().endswith(
+        "the same tutorial in JupyterLab:  ywmagics tutorial --lab\n"
+        "  the dashboard of what runs:       ywmagics dashboard"
+    )
 
     cells = code_blocks(section("Quick start"), "python")
     nb = new_notebook(cells=[new_code_cell(cell.strip()) for cell in cells])

@@ -447,6 +447,12 @@ def _install_takes(name: str) -> bool:
     return spec.name == spec.alias == name  # not 'a#1' nor 'a as b': a name, whole
 
 
+def cmd_tutorial(args: argparse.Namespace) -> int:
+    from ywmagics import tutorial
+
+    return tutorial.open_lab(args.yes) if args.lab else tutorial.run()
+
+
 def cmd_kernel_install(args: argparse.Namespace) -> int:
     from ywmagics.kernel.kernelspec import (
         DISPLAY_NAME,
@@ -558,6 +564,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kind.add_argument("--node", action="store_true", help="an npm package to release (npm:)")
     new.set_defaults(run=cmd_new_backend)
+
+    tutorial = commands.add_parser(
+        "tutorial", help="run the backends tutorial in this terminal (--lab: in JupyterLab)"
+    )
+    tutorial.add_argument(
+        "--lab", action="store_true", help="open the tutorial's notebooks in JupyterLab"
+    )
+    tutorial.add_argument(
+        "--yes", action="store_true", help="with --lab: install JupyterLab without asking"
+    )
+    tutorial.set_defaults(run=cmd_tutorial)
 
     kernel = commands.add_parser("kernel", help="Jupyter kernel spec")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
