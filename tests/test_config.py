@@ -99,3 +99,14 @@ def test_a_wrong_cluster_is_a_clear_error(tmp_path: Path, text: str, message: st
     file.write_text(text)
     with pytest.raises(ConfigurationError, match=message):
         load_user_config(file)
+
+
+def test_idle_timeout_is_seconds_thirty_minutes_by_default(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    assert load_user_config(file).idle_timeout == 1800  # no file
+    file.write_text("idle_timeout = 0\n")
+    assert load_user_config(file).idle_timeout == 0
+    for wrong in ("-1", '"30m"', "true"):
+        file.write_text(f"idle_timeout = {wrong}\n")
+        with pytest.raises(ConfigurationError, match="idle_timeout must be a number of seconds"):
+            load_user_config(file)

@@ -3,6 +3,8 @@
 ::
 
     registries = ["~/my-backends"]      # more folders of backends
+    idle_timeout = 1800                 # seconds with no kernel attached and nothing running,
+                                        # after which the orchestrator exits (0: never)
 
     [supervisor]                        # how instances are kept running (all optional)
     restart_limit = 5                   # restarts in a row before an instance is given up
@@ -188,9 +190,13 @@ def _option_we_set(option: str) -> str | None:
     return None
 
 
+DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds: 30 min
+
+
 @dataclass(frozen=True)
 class UserConfig:
     registries: list[Path] = field(default_factory=list)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     clusters: dict[str, ClusterSettings] = field(default_factory=dict)
 
@@ -205,11 +211,22 @@ def load_user_config(file: Path | None = None) -> UserConfig:
         return UserConfig()
     except (toml.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"{file} is not valid TOML: {error}") from error
-    unknown = sorted(set(data) - {"registries", "supervisor", "clusters"})
+    unknown = sorted(set(data) - {"registries", "idle_timeout", "supervisor", "clusters"})
     if unknown:
         raise ConfigurationError(
             f"{file}: unknown setting(s): {', '.join(unknown)}",
-            hint="the file takes 'registries = [...]', a [supervisor] table and [clusters.NAME]",
+            hint="the file takes 'registries = [...]', 'idle_timeout = SECONDS', a [supervisor] "
+            "table and [clusters.NAME]",
+        )
+    idle_timeout = data.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+    if (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, (int, float))
+        or idle_timeout < 0
+    ):
+        raise ConfigurationError(
+            f"{file}: idle_timeout must be a number of seconds (0: never), got {idle_timeout!r}",
+            hint="e.g. idle_timeout = 1800 (30 min, the default)",
         )
     clusters = data.get("clusters", {})
     if not isinstance(clusters, dict):
@@ -222,6 +239,7 @@ def load_user_config(file: Path | None = None) -> UserConfig:
         )
     return UserConfig(
         registries=[Path(f).expanduser() for f in folders],
+        idle_timeout=float(idle_timeout),
         supervisor=SupervisorSettings.from_table(data.get("supervisor", {}), file),
         clusters={
             name: ClusterSettings.from_table(name, table, file) for name, table in clusters.items()

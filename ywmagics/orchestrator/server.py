@@ -116,6 +116,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             supervisor=user_config.supervisor,
             unix_socket=unix_path,
             clusters=user_config.clusters,
+            idle_timeout=user_config.idle_timeout,
         )
     )
     # Before serving: a build that starts later must not lose its folder to the sweep.
@@ -139,7 +140,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             file=sys.stderr,
             flush=True,
         )
-        orchestrator.start()
+        orchestrator.start(exit_when_idle=exit_idle)
         try:
             yield
         finally:
@@ -157,6 +158,11 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     def request_exit() -> None:
         if server is not None:
             server.should_exit = True
+
+    def exit_idle(why: str) -> None:
+        log.warning("exiting: %s", why)
+        print(f"ywmagics orchestrator exits: {why}", file=sys.stderr, flush=True)
+        request_exit()
 
     app = create_app(orchestrator, token, lifespan, request_exit)
     config = uvicorn.Config(

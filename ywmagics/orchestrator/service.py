@@ -7,7 +7,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     # the orchestrator's own Unix socket, which TCP backends in private networks call it on
     unix_socket: Path | None = None
+    idle_timeout: float = 0.0  # seconds idle after which it exits (0: never)
     # each instance's own data folder is under it ({data}); by default next to the logs
     instances_data_dir: Path | None = None
     # clusters of the user's configuration ('--on NAME'); 'slurm' is there without one
@@ -713,10 +714,36 @@ class Orchestrator:
             await asyncio.to_thread(self.installer.remove, environment)
         return facts, stopped
 
-    def start(self) -> None:
+    def start(self, exit_when_idle: Callable[[str], None] | None = None) -> None:
         """Once it serves: in the background, end what a previous orchestrator left running on
-        clusters (placements' sweeps)."""
+        clusters (placements' sweeps); with ``exit_when_idle``, call it (with why) once idle for
+        ``idle_timeout`` seconds."""
         self._in_background(self._sweep_placements())
+        if exit_when_idle is not None and self.settings.idle_timeout > 0:
+            self._in_background(self._watch_idle(exit_when_idle))
+
+    def idle(self) -> bool:
+        """Nothing to stay up for: no kernel attached, no instance, no install running."""
+        return not (
+            self.owners.living() or self.supervisor.instances or self.installs.any_running()
+        )
+
+    async def _watch_idle(self, exit_when_idle: Callable[[str], None]) -> None:
+        timeout = self.settings.idle_timeout
+        every = min(30.0, max(0.2, timeout / 5))
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(every)
+            if not self.idle():
+                idle_since = None
+                continue
+            now = time.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= timeout:
+                return exit_when_idle(
+                    f"idle for {now - idle_since:.0f} s (no kernel attached, no instance "
+                    f"running): idle_timeout is {timeout:g} s (config.toml; 0 = never)"
+                )
 
     async def _sweep_placements(self) -> None:
         placements = {id(p): p for p in self.supervisor.placements.values()}.values()
