@@ -68,9 +68,17 @@ class NpmRegistry(ServerProcess):
             "npm_config_cache": str(self.folder / "npm-cache"),
         }
 
-    def publish(self, package: Path) -> None:
+    def publish(self, package: Path, tag: str = "latest") -> None:
         subprocess.run(
-            ["npm", "publish", "--userconfig", str(self.folder / "publisher.npmrc")],
+            [
+                "npm",
+                "publish",
+                "--ignore-scripts",
+                "--tag",
+                tag,
+                "--userconfig",
+                str(self.folder / "publisher.npmrc"),
+            ],
             cwd=package,
             env={**os.environ, "npm_config_cache": str(self.folder / "npm-cache")},
             check=True,

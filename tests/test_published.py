@@ -6,6 +6,7 @@ orchestrator's proxy settings point at a closed port for every other host."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import ywmagics
 from ywmagics.client import OrchestratorClient
 from ywmagics.commands import format_listing
 from ywmagics.discovery import Connection
-from ywmagics.errors import BackendNotFound, ManifestError
+from ywmagics.errors import BackendNotFound, InstallError, ManifestError
+from ywmagics.events import Event
 
-from .conftest import run_in_ipython, start_orchestrator, stop_orchestrator
+from .conftest import run_concurrently, run_in_ipython, start_orchestrator, stop_orchestrator
 from .npm_registry import NpmRegistry, npm_package
 from .package_index import PackageServer, make_wheel
 
@@ -56,6 +58,10 @@ description = "A published test backend: its version, and that of a dependency f
 runtime = "python"
 start = ["{python}", "-m", "yw_weather", "{socket}"]
 listen = "unix"
+
+[build.modules]
+default = ""
+help = "Extra requirements, from the same index."
 """
 
 
@@ -145,6 +151,74 @@ def test_a_published_backend_installs_from_the_index_and_a_new_release_is_picked
     removed = OrchestratorClient(orchestrator).uninstall("pypi:yw-weather")
     assert sorted(e["version"] for e in removed["removed"]) == ["1.2.0", "1.3.0"]
     assert OrchestratorClient(orchestrator).listing()["environments"] == []
+
+
+def test_concurrent_installs_fetch_once_and_run_the_recorded_wheel(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    wheel = weather(tmp_path / "built", "1.2.0")
+    index.release(wheel)
+
+    def install(partition: str) -> None:
+        got = ywmagics.install(
+            "pypi:yw-weather#^1.2 as w", partition=partition, connection=orchestrator
+        )
+        assert got.w.fetch_json("/")["version"] == "1.2.0"
+
+    assert run_concurrently(install, [f"P{n}" for n in range(5)]) == []
+    (environment,) = OrchestratorClient(orchestrator).listing()["environments"]
+    assert (
+        environment["source"]["digest"]
+        == f"sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}"
+    )
+    assert ":" not in environment["path"]  # a PATH-like variable naming it stays whole
+    # The stop takes the name as the user spells it.
+    stopped = OrchestratorClient(orchestrator).stop(name="pypi:Yw_Weather", partition="P0")
+    assert [s["partition"] for s in stopped] == ["P0"]
+
+
+def test_modules_cannot_replace_the_wheel_unseen(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    index.release(weather(tmp_path / "built", "1.1.0"))
+    index.release(weather(tmp_path / "built", "1.2.0"))
+    with pytest.raises(InstallError) as conflict:
+        ywmagics.install(
+            "pypi:yw-weather#1.2.0 as w",
+            configurations={"pypi:yw-weather": {"build": {"modules": "yw-weather<1.2"}}},
+            connection=orchestrator,
+        )
+    assert "installing yw-weather 1.2.0 from" in conflict.value.message
+    assert "yw-weather" in conflict.value.log_tail  # the resolver's own words: a conflict
+
+
+def test_a_token_in_the_index_url_is_never_shown_recorded_or_on_a_command_line(
+    index: PackageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index.release(weather(tmp_path / "built", "1.2.0"))
+    secret = "sekrit-token-42"
+    with_token = index.url.replace("http://", f"http://__token__:{secret}@")
+    env = {**_only_loopback(index), "UV_DEFAULT_INDEX": with_token}
+    home = tmp_path / "home"
+    for connection in _serving(env, tmp_path, monkeypatch):
+        events: list[Event] = []
+        ywmagics.install("pypi:yw-weather as w", connection=connection, on_event=events.append)
+        listing = OrchestratorClient(connection).listing()
+        assert listing["environments"][0]["source"]["index"] == index.url
+        assert secret not in json.dumps(listing) + json.dumps([e.to_dict() for e in events])
+    files = [f for f in home.rglob("*") if f.is_file() and f.suffix in (".json", ".log")]
+    assert files and not [f for f in files if secret in f.read_text(errors="replace")]
+
+
+def test_a_version_fetched_before_installs_while_the_index_is_down(
+    index: PackageServer, orchestrator: Connection, tmp_path: Path
+) -> None:
+    index.release(weather(tmp_path / "built", "1.2.0"))
+    ywmagics.install("pypi:yw-weather#^1.2 as w", connection=orchestrator)
+    OrchestratorClient(orchestrator).stop(partition="Default")
+    index.stop()
+    again = ywmagics.install("pypi:yw-weather#^1.2 as w", connection=orchestrator).w
+    assert again.fetch_json("/")["version"] == "1.2.0"
 
 
 def test_what_an_index_lacks_is_a_clear_error_naming_it(
@@ -251,6 +325,17 @@ def test_an_npm_backend_installs_from_the_registry_and_a_new_release_is_picked(
     assert again.fetch_json("/")["version"] == "2.0.5"
     removed = OrchestratorClient(npm_orchestrator).uninstall("npm:@acme/yw-tiles")
     assert sorted(e["version"] for e in removed["removed"]) == ["2.0.1", "2.0.5"]
+
+
+def test_npm_picks_as_npm_does_and_a_projects_own_scripts_do_not_run(
+    registry: NpmRegistry, npm_orchestrator: Connection, tmp_path: Path
+) -> None:
+    # 'latest' is 2.0.1; 2.0.5 is a 'next' release, which npm does not take for ~2.0.
+    registry.publish(tiles(tmp_path / "tiles", "2.0.1", scripts={"prepare": "husky"}))
+    registry.publish(tiles(tmp_path / "tiles", "2.0.5"), tag="next")
+    tiles_client = ywmagics.install("npm:@acme/yw-tiles#~2.0", connection=npm_orchestrator)
+    # Its 'prepare' (a tool of its own repository) did not run, as for a dependency.
+    assert tiles_client.yw_tiles.fetch_json("/")["version"] == "2.0.1"
 
 
 def test_what_an_npm_registry_lacks_is_a_clear_error_naming_it(

@@ -85,3 +85,43 @@ def test_a_wheel_must_name_a_package_that_holds_the_manifest(tmp_path: Path) -> 
         "__init__.py",
         "ywbackend.toml",
     ]
+
+
+class _Page:
+    def __init__(self, text: str, content_type: str) -> None:
+        self.text, self.headers = text, {"content-type": content_type}
+
+    def json(self) -> object:
+        import json
+
+        return json.loads(self.text)
+
+
+def test_yanked_files_and_odd_names_are_marked_or_left_out() -> None:
+    from ywmagics.orchestrator.published.pypi import _files_of
+
+    html = (
+        '<a href="/f/yw_x-1.0.0-py3-none-any.whl#sha256=ab">yw_x-1.0.0-py3-none-any.whl</a>'
+        '<a href="/f/yw_x-1.1.0-py3-none-any.whl" data-yanked="bad">yw_x-1.1.0-py3-none-any.whl</a>'
+        '<a href="/f/x.whl">../../x-1.0.0-py3-none-any.whl</a>'
+    )
+    files = _files_of(_Page(html, "text/html"), "http://i/simple/yw-x/")
+    assert [(f.filename, f.sha256, f.yanked) for f in files] == [
+        ("yw_x-1.0.0-py3-none-any.whl", "ab", False),
+        ("yw_x-1.1.0-py3-none-any.whl", None, True),
+    ]
+    page = (
+        '{"files": [{"filename": "yw_x-1.1.0-py3-none-any.whl", "url": "a.whl", '
+        '"hashes": {"sha256": "cd"}, "yanked": "reason"}]}'
+    )
+    (file,) = _files_of(_Page(page, "application/vnd.pypi.simple.v1+json"), "http://i/s/")
+    assert (file.url, file.sha256, file.yanked) == ("http://i/s/a.whl", "cd", True)
+
+
+def test_an_index_url_is_recorded_without_its_credentials() -> None:
+    from ywmagics.orchestrator.published.cache import public_url
+
+    assert (
+        public_url("https://__token__:s3cret@pypi.example/simple") == "https://pypi.example/simple"
+    )
+    assert public_url("https://pypi.example/simple") == "https://pypi.example/simple"

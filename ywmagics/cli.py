@@ -400,6 +400,12 @@ def _new_package(name: str, kind: str, folder: str | None) -> int:
             hint=f"use {package!r}",
         )
     module = default_alias(published)
+    if not module.isidentifier():
+        raise YwMagicsError(
+            f"{name!r} cannot name a new backend: its client's alias would be {module!r}, "
+            "which is not a Python identifier",
+            hint="start the name with a letter, e.g. 'yw-' + the name",
+        )
     target = Path(folder) if folder else Path.cwd() / package.rsplit("/", 1)[-1]
     if target.exists():
         raise YwMagicsError(f"{target} already exists", hint="choose another folder with --dir")

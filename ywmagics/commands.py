@@ -24,6 +24,7 @@ from ywmagics.spec import (
     InstallRequest,
     parse_config_option,
     parse_resources,
+    validate_name,
     validate_partition,
 )
 
@@ -174,7 +175,7 @@ def stop_target(
         raise SpecError("say what to stop", hint="give a NAME, --partition P, or --all")
     return StopTarget(
         partition=validate_partition(partition) if partition else None,
-        name=name,
+        name=validate_name(name) if name else None,
         version=version,
         keep_data=keep_data,
     )

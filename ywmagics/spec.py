@@ -234,7 +234,7 @@ def parse_config_option(text: str, into: Configurations | None = None) -> Config
             hint="write it as 'backend.build.option=value', e.g. 'pyrun_backend.build.python=3.10'",
         )
     name, section, option = parts
-    validate_name(name)
+    name = validate_name(name)
     if section != "build":
         raise ConfigurationError(
             f"unknown configuration section {section!r} in {text!r}",

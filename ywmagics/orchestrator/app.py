@@ -118,15 +118,14 @@ async def stop(request: Request) -> Response:
     body = await read_body(request, StopBody)
     if body.partition is not None:
         validate_partition(body.partition)
-    if body.name is not None:
-        validate_name(body.name)
-    if body.all == (body.partition is not None or body.name is not None):
+    name = validate_name(body.name) if body.name is not None else None  # pypi:Yw_X is pypi:yw-x
+    if body.all == (body.partition is not None or name is not None):
         raise SpecError(
             "say what to stop: a partition, a name (or both), or all",
             hint="'all' stops every instance: give it alone",
         )
     stopped = await _orchestrator(request).stop(
-        body.partition, body.name, body.version, keep_data=body.keep_data
+        body.partition, name, body.version, keep_data=body.keep_data
     )
     return JSONResponse({"stopped": stopped})
 

@@ -31,9 +31,19 @@ from ywmagics.orchestrator.interpreters import (
 )
 from ywmagics.orchestrator.manifest import NOT_THE_BACKEND, Manifest, Runtime, expand
 from ywmagics.orchestrator.processes import RunningSteps, run_logged
+from ywmagics.orchestrator.published import pypi as published_pypi
 from ywmagics.orchestrator.requirements import parse_requirements
 
 META_FILE = "ywmeta.json"
+# Settings of uv and pip that add indexes or file sources: not for a published backend's build.
+_OTHER_INDEXES = (
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+)
 USED_MARKER = ".last-used"  # its time: when an instance of the environment last started
 _PACKAGE = Path(__file__).parents[1]
 # The stdlib-only modules that the kernel side and the python runner share, copied verbatim into
@@ -164,7 +174,9 @@ class Installer:
         )
 
     def final_path(self, plan: Plan) -> Path:
-        return self.root / plan.manifest.name / plan.manifest.version / plan.fingerprint
+        # A published backend's ':' would split PATH-like variables that name the folder.
+        name = plan.manifest.name.replace(":", "+")
+        return self.root / name / plan.manifest.version / plan.fingerprint
 
     def find(self, plan: Plan) -> Environment | None:
         return self._load(self.final_path(plan))
@@ -286,22 +298,27 @@ class Installer:
         }
         uv_env.update(UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
 
-        source = (
-            plan.manifest.source
-            if plan.manifest.source and plan.manifest.source.file.endswith(".whl")
-            else None
-        )
-        # A published backend: its wheel, and everything else from the index it came from.
-        index = ["--index-url", source.index] if source is not None else []
+        pip_env: dict[str, str] | None = None
+        wheel = self._published_wheel(plan, folder)
+        if wheel is not None and plan.manifest.source is not None:
+            # Everything from the index it came from, and from no other (the user's extra
+            # indexes and find-links would come first for uv); given in the environment, not on
+            # the command line, where every local user would read a token in it.
+            index = published_pypi.index_for(plan.manifest.source)
+            for name in _OTHER_INDEXES:
+                uv_env.pop(name, None)
+            uv_env["UV_DEFAULT_INDEX"] = index
+            pip_env = {k: v for k, v in os.environ.items() if k not in _OTHER_INDEXES}
+            pip_env["PIP_INDEX_URL"] = index
 
         def install(requirements: tuple[str, ...], progress: float, text: str = "") -> None:
             text = text or f"installing {' '.join(requirements)}"
             if self.uv:
-                argv = [self.uv, "pip", "install", "--no-config", "--python", python, *index]
+                argv = [self.uv, "pip", "install", "--no-config", "--python", python]
                 step([*argv, *requirements], text, progress, uv_env)
             else:
-                argv = [python, "-m", "pip", "install", "--disable-pip-version-check", *index]
-                step([*argv, *requirements], text, progress)
+                argv = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+                step([*argv, *requirements], text, progress, pip_env)
 
         creating = f"creating a Python {interpreter.version} environment"
         if self.uv:
@@ -309,16 +326,40 @@ class Installer:
             step([*argv, str(interpreter.path), str(venv)], creating + " (uv)", 0.1, uv_env)
         else:
             step([str(interpreter.path), "-m", "venv", str(venv)], creating + " (venv)", 0.1)
-        if source is not None:
+        if wheel is not None:
+            source = plan.manifest.source
+            assert source is not None
+            # One resolution with the modules: one of them cannot replace the wheel unseen.
             said = f"installing {source.package} {source.version} from {source.index}"
-            install((source.file, *plan.manifest.requirements), 0.3, said)
-        elif plan.manifest.requirements:
+            install((str(wheel), *plan.manifest.requirements, *plan.modules), 0.3, said)
+            return
+        if plan.manifest.requirements:
             install(plan.manifest.requirements, 0.3)
         # No bytecode is compiled here, where it would delay the first answer (a process, and a
         # walk of the environment): the backend's first start writes the bytecode of what it
         # imports (its environment lets it), and compile_environment the rest once it runs.
         if plan.modules:
             install(plan.modules, 0.6)
+
+    @staticmethod
+    def _published_wheel(plan: Plan, folder: Path) -> Path | None:
+        """A published backend's wheel, copied into the environment and checked to be the file
+        its source records (the cache is only where it was fetched to)."""
+        source = plan.manifest.source
+        if source is None or not source.file.endswith(".whl"):
+            return None
+        kept = plan.manifest.folder.parent / source.file
+        copy = folder / "wheel" / source.file
+        copy.parent.mkdir()
+        shutil.copyfile(kept, copy)
+        digest = "sha256:" + hashlib.sha256(copy.read_bytes()).hexdigest()
+        if digest != source.digest:
+            raise InstallError(
+                f"{source.file} in the cache is not the file fetched ({digest}, not "
+                f"{source.digest})",
+                hint=f"remove {kept.parent} and install again",
+            )
+        return copy
 
     def placeholders(self, plan: Plan, folder: Path) -> dict[str, str]:
         values = {

@@ -101,11 +101,11 @@ class Registry:
             )
         return versions[best]
 
-    def known(self, name: str, version: str) -> Manifest | None:
+    def known(self, name: str, version: str, index: str | None = None) -> Manifest | None:
         """The manifest of ``name`` ``version`` if it is at hand: in a folder, or a published
-        one fetched before (the index is not asked)."""
+        one fetched before from ``index`` (the index is not asked)."""
         if is_published(name):
-            return self._published().cached(name, version)
+            return self._published().cached(name, version, index) if index else None
         return self.manifests().get(name, {}).get(version)
 
     def _published(self) -> Published:

@@ -122,6 +122,9 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
     # Before serving: a build that starts later must not lose its folder to the sweep.
     for leftover in orchestrator.installer.sweep():
         log.info("removed %s (left by an interrupted build or removal)", leftover)
+    if orchestrator.registry.published is not None:
+        for leftover in orchestrator.registry.published.sweep():
+            log.info("removed %s (left by an interrupted download)", leftover)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -216,7 +216,8 @@ class Orchestrator:
                     EventKind.RESOLVED,
                     manifest,
                     request.partition,
-                    f"{spec.name}#{spec.range} resolved to {manifest.version}",
+                    f"{spec.name}#{spec.range} resolved to {manifest.version}"
+                    + (f" on {manifest.source.index}" if manifest.source else ""),
                     0.05,
                 )
             )
@@ -399,7 +400,7 @@ class Orchestrator:
         )
 
     async def _find_instance(self, partition: str, name: str, version_range: str) -> Instance:
-        validate_name(name)
+        name = validate_name(name)
         wanted = VersionRange.parse(version_range)
         running = [
             i
@@ -466,7 +467,8 @@ class Orchestrator:
                 del self._starting[environment.path]
 
     def _manifest_of(self, environment: Environment) -> Manifest | None:
-        return self.registry.known(environment.name, environment.version)
+        index = (environment.source or {}).get("index")
+        return self.registry.known(environment.name, environment.version, index)
 
     # -- administration ----------------------------------------------------------------------
 

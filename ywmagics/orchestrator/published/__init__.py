@@ -32,6 +32,10 @@ class Published:
         """Blocking: the index is asked (in a worker thread of the orchestrator)."""
         return self._index(name).resolve(name, version_range)
 
-    def cached(self, name: str, version: str) -> Manifest | None:
-        """A version fetched before; the index is not asked."""
-        return self._index(name).cached(name, version)
+    def cached(self, name: str, version: str, index: str) -> Manifest | None:
+        """A version fetched before from ``index``; the index is not asked."""
+        return self._index(name).cached(name, version, index)
+
+    def sweep(self) -> list[Path]:
+        """What fetches cut short left in the cache (at the orchestrator's start)."""
+        return self.pypi.sweep() + self.npm.sweep()

@@ -22,7 +22,7 @@ from typing import Any
 
 from ywmagics.errors import BackendNotFound, InstallError, ManifestError
 from ywmagics.orchestrator.manifest import Manifest, Source, manifest_of
-from ywmagics.orchestrator.published.cache import CachedIndex, keep
+from ywmagics.orchestrator.published.cache import CachedIndex, public_url
 from ywmagics.spec import VersionRange, is_semver, npm_package, version_key
 
 FIELD = "ywbackend"
@@ -33,23 +33,34 @@ DEPENDENCIES = ("npm", "install", "--omit=dev", "--no-audit", "--no-fund", "--pr
 
 
 class NpmRegistry(CachedIndex):
-    """Resolves ``npm:NAME#RANGE`` with the user's npm; what it takes is kept in ``cache``."""
+    """Resolves ``npm:NAME#RANGE`` with the user's npm; what it takes is kept in the cache."""
 
     def resolve(self, name: str, version_range: VersionRange) -> Manifest:
-        """The manifest of the highest version in range (fetched the first time). Blocking."""
+        """The manifest of the version npm would pick (fetched the first time). Blocking."""
         package = npm_package(name)
         registry = self._registry(package)
-        listed = self._npm(registry, "view", package, "versions")
-        versions = [listed] if isinstance(listed, str) else list(listed or [])
-        best = version_range.best(versions)
+        try:
+            listed = self._npm(registry, "view", package, "versions", "dist-tags")
+        except InstallError:
+            kept = self.offline(registry, name, version_range)
+            if kept is None:
+                raise
+            return kept
+        listed = listed if isinstance(listed, dict) else {"versions": listed}
+        versions = listed.get("versions") or []
+        versions = [versions] if isinstance(versions, str) else list(versions)
+        latest = str((listed.get("dist-tags") or {}).get("latest") or "")
+        # As npm picks: the 'latest' tag when it is in range, else the highest in range.
+        best = latest if latest in versions and version_range.matches(latest) else None
+        best = best or version_range.best(versions)
         if best is None:
             shown = ", ".join(sorted((v for v in versions if is_semver(v)), key=version_key))
             raise BackendNotFound(
                 f"no version of {package} matches {str(version_range)!r} on the npm registry "
-                f"{registry}",
+                f"{public_url(registry)}",
                 hint=f"versions there: {shown or 'none'}",
             )
-        cached = self.cached(name, best)
+        cached = self.cached(name, best, registry)
         if cached is not None:
             return cached
 
@@ -57,17 +68,18 @@ class NpmRegistry(CachedIndex):
             (packed,) = self._npm(
                 registry, "pack", f"{package}@{best}", "--pack-destination", str(work), cwd=work
             )
-            tarball = work / str(packed["filename"])
+            tarball = work / PurePosixPath(str(packed["filename"])).name
             _unpack(tarball, work / "backend", package, best)
-            source = Source(registry, package, best, tarball.name, str(packed["integrity"]))
+            source = Source(
+                public_url(registry), package, best, tarball.name, str(packed["integrity"])
+            )
             self._manifest(name, source, work / "backend")  # refused before it is kept
             return source
 
-        folder = self._folder(name, best)
-        return self._manifest(name, keep(folder, fetch), folder / "backend")
+        return self.keep(registry, name, best, fetch)
 
-    def _folder(self, name: str, version: str) -> Path:
-        return self.cache / npm_package(name).replace("/", "+") / version
+    def _package_folder(self, name: str) -> str:
+        return npm_package(name).replace("/", "+")
 
     def _registry(self, package: str) -> str:
         """The registry npm uses for ``package`` (its scope's, if the user set one)."""
@@ -87,6 +99,12 @@ class NpmRegistry(CachedIndex):
                 hint="install Node.js and npm, or install a backend of a local registry",
             )
         self.cache.mkdir(parents=True, exist_ok=True)
+        # A project of its own: npm looks for a project's .npmrc up from its folder, and stops
+        # at the first package.json (else one in a folder above, maybe another user's, would
+        # set the registry).
+        marker = self.cache / "package.json"
+        if not marker.exists():
+            marker.write_text('{"private": true}\n')
         try:
             done = subprocess.run(
                 [npm, *args, "--json"],
@@ -111,13 +129,13 @@ class NpmRegistry(CachedIndex):
         package = args[1] if len(args) > 1 else ""
         if code == "E404":
             raise BackendNotFound(
-                f"no package {package!r} on the npm registry {registry}",
+                f"no package {package!r} on the npm registry {public_url(registry or '')}",
                 hint="check its name; a published backend is installed as 'npm:NAME', a local "
                 "one by its plain name",
             )
         if code in _NETWORK_CODES:
             raise InstallError(
-                f"cannot reach the npm registry {registry}: {summary.strip()}",
+                f"cannot reach the npm registry {public_url(registry or '')}: {summary.strip()}",
                 hint="check the network, or the registry your npm settings name (.npmrc, "
                 "npm_config_registry)",
             )
@@ -160,23 +178,44 @@ class NpmRegistry(CachedIndex):
         return dataclasses.replace(manifest, name=name, install=install, source=source)
 
 
+# Scripts npm runs for a project of its own but not for a package installed from a registry:
+# left out, so that 'npm install' in the environment does what installing the package would.
+_PROJECT_SCRIPTS = ("prepare", "preprepare", "postprepare", "prepublish", "prepublishOnly")
+MAX_UNPACKED = 256 * 1024 * 1024
+
+
 def _unpack(tarball: Path, into: Path, package: str, version: str) -> None:
-    """``package/`` of an npm tarball: plain files and folders only, all inside."""
+    """The package's files, out of its tarball's first folder (``package/``, as npm takes any):
+    plain files and folders only, all inside, at most MAX_UNPACKED bytes."""
+    where = f"{package} {version}"
     try:
         with tarfile.open(tarball, "r:gz") as tar:
-            for member in tar.getmembers():
+            members = [m for m in tar.getmembers() if not m.isdir()]
+            if sum(m.size for m in members) > MAX_UNPACKED:
+                raise ManifestError(
+                    f"{where}: its files are more than {MAX_UNPACKED // 2**20} MiB: refused"
+                )
+            for member in members:
                 relative = PurePosixPath(member.name)
-                if not relative.parts or relative.parts[0] != "package" or member.isdir():
-                    continue
-                inside = PurePosixPath(*relative.parts[1:])
                 if relative.is_absolute() or ".." in relative.parts or not member.isfile():
-                    raise ManifestError(f"{package} {version}: its tarball holds {member.name!r}")
-                target = into / inside
+                    raise ManifestError(f"{where}: its tarball holds {member.name!r}: refused")
+                if len(relative.parts) < 2:
+                    continue
+                target = into / PurePosixPath(*relative.parts[1:])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 assert source is not None
-                with source:
-                    target.write_bytes(source.read())
+                with source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
                 target.chmod(0o755 if member.mode & 0o111 else 0o644)
     except (tarfile.TarError, OSError) as error:
         raise InstallError(f"cannot unpack {tarball.name}: {error}") from None
+    manifest = into / "package.json"
+    try:
+        package_json = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return  # said when the manifest is read
+    scripts = package_json.get("scripts")
+    if isinstance(scripts, dict) and set(_PROJECT_SCRIPTS) & set(scripts):
+        package_json["scripts"] = {k: v for k, v in scripts.items() if k not in _PROJECT_SCRIPTS}
+        manifest.write_text(json.dumps(package_json, indent=2))
