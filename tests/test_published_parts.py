@@ -87,14 +87,10 @@ def test_a_wheel_must_name_a_package_that_holds_the_manifest(tmp_path: Path) -> 
     ]
 
 
-class _Page:
-    def __init__(self, text: str, content_type: str) -> None:
-        self.text, self.headers = text, {"content-type": content_type}
+def _page(text: str, content_type: str) -> object:
+    from ywmagics.orchestrator.published.pypi import _Page
 
-    def json(self) -> object:
-        import json
-
-        return json.loads(self.text)
+    return _Page(200, {"content-type": content_type}, text, "http://i/")
 
 
 def test_yanked_files_and_odd_names_are_marked_or_left_out() -> None:
@@ -105,7 +101,7 @@ def test_yanked_files_and_odd_names_are_marked_or_left_out() -> None:
         '<a href="/f/yw_x-1.1.0-py3-none-any.whl" data-yanked="bad">yw_x-1.1.0-py3-none-any.whl</a>'
         '<a href="/f/x.whl">../../x-1.0.0-py3-none-any.whl</a>'
     )
-    files = _files_of(_Page(html, "text/html"), "http://i/simple/yw-x/")
+    files = _files_of(_page(html, "text/html"), "http://i/simple/yw-x/")
     assert [(f.filename, f.sha256, f.yanked) for f in files] == [
         ("yw_x-1.0.0-py3-none-any.whl", "ab", False),
         ("yw_x-1.1.0-py3-none-any.whl", None, True),
@@ -114,7 +110,7 @@ def test_yanked_files_and_odd_names_are_marked_or_left_out() -> None:
         '{"files": [{"filename": "yw_x-1.1.0-py3-none-any.whl", "url": "a.whl", '
         '"hashes": {"sha256": "cd"}, "yanked": "reason"}]}'
     )
-    (file,) = _files_of(_Page(page, "application/vnd.pypi.simple.v1+json"), "http://i/s/")
+    (file,) = _files_of(_page(page, "application/vnd.pypi.simple.v1+json"), "http://i/s/")
     assert (file.url, file.sha256, file.yanked) == ("http://i/s/a.whl", "cd", True)
 
 
@@ -125,3 +121,39 @@ def test_an_index_url_is_recorded_without_its_credentials() -> None:
         public_url("https://__token__:s3cret@pypi.example/simple") == "https://pypi.example/simple"
     )
     assert public_url("https://pypi.example/simple") == "https://pypi.example/simple"
+
+
+@pytest.mark.slow  # a second of a server that trickles
+def test_an_index_that_trickles_its_page_is_given_up_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import http.server
+    import threading
+    import time
+
+    from ywmagics.orchestrator.published import pypi
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(50):  # a byte every 0.1 s: no read ever times out
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(pypi, "PAGE_DEADLINE", 0.5)
+    monkeypatch.setenv("UV_DEFAULT_INDEX", f"http://127.0.0.1:{server.server_port}/simple")
+    started = time.monotonic()
+    try:
+        with pytest.raises(InstallError, match=r"its page was not read in 0\.5 s"):
+            PackageIndex(Path("/nonexistent")).resolve("pypi:yw-x", VersionRange.parse("^1"))
+        assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()

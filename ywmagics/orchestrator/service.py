@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import os
 import time
@@ -90,6 +91,9 @@ class Orchestrator:
         self.owners = PartitionOwners()
         self._watching_owners: asyncio.Future[None] | None = None
         self._build_locks: dict[str, asyncio.Lock] = {}
+        self._index_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="ywmagics-index"
+        )
         # Which environment to start when a request reaches a backend that is installed but not
         # running: the last one installed or started for that name and version.
         self._last_used: dict[tuple[str, str], tuple[Plan, Environment]] = {}
@@ -202,8 +206,12 @@ class Orchestrator:
             )
         plans = []
         for spec in request.modules:
-            if is_published(spec.name):  # the index is asked: not in the loop
-                manifest = await asyncio.to_thread(self.registry.resolve, spec.name, spec.range)
+            if is_published(spec.name):  # the index is asked: not in the loop...
+                # ...nor in the loop's default threads, which builds use: a slow index must
+                # not hold installs of anything else.
+                manifest = await asyncio.get_running_loop().run_in_executor(
+                    self._index_threads, self.registry.resolve, spec.name, spec.range
+                )
             else:
                 manifest = self.registry.resolve(spec.name, spec.range)
             build = request.configurations.get(spec.name, {}).get("build", {})
@@ -759,6 +767,7 @@ class Orchestrator:
     async def shutdown(self) -> None:
         if self._watching_owners is not None:
             self._watching_owners.cancel()
+        self._index_threads.shutdown(wait=False, cancel_futures=True)
         # Build steps first: a half-done build is swept at the next start, but must not run on.
         await asyncio.to_thread(self.installer.running.end)
         await self.supervisor.stop_all()

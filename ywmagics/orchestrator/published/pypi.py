@@ -20,9 +20,11 @@ import contextlib
 import dataclasses
 import hashlib
 import html.parser
+import json
 import os
 import re
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,6 +44,9 @@ _WHEEL = re.compile(
 )
 _TIMEOUT = 30.0
 MAX_WHEEL = 256 * 1024 * 1024
+MAX_PAGE = 64 * 1024 * 1024
+PAGE_DEADLINE = 60.0  # seconds to read a package's page, in all
+DOWNLOAD_DEADLINE = 600.0  # seconds to download its wheel, in all
 MAX_UNPACKED = 256 * 1024 * 1024  # bytes of a backend's folder taken out of its wheel
 
 
@@ -156,13 +161,8 @@ class PackageIndex(CachedIndex):
         page = f"{url}/{package}/"
         where = f"{public_url(url)} (from {said_by})"
         try:
-            response = httpx.get(
-                page,
-                headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"},
-                timeout=httpx.Timeout(_TIMEOUT, connect=10),
-                follow_redirects=True,
-            )
-        except httpx.HTTPError as error:
+            response = _get(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+        except (httpx.HTTPError, TimeoutError) as error:
             raise InstallError(
                 f"cannot reach the package index {where}: {error}",
                 hint="check the network, or the index your uv and pip settings name "
@@ -197,6 +197,7 @@ class PackageIndex(CachedIndex):
 
         digest = hashlib.sha256()
         path = work / wheel.filename
+        deadline = time.monotonic() + DOWNLOAD_DEADLINE
         try:
             with httpx.stream(
                 "GET", wheel.url, timeout=httpx.Timeout(_TIMEOUT, connect=10), follow_redirects=True
@@ -212,7 +213,9 @@ class PackageIndex(CachedIndex):
                         file.write(chunk)
                         if file.tell() > MAX_WHEEL:
                             raise InstallError(f"{wheel.filename} is larger than 256 MiB")
-        except httpx.HTTPError as error:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"not done in {DOWNLOAD_DEADLINE:g} s")
+        except (httpx.HTTPError, TimeoutError) as error:
             raise InstallError(
                 f"downloading {wheel.filename} from {public_url(url)} failed: {error}",
                 hint="nothing was kept; install again",
@@ -245,6 +248,43 @@ class PackageIndex(CachedIndex):
                 hint="a published backend's manifest 'version' is its package's version",
             )
         return dataclasses.replace(manifest, name=name, source=source)
+
+
+@dataclass(frozen=True)
+class _Page:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def _get(url: str, accept: str) -> _Page:
+    """A Simple API page, read within PAGE_DEADLINE seconds in all (httpx's timeouts are per
+    read: an index that sends a byte now and then would hold the install forever)."""
+    import httpx
+
+    deadline = time.monotonic() + PAGE_DEADLINE
+    chunks: list[bytes] = []
+    with httpx.stream(
+        "GET",
+        url,
+        headers={"Accept": accept},
+        timeout=httpx.Timeout(_TIMEOUT, connect=10),
+        follow_redirects=True,
+    ) as response:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            if time.monotonic() > deadline or sum(map(len, chunks)) > MAX_PAGE:
+                raise TimeoutError(f"its page was not read in {PAGE_DEADLINE:g} s")
+        return _Page(
+            response.status_code,
+            {k.lower(): v for k, v in response.headers.items()},
+            b"".join(chunks).decode(response.encoding or "utf-8", errors="replace"),
+            str(response.url),
+        )
 
 
 def _exact(version_range: VersionRange) -> bool:
