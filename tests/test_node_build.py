@@ -19,6 +19,8 @@ import pytest
 from ywmagics.orchestrator.placements import node_build
 from ywmagics.orchestrator.placements.node_build import Builder, BuildFailed
 
+pytestmark = pytest.mark.slow  # venvs and build steps, real processes (about 2 s)
+
 
 def _bundle(files: dict[str, str], extra: tarfile.TarInfo | None = None) -> str:
     buffer = io.BytesIO()
