@@ -25,3 +25,16 @@ its owners have all ended, however they ended."""
 
 CLIENT_HEADER = "x-backends-client"
 """On an install: who asks (``kernel 1234``), said when the instance it starts replaces one."""
+
+JUPYTER_BASE_URL_ENV = "YW_JUPYTER_BASE_URL"
+"""Set by the Jupyter Server extension (:mod:`ywmagics.jupyter`) for the kernels its server
+starts: the server's ``base_url``, under which the browser reaches backends' pages."""
+
+
+def jupyter_link(base_url: str, partition: str, name: str, version: str, path: str) -> str:
+    """The link, through a Jupyter server with the extension, to ``path`` of an instance: the
+    server's login opens it (relative to the server: it works wherever the browser is)."""
+    from urllib.parse import quote
+
+    parts = "/".join(quote(part, safe="") for part in (partition, name, version))
+    return f"{base_url.rstrip('/')}/ywmagics/open/{parts}/{path.lstrip('/')}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,7 +25,13 @@ from ywmagics.client._http import (
 from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import IncompleteAnswerError, YwMagicsError
-from ywmagics.protocol import ERROR_HEADER, FINGERPRINT_HEADER, PARTITION_HEADER
+from ywmagics.protocol import (
+    ERROR_HEADER,
+    FINGERPRINT_HEADER,
+    JUPYTER_BASE_URL_ENV,
+    PARTITION_HEADER,
+    jupyter_link,
+)
 
 
 def _token_refused(response: httpx.Response) -> bool:
@@ -234,7 +241,11 @@ class BackendClient(_BackendBase):
         return self.browser_url("/docs")
 
     def browser_url(self, path: str) -> str:
-        """A link to ``path`` of the backend that a browser can open (see :attr:`docs_url`)."""
+        """A link to ``path`` of the backend that a browser can open (see :attr:`docs_url`);
+        under a Jupyter server with ywmagics' extension, one through that server."""
+        through_jupyter = _through_jupyter(self, path)
+        if through_jupyter:
+            return through_jupyter
         with self._translated():
             return self._browser_link(self._http.send(self._browser_link_request(path)))
 
@@ -338,6 +349,9 @@ class AsyncBackendClient(_BackendBase):
             await response.aclose()
 
     async def browser_url(self, path: str) -> str:
+        through_jupyter = _through_jupyter(self, path)
+        if through_jupyter:
+            return through_jupyter
         with self._translated():
             return self._browser_link(await self._http.send(self._browser_link_request(path)))
 
@@ -347,3 +361,11 @@ class AsyncBackendClient(_BackendBase):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _through_jupyter(client: Any, path: str) -> str:
+    """The link through the Jupyter server this kernel runs under, if it has the extension."""
+    base_url = os.environ.get(JUPYTER_BASE_URL_ENV, "")
+    if not base_url:
+        return ""
+    return jupyter_link(base_url, client.partition, client.name, client.version, path)
