@@ -88,8 +88,25 @@ def test_a_backend_through_jupyter_login_then_its_capability_sandboxed(
             f"{jupyter}{BASE}ywmagics/b/{capability}/echo", json={"x": 1}, headers=sandboxed
         )
         assert posted.json() == {"x": 1, "partition": "Alice"}  # its partition, pinned
+        assert posted.headers["access-control-allow-origin"] == "null"  # its script reads it
         unknown = browser.get(f"{jupyter}{BASE}ywmagics/b/{'x' * 32}/")
         assert unknown.status_code == 404
+        # A capability opens that instance's path and nothing else: not the orchestrator's
+        # own routes, not another backend.
+        own = f"{jupyter}{BASE}ywmagics/b/{capability}"
+        for escape in ("/..%2F..%2F..%2Fstatus", "/%2e%2e/%2e%2e/%2e%2e/list", "/a%2F..%2Fb"):
+            assert browser.get(own + escape).status_code == 400, escape
+        # Another site cannot make the logged-in browser open a backend.
+        cross = browser.get(opening + "?token=" + TOKEN, headers={"Sec-Fetch-Site": "cross-site"})
+        assert cross.status_code == 403
+        # A sandboxed page's preflight, for a call to its own backend.
+        preflight = browser.options(
+            f"{own}/echo",
+            headers={"Origin": "null", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type"},
+        )  # fmt: skip
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "null"
     assert echo.fetch_json("/echo", method="POST", json={"y": 2})["y"] == 2
 
 
@@ -101,3 +118,24 @@ def test_links_made_under_the_extension_point_through_jupyter(
     assert echo.browser_url("/docs").startswith("http://")  # no Jupyter server: the orchestrator's
     monkeypatch.setenv("YW_JUPYTER_BASE_URL", BASE)  # as the extension sets it for its kernels
     assert echo.browser_url("/docs") == f"{BASE}ywmagics/open/Bob/node_echo/1.0.0/docs"
+
+
+def test_a_backends_websocket_through_jupyter(served: tuple[Connection, str]) -> None:
+    from websockets.sync.client import connect
+
+    connection, jupyter = served
+    ywmagics.install("ws_echo", partition="Ws", connection=connection)
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        opened = browser.get(f"{jupyter}{BASE}ywmagics/open/Ws/ws_echo/1.0.0/?token={TOKEN}")
+        location = opened.headers["location"]
+    url = "ws" + jupyter[len("http") :] + location.rstrip("/") + "/echo"
+    # From a sandboxed page: Origin null, no cookie.
+    with connect(url, additional_headers={"Origin": "null"}, open_timeout=20) as socket:
+        greeting = socket.recv(timeout=20)  # ws_echo first says what it saw
+        assert '"subprotocol": null' in str(greeting)
+        socket.send("hello")
+        answer = socket.recv(timeout=20)
+        socket.send(b"\x00bytes")
+        binary = socket.recv(timeout=20)
+    assert "hello" in str(answer)
+    assert isinstance(binary, bytes) and b"\x00bytes" in binary

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, unquote
 
 import httpx
 from jupyter_server.base.handlers import JupyterHandler
-from tornado import web
+from tornado import httpclient, web, websocket
 
 from ywmagics import paths
 from ywmagics.discovery import Connection, read_discovery
 from ywmagics.protocol import PARTITION_HEADER
-from ywmagics.spec import validate_name, validate_partition
+from ywmagics.spec import is_semver, validate_name, validate_partition
 
 CAPABILITY_LIFETIME = 12 * 3600.0
 # A backend's page runs as an opaque origin: it cannot reach the Jupyter server's cookies,
@@ -34,7 +35,14 @@ _REQUEST_DROPPED = {
 _ANSWER_DROPPED = {
     "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
     "set-cookie", "location",
+    # What would reach beyond the backend's own page: the Jupyter server's cookies and storage,
+    # reports that carry the page's address (its capability), workers, cross-origin rules.
+    "clear-site-data", "content-security-policy", "content-security-policy-report-only",
+    "report-to", "reporting-endpoints", "nel", "service-worker-allowed", "set-login",
+    "access-control-allow-origin", "access-control-allow-credentials", "refresh",
 }  # fmt: skip
+# The Jupyter server's own cookies: never to a backend.
+_JUPYTER_COOKIES = ("username-", "_xsrf", "jupyterhub-")
 
 
 @dataclass(frozen=True)
@@ -87,42 +95,72 @@ class OpenHandler(JupyterHandler):
 
     @web.authenticated
     def get(self, partition: str, name: str, version: str, path: str | None) -> None:
+        # Opened from Jupyter's own pages (or typed in): another site must not make the
+        # browser open a backend, with what it chose in the path, as the user.
+        site = self.request.headers.get("Sec-Fetch-Site", "none")
+        if site not in ("same-origin", "none"):
+            raise web.HTTPError(403, reason="open backend links from the notebook")
         try:
             instance = Instance(validate_partition(partition), validate_name(name), version)
         except Exception as error:  # SpecError: a wrong link
             raise web.HTTPError(400, reason=str(error)) from None
-        secret = self.capabilities.new(instance)
+        if not is_semver(version):
+            raise web.HTTPError(400, reason=f"{version!r} is not a version")
+        rest = _raw_rest(self.request.path, self.prefix, 5)  # after open/PARTITION/NAME/VERSION
         # Not Jupyter's own token, if the link carried one: it is not the backend's to see.
-        kept = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True)]
-        kept = [(k, v) for k, v in kept if k != "token"]
-        query = f"?{urlencode(kept)}" if kept else ""
-        self.redirect(f"{self.prefix}/b/{secret}{path or '/'}{query}")
+        kept = [part for part in self.request.query.split("&") if part and not _is_token(part)]
+        query = f"?{'&'.join(kept)}" if kept else ""
+        secret = self.capabilities.new(instance)
+        self.redirect(f"{self.prefix}/b/{secret}{rest}{query}")
 
 
-class BackendHandler(web.RequestHandler):
-    """Forwards to the instance its capability opens; the capability is the only credential
-    (a sandboxed page has no other), so no Jupyter cookie or XSRF token is asked for."""
+class BackendHandler(websocket.WebSocketHandler):
+    """Forwards to the instance its capability opens, HTTP and websockets alike; the capability
+    is the only credential (a sandboxed page has no other), so no Jupyter cookie or XSRF token
+    is asked for."""
 
     def initialize(self, capabilities: Capabilities, prefix: str) -> None:
         self.capabilities, self.prefix = capabilities, prefix
+        self.upstream: websocket.WebSocketClientConnection | None = None
 
     def check_xsrf_cookie(self) -> None:
         """The capability in the path is what another site cannot forge."""
 
-    async def _forward(self, secret: str, path: str | None) -> None:
+    def check_origin(self, origin: str) -> bool:
+        """A sandboxed page's origin is ``null``; the capability is what is checked."""
+        return True
+
+    def _upstream(self, secret: str, path: str | None) -> tuple[httpx.URL, dict[str, str], str]:
+        """The orchestrator's URL for the request, the headers to send, and the instance's
+        base path there. The path goes as the browser sent it, still encoded, and must stay
+        inside the instance's: no dot segment, no encoded '/' (else '..%2F' would reach the
+        orchestrator's own routes, with its token)."""
         instance = self.capabilities.get(secret)
         if instance is None:
             raise web.HTTPError(404, reason="unknown or expired link: open it from the notebook")
+        rest = _raw_rest(self.request.path, self.prefix, 3)  # after b/CAPABILITY
         connection = _orchestrator()
-        base = f"/backends/{quote(instance.name)}/{quote(instance.version)}"
-        url = f"{connection.url}{base}{path or '/'}"
-        if self.request.query:
-            url += f"?{self.request.query}"
+        base = f"/backends/{quote(instance.name, safe='')}/{quote(instance.version, safe='')}"
+        query = f"?{self.request.query}" if self.request.query else ""
+        url = httpx.URL(connection.url).copy_with(raw_path=f"{base}{rest}{query}".encode())
         headers = {
             k: v for k, v in self.request.headers.get_all() if k.lower() not in _REQUEST_DROPPED
         }
+        cookies = _backend_cookies(self.request.headers.get("Cookie", ""))
+        if cookies:
+            headers["Cookie"] = cookies
         headers.update(connection.headers)
         headers[PARTITION_HEADER] = instance.partition
+        return url, headers, base
+
+    async def _forward(self, secret: str, path: str | None) -> None:
+        url, headers, base = self._upstream(secret, path)
+        if (
+            self.request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in self.request.headers
+        ):
+            return self._preflight()
+        connection = _orchestrator()
         client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
         try:
             request = client.build_request(
@@ -162,9 +200,55 @@ class BackendHandler(web.RequestHandler):
         self.set_header("Content-Security-Policy", SANDBOX)
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # Its own page's scripts run as an opaque origin ('null'): its calls to its own path
+        # are cross-origin, and need this to be read (without credentials).
+        self.set_header("Access-Control-Allow-Origin", "null")
+
+    def _preflight(self) -> None:
+        """A sandboxed page's preflight for a call to its own backend, answered here."""
+        self.set_status(204)
+        self.set_header("Access-Control-Allow-Origin", "null")
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, PATCH, DELETE")
+        asked = self.request.headers.get("Access-Control-Request-Headers", "")
+        if asked:
+            self.set_header("Access-Control-Allow-Headers", asked)
+        self.set_header("Access-Control-Max-Age", "600")
+        self.finish()
 
     async def get(self, secret: str, path: str | None) -> None:
-        await self._forward(secret, path)
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            return await self._forward(secret, path)
+        url, headers, _ = self._upstream(secret, path)
+        handshake = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions")
+        # The handshake to the orchestrator is its own.
+        headers = {k: v for k, v in headers.items() if k.lower() not in handshake}
+        request = httpclient.HTTPRequest("ws" + str(url)[len("http") :], headers=headers)
+        try:
+            self.upstream = await websocket.websocket_connect(request)
+        except (OSError, httpclient.HTTPClientError) as error:
+            raise web.HTTPError(502, reason=f"the backend's websocket: {error}") from None
+        await super().get(secret, path)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        # Held by the handler: a task only the loop refers to may be collected mid-way.
+        self.relaying = asyncio.ensure_future(self._relay_from_backend())
+
+    async def _relay_from_backend(self) -> None:
+        assert self.upstream is not None
+        while (message := await self.upstream.read_message()) is not None:
+            try:
+                await self.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                break
+        self.close()
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.upstream is not None:
+            await self.upstream.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
 
     async def head(self, secret: str, path: str | None) -> None:
         await self._forward(secret, path)
@@ -183,6 +267,32 @@ class BackendHandler(web.RequestHandler):
 
     async def options(self, secret: str, path: str | None) -> None:
         await self._forward(secret, path)
+
+
+def _raw_rest(path: str, prefix: str, skip: int) -> str:
+    """The rest of a request's path, as sent (still encoded), after ``prefix`` and ``skip``
+    more segments; refused if it could leave the instance's path."""
+    parts = path[len(prefix.rstrip("/")) + 1 :].split("/")
+    rest = parts[skip - 1 :] if len(parts) >= skip else []
+    for segment in rest:
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+            raise web.HTTPError(400, reason="a path that leaves the backend's is refused")
+    return "/" + "/".join(rest) if rest else "/"
+
+
+def _is_token(part: str) -> bool:
+    return part.split("=", 1)[0] == "token"
+
+
+def _backend_cookies(header: str) -> str:
+    """The cookies a backend set (kept to its path), without the Jupyter server's own."""
+    kept = [
+        c.strip()
+        for c in header.split(";")
+        if c.strip() and not c.strip().startswith(_JUPYTER_COOKIES)
+    ]
+    return "; ".join(kept)
 
 
 def _kept_to(header: str, path: str) -> str:
