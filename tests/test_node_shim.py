@@ -688,3 +688,49 @@ def test_the_shim_raises_its_descriptor_limit_to_the_hard_one(start_shim: StartS
     limits = Path(f"/proc/{shim.process.pid}/limits").read_text()
     (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
     assert line.split()[3:5] == ["4096", "4096"], line
+
+
+def test_a_build_on_the_node_ends_with_the_shim_on_sigterm(tmp_path: Path, pki: Pki) -> None:
+    """srun passes a stop or a kill on as SIGTERM: the build's step must not run on alone."""
+    from ywmagics.orchestrator.placements import slurm
+
+    from .test_node_build import _spec
+
+    config = {
+        "argv": HTTP_UNIX, "env": {}, "cwd": "{env}", "listen": "unix", "reach": "127.0.0.1",
+        "cert": pki.shim[0], "key": pki.shim[1], "peer": pki.orchestrator[0], "lease": 10.0,
+        "build": _spec(tmp_path / "node", install=[["sleep", "93"]]),
+    }  # fmt: skip
+    modules = {"portable": slurm.PORTABLE.read_text(), "node_build": slurm.NODE_BUILD.read_text()}
+    sources = {"modules": modules, "shim": slurm.SHIM.read_text()}
+    shim = subprocess.Popen(
+        [sys.executable, "-I", "-c", slurm.BOOTSTRAP],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert shim.stdin is not None and shim.stdout is not None
+    try:
+        shim.stdin.write(f"{json.dumps(sources)}\n{json.dumps(config)}\n")
+        shim.stdin.flush()  # and kept open, as the orchestrator keeps it
+        for line in shim.stdout:
+            if line.startswith("YW-BUILD ") and "install step 1/1" in line:
+                break
+        time.sleep(0.3)
+        assert _sleeping_93()
+        shim.send_signal(signal.SIGTERM)
+        assert shim.wait(10) == node_shim.BUILD_FAILED
+        time.sleep(0.3)
+        assert not _sleeping_93(), "the build's step outlived the shim"
+    finally:
+        shim.kill()
+        shim.wait()
+        for stream in (shim.stdin, shim.stdout, shim.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _sleeping_93() -> bool:
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == b"sleep\x0093\x00":
+                return True
+    return False

@@ -189,9 +189,11 @@ def test_an_orchestrator_killed_during_the_node_build_ends_the_build_and_its_job
         assert building.wait(60), "the node's build never said its install step"
         assert _sleeping(), "the install step is not running"
         os.kill(process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 15
+        killed = time.monotonic()
+        deadline = killed + 30  # what the issue asks of a killed orchestrator's jobs
         while (_sleeping() or _jobs(unshared)) and time.monotonic() < deadline:
             time.sleep(0.2)
+        print(f"build and job gone {time.monotonic() - killed:.1f} s after the kill")
         assert not _sleeping(), "the node's build outlived its orchestrator"
         assert _jobs(unshared) == [], "its job outlived its orchestrator"
         # What was half built is gone from the node (only its lock file is left).

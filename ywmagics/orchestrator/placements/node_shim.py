@@ -245,6 +245,10 @@ def build_on_node(config: Config) -> int:
         builder.cancel()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
+    # srun passes a stop or a kill on as SIGTERM: the build's steps (their own sessions) must end
+    # with it, not run on as orphans once this process has died of the signal.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: builder.cancel())
     started = time.monotonic()
     try:
         placed = builder.run()
@@ -252,6 +256,8 @@ def build_on_node(config: Config) -> int:
         if builder.cancelled.is_set():  # nobody waits for this job: its allocation too
             end_own_job()
         return failed(error)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # the shim's own handlers come with its loop
     done = {
         "built": bool(placed.pop("built")),
         "node": node_build.node_name(),
