@@ -104,6 +104,19 @@ def run_in_ipython(code: str, env: dict[str, str], timeout: float = 240) -> str:
         )
 
 
+def running(*argv: str) -> bool:
+    """Whether a process of this machine runs exactly ``argv`` (any user's)."""
+    wanted = b"".join(arg.encode() + b"\0" for arg in argv)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted:
+                    return True
+            except OSError:  # ended meanwhile
+                continue
+    return False
+
+
 def run_concurrently(
     function: Callable[[Any], object], arguments: list[Any]
 ) -> list[BaseException]:

@@ -19,6 +19,8 @@ import pytest
 from ywmagics.orchestrator.placements import node_build
 from ywmagics.orchestrator.placements.node_build import Builder, BuildFailed
 
+from .conftest import running
+
 pytestmark = pytest.mark.slow  # venvs and build steps, real processes (about 2 s)
 
 
@@ -183,19 +185,7 @@ def test_a_step_that_leaves_a_process_behind_does_not_hold_the_build(tmp_path: P
     assert time.monotonic() - started < 15 and placed["built"] == "1"
     assert ("left a process running", None) in said
     time.sleep(0.2)
-    left = [
-        entry
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and _cmdline(entry) == b"sleep\x0097\x00"
-    ]
-    assert left == []  # what it left running was ended with it
-
-
-def _cmdline(entry: Path) -> bytes:
-    try:
-        return (entry / "cmdline").read_bytes()
-    except OSError:
-        return b""
+    assert not running("sleep", "97")  # what it left running was ended with it
 
 
 def test_a_read_only_leftover_is_removed_and_built_again(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import pytest
 from ywmagics.orchestrator.placements import certificates, node_shim
 from ywmagics.orchestrator.placements.certificates import client_context, pinned, self_signed
 
-from .conftest import PYTHON38, needs_python38
+from .conftest import PYTHON38, needs_python38, running
 
 pytestmark = pytest.mark.slow  # about 16 s: leases lapse for real (2.5 s without those tests)
 
@@ -715,22 +715,14 @@ def test_a_build_on_the_node_ends_with_the_shim_on_sigterm(tmp_path: Path, pki: 
             if line.startswith("YW-BUILD ") and "install step 1/1" in line:
                 break
         time.sleep(0.3)
-        assert _sleeping_93()
+        assert running("sleep", "93")
         shim.send_signal(signal.SIGTERM)
         assert shim.wait(10) == node_shim.BUILD_FAILED
         time.sleep(0.3)
-        assert not _sleeping_93(), "the build's step outlived the shim"
+        assert not running("sleep", "93"), "the build's step outlived the shim"
     finally:
         shim.kill()
         shim.wait()
         for stream in (shim.stdin, shim.stdout, shim.stderr):
             if stream is not None:
                 stream.close()
-
-
-def _sleeping_93() -> bool:
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == b"sleep\x0093\x00":
-                return True
-    return False

@@ -161,6 +161,7 @@ def test_display_bundles(server: Server) -> None:
     assert displays[1] == {"data": {"text/plain": "[1, 2]"}, "metadata": {"k": 1}}
 
 
+@pytest.mark.slow  # matplotlib in the runner: half a second
 def test_matplotlib_figures_come_back_as_png(server: Server) -> None:
     pytest.importorskip("matplotlib")
     code = (
@@ -285,6 +286,7 @@ def test_streaming_ndjson(server: Server) -> None:
     assert (result["output"], result["error"], result["displays"]) == ("", "", [])
 
 
+@pytest.mark.slow  # subprocesses of the cell: most of a second
 def test_output_that_bypasses_sys_stdout_reaches_the_cell(server: Server) -> None:
     # As ipykernel does: what a subprocess, C code or a thread writes to the descriptors goes
     # to the cell that runs, before its result; the runner's own messages stay in the log.

@@ -30,6 +30,7 @@ from .conftest import (
     TEST_REGISTRY,
     python_or_skip,
     run_in_ipython,
+    running,
     start_orchestrator,
     stop_orchestrator,
 )
@@ -187,14 +188,14 @@ def test_an_orchestrator_killed_during_the_node_build_ends_the_build_and_its_job
     installing.start()
     try:
         assert building.wait(60), "the node's build never said its install step"
-        assert _sleeping(), "the install step is not running"
+        assert running("sleep", "97"), "the install step is not running"
         os.kill(process.pid, signal.SIGKILL)
         killed = time.monotonic()
         deadline = killed + 30  # what the issue asks of a killed orchestrator's jobs
-        while (_sleeping() or _jobs(unshared)) and time.monotonic() < deadline:
+        while (running("sleep", "97") or _jobs(unshared)) and time.monotonic() < deadline:
             time.sleep(0.2)
         print(f"build and job gone {time.monotonic() - killed:.1f} s after the kill")
-        assert not _sleeping(), "the node's build outlived its orchestrator"
+        assert not running("sleep", "97"), "the node's build outlived its orchestrator"
         assert _jobs(unshared) == [], "its job outlived its orchestrator"
         # What was half built is gone from the node (only its lock file is left).
         listed = unshared.cluster.run(
@@ -204,15 +205,6 @@ def test_an_orchestrator_killed_during_the_node_build_ends_the_build_and_its_job
     finally:
         stop_orchestrator(process)
         installing.join(30)
-
-
-def _sleeping() -> bool:
-    """Whether the long install step runs (on the node, which is this machine)."""
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == b"sleep\x0097\x00":
-                return True
-    return False
 
 
 def _serving_with(
