@@ -701,15 +701,13 @@ def test_a_build_on_the_node_ends_with_the_shim_on_sigterm(tmp_path: Path, pki: 
         "cert": pki.shim[0], "key": pki.shim[1], "peer": pki.orchestrator[0], "lease": 10.0,
         "build": _spec(tmp_path / "node", install=[["sleep", "93"]]),
     }  # fmt: skip
-    modules = {"portable": slurm.PORTABLE.read_text(), "node_build": slurm.NODE_BUILD.read_text()}
-    sources = {"modules": modules, "shim": slurm.SHIM.read_text()}
     shim = subprocess.Popen(
         [sys.executable, "-I", "-c", slurm.BOOTSTRAP],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert shim.stdin is not None and shim.stdout is not None
     try:
-        shim.stdin.write(f"{json.dumps(sources)}\n{json.dumps(config)}\n")
+        shim.stdin.write(f"{slurm.shim_sources()}\n{json.dumps(config)}\n")
         shim.stdin.flush()  # and kept open, as the orchestrator keeps it
         for line in shim.stdout:
             if line.startswith("YW-BUILD ") and "install step 1/1" in line:

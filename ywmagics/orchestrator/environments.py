@@ -352,7 +352,11 @@ class Installer:
         copy = folder / "wheel" / source.file
         copy.parent.mkdir()
         shutil.copyfile(kept, copy)
-        digest = "sha256:" + hashlib.sha256(copy.read_bytes()).hexdigest()
+        sha256 = hashlib.sha256()
+        with copy.open("rb") as file:  # a wheel may be large: not read whole into memory
+            while chunk := file.read(1 << 20):
+                sha256.update(chunk)
+        digest = "sha256:" + sha256.hexdigest()
         if digest != source.digest:
             raise InstallError(
                 f"{source.file} in the cache is not the file fetched ({digest}, not "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -231,9 +232,7 @@ class SlurmPlacement:
         if on_node:
             # In a thread: compressing a large folder would hold every other instance's lease.
             config["build"] = await asyncio.to_thread(self._build_spec, instance, kept)
-            modules = {"portable": PORTABLE.read_text(), "node_build": NODE_BUILD.read_text()}
-            sources = {"modules": modules, "shim": SHIM.read_text()}
-            stdin = f"{json.dumps(sources)}\n{json.dumps(config)}\n".encode()
+            stdin = f"{shim_sources()}\n{json.dumps(config)}\n".encode()
             # No folder of ours is on the node: srun's own is not either.
             argv = [*srun, "--chdir=/", self.cluster.python, "-I", "-c", BOOTSTRAP]
             path = None
@@ -643,6 +642,14 @@ def queued_text(job_id: str, cluster: str, state: str, reason: str) -> str:
             "cluster does not give; stop it and ask for other --resources"
         )
     return f"job {job_id} on {cluster}: {state.lower()}{why}"
+
+
+@functools.cache
+def shim_sources() -> str:
+    """The first line BOOTSTRAP reads: the shim's source and the modules it needs (read once:
+    they are part of this installed package)."""
+    modules = {"portable": PORTABLE.read_text(), "node_build": NODE_BUILD.read_text()}
+    return json.dumps({"modules": modules, "shim": SHIM.read_text()})
 
 
 class _TooLarge(Exception):
