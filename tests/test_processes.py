@@ -167,6 +167,70 @@ def test_nothing_a_child_started_outlives_its_parent_killed_by_sigkill(tmp_path:
         parent.wait()
 
 
+# A program that says it runs, then on SIGTERM writes "cleaned up" (as srun ends its job step
+# elsewhere) and exits, or with "stubborn" ignores SIGTERM.
+CLEANER = """
+import os, signal, sys, time
+def clean_up(*_):
+    open(sys.argv[1] + ".cleaned", "w").write("cleaned up")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == "stubborn" else clean_up)
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("grace", "program"),
+    [
+        (0, "cleaner"),
+        (0, "stubborn"),
+        (1.5, "cleaner"),
+        pytest.param(1.5, "stubborn", marks=pytest.mark.slow),  # waits out its whole grace
+    ],
+)
+def test_a_grace_lets_a_program_clean_up_after_its_orchestrator_died(
+    tmp_path: Path, grace: float, program: str
+) -> None:
+    pid_file = tmp_path / "pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from ywmagics.orchestrator.processes import child_argv\n"
+            "argv = [sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]]\n"
+            "grace = float(sys.argv[4])\n"
+            "subprocess.Popen(child_argv(argv, end_grace=grace), start_new_session=True)\n"
+            "time.sleep(60)\n",
+            CLEANER,
+            str(pid_file),
+            program,
+            str(grace),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        killed = time.monotonic()
+        assert _all_end([pid], within=grace + 5), "the program outlived its grace"
+        ended_after = time.monotonic() - killed
+        cleaned = Path(f"{pid_file}.cleaned").exists()
+        assert cleaned == (grace > 0 and program == "cleaner")
+        if program == "stubborn" and grace > 0:
+            assert ended_after >= grace - 0.5, f"killed {ended_after:.1f} s into its grace"
+        if grace == 0:
+            assert ended_after < 2
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 def _launched(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], list[int]]:
     pid_file = tmp_path / "pids"
     argv = [sys.executable, "-c", SPAWNER, str(pid_file), how]

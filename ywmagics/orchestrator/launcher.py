@@ -3,7 +3,8 @@ own program, standard library only (run with ``python -I -S``, about 7 ms).
 
 ::
 
-    launcher.py PARENT_PID [--private-network SOCKET PORT [--orchestrator PORT SOCKET]]
+    launcher.py PARENT_PID [--grace SECONDS]
+                [--private-network SOCKET PORT [--orchestrator PORT SOCKET]]
                 PROGRAM ARGV0 [ARG ...]
 
 It stays the parent of the program, and of everything the program starts: nothing a backend
@@ -19,6 +20,9 @@ or a build step started outlives it, nor the orchestrator, however that ends.
 - When the program ends, when the orchestrator is gone, or on :data:`END_SIGNAL` (the
   orchestrator's last word to a stop), it kills every process left under it, then ends as the
   program ended (its exit code, or its signal).
+- With ``--grace``, an orchestrator's end first gives the program SIGTERM and that many seconds
+  to end by itself: a program that must clean up elsewhere (``srun``, whose SIGTERM ends its
+  job step on another machine, where a SIGKILL here would end nothing there) gets to.
 
 The alternative to a launcher, a ``preexec_fn``, runs Python between fork and exec, which is
 unsafe once threads run.
@@ -41,6 +45,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -102,10 +107,12 @@ def _descendants(pid: int) -> list[int]:
 class Launcher:
     """The program's parent, and the reaper of all it leaves behind."""
 
-    def __init__(self, parent: int) -> None:
+    def __init__(self, parent: int, grace: float = 0.0) -> None:
         self.parent = parent
+        self.grace = grace
         self.program = 0
         self.status: int | None = None  # the program's wait status, once it is reaped
+        self.orphaned_at: float | None = None  # when the orchestrator's end was seen
 
     def watch_signals(self) -> None:
         for signum in _FORWARDED:
@@ -128,9 +135,17 @@ class Launcher:
         self.exit_as_the_program()
 
     def _parent_died(self, signum: int, frame: object) -> None:
-        if os.getppid() != self.parent:  # not a thread of it that ended: the orchestrator
-            self.end_everything()
-            os._exit(NO_PARENT)
+        if os.getppid() == self.parent:  # a thread of it that ended, not the orchestrator
+            return
+        if self.grace > 0 and self.program and self.orphaned_at is None:
+            self.orphaned_at = time.monotonic()  # run() ends it all once the grace is over
+            self._forward(signal.SIGTERM, frame)
+            return
+        self.end_everything()
+        os._exit(NO_PARENT)
+
+    def _grace_over(self) -> bool:
+        return self.orphaned_at is not None and time.monotonic() - self.orphaned_at > self.grace
 
     def _reap(self) -> None:
         """Collect every child that has ended, without waiting for any."""
@@ -176,12 +191,14 @@ class Launcher:
             os._exit(127)
         with contextlib.suppress(OSError):  # as the child does: whichever runs first
             os.setpgid(self.program, self.program)
-        while self.status is None:
+        while self.status is None and not self._grace_over():
             signal.sigtimedwait({signal.SIGCHLD}, 0.5)
             self._reap()
             if self.status is None and _state(self.program) == b"Z":
                 break  # ended, but held by a tracer among what it started: killed next
         self.end_everything()
+        if self.orphaned_at is not None:
+            os._exit(NO_PARENT)
         self.exit_as_the_program()
 
     def exit_as_the_program(self) -> None:
@@ -289,6 +306,9 @@ def main(argv: list[str]) -> None:
         os._exit(0)
     parent = int(argv[0])
     rest = argv[1:]
+    grace = 0.0
+    if rest[:1] == ["--grace"]:
+        grace, rest = float(rest[1]), rest[2:]
     private: tuple[str, int, tuple[int, str] | None] | None = None
     if rest[:1] == ["--private-network"]:
         path, port, rest = rest[1], int(rest[2]), rest[3:]
@@ -301,7 +321,7 @@ def main(argv: list[str]) -> None:
             sys.stderr.write(f"no private network namespace here: {error}\n")
             os._exit(NO_PRIVATE_NETWORK)
         private = (path, port, orchestrator)
-    launcher = Launcher(parent)
+    launcher = Launcher(parent, grace)
     launcher.watch_signals()
     _die_with(parent, _ORPHANED)
     if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:

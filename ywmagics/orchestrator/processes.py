@@ -60,13 +60,16 @@ def child_argv(
     cwd: Path | str | None = None,
     env: Mapping[str, str] | None = None,
     private_network: PrivateNetwork | None = None,
+    end_grace: float = 0.0,
 ) -> list[str]:
     """``argv`` as started by the launcher (Linux), its program resolved on the child's PATH.
 
     Raises :class:`FileNotFoundError` for a program that does not exist, as ``Popen`` would: with
     a launcher in between, the failure would otherwise only show as an exit code. With
     ``private_network`` (a connector socket and a port), the program runs in a network
-    namespace of its own (see :mod:`ywmagics.orchestrator.launcher`)."""
+    namespace of its own. With ``end_grace``, an orchestrator's end gives the program SIGTERM
+    and that many seconds before everything is killed (see
+    :mod:`ywmagics.orchestrator.launcher`)."""
     program = argv[0]
     where = os.fspath(cwd) if cwd is not None else os.getcwd()
     if os.sep in program:
@@ -81,8 +84,10 @@ def child_argv(
     _check_runnable(resolved, program)
     if not _ARMS_PDEATHSIG:
         return [resolved, *argv[1:]]
-    private = private_network.launcher_arguments() if private_network is not None else []
-    return [sys.executable, "-I", "-S", LAUNCHER, str(os.getpid()), *private, resolved, *argv]
+    options = ["--grace", str(end_grace)] if end_grace > 0 else []
+    if private_network is not None:
+        options += private_network.launcher_arguments()
+    return [sys.executable, "-I", "-S", LAUNCHER, str(os.getpid()), *options, resolved, *argv]
 
 
 @functools.cache

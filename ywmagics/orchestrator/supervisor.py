@@ -435,7 +435,11 @@ class Supervisor:
             try:
                 process = await asyncio.create_subprocess_exec(
                     *child_argv(
-                        argv, cwd=launch.cwd, env=launch.env, private_network=launch.private_network
+                        argv,
+                        cwd=launch.cwd,
+                        env=launch.env,
+                        private_network=launch.private_network,
+                        end_grace=launch.end_grace,
                     ),
                     cwd=launch.cwd,
                     env=launch.env,

@@ -39,6 +39,9 @@ class Launch:
     stdout_to_log: bool = True
     # written to the child's stdin, which stays open for its life (else: /dev/null)
     stdin: bytes | None = None
+    # seconds the child has to end by itself, after a SIGTERM, once the orchestrator has ended
+    # (however): 0 kills it at once
+    end_grace: float = 0.0
 
 
 class Placement(Protocol):

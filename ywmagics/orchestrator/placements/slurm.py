@@ -81,6 +81,9 @@ MAX_BUNDLE = 64 * 1024 * 1024  # bytes of a backend's files sent to a node that 
 LEASE_ALPN, REVERSE_ALPN = "yw-lease", "yw-reverse"  # and "http/1.1": what a connection is
 LEASE = 10.0  # seconds a shim runs on without hearing from us (the issue asks for 30 at most)
 HEARTBEAT = 1.0
+# Seconds srun has, after SIGTERM, when we end however we end: its SIGTERM ends the job step on
+# the node (the shim then ends the backend or cancels a build); a SIGKILL would end srun here only.
+SRUN_END_GRACE = 10.0
 SILENCE = 5.0  # seconds without a PONG after which the shim is taken as gone
 QUEUE_LOOK_EVERY = 1.0  # seconds to the first look at a job that has not started yet...
 QUEUE_LOOK_MAX = 30.0  # ...then twice as long each time, up to this (slurmctld is shared)
@@ -246,6 +249,7 @@ class SlurmPlacement:
             argv = [*srun, self.cluster.python, "-I", str(SHIM), str(path)]
             launch = Launch(argv, self._slurm_env(), folder)
         launch.stdout_to_log = False
+        launch.end_grace = SRUN_END_GRACE
         self._jobs[instance.browser_label] = _Job(name, path, shim_cert, client_cert, client_key)
         if manifest.listen is not Listen.UNIX:
             launch.warnings.append(
