@@ -77,6 +77,9 @@ def test_docs_open_in_a_browser_through_the_proxy(
         spec_url = link.split("/backends/", 1)[0] + "/backends/demo_yw_backend/0.1.1/openapi.json"
         spec = _as_a_browser(browser, spec_url, session)
         assert spec.status_code == 200 and "/cow-say" in spec.json()["paths"]
+        assert spec.json()["servers"] == [{"url": "/backends/demo_yw_backend/0.1.1"}]
+        script = spec_url.replace("openapi.json", "static-offline-docs/swagger-ui-bundle.js")
+        assert _as_a_browser(browser, script, session).status_code == 200
         # The page is the instance in DemoP, the client's partition: nothing started in Default.
         assert _as_a_browser(
             browser, page_url.replace("/docs", "/partition-echo"), session

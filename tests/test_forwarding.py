@@ -7,6 +7,7 @@ import pytest
 from ywmagics.orchestrator.forwarding import Rewriter, forwarded_headers, split_host
 
 BASE = "/backends/app/1.0.0"
+OUTER = "/user/alice/ywmagics/b/CAPABILITY"  # a proxy in front: the Jupyter server's extension
 
 
 def test_the_backend_is_told_where_it_is_seen_from() -> None:
@@ -68,3 +69,18 @@ def test_the_headers_that_carry_links() -> None:
         ),
         (b"x-other", b"/kept"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "moved"),
+    [
+        ("/login", f"{OUTER}/login"),  # an app that knows no base path
+        (f"{OUTER}/db/", f"{OUTER}/db/"),  # one that took the prefix it was told
+        (f"{BASE}/db/?x=1", f"{OUTER}/db/?x=1"),  # one started with the orchestrator's path
+        (f"http://jupyter.example{BASE}/a", f"http://jupyter.example{OUTER}/a"),
+        ("http://127.0.0.1:8765/a", "http://127.0.0.1:8765/a"),  # not a name it was sent
+    ],
+)
+def test_behind_a_proxy_in_front_links_stay_in_its_prefix(url: str, moved: str) -> None:
+    rewriter = Rewriter(OUTER, "jupyter.example", ["jupyter.example"], inner_base=BASE)
+    assert rewriter.url(url) == moved

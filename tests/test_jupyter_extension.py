@@ -139,3 +139,96 @@ def test_a_backends_websocket_through_jupyter(served: tuple[Connection, str]) ->
         binary = socket.recv(timeout=20)
     assert "hello" in str(answer)
     assert isinstance(binary, bytes) and b"\x00bytes" in binary
+
+
+def test_the_dashboard_through_jupyter_login_with_its_own_session(
+    served: tuple[Connection, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection, jupyter = served
+    ywmagics.install("node_echo as e", partition="Dash", connection=connection)
+    root = f"{jupyter}{BASE}ywmagics"
+    with httpx.Client(follow_redirects=False, timeout=30) as stranger:
+        assert stranger.get(f"{root}/dashboard").status_code in (302, 403)  # Jupyter's login
+        assert stranger.get(f"{root}/dashboard/").status_code in (302, 403)
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        opened = browser.get(f"{root}/dashboard?token={TOKEN}")
+        assert opened.status_code == 302, opened.text
+        location = opened.headers["location"]
+        assert location.startswith(f"{BASE}ywmagics/dashboard/#code="), location
+        page = browser.get(f"{root}/dashboard/")  # Jupyter's login cookie, from here on
+        assert page.status_code == 200 and 'src="static/app.js"' in page.text
+        assert "frame-ancestors 'self'" in page.headers["content-security-policy"]
+        assert browser.get(f"{root}/dashboard/static/app.js").status_code == 200
+        # The page trades its code for a session of its own, and sends it in its header.
+        code = location.split("#code=", 1)[1]
+        traded = browser.post(f"{root}/dashboard/session", json={"code": code})
+        assert traded.status_code == 200, traded.text
+        session = {"x-ywmagics-session": traded.json()["session"]}
+        state = browser.get(f"{root}/dashboard/state", headers=session)
+        assert state.status_code == 200, state.text
+        partitions = state.json()["partitions"]
+        listed = [(p["name"], i["name"]) for p in partitions for i in p["instances"]]
+        assert listed == [("Dash", "node_echo")]
+        # Without the session, Jupyter's login alone opens no data; a spent code opens nothing.
+        assert browser.get(f"{root}/dashboard/state").status_code == 401
+        assert browser.post(f"{root}/dashboard/session", json={"code": code}).status_code == 401
+        # Only the dashboard's own routes are forwarded.
+        for route in ("dashboard/shutdown", "dashboard/../status", "list"):
+            assert browser.get(f"{root}/{route}", headers=session).status_code == 404, route
+        assert browser.post(f"{root}/shutdown", headers=session).status_code in (403, 404)
+        stopped = browser.post(f"{root}/stop", headers=session, json={"partition": "Dash"})
+        assert stopped.status_code == 200, stopped.text
+        for answer in (opened, page, traded, state, stopped):
+            assert connection.token not in answer.text + str(answer.headers)
+    # The session alone, without Jupyter's login, is refused by the Jupyter server.
+    with httpx.Client(follow_redirects=False, timeout=30) as stranger:
+        assert stranger.get(f"{root}/dashboard/state", headers=session).status_code in (302, 403)
+    assert ywmagics.client.OrchestratorClient(connection).listing()  # still serving
+    monkeypatch.setenv("YW_JUPYTER_BASE_URL", BASE)  # as the extension sets it for its kernels
+    link = ywmagics.client.OrchestratorClient(connection).dashboard_link()
+    assert link.startswith(f"{BASE}ywmagics/dashboard/#code="), link
+
+
+def test_the_demo_backends_docs_through_jupyter_load_their_files_and_schema_there(
+    served: tuple[Connection, str],
+) -> None:
+    """The demo backend builds its absolute links from the prefix it is told: through the
+    Jupyter server, they are the Jupyter server's (not the orchestrator's /backends/...)."""
+    connection, jupyter = served
+    ywmagics.install("demo_yw_backend#^0.1.1", partition="Docs", connection=connection)
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        opened = browser.get(f"{jupyter}{BASE}ywmagics/open/Docs/demo_yw_backend/0.1.1/docs")
+        assert opened.status_code in (302, 403)  # no login yet
+        opened = browser.get(
+            f"{jupyter}{BASE}ywmagics/open/Docs/demo_yw_backend/0.1.1/docs?token={TOKEN}"
+        )
+        location = opened.headers["location"]
+        own = location.rsplit("/docs", 1)[0]  # {BASE}ywmagics/b/CAPABILITY
+        page = browser.get(jupyter + location)
+        assert page.status_code == 200 and "swagger" in page.text.lower()
+        assert f"{own}/openapi.json" in page.text and "/backends/" not in page.text
+        schema = browser.get(f"{jupyter}{own}/openapi.json")
+        assert schema.json()["servers"] == [{"url": own}]  # try-it-out calls go here too
+        script = browser.get(f"{jupyter}{own}/static-offline-docs/swagger-ui-bundle.js")
+        assert script.status_code == 200
+        # A redirect of the app's own stays under the Jupyter server's path.
+        redirected = browser.get(f"{jupyter}{own}/docs/")
+        assert redirected.status_code == 307, redirected.text  # FastAPI's trailing slash
+        assert redirected.headers["location"] == f"http://{jupyter.split('//')[1]}{own}/docs"
+        said = browser.post(
+            f"{jupyter}{own}/cow-say", json={"message": "through jupyter"},
+            headers={"Origin": "null"},
+        )  # fmt: skip
+        assert "through jupyter" in said.json()
+
+
+def test_an_instance_keeps_its_capability_while_it_is_young() -> None:
+    from ywmagics.jupyter.handlers import Capabilities, Instance
+
+    capabilities = Capabilities()
+    first = capabilities.new(Instance("P", "app", "1.0.0"))
+    assert capabilities.new(Instance("P", "app", "1.0.0")) == first
+    assert capabilities.new(Instance("Q", "app", "1.0.0")) != first
+    opened = capabilities.get(first)
+    assert opened is not None and (opened.partition, opened.name) == ("P", "app")
+    assert capabilities.get("x" * 32) is None

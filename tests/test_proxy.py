@@ -23,7 +23,7 @@ from ywmagics.errors import (
     OrchestratorError,
     StartError,
 )
-from ywmagics.orchestrator.proxy import Proxy
+from ywmagics.orchestrator.proxy import Proxy, seen_from
 from ywmagics.orchestrator.upstream import UpstreamPool
 from ywmagics.protocol import ERROR_HEADER
 
@@ -152,8 +152,6 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
             "Proxy-Authorization": "Basic x",
             "Connection": "keep-alive, X-Hop",
             "X-Custom": "kept",
-            "X-Forwarded-Host": "evil.example",  # the client's word for it does not count
-            "X-Forwarded-Prefix": "/elsewhere",
         },
     )
     assert answer.status_code == 200
@@ -168,6 +166,36 @@ def test_what_reaches_the_backend(proxied: Any) -> None:
     assert (seen["x-forwarded-proto"], seen["x-forwarded-port"]) == ("http", "8765")
     assert seen["x-custom"] == "kept"
     assert [k for k, _ in answer.json()["headers"]].count("host") == 1
+
+
+def test_a_proxy_in_front_that_holds_the_token_says_where_it_serves_the_backend(
+    proxied: Any,
+) -> None:
+    """The Jupyter server's extension: the backend is told the extension's host and prefix."""
+    http, _, _ = proxied
+    outer = {
+        "X-Forwarded-Host": "jupyter.example:8888",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Prefix": "/user/alice/ywmagics/b/CAPABILITY",
+    }
+    seen = _seen(http.get("/backends/echo/1/x", headers={**MASTER, **outer}))
+    assert seen["x-forwarded-prefix"] == "/user/alice/ywmagics/b/CAPABILITY"
+    assert seen["host"] == seen["x-forwarded-host"] == "jupyter.example:8888"
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-port"]) == ("https", "8888")
+    # A prefix that is not a path is not taken.
+    seen = _seen(http.get("/backends/echo/1/x", headers={**MASTER, "X-Forwarded-Prefix": "x"}))
+    assert seen["x-forwarded-prefix"] == "/backends/echo/1.0.0"
+
+
+def test_anyone_elses_word_for_where_it_is_served_does_not_count() -> None:
+    instance = SimpleNamespace(base_path="/backends/echo/1.0.0")
+    headers = [(b"host", b"127.0.0.1:9"), (b"x-forwarded-prefix", b"/elsewhere")]
+    headers += [(b"x-forwarded-host", b"evil.example")]
+    for state in ({}, {"pinned_partition": "P"}, {"trusted_forwarding": "yes"}):
+        scope = {"headers": headers, "state": state, "scheme": "http"}
+        assert seen_from(scope, instance) == ("127.0.0.1:9", "/backends/echo/1.0.0", "http")
+    scope = {"headers": headers, "state": {"trusted_forwarding": True}, "scheme": "http"}
+    assert seen_from(scope, instance) == ("evil.example", "/elsewhere", "http")
 
 
 def test_what_comes_back_from_the_backend(proxied: Any) -> None:

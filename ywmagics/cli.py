@@ -171,6 +171,12 @@ def _age(text: str) -> commands.Age:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     url = _client().dashboard_link()
+    if url.startswith("/"):  # through the Jupyter server this terminal runs under
+        print(
+            "The dashboard, through this Jupyter server: after its address in your browser "
+            f"(this link works once):\n{url}"
+        )
+        return 0
     # The URL alone on its line: a terminal makes it a link, and it is copied whole.
     print(f"The dashboard (this link works once; run 'ywmagics dashboard' for another tab):\n{url}")
     if not args.no_browser and not open_in_browser(url):

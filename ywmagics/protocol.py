@@ -26,6 +26,11 @@ its owners have all ended, however they ended."""
 CLIENT_HEADER = "x-backends-client"
 """On an install: who asks (``kernel 1234``), said when the instance it starts replaces one."""
 
+DASHBOARD_SESSION_HEADER = "x-ywmagics-session"
+"""The dashboard page's session, as it sends it through the Jupyter server's extension (which
+makes it the orchestrator's ``Authorization: Bearer``): an ``Authorization`` header would be
+taken by the Jupyter server, or JupyterHub, as a token of theirs to check."""
+
 JUPYTER_BASE_URL_ENV = "YW_JUPYTER_BASE_URL"
 """Set by the Jupyter Server extension (:mod:`ywmagics.jupyter`) for the kernels its server
 starts: the server's ``base_url``, under which the browser reaches backends' pages."""
@@ -38,3 +43,9 @@ def jupyter_link(base_url: str, partition: str, name: str, version: str, path: s
 
     parts = "/".join(quote(part, safe="") for part in (partition, name, version))
     return f"{base_url.rstrip('/')}/ywmagics/open/{parts}/{path.lstrip('/')}"
+
+
+def jupyter_dashboard_link(base_url: str, link: str) -> str:
+    """The orchestrator's one-time dashboard ``link`` (``.../dashboard/#code=...``), through a
+    Jupyter server with the extension."""
+    return f"{base_url.rstrip('/')}/ywmagics/dashboard/#{link.partition('#')[2]}"

@@ -15,7 +15,13 @@ from ywmagics.client._pool import shared_http
 from ywmagics.discovery import Connection
 from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
-from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, OWNER_HEADER
+from ywmagics.protocol import (
+    CLIENT_HEADER,
+    ERROR_HEADER,
+    JUPYTER_BASE_URL_ENV,
+    OWNER_HEADER,
+    jupyter_dashboard_link,
+)
 from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
@@ -186,8 +192,11 @@ class OrchestratorClient:
         """A link that opens the dashboard page in a browser:
         ``http://127.0.0.1:PORT/dashboard/#code=...``. The code is good for one use, for a few
         minutes: the page trades it for a session of its own (never this client's token), kept
-        across reloads of its tab. Each tab needs a link of its own."""
-        return str(self._call("POST", "/dashboard-link").json()["url"])
+        across reloads of its tab. Each tab needs a link of its own. Under a Jupyter server with
+        the extension (``YW_JUPYTER_BASE_URL``), the link is through that server."""
+        link = str(self._call("POST", "/dashboard-link").json()["url"])
+        base_url = os.environ.get(JUPYTER_BASE_URL_ENV, "")
+        return jupyter_dashboard_link(base_url, link) if base_url else link
 
     def shutdown(self) -> None:
         self._call("POST", "/shutdown")

@@ -13,8 +13,14 @@ talks to (JupyterHub, a remote lab server, an SSH tunnel), under its own ``base_
   and with ``Referrer-Policy: no-referrer``, so the capability does not leave in a Referer. Its
   cookies are kept to its own path.
 
-Kernels that this server starts get ``YW_JUPYTER_BASE_URL``: their ``%backends docs`` links and
-``browser_url`` then point here (see :func:`ywmagics.protocol.jupyter_link`).
+- ``{base_url}ywmagics/dashboard`` (Jupyter's login) opens the orchestrator's dashboard here:
+  its page, and the calls it makes, are forwarded under ``{base_url}ywmagics/`` with the
+  page's own session (sent in :data:`~ywmagics.protocol.DASHBOARD_SESSION_HEADER`), never with
+  the orchestrator's token.
+
+Kernels that this server starts get ``YW_JUPYTER_BASE_URL``: their ``%backends docs`` links,
+``browser_url`` and ``%backends dashboard`` then point here (see
+:func:`ywmagics.protocol.jupyter_link`).
 
 Enabled on install (``etc/jupyter/jupyter_server_config.d/ywmagics.json``).
 """
@@ -34,7 +40,13 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from jupyter_server.utils import url_path_join
 
-    from ywmagics.jupyter.handlers import BackendHandler, Capabilities, OpenHandler
+    from ywmagics.jupyter.handlers import (
+        BackendHandler,
+        Capabilities,
+        DashboardHandler,
+        DashboardOpenHandler,
+        OpenHandler,
+    )
 
     web_app = serverapp.web_app
     base_url = web_app.settings["base_url"]
@@ -52,6 +64,12 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
                 url_path_join(prefix, r"b/([A-Za-z0-9_-]{20,})(/.*)?"),
                 BackendHandler,
                 {"capabilities": capabilities, "prefix": prefix},
+            ),
+            (url_path_join(prefix, "dashboard"), DashboardOpenHandler, {"prefix": prefix}),
+            (
+                prefix + r"/(dashboard/.*|stop|restart|uninstall|gc)",
+                DashboardHandler,
+                {"prefix": prefix},
             ),
         ],
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from urllib.parse import quote, unquote
@@ -15,7 +17,7 @@ from tornado import httpclient, web, websocket
 
 from ywmagics import paths
 from ywmagics.discovery import Connection, read_discovery
-from ywmagics.protocol import PARTITION_HEADER
+from ywmagics.protocol import DASHBOARD_SESSION_HEADER, PARTITION_HEADER
 from ywmagics.spec import is_semver, validate_name, validate_partition
 
 CAPABILITY_LIFETIME = 12 * 3600.0
@@ -31,6 +33,8 @@ _REQUEST_DROPPED = {
     "host", "cookie", "authorization", "connection", "keep-alive", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authorization", "content-length", "x-xsrftoken",
     "origin", "referer", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user",
+    "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-prefix",  # ours to say, below
 }  # fmt: skip
 _ANSWER_DROPPED = {
     "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
@@ -43,6 +47,16 @@ _ANSWER_DROPPED = {
 }  # fmt: skip
 # The Jupyter server's own cookies: never to a backend.
 _JUPYTER_COOKIES = ("username-", "_xsrf", "jupyterhub-")
+# What the dashboard's page asks of the orchestrator, beside its own files: these and no other
+# (the orchestrator's session rules decide the rest).
+DASHBOARD_ROUTES = {
+    "GET": r"dashboard/(static/[A-Za-z0-9_-][A-Za-z0-9_.-]*|state|stream|log|install-log)?",
+    "POST": r"dashboard/session|stop|restart|uninstall|gc",
+}
+_DASHBOARD_ANSWER_KEPT = {
+    "content-type", "cache-control", "content-security-policy", "x-content-type-options",
+    "referrer-policy", "etag", "last-modified",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,15 @@ class Capabilities:
         self._by_secret: dict[str, Instance] = {}
 
     def new(self, instance: Instance) -> str:
+        """A secret for ``instance``: the one given before while it has most of its life left,
+        so that each page of a backend is at one address (a backend that says its server in
+        its pages, as OpenAPI docs do, is not told a new one each time)."""
         self._forget_old()
+        key = (instance.partition, instance.name, instance.version)
+        for secret, given in self._by_secret.items():
+            young = time.monotonic() - given.created < CAPABILITY_LIFETIME / 2
+            if (given.partition, given.name, given.version) == key and young:
+                return secret
         secret = secrets.token_urlsafe(24)
         self._by_secret[secret] = instance
         return secret
@@ -114,6 +136,77 @@ class OpenHandler(JupyterHandler):
         self.redirect(f"{self.prefix}/b/{secret}{rest}{query}")
 
 
+class DashboardOpenHandler(JupyterHandler):
+    """``{base_url}ywmagics/dashboard``: Jupyter's login first, then a one-time dashboard link
+    of the orchestrator's, through here."""
+
+    def initialize(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @web.authenticated
+    async def get(self) -> None:
+        if self.request.headers.get("Sec-Fetch-Site", "none") not in ("same-origin", "none"):
+            raise web.HTTPError(403, reason="open the dashboard from the notebook")
+        connection = _orchestrator()
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.post(
+                    f"{connection.url}/dashboard-link", headers=connection.headers
+                )
+                answer.raise_for_status()
+        except httpx.HTTPError as error:
+            raise web.HTTPError(502, reason=f"the orchestrator did not answer: {error}") from None
+        code = str(answer.json()["url"]).partition("#")[2]
+        self.set_header("Cache-Control", "no-store")
+        self.redirect(f"{self.prefix}/dashboard/#{code}")
+
+
+class DashboardHandler(JupyterHandler):
+    """The dashboard's page and its calls, behind Jupyter's login, forwarded as they are: the
+    page's own session (a header it sets, never a cookie) is its credential at the
+    orchestrator; the orchestrator's token is never added."""
+
+    def initialize(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def check_xsrf_cookie(self) -> None:
+        """Each call carries the page's session, which no other site has, or a one-time code;
+        nothing here is opened by a cookie alone."""
+
+    @web.authenticated
+    async def get(self, route: str) -> None:
+        await self._forward("GET", route)
+
+    @web.authenticated
+    async def post(self, route: str) -> None:
+        await self._forward("POST", route)
+
+    async def _forward(self, method: str, route: str) -> None:
+        if not re.fullmatch(DASHBOARD_ROUTES[method], route):
+            raise web.HTTPError(404, reason="the dashboard has no such route")
+        connection = _orchestrator()
+        headers = {"Accept": self.request.headers.get("Accept", "*/*")}
+        if "Content-Type" in self.request.headers:
+            headers["Content-Type"] = self.request.headers["Content-Type"]
+        session = self.request.headers.get(DASHBOARD_SESSION_HEADER, "")
+        if session:
+            headers["Authorization"] = f"Bearer {session}"
+        query = f"?{self.request.query}" if self.request.query else ""
+        url = f"{connection.url}/{route}{query}"
+        await _relay(self, method, url, headers, self.request.body or None, self._answer_head)
+
+    def _answer_head(self, answer: httpx.Response) -> None:
+        self.set_status(answer.status_code, answer.reason_phrase or None)
+        self.clear_header("Content-Type")
+        for key, value in answer.headers.items():
+            if key.lower() in _DASHBOARD_ANSWER_KEPT:
+                self.set_header(key, value)
+        policy = answer.headers.get("content-security-policy")
+        if policy:  # framed by the Jupyter server's own pages, here
+            framed = re.sub(r"frame-ancestors [^;]*", "frame-ancestors 'self'", policy)
+            self.set_header("Content-Security-Policy", framed)
+
+
 class BackendHandler(websocket.WebSocketHandler):
     """Forwards to the instance its capability opens, HTTP and websockets alike; the capability
     is the only credential (a sandboxed page has no other), so no Jupyter cookie or XSRF token
@@ -151,6 +244,11 @@ class BackendHandler(websocket.WebSocketHandler):
             headers["Cookie"] = cookies
         headers.update(connection.headers)
         headers[PARTITION_HEADER] = instance.partition
+        # Where the browser sees the backend: its answers' links and redirects stay here (the
+        # orchestrator takes these from a client with its token).
+        headers["X-Forwarded-Host"] = self.request.host
+        headers["X-Forwarded-Proto"] = self.request.protocol
+        headers["X-Forwarded-Prefix"] = f"{self.prefix}/b/{secret}"
         return url, headers, base
 
     async def _forward(self, secret: str, path: str | None) -> None:
@@ -161,23 +259,12 @@ class BackendHandler(websocket.WebSocketHandler):
         ):
             return self._preflight()
         connection = _orchestrator()
-        client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
-        try:
-            request = client.build_request(
-                self.request.method or "GET", url, headers=headers, content=self.request.body
-            )
-            answer = await client.send(request, stream=True)
-            try:
-                self._answer_head(answer, base, connection, secret)
-                async for chunk in answer.aiter_raw():
-                    self.write(chunk)
-                    await self.flush()
-            finally:
-                await answer.aclose()
-        except httpx.HTTPError as error:
-            raise web.HTTPError(502, reason=f"the orchestrator did not answer: {error}") from None
-        finally:
-            await client.aclose()
+        method, body = self.request.method or "GET", self.request.body
+
+        def head(answer: httpx.Response) -> None:
+            self._answer_head(answer, base, connection, secret)
+
+        await _relay(self, method, url, headers, body, head)
 
     def _answer_head(
         self, answer: httpx.Response, base: str, connection: Connection, secret: str
@@ -267,6 +354,33 @@ class BackendHandler(websocket.WebSocketHandler):
 
     async def options(self, secret: str, path: str | None) -> None:
         await self._forward(secret, path)
+
+
+async def _relay(
+    handler: web.RequestHandler,
+    method: str,
+    url: httpx.URL | str,
+    headers: dict[str, str],
+    body: bytes | None,
+    head: Callable[[httpx.Response], None],
+) -> None:
+    """Send the request to the orchestrator; its answer's head through ``head``, then its body
+    as it comes (streams stay streams)."""
+    client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
+    try:
+        request = client.build_request(method, url, headers=headers, content=body)
+        answer = await client.send(request, stream=True)
+        try:
+            head(answer)
+            async for chunk in answer.aiter_raw():
+                handler.write(chunk)
+                await handler.flush()
+        finally:
+            await answer.aclose()
+    except httpx.HTTPError as error:
+        raise web.HTTPError(502, reason=f"the orchestrator did not answer: {error}") from None
+    finally:
+        await client.aclose()
 
 
 def _raw_rest(path: str, prefix: str, skip: int) -> str:

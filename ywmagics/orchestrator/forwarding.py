@@ -8,6 +8,12 @@ rewritten: a ``Location``, ``Content-Location``, ``Refresh`` or ``Link`` that po
 backend (the host name it was sent, the address it listens on, or a root-relative path outside
 the base path) is moved into the base path, so that a redirect never leaves it. Links to other
 sites are left alone.
+
+A proxy in front of the orchestrator that holds its token (the Jupyter server's extension,
+:mod:`ywmagics.jupyter`) says where *it* serves the backend, in its own ``X-Forwarded-Host``,
+``-Proto`` and ``-Prefix``: the backend is then told those, and its links are kept in that
+prefix (a link into the orchestrator's base path is moved there too). Anyone else's
+``X-Forwarded-*`` headers are dropped.
 """
 
 from __future__ import annotations
@@ -55,8 +61,15 @@ class Rewriter:
     ``backend_hosts`` are the other names the backend may use for itself (the Host it was sent,
     the address it listens on)."""
 
-    def __init__(self, base_path: str, client_host: str, backend_hosts: Sequence[str]) -> None:
+    def __init__(
+        self,
+        base_path: str,
+        client_host: str,
+        backend_hosts: Sequence[str],
+        inner_base: str | None = None,
+    ) -> None:
         self.base_path = base_path
+        self.inner_base = inner_base  # the orchestrator's, when a proxy in front gave its own
         self.client_host = client_host
         self.own = {client_host.lower(), *(h.lower() for h in backend_hosts), "backend"}
 
@@ -69,7 +82,8 @@ class Rewriter:
             return urlunsplit((parts.scheme, self.client_host, path, parts.query, parts.fragment))
         if parts.scheme or not url.startswith("/"):
             return url  # mailto:, data:, or relative to the page (already inside)
-        return url if self._within(parts.path) else self.base_path + url
+        moved = self._into(parts.path)
+        return url if moved == parts.path else moved + url[len(parts.path) :]
 
     def headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
         return [(name, self._value(name, value)) for name, value in headers]
@@ -88,8 +102,13 @@ class Rewriter:
     def _url_bytes(self, value: bytes) -> bytes:
         return self.url(value.decode("latin-1").strip()).encode("latin-1")
 
-    def _within(self, path: str) -> bool:
-        return path == self.base_path or path.startswith(self.base_path + "/")
-
     def _into(self, path: str) -> str:
-        return path if self._within(path) else self.base_path + path
+        if _within(path, self.base_path):
+            return path
+        if self.inner_base is not None and _within(path, self.inner_base):
+            return self.base_path + path[len(self.inner_base) :]
+        return self.base_path + path
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base + "/")

@@ -109,13 +109,27 @@ def client_host(scope: Scope) -> str:
     return host.decode("latin-1")
 
 
+def seen_from(scope: Scope, instance: Instance) -> tuple[str, str, str]:
+    """``(host, base path, scheme)`` where the client serves the backend: the request's own,
+    or, from a proxy in front that holds our token, the ``X-Forwarded-*`` it sends (see
+    :mod:`~ywmagics.orchestrator.forwarding`)."""
+    host, prefix, scheme = client_host(scope), instance.base_path, str(scope.get("scheme", "http"))
+    if scope.get("state", {}).get("trusted_forwarding") is not True:
+        return host, prefix, scheme
+    headers = dict(scope["headers"])
+    given_prefix = headers.get(b"x-forwarded-prefix", b"").decode("latin-1").rstrip("/")
+    if given_prefix.startswith("/"):
+        prefix = given_prefix
+    host = headers.get(b"x-forwarded-host", b"").decode("latin-1") or host
+    given_scheme = headers.get(b"x-forwarded-proto", b"").decode("latin-1")
+    if given_scheme in ("http", "https"):
+        scheme = given_scheme
+    return host, prefix, scheme
+
+
 def request_headers(scope: Scope, instance: Instance) -> list[tuple[bytes, bytes]]:
-    headers = forwarded_headers(
-        client_host(scope),
-        instance.base_path,
-        str(scope.get("scheme", "http")),
-        instance.manifest.host,
-    )
+    host, prefix, scheme = seen_from(scope, instance)
+    headers = forwarded_headers(host, prefix, scheme, instance.manifest.host)
     headers += [(k, v) for k, v in scope["headers"] if k not in _DROPPED_REQUEST]
     for name, value in scope["headers"]:
         if name == b"cookie":
@@ -138,11 +152,12 @@ def _returned_headers(
         if k not in _DROPPED_RESPONSE
         and not (k == b"set-cookie" and is_ours(set_cookie_name(v.decode("latin-1"))))
     ]
-    seen_as = client_host(scope)
+    seen_as, prefix, _ = seen_from(scope, instance)
     own = [instance.manifest.host or seen_as]
     if instance.port is not None:
         own += [f"127.0.0.1:{instance.port}", f"localhost:{instance.port}"]
-    return Rewriter(instance.base_path, seen_as, own).headers(kept)
+    inner = instance.base_path if prefix != instance.base_path else None
+    return Rewriter(prefix, seen_as, own, inner).headers(kept)
 
 
 class ClientGone(Exception):

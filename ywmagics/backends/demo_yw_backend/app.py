@@ -7,6 +7,8 @@ the tests of partition pinning: ``GET /partition-echo`` and ``GET /call?path=...
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
+from typing import Any
 
 import cowsay
 import httpx
@@ -25,7 +27,41 @@ app = FastAPIOffline(
     title=NAME,
     version=VERSION,
     description="The demo backend of ywmagics: hello world and cowsay pictures.",
+    root_path_in_servers=False,  # the server is said per request (served_at, below)
 )
+_seen_at: ContextVar[str] = ContextVar("seen_at", default="")
+
+
+class ServedAtForwardedPrefix:
+    """The app behind the prefix its proxy says (``X-Forwarded-Prefix``: the orchestrator's
+    ``/backends/NAME/VERSION``, or the Jupyter server's path to it), per request, as
+    ``--root-path`` would set it once: so /docs and its files load through either."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            prefix = dict(scope["headers"]).get(b"x-forwarded-prefix", b"").rstrip(b"/")
+            if prefix.startswith(b"/"):
+                raw_path = scope.get("raw_path") or scope["path"].encode()
+                scope = {
+                    **scope,
+                    "root_path": prefix.decode("latin-1"),
+                    "path": prefix.decode("latin-1") + scope["path"],
+                    "raw_path": prefix + raw_path,
+                }
+            _seen_at.set(scope.get("root_path", ""))
+        await self.inner(scope, receive, send)
+
+
+def _openapi_served_here() -> dict[str, Any]:
+    """The schema, its server being where this request came through (try-it-out calls there)."""
+    schema = type(app).openapi(app)
+    return {**schema, "servers": [{"url": _seen_at.get() or "/"}]}
+
+
+app.openapi = _openapi_served_here  # type: ignore[method-assign]
 
 
 class CowSayBody(BaseModel):
@@ -95,3 +131,6 @@ async def call(
     except ValueError:
         content = {"text": response.text}
     return JSONResponse(content, status_code=response.status_code)
+
+
+served = ServedAtForwardedPrefix(app)  # what uvicorn serves (the manifest's 'app:served')

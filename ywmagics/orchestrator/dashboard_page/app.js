@@ -20,6 +20,15 @@ const stored = {
 const LOG_LIMIT = 512 * 1024; // characters kept in a log panel: a chatty backend stays bounded
 const DONE_SHOWN_FOR = 30; // seconds a finished install stays listed (as one line)
 
+// Where the orchestrator's routes are, as this page is served: "/" from the orchestrator,
+// "{base_url}ywmagics/" through the Jupyter server's extension. The page is always ROOT/dashboard/.
+const ROOT = location.pathname.replace(/dashboard\/$/, "");
+const routeOf = (path) => ROOT + path.replace(/^\//, "");
+// Through the Jupyter server, "Authorization" would be taken for a token of Jupyter's (or
+// JupyterHub's): the extension passes this header on as the orchestrator's Authorization.
+const sessionHeader = (value) => (ROOT === "/" ? { authorization: `Bearer ${value}` }
+  : { "x-ywmagics-session": value });
+
 let session = null;
 let gone = false;
 const panels = new Map(); // key → {row, controller}: open log panels, kept across snapshots
@@ -137,13 +146,13 @@ const spec = (item) => `${item.name}#${item.version}`;
 class Gone extends Error {}
 
 async function request(method, path, body, signal) {
-  const headers = { authorization: `Bearer ${session}` };
+  const headers = sessionHeader(session);
   if (body !== undefined) headers["content-type"] = "application/json";
   const init = { method, headers, signal, cache: "no-store" };
   if (body !== undefined) init.body = JSON.stringify(body);
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(routeOf(path), init);
   } catch (error) {
     if (error.name === "AbortError") throw error;
     showBanner(GONE, "gone"); // nothing answers on the orchestrator's port any more
@@ -615,7 +624,7 @@ async function start() {
     history.replaceState(null, "", location.pathname + location.search);
     let response;
     try {
-      response = await fetch("/dashboard/session", { method: "POST", body: JSON.stringify({ code }),
+      response = await fetch(routeOf("/dashboard/session"), { method: "POST", body: JSON.stringify({ code }),
         headers: { "content-type": "application/json" }, cache: "no-store" });
     } catch {
       return showBanner(GONE, "gone");
