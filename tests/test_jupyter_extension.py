@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -232,3 +233,56 @@ def test_an_instance_keeps_its_capability_while_it_is_young() -> None:
     opened = capabilities.get(first)
     assert opened is not None and (opened.partition, opened.name) == ("P", "app")
     assert capabilities.get("x" * 32) is None
+
+
+def test_a_real_browser_that_reaches_only_the_jupyter_server(
+    served: tuple[Connection, str], browser: Any
+) -> None:
+    """Chromium, every request of which to any other port than the Jupyter server's is refused
+    (and recorded): the docs render, a page's websocket answers, the dashboard opens, and a
+    backend's page cannot read the Jupyter server's cookies; without the login, nothing opens."""
+    connection, jupyter = served
+    ywmagics.install("demo_yw_backend#^0.1.1", partition="Docs", connection=connection)
+    ywmagics.install("ws_echo", partition="Docs", connection=connection)
+    elsewhere: list[str] = []
+
+    def only_jupyter(route: Any) -> None:
+        if route.request.url.startswith(jupyter + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    opening = f"{jupyter}{BASE}ywmagics/open/Docs"
+    stranger = browser.new_context()
+    stranger.route("**/*", only_jupyter)
+    try:
+        page = stranger.new_page()
+        for url in (f"{opening}/demo_yw_backend/0.1.1/docs", f"{jupyter}{BASE}ywmagics/dashboard"):
+            page.goto(url)
+            assert f"{BASE}login" in page.url, page.url  # Jupyter's login page, nothing else
+    finally:
+        stranger.close()
+    context = browser.new_context()
+    context.route("**/*", only_jupyter)
+    sockets: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(f"{jupyter}{BASE}api/status?token={TOKEN}")  # logs in, as Jupyter's page does
+        page.goto(f"{opening}/demo_yw_backend/0.1.1/docs")
+        page.locator(".opblock-summary-path", has_text="/cow-say").wait_for(timeout=30_000)
+        # The page runs as an opaque origin: Jupyter's cookies and storage are not its own.
+        seen = page.evaluate(
+            "() => { try { return document.cookie; } catch (error) { return error.name; } }"
+        )
+        assert seen == "SecurityError", seen
+        page.goto(f"{opening}/ws_echo/1.0.0/page")
+        page.locator("#out", has_text="ping from the page").wait_for(timeout=30_000)
+        assert sockets and all(url.startswith("ws" + jupyter[4:] + "/") for url in sockets)
+        page.goto(f"{jupyter}{BASE}ywmagics/dashboard")
+        page.locator("#orchestrator [data-field='version']").filter(has_text=".").wait_for()
+        page.locator("[data-testid='instance'][data-name='ws_echo']").wait_for(timeout=30_000)
+    finally:
+        context.close()
+    assert elsewhere == [], elsewhere
