@@ -235,6 +235,71 @@ def test_an_instance_keeps_its_capability_while_it_is_young() -> None:
     assert capabilities.get("x" * 32) is None
 
 
+def _execute_in_a_kernel_of(jupyter: str, code: str) -> list[dict[str, Any]]:
+    """Start a kernel through the Jupyter server's API, run ``code`` in it over the server's
+    websocket (Jupyter's own protocol), and give back the outputs it published."""
+    import json
+    import uuid
+
+    from websockets.sync.client import connect
+
+    auth = {"Authorization": f"token {TOKEN}"}
+    kernel = httpx.post(f"{jupyter}{BASE}api/kernels", headers=auth, json={}, timeout=60).json()
+    url = f"ws{jupyter[4:]}{BASE}api/kernels/{kernel['id']}/channels?token={TOKEN}"
+    outputs: list[dict[str, Any]] = []
+    try:
+        with connect(url, open_timeout=60, max_size=None) as channel:
+            asked = uuid.uuid4().hex
+            header = {"msg_id": asked, "msg_type": "execute_request", "session": "t",
+                      "username": "t", "version": "5.3", "date": ""}  # fmt: skip
+            channel.send(json.dumps({
+                "header": header, "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": False,
+                            "user_expressions": {}, "allow_stdin": False},
+            }))  # fmt: skip
+            while True:
+                message = json.loads(channel.recv(timeout=300))
+                if message.get("parent_header", {}).get("msg_id") != asked:
+                    continue
+                kind = message["header"]["msg_type"]
+                if kind in ("display_data", "stream", "error", "execute_result"):
+                    outputs.append({"kind": kind, **message["content"]})
+                if kind == "status" and message["content"]["execution_state"] == "idle":
+                    return outputs
+    finally:
+        httpx.delete(f"{jupyter}{BASE}api/kernels/{kernel['id']}", headers=auth, timeout=60)
+
+
+def test_a_notebooks_docs_link_made_in_a_kernel_of_the_server_opens_in_a_browser(
+    served: tuple[Connection, str], browser: Any
+) -> None:
+    """The whole way: a kernel that the Jupyter server started installs the demo backend; the
+    link that '%backends docs' publishes is the Jupyter server's, and renders in Chromium."""
+    _, jupyter = served
+    code = (
+        "%load_ext ywmagics\n"
+        "%backends install demo_yw_backend#^0.1.1 as demo\n"
+        "%backends docs demo\n"
+    )
+    outputs = _execute_in_a_kernel_of(jupyter, code)
+    assert not [o for o in outputs if o["kind"] == "error"], outputs
+    links = [
+        o["data"]["text/plain"]
+        for o in outputs
+        if o["kind"] == "display_data" and "ywmagics/open/" in o["data"].get("text/plain", "")
+    ]
+    assert len(links) == 1, outputs
+    assert links[0].startswith(f"{BASE}ywmagics/open/") and links[0].endswith("/docs")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{jupyter}{BASE}api/status?token={TOKEN}")  # logged in
+        page.goto(jupyter + links[0])
+        page.locator(".opblock-summary-path", has_text="/cow-say").wait_for(timeout=30_000)
+    finally:
+        context.close()
+
+
 def test_a_real_browser_that_reaches_only_the_jupyter_server(
     served: tuple[Connection, str], browser: Any
 ) -> None:
