@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,24 @@ def test_a_real_browser_that_reaches_only_the_jupyter_server(
     finally:
         context.close()
     assert elsewhere == [], elsewhere
+
+
+def test_a_browser_that_leaves_a_stream_leaves_no_error_behind(
+    served: tuple[Connection, str], tmp_path: Path
+) -> None:
+    connection, jupyter = served
+    ywmagics.install("node_echo as e", partition="Left", connection=connection)
+    root = f"{jupyter}{BASE}ywmagics"
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        code = browser.get(f"{root}/dashboard?token={TOKEN}").headers["location"].split("=")[1]
+        session = browser.post(f"{root}/dashboard/session", json={"code": code}).json()
+        headers = {"x-ywmagics-session": session["session"]}
+        for _ in range(3):  # a tab closed while its live stream is open
+            with browser.stream("GET", f"{root}/dashboard/stream", headers=headers) as stream:
+                assert next(stream.iter_lines()).startswith('{"state"')
+        ywmagics.install("node_echo as again", partition="Left2", connection=connection)
+        time.sleep(1.5)  # a new snapshot: what still streamed to a closed tab would fail now
+        # The extension still serves.
+        assert browser.get(f"{root}/dashboard/state", headers=headers).status_code == 200
+    log = (tmp_path / "jupyter.log").read_text()
+    assert "Traceback" not in log and "StreamClosedError" not in log, log[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -13,7 +14,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 from jupyter_server.base.handlers import JupyterHandler
-from tornado import httpclient, web, websocket
+from tornado import httpclient, iostream, web, websocket
 
 from ywmagics import paths
 from ywmagics.discovery import Connection, read_discovery
@@ -172,6 +173,9 @@ class DashboardHandler(JupyterHandler):
     def check_xsrf_cookie(self) -> None:
         """Each call carries the page's session, which no other site has, or a one-time code;
         nothing here is opened by a cookie alone."""
+
+    def on_connection_close(self) -> None:
+        _stop_copying(self)
 
     @web.authenticated
     async def get(self, route: str) -> None:
@@ -337,6 +341,10 @@ class BackendHandler(websocket.WebSocketHandler):
         if self.upstream is not None:
             self.upstream.close()
 
+    def on_connection_close(self) -> None:
+        _stop_copying(self)  # an HTTP answer being copied
+        super().on_connection_close()  # a websocket's end
+
     async def head(self, secret: str, path: str | None) -> None:
         await self._forward(secret, path)
 
@@ -365,22 +373,39 @@ async def _relay(
     head: Callable[[httpx.Response], None],
 ) -> None:
     """Send the request to the orchestrator; its answer's head through ``head``, then its body
-    as it comes (streams stay streams)."""
+    as it comes (streams stay streams), until it ends or the browser leaves (the handler's
+    ``on_connection_close`` cancels :attr:`copying`: a quiet stream would not notice)."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
     try:
         request = client.build_request(method, url, headers=headers, content=body)
         answer = await client.send(request, stream=True)
         try:
             head(answer)
-            async for chunk in answer.aiter_raw():
-                handler.write(chunk)
-                await handler.flush()
+            copying = asyncio.ensure_future(_copy(answer, handler))
+            handler.copying = copying  # type: ignore[attr-defined]
+            with contextlib.suppress(asyncio.CancelledError):
+                await copying
         finally:
             await answer.aclose()
     except httpx.HTTPError as error:
         raise web.HTTPError(502, reason=f"the orchestrator did not answer: {error}") from None
     finally:
         await client.aclose()
+
+
+async def _copy(answer: httpx.Response, handler: web.RequestHandler) -> None:
+    try:
+        async for chunk in answer.aiter_raw():
+            handler.write(chunk)
+            await handler.flush()
+    except iostream.StreamClosedError:
+        pass  # the browser left: nobody to tell
+
+
+def _stop_copying(handler: web.RequestHandler) -> None:
+    copying = getattr(handler, "copying", None)
+    if copying is not None:
+        copying.cancel()
 
 
 def _raw_rest(path: str, prefix: str, skip: int) -> str:
