@@ -4,7 +4,11 @@ token never reaches the browser; a backend's answers are sandboxed (an opaque or
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -373,3 +377,83 @@ def test_a_browser_that_leaves_a_stream_leaves_no_error_behind(
         assert browser.get(f"{root}/dashboard/state", headers=headers).status_code == 200
     log = (tmp_path / "jupyter.log").read_text()
     assert "Traceback" not in log and "StreamClosedError" not in log, log[-3000:]
+
+
+def test_in_a_network_namespace_a_browser_reaches_the_jupyter_server_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Any
+) -> None:
+    """As on a JupyterHub or a tunnel: the Jupyter server, its kernels and the orchestrator they
+    start run in a network namespace of their own; the browser outside reaches the Jupyter
+    server's port only (tests/netns_door.py). A notebook installs the demo backend and a
+    websocket one; the links it publishes open and work in Chromium."""
+    from tests.conftest import TEST_REGISTRY
+    from tests.netns_door import open_door
+    from ywmagics import paths
+    from ywmagics.discovery import read_discovery
+    from ywmagics.orchestrator.processes import private_network_available
+
+    if not private_network_available():
+        pytest.skip("no network namespace on this machine")
+    home = tmp_path / "home"
+    monkeypatch.setenv("YW_HOME", str(home))  # the kernels' orchestrator: started by them
+    monkeypatch.setenv("YW_BACKENDS_PATH", str(TEST_REGISTRY))
+    # The namespace has no network to the package index: the environments are built first.
+    process, outside = start_orchestrator(home)
+    try:
+        ywmagics.install("demo_yw_backend#^0.1.1", partition="Build", connection=outside)
+        ywmagics.install("ws_echo", partition="Build", connection=outside)
+    finally:
+        stop_orchestrator(process)
+    door, inner_port = tmp_path / "door.sock", 8888  # a port of the namespace's own loopback
+    argv = [
+        sys.executable, str(Path(__file__).with_name("netns_door.py")), str(door),
+        str(inner_port), sys.executable, "-m", "jupyter_server", "--no-browser",
+        f"--port={inner_port}", "--ip=127.0.0.1", f"--ServerApp.base_url={BASE}",
+        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
+    ]  # fmt: skip
+    jupyter_process = ServerProcess(tmp_path / "jupyter.log")
+    connection = None
+    with open_door(door) as port:
+        jupyter = f"http://127.0.0.1:{port}"
+        try:
+            jupyter_process.start(argv, f"{jupyter}{BASE}api/status?token={TOKEN}")
+            code = (
+                "%load_ext ywmagics\n"
+                "%backends install demo_yw_backend#^0.1.1 as demo\n"
+                "%backends install ws_echo as ws\n"
+                "%backends docs demo\n"
+                "%backends docs ws /page\n"
+                "%backends dashboard\n"
+            )
+            outputs = _execute_in_a_kernel_of(jupyter, code)
+            assert not [o for o in outputs if o["kind"] == "error"], outputs
+            links = [
+                o["data"]["text/plain"]
+                for o in outputs
+                if o["kind"] == "display_data" and "/ywmagics/" in o["data"].get("text/plain", "")
+            ]
+            docs, page, dashboard = links
+            connection = read_discovery(paths.discovery_file())  # the one the kernel started
+            assert connection is not None
+            # The premise: the orchestrator the kernel started is not reachable from here.
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", httpx.URL(connection.url).port), 2)
+            context = browser.new_context()
+            try:
+                tab = context.new_page()
+                tab.goto(f"{jupyter}{BASE}api/status?token={TOKEN}")  # logged in
+                tab.goto(jupyter + docs)
+                tab.locator(".opblock-summary-path", has_text="/cow-say").wait_for(timeout=30_000)
+                tab.goto(jupyter + page)
+                tab.locator("#out", has_text="ping from the page").wait_for(timeout=30_000)
+                tab.goto(jupyter + dashboard)
+                tab.locator("[data-testid='instance'][data-name='ws_echo']").wait_for(
+                    timeout=30_000
+                )
+            finally:
+                context.close()
+        finally:
+            jupyter_process.stop()
+            if connection is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(connection.pid, signal.SIGTERM)
