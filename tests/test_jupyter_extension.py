@@ -275,6 +275,18 @@ def _execute_in_a_kernel_of(jupyter: str, code: str) -> list[dict[str, Any]]:
         httpx.delete(f"{jupyter}{BASE}api/kernels/{kernel['id']}", headers=auth, timeout=60)
 
 
+def _links_published_by(jupyter: str, code: str) -> list[str]:
+    """The links to the extension's routes that ``code`` published, run in a kernel of the
+    server, which must raise nothing."""
+    outputs = _execute_in_a_kernel_of(jupyter, code)
+    assert not [o for o in outputs if o["kind"] == "error"], outputs
+    return [
+        o["data"]["text/plain"]
+        for o in outputs
+        if o["kind"] == "display_data" and f"{BASE}ywmagics/" in o["data"].get("text/plain", "")
+    ]
+
+
 def test_a_notebooks_docs_link_made_in_a_kernel_of_the_server_opens_in_a_browser(
     served: tuple[Connection, str], browser: Any
 ) -> None:
@@ -286,14 +298,8 @@ def test_a_notebooks_docs_link_made_in_a_kernel_of_the_server_opens_in_a_browser
         "%backends install demo_yw_backend#^0.1.1 as demo\n"
         "%backends docs demo\n"
     )
-    outputs = _execute_in_a_kernel_of(jupyter, code)
-    assert not [o for o in outputs if o["kind"] == "error"], outputs
-    links = [
-        o["data"]["text/plain"]
-        for o in outputs
-        if o["kind"] == "display_data" and "ywmagics/open/" in o["data"].get("text/plain", "")
-    ]
-    assert len(links) == 1, outputs
+    links = _links_published_by(jupyter, code)
+    assert len(links) == 1, links
     assert links[0].startswith(f"{BASE}ywmagics/open/") and links[0].endswith("/docs")
     context = browser.new_context()
     try:
@@ -425,14 +431,7 @@ def test_in_a_network_namespace_a_browser_reaches_the_jupyter_server_only(
                 "%backends docs ws /page\n"
                 "%backends dashboard\n"
             )
-            outputs = _execute_in_a_kernel_of(jupyter, code)
-            assert not [o for o in outputs if o["kind"] == "error"], outputs
-            links = [
-                o["data"]["text/plain"]
-                for o in outputs
-                if o["kind"] == "display_data" and "/ywmagics/" in o["data"].get("text/plain", "")
-            ]
-            docs, page, dashboard = links
+            docs, page, dashboard = _links_published_by(jupyter, code)
             connection = read_discovery(paths.discovery_file())  # the one the kernel started
             assert connection is not None
             # The premise: the orchestrator the kernel started is not reachable from here.
