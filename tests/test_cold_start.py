@@ -27,6 +27,7 @@ from ywmagics import paths
 from ywmagics.client import _connect
 from ywmagics.discovery import Connection, pid_alive, read_discovery
 from ywmagics.errors import OrchestratorError
+from ywmagics.protocol import PROTOCOL_VERSION
 
 from .conftest import RESOURCES
 
@@ -70,7 +71,7 @@ class StandIn:
         assert self.answer.wait(10)
         if self.error is not None:
             raise self.error
-        self.running = Connection("http://127.0.0.1:1", "token", 1234)
+        self.running = Connection("http://127.0.0.1:1", "token", 1234, protocol=PROTOCOL_VERSION)
         return self.running
 
 
@@ -128,7 +129,7 @@ def test_while_another_process_starts_one_the_load_spawns_none(stand_in: StandIn
     waiting, got = _in_thread(_connect.connect)
     waiting.join(0.2)
     assert got == []  # waits for the other's start
-    stand_in.running = Connection("http://127.0.0.1:2", "other", 99)
+    stand_in.running = Connection("http://127.0.0.1:2", "other", 99, protocol=PROTOCOL_VERSION)
     other.release()
     waiting.join(5)
     assert got == [stand_in.running] and stand_in.spawned_by == []
@@ -178,7 +179,9 @@ def test_a_failed_start_is_not_raised_once_another_process_started_one(stand_in:
     stand_in.answer.set()
     _connect.start_in_background()
     _background_over()
-    stand_in.running = Connection("http://127.0.0.1:2", "other", 99)  # another kernel's
+    stand_in.running = Connection(
+        "http://127.0.0.1:2", "other", 99, protocol=PROTOCOL_VERSION
+    )  # another kernel's
     assert _connect.connect() == stand_in.running
 
 

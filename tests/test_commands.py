@@ -163,9 +163,9 @@ def test_listing_and_status_text() -> None:
     ]
     assert "  built on far's nodes  " in format_listing(listing).splitlines()[-1]
     assert table([], ["a"]) == "(none)"
-    status = {"version": "0.1.0", "url": "http://127.0.0.1:1", "pid": 7, "uptime": 61.2}
-    assert format_status(status).startswith(
-        "orchestrator 0.1.0 at http://127.0.0.1:1 (pid 7, up 61s)"
+    status = {"version": "0.1.0", "protocol": 1, "url": "http://127.0.0.1:1", "pid": 7}
+    assert format_status({**status, "uptime": 61.2}).startswith(
+        "orchestrator 0.1.0 (protocol 1) at http://127.0.0.1:1 (pid 7, up 61s)"
     )
     removed = {"name": "echo", "version": "1.0.0", "fingerprint": "f00", "path": "/e"}
     assert format_removed({"removed": [removed]}) == "removed echo 1.0.0 (f00) from /e"

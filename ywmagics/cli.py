@@ -243,8 +243,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if connection is None:
         print(f"no orchestrator is running (discovery file: {paths.discovery_file()})")
         return 1
-    status = _client().status()
+    from ywmagics import __version__
+    from ywmagics.client import OrchestratorClient
+    from ywmagics.protocol import PROTOCOL_VERSION
+
+    status = OrchestratorClient(connection).status()  # of whatever version: that is asked too
     print(f"{commands.format_status(status)}\ndiscovery file: {paths.discovery_file()}")
+    print(f"this environment: ywmagics {__version__} (protocol {PROTOCOL_VERSION})")
+    if connection.protocol != PROTOCOL_VERSION:
+        print(
+            "the orchestrator speaks another protocol: kernels of this environment refuse it; "
+            "stop it with 'ywmagics shutdown' when nothing runs on it"
+        )
     return 0
 
 

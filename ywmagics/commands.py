@@ -381,7 +381,8 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, s
 def format_status(status: Mapping[str, Any]) -> str:
     """The text of ``ywmagics status`` and ``%backends status`` (each adds its own lines)."""
     return (
-        f"orchestrator {status.get('version', '?')} at {status.get('url', '?')} "
+        f"orchestrator {status.get('version', '?')} (protocol {status.get('protocol', 0)}) at "
+        f"{status.get('url', '?')} "
         f"(pid {status.get('pid', '?')}, up {float(status.get('uptime', 0)):.0f}s)\n"
         f"{status.get('instances', 0)} running instance(s), "
         f"{status.get('environments', 0)} installed environment(s)"

@@ -19,6 +19,8 @@ class Connection:
     url: str
     token: str
     pid: int = 0
+    version: str = ""  # the orchestrator's ywmagics version, as its discovery file says
+    protocol: int = 0  # its protocol.PROTOCOL_VERSION (0: it published none)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -39,7 +41,13 @@ def read_discovery(path: Path | None = None) -> Connection | None:
     """The connection in the discovery file, or ``None`` if it is absent, broken or stale."""
     try:
         data = json.loads((path or paths.discovery_file()).read_text())
-        connection = Connection(str(data["url"]), str(data["token"]), int(data["pid"]))
+        connection = Connection(
+            str(data["url"]),
+            str(data["token"]),
+            int(data["pid"]),
+            str(data.get("version", "")),
+            int(data.get("protocol", 0)),
+        )
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
     return connection if pid_alive(connection.pid) else None

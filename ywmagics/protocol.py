@@ -19,6 +19,11 @@ FINGERPRINT_HEADER = "x-backends-fingerprint"
 """On a client's requests: the configuration it installed (its environment's fingerprint). The
 orchestrator refuses to send them to an instance of another configuration."""
 
+PROTOCOL_VERSION = 1
+"""What a client and an orchestrator must share to talk: the HTTP API, its headers and the wire
+codec of values. Raised when any of them changes incompatibly; published in the discovery file
+and ``/status``. An orchestrator that publishes none predates protocol versions: 0."""
+
 OWNER_HEADER = "x-backends-owner"
 """On an install into a kernel's own partition: the kernel's pid. The partition is stopped when
 its owners have all ended, however they ended."""

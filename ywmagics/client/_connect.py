@@ -25,6 +25,7 @@ from pathlib import Path
 from ywmagics import paths
 from ywmagics.discovery import Connection, answers, pid_alive, read_discovery
 from ywmagics.errors import OrchestratorError
+from ywmagics.protocol import PROTOCOL_VERSION
 
 START_TIMEOUT = 30.0
 # How often a start looks for the discovery file: a read of a small file, cheap enough to do
@@ -39,6 +40,23 @@ def find_orchestrator() -> Connection | None:
     return connection if connection is not None and answers(connection) else None
 
 
+def same_protocol(connection: Connection) -> Connection:
+    """``connection``, if its orchestrator speaks this package's protocol; else a clear error:
+    values and requests of another protocol would be misread, never refused."""
+    if connection.protocol == PROTOCOL_VERSION:
+        return connection
+    from ywmagics import __version__
+
+    theirs = connection.version or "an older version"
+    raise OrchestratorError(
+        f"the orchestrator that runs (ywmagics {theirs}, protocol {connection.protocol}, pid "
+        f"{connection.pid}) does not speak this ywmagics's protocol ({__version__}, protocol "
+        f"{PROTOCOL_VERSION}): it was started from another environment",
+        hint="stop it when nothing of yours runs on it ('ywmagics shutdown', from either "
+        "environment); the next kernel starts one of its own version",
+    )
+
+
 def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection:
     """The running orchestrator; when none runs (and ``start``), one is started, as a process
     that outlives this one, and waited for until it answers (at most ``timeout``).
@@ -50,7 +68,7 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
         return started
     found = find_orchestrator()
     if found is not None:
-        return found
+        return same_protocol(found)
     if not start:
         raise OrchestratorError(
             "no orchestrator is running", hint="start one with 'ywmagics serve'"
@@ -182,7 +200,7 @@ def _find_or_start(timeout: float) -> Connection:
             hint=f"see {paths.runtime_dir() / 'orchestrator.log'}; the lock is {lock.path}",
         )
     try:
-        return find_orchestrator() or Spawned().first_answer(timeout)
+        return same_protocol(find_orchestrator() or Spawned().first_answer(timeout))
     finally:
         lock.release()
 

@@ -29,6 +29,7 @@ from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.connections import KEEP_ALIVE_TIMEOUT, GuardedHttpToolsProtocol
 from ywmagics.orchestrator.registry import default_registry_folders
 from ywmagics.orchestrator.service import Orchestrator, Settings
+from ywmagics.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger("ywmagics.orchestrator")
 
@@ -134,6 +135,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
                 "token": token,
                 "pid": os.getpid(),
                 "version": __version__,
+                "protocol": PROTOCOL_VERSION,
                 "started": time.time(),
             },
             discovery,

@@ -34,6 +34,7 @@ from ywmagics.orchestrator.placements.slurm import SlurmPlacement
 from ywmagics.orchestrator.processes import program_pid, tail_of
 from ywmagics.orchestrator.registry import Registry
 from ywmagics.orchestrator.supervisor import Instance, InstanceGone, InstanceState, Supervisor
+from ywmagics.protocol import PROTOCOL_VERSION
 from ywmagics.spec import (
     BackendSpec,
     InstallRequest,
@@ -485,6 +486,7 @@ class Orchestrator:
             environments = self.installer.environments()
         return {
             "version": __version__,
+            "protocol": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "url": self.settings.url,
             "uptime": round(time.time() - self.started, 1),
