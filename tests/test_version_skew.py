@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import ywmagics
 from ywmagics import __version__, paths
 from ywmagics.client import OrchestratorClient
 from ywmagics.client._connect import connect, same_protocol
@@ -68,3 +69,35 @@ def test_the_orchestrator_says_its_versions_and_a_client_of_another_protocol_sto
         assert process.wait(20) is not None
     finally:
         stop_orchestrator(process)
+
+
+@pytest.mark.slow  # orchestrators, a backend
+def test_an_older_orchestrator_is_replaced_once_nothing_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("YW_HOME", str(home))
+    process, connection = start_orchestrator(home)
+    replacement = None
+    try:
+        data = json.loads(paths.discovery_file().read_text())
+        older = {**data, "version": "0.0.1", "protocol": PROTOCOL_VERSION - 1}
+        paths.discovery_file().write_text(json.dumps(older))  # as an older install publishes
+        # Busy (an instance runs on it): refused, and left alone.
+        ywmagics.install("node_echo", partition="Busy", connection=connection)
+        with pytest.raises(OrchestratorError, match=r"0\.0\.1"):
+            connect()
+        assert process.poll() is None
+        OrchestratorClient(connection).stop(partition="Busy")
+        # Idle: stopped, and one of this version started in its place, said.
+        replacement = connect()
+        assert process.wait(20) is not None  # the older one ended
+        assert replacement.pid != connection.pid
+        assert (replacement.version, replacement.protocol) == (__version__, PROTOCOL_VERSION)
+        said = capsys.readouterr().err
+        assert "ywmagics 0.0.1" in said and f"one of ywmagics {__version__}" in said
+        assert OrchestratorClient(replacement).status()["protocol"] == PROTOCOL_VERSION
+    finally:
+        stop_orchestrator(process)
+        if replacement is not None:
+            OrchestratorClient(replacement).shutdown()

@@ -52,8 +52,9 @@ def same_protocol(connection: Connection) -> Connection:
         f"the orchestrator that runs (ywmagics {theirs}, protocol {connection.protocol}, pid "
         f"{connection.pid}) does not speak this ywmagics's protocol ({__version__}, protocol "
         f"{PROTOCOL_VERSION}): it was started from another environment",
-        hint="stop it when nothing of yours runs on it ('ywmagics shutdown', from either "
-        "environment); the next kernel starts one of its own version",
+        hint="an older one is replaced by itself once nothing uses it; else stop it when "
+        "nothing of yours runs on it ('ywmagics shutdown', from either environment), and the "
+        "next kernel starts one of its own version",
     )
 
 
@@ -67,7 +68,7 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
     if started is not None and read_discovery() == started:  # and it still runs
         return started
     found = find_orchestrator()
-    if found is not None:
+    if found is not None and (found.protocol == PROTOCOL_VERSION or not start):
         return same_protocol(found)
     if not start:
         raise OrchestratorError(
@@ -200,9 +201,63 @@ def _find_or_start(timeout: float) -> Connection:
             hint=f"see {paths.runtime_dir() / 'orchestrator.log'}; the lock is {lock.path}",
         )
     try:
-        return same_protocol(find_orchestrator() or Spawned().first_answer(timeout))
+        found = find_orchestrator()
+        if found is not None and found.protocol < PROTOCOL_VERSION and _idle(found):
+            _replace(found)
+            found = None
+        return same_protocol(found or Spawned().first_answer(timeout))
     finally:
         lock.release()
+
+
+def _idle(connection: Connection) -> bool:
+    """Whether nothing uses that orchestrator: no instance runs, no kernel is attached."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{connection.url}/status", headers=connection.headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            status = json.loads(answer.read())
+    except (OSError, ValueError):
+        return False
+    return bool(status.get("instances") == 0 and status.get("kernels") == 0)
+
+
+def _replace(older: Connection) -> None:
+    """Stop an older orchestrator that nothing uses, so that one of this version starts in its
+    place (the start lock is held: no kernel starts another meanwhile); said on stderr, which a
+    notebook shows."""
+    import urllib.request
+
+    from ywmagics import __version__
+
+    request = urllib.request.Request(
+        f"{older.url}/shutdown", method="POST", headers=older.headers, data=b""
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except OSError as error:
+        raise OrchestratorError(
+            f"cannot stop the older orchestrator (ywmagics {older.version or '?'}, pid "
+            f"{older.pid}): {error}",
+            hint="stop it with 'ywmagics shutdown', then try again",
+        ) from None
+    deadline = time.monotonic() + 15
+    while pid_alive(older.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(older.pid):
+        raise OrchestratorError(
+            f"the older orchestrator (pid {older.pid}) did not stop within 15 s",
+            hint=f"end it ('kill {older.pid}'), then try again",
+        )
+    print(
+        f"ywmagics: the orchestrator that ran was of ywmagics {older.version or 'an older version'}"
+        f" (protocol {older.protocol}) and nothing used it: it was stopped, and one of "
+        f"ywmagics {__version__} (protocol {PROTOCOL_VERSION}) starts in its place",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class StartLock:
