@@ -46,9 +46,23 @@ def test_readiness(server: Server) -> None:
         "version": "0.1.0",
         "python": sys.version,
         "bulk": bulk.PROTOCOL,  # it takes values' buffers beside the JSON
+        "codec": wire.CODEC_VERSION,
     }
     # Where it runs, for a kernel to tell whether they share memory: this machine, this user.
     assert bulk.same_host(host, bulk.host()) and host["pid"] == server.process.pid
+
+
+def test_a_cell_of_another_codec_is_refused_naming_both_versions(server: Server) -> None:
+    body = {"code": "y = x", "capturedIn": {"x": 1}, "capturedOut": ["y"]}
+    refused = server.client.post("/run", json={**body, "codec": wire.CODEC_VERSION + 1})
+    assert refused.status_code == 400
+    said = refused.json()["detail"]
+    assert f"codec version {wire.CODEC_VERSION + 1}" in said
+    assert f"speaks version {wire.CODEC_VERSION}" in said
+    accepted = server.client.post("/run", json={**body, "codec": wire.CODEC_VERSION})
+    assert accepted.json()["capturedOut"] == {"y": 1}
+    raw = server.client.post("/run", json=body)  # as the tutorial's raw POST: no codec named
+    assert raw.json()["capturedOut"] == {"y": 1}
 
 
 def test_tutorial_cell(server: Server) -> None:

@@ -81,6 +81,9 @@ if TYPE_CHECKING:
 __all__ = ["Bulk", "WireError", "decode", "decode_namespace", "encode", "encode_namespace"]
 
 TAG = "__yw__"
+# Raised when a value's encoding changes so that the other side would misread it. Each cell says
+# the version it was encoded with ("codec"), and a runner refuses another one.
+CODEC_VERSION = 1
 
 _HINT = "convert it to a dict, list, str or number first (for example vars(obj) or str(obj))"
 _CODE_HINT = "only data can travel: define it in the receiving cell instead, or send its result"

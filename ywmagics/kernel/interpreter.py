@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ywmagics import bulk
+from ywmagics import bulk, wire
 from ywmagics.errors import (
     BackendHTTPError,
     IncompleteAnswerError,
@@ -79,6 +79,7 @@ class RunRequest:
             "capturedOut": self.captured_out,
             "runId": self.run_id,
             "stdin": True,  # its input() is asked of the notebook (run_cell answers)
+            "codec": wire.CODEC_VERSION,  # a runner of another codec refuses the cell
         }
         if self.inputs.listed:
             body["buffers"] = self.inputs.listed

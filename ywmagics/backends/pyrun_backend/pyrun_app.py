@@ -2,9 +2,11 @@
 
 ::
 
-    GET  /           {"name", "version", "python", "bulk", "host"}        (readiness)
+    GET  /           {"name", "version", "python", "bulk", "codec", "host"}  (readiness)
     POST /run        {"cellId", "code", "capturedIn", "capturedOut", "runId", "stdin" (optional),
-                     "buffers", "bulk" (optional: see below)}
+                     "buffers", "bulk" (optional: see below), "codec" (optional: the
+                     version the values were encoded with; another than this runner's is
+                     refused)}
                      -> {"output", "error", "capturedOut", "exception", "displays"}
                      with "Accept: application/x-ndjson": one JSON object per line,
                      {"started": true} when the cell starts (it may wait for another),
@@ -35,6 +37,7 @@ import threading
 import time
 
 import ywmagics_bulk as bulk
+import ywmagics_wire as wire
 from pyrun_http import Connection, HTTPError, Request
 from pyrun_runner import CellRun, Runner
 
@@ -73,6 +76,15 @@ def parse_run(http: Request, stream: bool) -> dict[str, Any]:
         raise HTTPError(400, "'capturedIn' must be an object of encoded values")
     if not isinstance(captured_out, list) or not all(isinstance(n, str) for n in captured_out):
         raise HTTPError(400, "'capturedOut' must be a list of variable names")
+    codec = request.get("codec", wire.CODEC_VERSION)  # a raw request's values are plain JSON
+    if codec != wire.CODEC_VERSION:
+        raise HTTPError(
+            400,
+            f"the cell's values were encoded with codec version {codec!r}, and this runner "
+            f"({NAME} {VERSION}) speaks version {wire.CODEC_VERSION}: it was built by another "
+            "ywmagics version than the notebook's; install the runner again from this notebook's "
+            "environment, which builds one that speaks its codec",
+        )
     wanted = request.get("bulk")
     if wanted is not None and not isinstance(wanted, dict):
         raise HTTPError(400, "'bulk' must be an object, {'host': ...}")
@@ -157,6 +169,7 @@ class App(Connection):
                     "version": VERSION,
                     "python": sys.version,
                     "bulk": bulk.PROTOCOL,  # it takes values' buffers beside the JSON
+                    "codec": wire.CODEC_VERSION,
                     "host": HOST,
                 }
                 self.send_json(200, about)
