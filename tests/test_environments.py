@@ -3,6 +3,7 @@ builds, bytecode (compiled once the backend runs, not before)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+import ywmagics
 from ywmagics.errors import ConfigurationError, InstallError
 from ywmagics.orchestrator.environments import META_FILE, Installer
 from ywmagics.orchestrator.interpreters import find_python
 from ywmagics.orchestrator.manifest import load_manifest
 from ywmagics.paths import bundled_registry_dir
+from ywmagics.wire import CODEC_VERSION
 
 PYRUN = bundled_registry_dir() / "pyrun_backend" / "ywbackend.toml"
 
@@ -41,6 +44,9 @@ def test_uv_build_is_complete_and_compiled_once_the_backend_runs(
     environment, built = installer.build(plan, lambda text, progress: steps.append(text))
     assert built and environment.python_version and environment.python_version.startswith("3.10")
     assert (environment.path / META_FILE).exists()
+    # What built it, and the codec it shares with kernels: shown by 'ywmagics list'.
+    assert (environment.built_by, environment.codec) == (ywmagics.__version__, CODEC_VERSION)
+    assert installer.environments() == [environment]
     assert not any(
         (environment.app / cache).exists() for cache in (".mypy_cache", ".ruff_cache", ".git")
     )
@@ -138,3 +144,19 @@ def test_a_new_codec_or_transport_means_a_new_python_environment(
     # Another ywmagics's wire.py or bulk.py: a runner built with the old copies must not serve.
     monkeypatch.setattr(environments, "_SHARED_DIGEST", "another version")
     assert installer.plan(manifest, manifest.build_config({})).fingerprint != before
+
+
+def test_a_meta_file_of_another_version_is_read_for_what_this_one_knows(tmp_path: Path) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    meta = {
+        "name": "app", "version": "1.0.0", "fingerprint": "abc123def456", "config": {},
+        "python": None, "python_version": None, "created": 1.0,
+    }  # fmt: skip
+    newer = tmp_path / "envs" / "app" / "1.0.0" / "abc123def456"
+    newer.mkdir(parents=True)
+    (newer / META_FILE).write_text(json.dumps({**meta, "said_by_a_newer_version": [1]}))
+    broken = tmp_path / "envs" / "app" / "1.0.1" / "abc123def456"
+    broken.mkdir(parents=True)
+    (broken / META_FILE).write_text(json.dumps({"name": "app"}))  # not ours: skipped
+    (found,) = installer.environments()
+    assert (found.name, found.path, found.built_by, found.codec) == ("app", newer, None, None)

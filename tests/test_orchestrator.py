@@ -32,6 +32,7 @@ from ywmagics.errors import (
     StartError,
 )
 from ywmagics.events import Event, EventKind
+from ywmagics.protocol import PROTOCOL_VERSION
 
 from .conftest import (
     TEST_REGISTRY,
@@ -245,7 +246,9 @@ def test_cli_install_list_logs_stop(orchestrator: Connection, orchestrator_home:
     assert bad.returncode == 2 and "unknown backend 'nope'" in bad.stderr
     status = run_cli("status")
     assert status.returncode == 0, status.stderr
-    assert status.stdout.startswith(f"orchestrator {ywmagics.__version__} at {orchestrator.url} ")
+    versions = f"{ywmagics.__version__} (protocol {PROTOCOL_VERSION})"
+    assert status.stdout.startswith(f"orchestrator {versions} at {orchestrator.url} ")
+    assert f"this environment: ywmagics {versions}" in status.stdout
     assert f"(pid {orchestrator.pid}," in status.stdout
     # A spec with an alias, typed as users type it on a line.
     aliased = run_cli("install", "node_echo#^1.0.0", "as", "echo", "--partition", "Cli")

@@ -242,13 +242,14 @@ def format_listing(listing: Mapping[str, Any]) -> str:
             "config": _config_text(e["config"]),
             "python": _python_text(e),
             "source": source_text(e.get("source")),
+            "built_by": _built_by_text(e),
         }
         for e in listing["environments"]
     ]
     columns = ["partition", "name", "version", "state", "config", "pid", "uptime"]
     if _elsewhere(listing["instances"]):
         columns.append("where")
-    environment_columns = ["name", "version", "fingerprint", "python", "config"]
+    environment_columns = ["name", "version", "fingerprint", "python", "config", "built_by"]
     if any(e.get("source") for e in listing["environments"]):
         environment_columns.append("source")
     return (
@@ -276,6 +277,13 @@ def _python_text(environment: Mapping[str, Any]) -> str:
     if environment.get("node"):
         return f"built on {environment['node']}'s nodes"
     return "-"
+
+
+def _built_by_text(environment: Mapping[str, Any]) -> str:
+    """The ywmagics version that built it, and its codec when it shares one with kernels."""
+    built_by = environment.get("built_by") or "?"
+    codec = environment.get("codec")
+    return f"{built_by} (codec {codec})" if codec is not None else built_by
 
 
 def format_listing_html(

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ywmagics._version import __version__
 from ywmagics.errors import ConfigurationError, InstallError
 from ywmagics.orchestrator.interpreters import (
     Interpreter,
@@ -84,6 +85,8 @@ class Environment:
     # here it holds the backend's files only.
     node: str | None = None
     source: dict[str, str] | None = None  # a published backend's Source
+    built_by: str | None = None  # the ywmagics version that built it (None: one that did not say)
+    codec: int | None = None  # the wire codec version of the modules it shares with kernels
 
     @property
     def app(self) -> Path:
@@ -265,6 +268,8 @@ class Installer:
 
     @staticmethod
     def _write_meta(plan: Plan, folder: Path) -> Environment:
+        from ywmagics import wire  # its version only, at the end of a build
+
         interpreter = plan.interpreter
         environment = Environment(
             name=plan.manifest.name,
@@ -277,6 +282,8 @@ class Installer:
             created=time.time(),
             node=plan.node,
             source=dataclasses.asdict(plan.manifest.source) if plan.manifest.source else None,
+            built_by=__version__,
+            codec=wire.CODEC_VERSION if plan.manifest.runtime is Runtime.PYTHON else None,
         )
         # Written last, atomically: the meta file is what makes the folder an environment.
         meta = folder / f".{META_FILE}.partial"
@@ -409,7 +416,12 @@ class Installer:
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             return None
         data["path"] = path
-        return Environment(**data)
+        # A meta file of another ywmagics version may say more (or less) than this one knows.
+        known = {f.name for f in dataclasses.fields(Environment)}
+        try:
+            return Environment(**{k: v for k, v in data.items() if k in known})
+        except TypeError:  # a field this version needs is missing: not an environment of ours
+            return None
 
     def environments(self) -> list[Environment]:
         found = []
