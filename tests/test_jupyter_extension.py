@@ -220,7 +220,7 @@ def test_the_demo_backends_docs_through_jupyter_load_their_files_and_schema_ther
         # A redirect of the app's own stays under the Jupyter server's path.
         redirected = browser.get(f"{jupyter}{own}/docs/")
         assert redirected.status_code == 307, redirected.text  # FastAPI's trailing slash
-        assert redirected.headers["location"] == f"http://{jupyter.split('//')[1]}{own}/docs"
+        assert redirected.headers["location"] == f"{own}/docs"
         said = browser.post(
             f"{jupyter}{own}/cow-say", json={"message": "through jupyter"},
             headers={"Origin": "null"},
@@ -456,3 +456,53 @@ def test_in_a_network_namespace_a_browser_reaches_the_jupyter_server_only(
             if connection is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(connection.pid, signal.SIGTERM)
+
+
+def test_a_hostile_backends_answers_stay_inside_its_own_pages(
+    served: tuple[Connection, str],
+) -> None:
+    """What a backend answers cannot send the browser elsewhere on the Jupyter server's origin,
+    nor set rules for the whole origin (found by an attack: ../open/…, http:/…, backslashes)."""
+    import json
+
+    connection, jupyter = served
+    ywmagics.install("node_echo as e", partition="Hostile", connection=connection)
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        opened = browser.get(f"{jupyter}{BASE}ywmagics/open/Hostile/node_echo/1.0.0/?token={TOKEN}")
+        own = opened.headers["location"].rstrip("/")  # {BASE}ywmagics/b/CAPABILITY
+
+        def answer(status: int, *headers: tuple[str, str]) -> httpx.Response:
+            asked = {"status": str(status), "headers": json.dumps(headers)}
+            return browser.get(f"{jupyter}{own}/answer", params=asked)
+
+        for away in (
+            "../../open/Other/node_echo/1.0.0/record",
+            f"http:{BASE}api/contents",
+            f"HTTP:{BASE}api/contents",
+            f"\\\\{jupyter.split('//')[1]}{BASE}api/contents",
+            f"{own}/%2e%2e/%2e%2e/dashboard",
+            f"{BASE}api/contents",  # root-relative: moved inside by the orchestrator, kept there
+        ):
+            redirected = answer(302, ("Location", away))
+            location = redirected.headers.get("location", "")
+            if redirected.status_code == 302:
+                assert location.startswith(own + "/"), (away, location)
+            else:
+                assert redirected.status_code == 502, (away, redirected.status_code)
+        inside = answer(302, ("Location", "next?page=2"))
+        assert inside.headers["location"] == f"{own}/next?page=2"
+        elsewhere = answer(302, ("Location", "https://example.org/login"))
+        assert elsewhere.headers["location"] == "https://example.org/login"
+        # Headers that would rule the whole origin do not pass; the backend's own kinds do.
+        ruling = [
+            ("Strict-Transport-Security", "max-age=0"), ("WWW-Authenticate", "Basic"),
+            ("Alt-Svc", 'h2=":1"'), ("X-Frame-Options", "DENY"),
+            ("Cross-Origin-Opener-Policy", "unsafe-none"), ("Accept-CH", "Sec-CH-UA"),
+        ]  # fmt: skip
+        kept = [("Content-Type", "text/plain"), ("ETag", '"v1"'), ("X-Request-Id", "7")]
+        headers = answer(200, *ruling, *kept).headers
+        assert not [name for name, _ in ruling if name.lower() in headers]
+        assert headers["etag"] == '"v1"' and headers["x-request-id"] == "7"
+        # Another Host than the Jupyter server's own names is refused, as Jupyter refuses it.
+        rebound = browser.get(f"{jupyter}{own}/echo", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403

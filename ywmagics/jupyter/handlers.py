@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
 from jupyter_server.base.handlers import JupyterHandler
@@ -37,14 +37,18 @@ _REQUEST_DROPPED = {
     "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
     "x-forwarded-prefix",  # ours to say, below
 }  # fmt: skip
-_ANSWER_DROPPED = {
-    "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
-    "set-cookie", "location",
-    # What would reach beyond the backend's own page: the Jupyter server's cookies and storage,
-    # reports that carry the page's address (its capability), workers, cross-origin rules.
-    "clear-site-data", "content-security-policy", "content-security-policy-report-only",
-    "report-to", "reporting-endpoints", "nel", "service-worker-allowed", "set-login",
-    "access-control-allow-origin", "access-control-allow-credentials", "refresh",
+# What a backend's answer may say here, on the Jupyter server's origin: what describes the
+# answer itself. Anything else (HSTS, Alt-Svc, WWW-Authenticate, framing and opener policies,
+# client hints, CSP, CORS, cookies' and links' own handling below) would rule the whole origin.
+_ANSWER_KEPT = {
+    "content-type", "content-encoding", "content-disposition", "content-language",
+    "content-range", "accept-ranges", "cache-control", "expires", "pragma", "age", "etag",
+    "last-modified", "vary", "retry-after", "link", "access-control-expose-headers",
+}  # fmt: skip
+# Custom headers of an app's own (X-Request-Id) pass, but not these old origin-wide ones.
+_ANSWER_X_DROPPED = {
+    "x-frame-options", "x-xss-protection", "x-content-type-options", "x-dns-prefetch-control",
+    "x-permitted-cross-domain-policies",
 }  # fmt: skip
 # The Jupyter server's own cookies: never to a backend.
 _JUPYTER_COOKIES = ("username-", "_xsrf", "jupyterhub-")
@@ -54,10 +58,18 @@ DASHBOARD_ROUTES = {
     "GET": r"dashboard/(static/[A-Za-z0-9_-][A-Za-z0-9_.-]*|state|stream|log|install-log)?",
     "POST": r"dashboard/session|stop|restart|uninstall|gc",
 }
-_DASHBOARD_ANSWER_KEPT = {
-    "content-type", "cache-control", "content-security-policy", "x-content-type-options",
-    "referrer-policy", "etag", "last-modified",
-}  # fmt: skip
+_DASHBOARD_ANSWER_KEPT = {"content-type", "cache-control", "etag", "last-modified"}
+_DASHBOARD_TYPES = {
+    "page": {"text/html"},
+    "static": {"text/javascript", "application/javascript", "text/css", "image/png"},
+    "data": {"application/json", "application/x-ndjson", "text/plain", ""},
+}
+# The dashboard's page here: its scripts and styles from its own folder only (not 'self': the
+# backends' pages are on this origin too), framed by the Jupyter server's pages only.
+_DASHBOARD_PAGE_POLICY = (
+    "default-src 'none'; script-src {files}; style-src {files}; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,15 @@ class Capabilities:
         for secret, instance in list(self._by_secret.items()):
             if now - instance.created > CAPABILITY_LIFETIME:
                 del self._by_secret[secret]
+
+
+def _orchestrator_http(timeout: httpx.Timeout | float) -> httpx.AsyncClient:
+    """A client of the orchestrator through its Unix socket, in the user's private folder: its
+    TCP port, once freed by an orchestrator that stops, could be bound by another local user,
+    whose answers would then be served here, on the Jupyter server's origin."""
+    unix_socket = paths.runtime_dir() / "orchestrator.sock"
+    transport = httpx.AsyncHTTPTransport(uds=str(unix_socket)) if unix_socket.exists() else None
+    return httpx.AsyncClient(timeout=timeout, transport=transport)
 
 
 def _orchestrator() -> Connection:
@@ -150,7 +171,7 @@ class DashboardOpenHandler(JupyterHandler):
             raise web.HTTPError(403, reason="open the dashboard from the notebook")
         connection = _orchestrator()
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with _orchestrator_http(30) as client:
                 answer = await client.post(
                     f"{connection.url}/dashboard-link", headers=connection.headers
                 )
@@ -197,21 +218,42 @@ class DashboardHandler(JupyterHandler):
             headers["Authorization"] = f"Bearer {session}"
         query = f"?{self.request.query}" if self.request.query else ""
         url = f"{connection.url}/{route}{query}"
-        await _relay(self, method, url, headers, self.request.body or None, self._answer_head)
 
-    def _answer_head(self, answer: httpx.Response) -> None:
+        def head(answer: httpx.Response) -> None:
+            self._answer_head(answer, route)
+
+        await _relay(self, method, url, headers, self.request.body or None, head)
+
+    def _answer_head(self, answer: httpx.Response, route: str) -> None:
+        """The orchestrator's status and plain headers; the rules of what may run here are ours
+        (this is the Jupyter server's origin): the page runs our files only, and nothing else
+        it is sent is a page."""
+        kind = answer.headers.get("content-type", "").split(";")[0].strip().lower()
+        expected = _DASHBOARD_TYPES[
+            "page"
+            if route == "dashboard/"
+            else "static"
+            if route.startswith("dashboard/static/")
+            else "data"
+        ]
+        if answer.is_success and kind not in expected:
+            raise web.HTTPError(502, reason=f"the orchestrator answered {kind!r} for {route}")
         self.set_status(answer.status_code, answer.reason_phrase or None)
         self.clear_header("Content-Type")
         for key, value in answer.headers.items():
             if key.lower() in _DASHBOARD_ANSWER_KEPT:
                 self.set_header(key, value)
-        policy = answer.headers.get("content-security-policy")
-        if policy:  # framed by the Jupyter server's own pages, here
-            framed = re.sub(r"frame-ancestors [^;]*", "frame-ancestors 'self'", policy)
-            self.set_header("Content-Security-Policy", framed)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        if route == "dashboard/":
+            files = f"{self.request.protocol}://{self.request.host}{self.prefix}/dashboard/static/"
+            policy = _DASHBOARD_PAGE_POLICY.format(files=files)
+        else:
+            policy = "sandbox; default-src 'none'"
+        self.set_header("Content-Security-Policy", policy)
 
 
-class BackendHandler(websocket.WebSocketHandler):
+class BackendHandler(websocket.WebSocketHandler, JupyterHandler):
     """Forwards to the instance its capability opens, HTTP and websockets alike; the capability
     is the only credential (a sandboxed page has no other), so no Jupyter cookie or XSRF token
     is asked for."""
@@ -223,7 +265,7 @@ class BackendHandler(websocket.WebSocketHandler):
     def check_xsrf_cookie(self) -> None:
         """The capability in the path is what another site cannot forge."""
 
-    def check_origin(self, origin: str) -> bool:
+    def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:
         """A sandboxed page's origin is ``null``; the capability is what is checked."""
         return True
 
@@ -277,15 +319,13 @@ class BackendHandler(websocket.WebSocketHandler):
         self.clear_header("Content-Type")
         own = f"{self.prefix}/b/{secret}"
         for key, value in answer.headers.multi_items():
-            if key.lower() not in _ANSWER_DROPPED:
+            name = key.lower()
+            if name in _ANSWER_KEPT or (name.startswith("x-") and name not in _ANSWER_X_DROPPED):
                 self.add_header(key, value)
         location = answer.headers.get("location")
         if location:
-            for before in (f"{connection.url}{base}", base):
-                if location.startswith(before):
-                    location = own + location[len(before) :]
-                    break
-            self.set_header("Location", location)
+            bases = (connection.url + base, base)  # the orchestrator's paths of the instance
+            self.set_header("Location", self._kept_inside(location, own, bases))
         for cookie in answer.headers.get_list("set-cookie"):
             self.add_header("Set-Cookie", _kept_to(cookie, own))
         self.set_header("Content-Security-Policy", SANDBOX)
@@ -294,6 +334,27 @@ class BackendHandler(websocket.WebSocketHandler):
         # Its own page's scripts run as an opaque origin ('null'): its calls to its own path
         # are cross-origin, and need this to be read (without credentials).
         self.set_header("Access-Control-Allow-Origin", "null")
+
+    def _kept_inside(self, location: str, own: str, bases: tuple[str, str]) -> str:
+        """A redirect of the backend, as the browser will read it, into its own path here; one
+        that would land elsewhere on this origin (``..``, ``http:/…``, ``\\``) is refused: it
+        would make the browser ask the Jupyter server, or another backend, as the user."""
+        cleaned = re.sub(r"[\x00-\x20]", "", location).replace("\\", "/")  # as browsers read it
+        for before in bases:
+            if cleaned.startswith(before):
+                cleaned = own + cleaned[len(before) :]
+                break
+        here = f"{self.request.protocol}://{self.request.host}"
+        resolved = urlsplit(urljoin(here + self.request.path, cleaned))
+        if resolved.scheme not in ("http", "https") or resolved.netloc.lower() != (
+            self.request.host.lower()
+        ):
+            return cleaned  # another site: the backend's own business
+        segments = [unquote(s) for s in resolved.path.split("/")]
+        inside = resolved.path == own or resolved.path.startswith(own + "/")
+        if not inside or any(s in (".", "..") for s in segments):
+            raise web.HTTPError(502, reason="the backend redirected out of its own pages")
+        return urlunsplit(("", "", resolved.path, resolved.query, resolved.fragment))
 
     def _preflight(self) -> None:
         """A sandboxed page's preflight for a call to its own backend, answered here."""
@@ -375,7 +436,7 @@ async def _relay(
     """Send the request to the orchestrator; its answer's head through ``head``, then its body
     as it comes (streams stay streams), until it ends or the browser leaves (the handler's
     ``on_connection_close`` cancels :attr:`copying`: a quiet stream would not notice)."""
-    client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
+    client = _orchestrator_http(httpx.Timeout(60.0, read=None))
     try:
         request = client.build_request(method, url, headers=headers, content=body)
         answer = await client.send(request, stream=True)

@@ -69,11 +69,20 @@ class _Server(uvicorn.Server):
     """uvicorn's server, ending the orchestrator's endless answers (the event streams, followed
     logs) as its shutdown begins: it waits for open answers, for a whole graceful timeout."""
 
-    def __init__(self, config: uvicorn.Config, streams_end: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        streams_end: Callable[[], None],
+        unpublish: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self._streams_end = streams_end
+        self._unpublish = unpublish
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The discovery file goes before the port closes: a port that another local user can
+        # bind once it is free must not be advertised meanwhile, with our token.
+        self._unpublish()
         self._streams_end()
         await super().shutdown(sockets)
 
@@ -104,6 +113,7 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         unix_path.unlink()  # a dead orchestrator's (a live one was refused above)
     unix_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix_listener.bind(str(unix_path))
+    unix_inode = unix_path.stat().st_ino  # ours to remove at the end, not a successor's
     unix_listener.listen(socket.SOMAXCONN)
     user_config = load_user_config()
     sockets_dir = housekeeping.new_sockets_dir()
@@ -150,13 +160,22 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
             yield
         finally:
             await orchestrator.shutdown()
-            current = read_discovery(discovery)
-            if current is not None and current.pid == os.getpid():
-                with contextlib.suppress(FileNotFoundError):
-                    discovery.unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    unix_path.unlink()
+            unpublish()
+            if published_until_now:  # else the socket may be a newer orchestrator's by now
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    if unix_path.stat().st_ino == unix_inode:
+                        unix_path.unlink()
             shutil.rmtree(sockets_dir, ignore_errors=True)
+
+    published_until_now = False
+
+    def unpublish() -> None:
+        nonlocal published_until_now
+        current = read_discovery(discovery)
+        if current is not None and current.pid == os.getpid():
+            published_until_now = True
+            with contextlib.suppress(FileNotFoundError):
+                discovery.unlink()
 
     server: uvicorn.Server | None = None
 
@@ -183,5 +202,5 @@ def serve(port: int = 0, registries: Sequence[str | Path] = (), log_level: str =
         date_header=False,  # the backends' own Date passes through; no second one
     )
     logging.getLogger("uvicorn.error").addFilter(ClientNoiseLimit())  # after uvicorn's set-up
-    server = _Server(config, orchestrator.bus.close)
+    server = _Server(config, orchestrator.bus.close, unpublish)
     server.run(sockets=[listener, unix_listener])

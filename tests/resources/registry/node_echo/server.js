@@ -67,6 +67,14 @@ const server = http.createServer((req, res) => {
     return res.end(`<!doctype html><img src="${quoted}/pixel"><a id="away" href="${quoted}/away">away</a>`);
   }
   if (path === "/record") return send(res, 200, { hits: ++hits });
+  if (req.method === "GET" && path === "/answer") {
+    // Whatever headers and status it is asked for: what a hostile backend could answer.
+    const asked = new URL(req.url, "http://x").searchParams;
+    const headers = [];
+    for (const [name, value] of JSON.parse(asked.get("headers") || "[]")) headers.push(name, value);
+    res.writeHead(Number(asked.get("status") || "200"), headers);
+    return res.end("answered");
+  }
   if (req.method === "GET" && path === "/events") {
     // Server-Sent Events, a few at a pace: each must reach the client as it is sent.
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
