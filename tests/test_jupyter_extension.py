@@ -503,6 +503,15 @@ def test_a_hostile_backends_answers_stay_inside_its_own_pages(
         headers = answer(200, *ruling, *kept).headers
         assert not [name for name, _ in ruling if name.lower() in headers]
         assert headers["etag"] == '"v1"' and headers["x-request-id"] == "7"
+        # A backend's cookies are its own, kept to its path; no other cookie of the origin (a
+        # hub's, a front proxy's) reaches it.
+        set_cookie = answer(200, ("Set-Cookie", "sid=1; Path=/; Domain=127.0.0.1; HttpOnly"))
+        given = set_cookie.headers["set-cookie"]
+        assert given.startswith("ywb-sid=1;") and f"Path={own}" in given
+        assert "Domain" not in given and "HttpOnly" in given
+        cookies = "ywb-sid=1; __Host-jupyterhub-session-id=h; _oauth2_proxy=p; theme=x"
+        seen = browser.get(f"{jupyter}{own}/headers", headers={"Cookie": cookies}).json()
+        assert seen.get("cookie") == "sid=1", seen
         # Another Host than the Jupyter server's own names is refused, as Jupyter refuses it.
         rebound = browser.get(f"{jupyter}{own}/echo", headers={"Host": "attacker.example"})
         assert rebound.status_code == 403

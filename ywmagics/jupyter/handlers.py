@@ -50,8 +50,9 @@ _ANSWER_X_DROPPED = {
     "x-frame-options", "x-xss-protection", "x-content-type-options", "x-dns-prefetch-control",
     "x-permitted-cross-domain-policies",
 }  # fmt: skip
-# The Jupyter server's own cookies: never to a backend.
-_JUPYTER_COOKIES = ("username-", "_xsrf", "jupyterhub-")
+# A backend's cookies are named so on the Jupyter server's origin, and only those reach it (a
+# deny-list would miss a hub's, a front proxy's, or a login cookie of another name).
+BACKEND_COOKIE_PREFIX = "ywb-"
 # What the dashboard's page asks of the orchestrator, beside its own files: these and no other
 # (the orchestrator's session rules decide the rest).
 DASHBOARD_ROUTES = {
@@ -486,21 +487,27 @@ def _is_token(part: str) -> bool:
 
 
 def _backend_cookies(header: str) -> str:
-    """The cookies a backend set (kept to its path), without the Jupyter server's own."""
-    kept = [
-        c.strip()
-        for c in header.split(";")
-        if c.strip() and not c.strip().startswith(_JUPYTER_COOKIES)
-    ]
+    """The cookies a backend set here (see :func:`_kept_to`), under their own names; no other
+    cookie of this origin."""
+    kept = []
+    for part in header.split(";"):
+        name, equals, value = part.strip().partition("=")
+        if equals and name.startswith(BACKEND_COOKIE_PREFIX) and name != BACKEND_COOKIE_PREFIX:
+            kept.append(f"{name[len(BACKEND_COOKIE_PREFIX) :]}={value}")
     return "; ".join(kept)
 
 
 def _kept_to(header: str, path: str) -> str:
-    """A backend's cookie, kept to its own path on the Jupyter server's host (no Domain, no
-    wider Path: it must not replace Jupyter's cookies)."""
+    """A backend's cookie, renamed as a backend's and kept to its own path on the Jupyter
+    server's host (no Domain, no wider Path: it must not replace anyone else's cookies)."""
     cookie: SimpleCookie = SimpleCookie()
     cookie.load(header)
-    for morsel in cookie.values():
-        morsel["path"] = path
-        morsel["domain"] = ""
-    return "; ".join(m.OutputString() for m in cookie.values())
+    renamed: SimpleCookie = SimpleCookie()
+    for name, morsel in cookie.items():
+        ours = BACKEND_COOKIE_PREFIX + name
+        renamed[ours] = morsel.value
+        for attribute, value in morsel.items():
+            if value and attribute not in ("path", "domain"):
+                renamed[ours][attribute] = value
+        renamed[ours]["path"] = path
+    return "; ".join(m.OutputString() for m in renamed.values())
