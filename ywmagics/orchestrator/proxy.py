@@ -112,11 +112,23 @@ def client_host(scope: Scope) -> str:
 def seen_from(scope: Scope, instance: Instance) -> tuple[str, str, str]:
     """``(host, base path, scheme)`` where the client serves the backend: the request's own,
     or, from a proxy in front that holds our token, the ``X-Forwarded-*`` it sends (see
-    :mod:`~ywmagics.orchestrator.forwarding`)."""
-    host, prefix, scheme = client_host(scope), instance.base_path, str(scope.get("scheme", "http"))
-    if scope.get("state", {}).get("trusted_forwarding") is not True:
-        return host, prefix, scheme
+    :mod:`~ywmagics.orchestrator.forwarding`). Worked out once per request: its headers are
+    asked for both ways."""
+    state = scope.get("state", {})
+    seen: tuple[str, str, str] | None = state.get("seen_from")
+    if seen is None:
+        seen = _seen_from(scope, instance, state.get("trusted_forwarding") is True)
+        if "state" in scope:
+            state["seen_from"] = seen
+    return seen
+
+
+def _seen_from(scope: Scope, instance: Instance, trusted: bool) -> tuple[str, str, str]:
     headers = dict(scope["headers"])
+    host = headers.get(b"host", b"").decode("latin-1")
+    prefix, scheme = instance.base_path, str(scope.get("scheme", "http"))
+    if not trusted:
+        return host, prefix, scheme
     given_prefix = headers.get(b"x-forwarded-prefix", b"").decode("latin-1").rstrip("/")
     if given_prefix.startswith("/"):
         prefix = given_prefix
