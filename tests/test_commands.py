@@ -167,6 +167,21 @@ def test_listing_and_status_text() -> None:
     assert format_status({**status, "uptime": 61.2}).startswith(
         "orchestrator 0.1.0 (protocol 1) at http://127.0.0.1:1 (pid 7, up 61s)"
     )
+    # The versions that meet on it: each kernel's ywmagics, each runner's codec and builder.
+    meeting = {
+        **status,
+        "codec": 2,
+        "attached": [{"pid": 11, "version": "0.1.0"}, {"pid": 12, "version": ""}],
+        "runners": [
+            {"partition": "p", "name": "r", "version": "1", "codec": 2, "built_by": "0.2.0"},
+            {"partition": "q", "name": "s", "version": "1", "codec": 1, "built_by": "0.1.0"},
+        ],
+    }
+    assert format_status(meeting).splitlines()[2:] == [
+        "kernels attached: 11 (ywmagics 0.1.0), 12 (ywmagics ?)",
+        "runner r 1 in p: codec 2, built by ywmagics 0.2.0",
+        "runner s 1 in q: codec 1, built by ywmagics 0.1.0 (the orchestrator's codec is 2)",
+    ]
     removed = {"name": "echo", "version": "1.0.0", "fingerprint": "f00", "path": "/e"}
     assert format_removed({"removed": [removed]}) == "removed echo 1.0.0 (f00) from /e"
     on_nodes = {**removed, "node": "far"}

@@ -23,6 +23,9 @@ from ywmagics.client import OrchestratorClient
 from ywmagics.discovery import Connection, pid_alive
 from ywmagics.errors import YwMagicsError
 from ywmagics.events import Event, EventKind
+from ywmagics.protocol import PROTOCOL_VERSION
+from ywmagics.spec import InstallRequest
+from ywmagics.wire import CODEC_VERSION
 
 from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
 
@@ -157,10 +160,17 @@ def test_the_dashboard_opens_from_a_link_and_a_reload_keeps_it(
     page = open_dashboard(link=link)
     assert "code=" not in page.url  # spent, and out of the address bar and history
     box = page.locator("#orchestrator")
-    assert box.locator("[data-field='version']").inner_text() == ywmagics.__version__
+    versions = f"{ywmagics.__version__} (protocol {PROTOCOL_VERSION}, codec {CODEC_VERSION})"
+    assert box.locator("[data-field='version']").inner_text() == versions
     assert box.locator("[data-field='url']").inner_text() == home.connection.url
     assert box.locator("[data-field='pid']").inner_text() == str(home.connection.pid)
     assert box.locator("[data-field='kernels']").inner_text().isdigit()
+    # A kernel attaches (it owns a partition): the version of its ywmagics is shown.
+    request = InstallRequest.from_object("node_echo", partition="DashKernel")
+    OrchestratorClient(home.connection).install(request, owner=os.getpid())
+    attached = f"{os.getpid()}: {ywmagics.__version__}"
+    box.locator("[data-field='clients']").filter(has_text=attached).wait_for()
+    OrchestratorClient(home.connection).stop(partition="DashKernel")
     assert page.locator("#gone").is_hidden()
     page.reload()  # the session is in the tab's sessionStorage
     box.locator("[data-field='url']").filter(has_text=home.connection.url).wait_for()
@@ -362,6 +372,8 @@ def test_uninstall_from_the_page_removes_the_folder(
     line = row(page, "environment", fingerprint=fingerprint)
     assert "greeting=uninstall-me" in line.inner_text()
     assert "DashUninstall" in line.locator("td[data-label='In use by']").inner_text()
+    # Who built it (a command backend shares no codec with kernels: none is said).
+    assert line.locator("td[data-label='Built by']").inner_text() == ywmagics.__version__
     # Its install log, on demand.
     button_of(page, "environment", "install-log", fingerprint=fingerprint).click()
     install_log = page.locator(f"tbody:has([data-fingerprint='{fingerprint}']) [data-testid='log']")

@@ -4,6 +4,7 @@ and a client never uses an orchestrator of another protocol silently."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,14 @@ import pytest
 import ywmagics
 from ywmagics import __version__, paths
 from ywmagics.client import OrchestratorClient
-from ywmagics.client._connect import connect, same_protocol
+from ywmagics.client._connect import connect, outdated, same_protocol
 from ywmagics.discovery import Connection, read_discovery
-from ywmagics.errors import OrchestratorError
+from ywmagics.errors import BackendNotFound, ConfigurationError, OrchestratorError
+from ywmagics.orchestrator.registry import Registry, client_bundled_folder
 from ywmagics.protocol import PROTOCOL_VERSION
+from ywmagics.spec import InstallRequest, VersionRange
 
-from .conftest import start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
 
 
 def test_an_orchestrator_of_another_protocol_is_refused_naming_both() -> None:
@@ -32,6 +35,20 @@ def test_an_orchestrator_of_another_protocol_is_refused_naming_both() -> None:
         assert f"protocol {protocol}," in message and f"protocol {PROTOCOL_VERSION})" in message
         assert (version or "an older version") in message and __version__ in message
         assert "ywmagics shutdown" in raised.value.hint
+
+
+def test_an_orchestrator_is_outdated_when_of_an_older_protocol_or_an_older_version() -> None:
+    def of(version: str, protocol: int) -> Connection:
+        return Connection("http://127.0.0.1:1", "t", 42, version, protocol)
+
+    assert outdated(of("9.9.9", PROTOCOL_VERSION - 1))  # any version: the protocol decides
+    assert outdated(of("", 0))  # one that published no protocol
+    assert not outdated(of("0.0.1", PROTOCOL_VERSION + 1))  # newer: never stopped by us
+    assert outdated(of("0.0.1", PROTOCOL_VERSION))  # an environment upgraded while it ran
+    assert outdated(of(f"{__version__}rc1", PROTOCOL_VERSION))  # a pre-release is older
+    assert not outdated(of(__version__, PROTOCOL_VERSION))
+    assert not outdated(of(f"{__version__}.post1", PROTOCOL_VERSION))
+    assert not outdated(of("not a version", PROTOCOL_VERSION))  # not stopped on a guess
 
 
 @pytest.mark.slow  # an orchestrator
@@ -72,8 +89,12 @@ def test_the_orchestrator_says_its_versions_and_a_client_of_another_protocol_sto
 
 
 @pytest.mark.slow  # orchestrators, a backend
+@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION - 1, PROTOCOL_VERSION])
 def test_an_older_orchestrator_is_replaced_once_nothing_uses_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    protocol: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     home = tmp_path / "home"
     monkeypatch.setenv("YW_HOME", str(home))
@@ -81,12 +102,20 @@ def test_an_older_orchestrator_is_replaced_once_nothing_uses_it(
     replacement = None
     try:
         data = json.loads(paths.discovery_file().read_text())
-        older = {**data, "version": "0.0.1", "protocol": PROTOCOL_VERSION - 1}
-        paths.discovery_file().write_text(json.dumps(older))  # as an older install publishes
-        # Busy (an instance runs on it): refused, and left alone.
+        # As an older install publishes: another protocol, or the same (an upgrade since).
+        older = {**data, "version": "0.0.1", "protocol": protocol}
+        paths.discovery_file().write_text(json.dumps(older))
+        # Busy (an instance runs on it): left alone; refused if it speaks another protocol,
+        # else used, and said.
         ywmagics.install("node_echo", partition="Busy", connection=connection)
-        with pytest.raises(OrchestratorError, match=r"0\.0\.1"):
-            connect()
+        if protocol != PROTOCOL_VERSION:
+            with pytest.raises(OrchestratorError, match=r"0\.0\.1"):
+                connect()
+        else:
+            assert connect().pid == connection.pid
+            said = capsys.readouterr().err
+            assert f"ywmagics 0.0.1 (pid {connection.pid}), older than" in said
+            assert f"replaced by one of {__version__} once nothing runs on it" in said
         assert process.poll() is None
         OrchestratorClient(connection).stop(partition="Busy")
         # Idle: stopped, and one of this version started in its place, said.
@@ -95,9 +124,88 @@ def test_an_older_orchestrator_is_replaced_once_nothing_uses_it(
         assert replacement.pid != connection.pid
         assert (replacement.version, replacement.protocol) == (__version__, PROTOCOL_VERSION)
         said = capsys.readouterr().err
-        assert "ywmagics 0.0.1" in said and f"one of ywmagics {__version__}" in said
+        assert f"ywmagics 0.0.1 (protocol {protocol}) and nothing used it" in said
+        assert f"one of ywmagics {__version__}" in said
         assert OrchestratorClient(replacement).status()["protocol"] == PROTOCOL_VERSION
     finally:
         stop_orchestrator(process)
         if replacement is not None:
             OrchestratorClient(replacement).shutdown()
+
+
+def _other_install(root: Path, backends: dict[str, str]) -> Path:
+    """The bundled backends' folder of another ywmagics install (``{name: version}``, each a
+    copy of the test registry's node_echo): as a site-packages of another environment has."""
+    package = root / "site-packages" / "ywmagics"
+    (package / "backends").mkdir(parents=True)
+    (package / "_version.py").write_text('__version__ = "9.9.9"\n')
+    echo = TEST_REGISTRY / "node_echo"
+    for name, version in backends.items():
+        folder = package / "backends" / name
+        shutil.copytree(echo, folder)
+        manifest = folder / "ywbackend.toml"
+        text = manifest.read_text().replace('"node_echo"', f'"{name}"')
+        manifest.write_text(text.replace('version = "1.0.0"', f'version = "{version}"'))
+    return package / "backends"
+
+
+def test_a_client_of_another_install_gets_the_backends_bundled_with_it(tmp_path: Path) -> None:
+    ours = paths.bundled_registry_dir()
+    registry = Registry([ours, TEST_REGISTRY])
+    theirs = _other_install(tmp_path, {"demo_yw_backend": "0.1.9", "their_echo": "2.0.0"})
+    mine = registry.resolve("demo_yw_backend", VersionRange.parse("^0.1.0"))
+    assert mine.folder.parent == ours and mine.version != "0.1.9"
+    # Their own version's bundled backends, in place of this install's; the other folders stay.
+    assert registry.resolve("demo_yw_backend", VersionRange.parse("^0.1.0"), theirs).version == (
+        "0.1.9"
+    )
+    assert registry.resolve("their_echo", VersionRange.parse("*"), theirs).folder.parent == theirs
+    assert registry.resolve("node_echo", VersionRange.parse("*"), theirs).folder.parent == (
+        TEST_REGISTRY
+    )
+    with pytest.raises(BackendNotFound, match="unknown backend 'their_echo'"):
+        registry.resolve("their_echo", VersionRange.parse("*"))  # only for their clients
+    with pytest.raises(BackendNotFound, match="pyrun_backend") as raised:
+        registry.resolve("pyrun_backend", VersionRange.parse("*"), theirs)  # theirs has none
+    assert str(theirs) in raised.value.hint and str(ours) not in raised.value.hint
+    # Found again when an instance of it must start once more, with no request at hand.
+    assert registry.known("their_echo", "2.0.0") is not None
+    assert client_bundled_folder(str(theirs)) == theirs
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "relative/ywmagics/backends",
+        "/etc",
+        "{tmp}/site-packages/ywmagics",
+        "{tmp}/nothing/backends",
+    ],
+)
+def test_a_bundled_folder_that_is_not_one_is_refused(tmp_path: Path, folder: str) -> None:
+    _other_install(tmp_path, {})
+    with pytest.raises(ConfigurationError, match="bundled backends' folder this client names"):
+        client_bundled_folder(folder.format(tmp=tmp_path))
+
+
+@pytest.mark.slow  # an orchestrator, a backend
+def test_a_kernel_installs_its_own_bundled_backends_from_an_orchestrator_of_another_install(
+    orchestrator: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    theirs = _other_install(tmp_path, {"their_echo": "2.0.0"})
+    client = OrchestratorClient(orchestrator)
+    request = InstallRequest.from_object("their_echo", partition="OtherInstall")
+    with pytest.raises(BackendNotFound, match="their_echo"):
+        client.install(request)  # this install bundles no such backend
+    # A kernel of the other install names its own bundled folder (its paths say where).
+    monkeypatch.setattr(paths, "bundled_registry_dir", lambda: theirs)
+    try:
+        clients = ywmagics.install(
+            ["their_echo#^2 as echo"], partition="OtherInstall", connection=orchestrator
+        )
+        assert clients.echo.version == "2.0.0"
+        answer = clients.echo.fetch_json("/echo", method="POST", json={"x": 1})
+        assert answer == {"x": 1, "partition": "OtherInstall"}
+        assert str(theirs) in client.status()["client_registries"]
+    finally:
+        client.stop(partition="OtherInstall")

@@ -387,14 +387,32 @@ def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, s
 
 
 def format_status(status: Mapping[str, Any]) -> str:
-    """The text of ``ywmagics status`` and ``%backends status`` (each adds its own lines)."""
-    return (
-        f"orchestrator {status.get('version', '?')} (protocol {status.get('protocol', 0)}) at "
+    """The text of ``ywmagics status`` and ``%backends status`` (each adds its own lines):
+    the orchestrator, and the versions that meet on it (its kernels', its runners' codecs)."""
+    version = status.get("version", "?")
+    lines = [
+        f"orchestrator {version} (protocol {status.get('protocol', 0)}) at "
         f"{status.get('url', '?')} "
-        f"(pid {status.get('pid', '?')}, up {float(status.get('uptime', 0)):.0f}s)\n"
+        f"(pid {status.get('pid', '?')}, up {float(status.get('uptime', 0)):.0f}s)",
         f"{status.get('instances', 0)} running instance(s), "
-        f"{status.get('environments', 0)} installed environment(s)"
-    )
+        f"{status.get('environments', 0)} installed environment(s)",
+    ]
+    attached = status.get("attached") or []
+    if attached:
+        kernels = ", ".join(
+            f"{k.get('pid')} (ywmagics {k.get('version') or '?'})" for k in attached
+        )
+        lines.append(f"kernels attached: {kernels}")
+    codec = status.get("codec")
+    for runner in status.get("runners") or []:
+        other = codec is not None and runner.get("codec") != codec
+        lines.append(
+            f"runner {runner.get('name')} {runner.get('version')} in {runner.get('partition')}: "
+            f"codec {runner.get('codec') or '?'}, built by ywmagics "
+            f"{runner.get('built_by') or '?'}"
+            + (f" (the orchestrator's codec is {codec})" if other else "")
+        )
+    return "\n".join(lines)
 
 
 def format_removed(done: Mapping[str, Any]) -> str:

@@ -28,6 +28,10 @@ OWNER_HEADER = "x-backends-owner"
 """On an install into a kernel's own partition: the kernel's pid. The partition is stopped when
 its owners have all ended, however they ended."""
 
+CLIENT_VERSION_HEADER = "x-ywmagics-version"
+"""On a client's install: the ywmagics version it runs, shown with the kernels attached
+(``ywmagics status``, the dashboard): which versions meet on one orchestrator."""
+
 CLIENT_HEADER = "x-backends-client"
 """On an install: who asks (``kernel 1234``), said when the instance it starts replaces one."""
 

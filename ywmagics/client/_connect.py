@@ -68,7 +68,7 @@ def connect(*, start: bool = True, timeout: float = START_TIMEOUT) -> Connection
     if started is not None and read_discovery() == started:  # and it still runs
         return started
     found = find_orchestrator()
-    if found is not None and (found.protocol == PROTOCOL_VERSION or not start):
+    if found is not None and (not start or not outdated(found)):
         return same_protocol(found)
     if not start:
         raise OrchestratorError(
@@ -180,6 +180,9 @@ def _begin_start(timeout: float) -> Callable[[], Connection]:
     except BaseException:
         lock.release()
         raise
+    if running is not None and outdated(running):  # replaced, or kept and said, as it waits
+        lock.release()
+        return functools.partial(_find_or_start, timeout)
 
     def rest() -> Connection:
         try:
@@ -202,12 +205,54 @@ def _find_or_start(timeout: float) -> Connection:
         )
     try:
         found = find_orchestrator()
-        if found is not None and found.protocol < PROTOCOL_VERSION and _idle(found):
-            _replace(found)
-            found = None
+        if found is not None and outdated(found):
+            if _idle(found):
+                _replace(found)
+                found = None
+            elif found.protocol == PROTOCOL_VERSION:
+                _say_kept(found)
         return same_protocol(found or Spawned().first_answer(timeout))
     finally:
         lock.release()
+
+
+def outdated(connection: Connection) -> bool:
+    """Whether that orchestrator is of an older ywmagics than this one: an older protocol, or
+    the same protocol and an older version (an environment upgraded while it ran). One of an
+    unreadable version is not taken for older: it is not stopped on a guess."""
+    if connection.protocol != PROTOCOL_VERSION:
+        return connection.protocol < PROTOCOL_VERSION
+    from ywmagics import __version__
+
+    if connection.version == __version__:
+        return False
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(connection.version) < Version(__version__)
+    except InvalidVersion:
+        return False
+
+
+_said_kept: set[int] = set()
+
+
+def _say_kept(older: Connection) -> None:
+    """Say once per orchestrator that an older one of the same protocol is used: it speaks with
+    this version, but its bundled backends and fixes are its own."""
+    if older.pid in _said_kept:
+        return
+    _said_kept.add(older.pid)
+    from ywmagics import __version__
+
+    print(
+        f"ywmagics: the orchestrator that runs is of ywmagics {older.version} (pid {older.pid}), "
+        f"older than this environment's {__version__}; it speaks the same protocol "
+        f"({PROTOCOL_VERSION}) and is used. It is replaced by one of {__version__} once "
+        "nothing runs on it (or stop it with 'ywmagics shutdown')",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _idle(connection: Connection) -> bool:

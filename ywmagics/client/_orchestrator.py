@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ywmagics import __version__, paths
 from ywmagics.client._connect import connect
 from ywmagics.client._http import ndjson_items, raise_for_error, translated
 from ywmagics.client._pool import shared_http
@@ -17,6 +18,7 @@ from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
 from ywmagics.protocol import (
     CLIENT_HEADER,
+    CLIENT_VERSION_HEADER,
     ERROR_HEADER,
     JUPYTER_BASE_URL_ENV,
     OWNER_HEADER,
@@ -115,10 +117,16 @@ class OrchestratorClient:
         backend (alias, name, version, partition, path, config, fingerprint). ``requested_by``
         names the caller (default: this process) to the clients a new instance leaves;
         ``owner``, a pid that owns the partition: it is stopped when its owners have ended."""
-        headers = {CLIENT_HEADER: requested_by or f"process {os.getpid()}"}
+        headers = {
+            CLIENT_HEADER: requested_by or f"process {os.getpid()}",
+            CLIENT_VERSION_HEADER: __version__,
+        }
         if owner is not None:
             headers[OWNER_HEADER] = str(owner)
-        for item in self._stream("POST", "/install", json=request.to_dict(), headers=headers):
+        # The backends bundled with this install are the ones to find, whichever ywmagics
+        # runs the orchestrator.
+        body = {**request.to_dict(), "bundled": str(paths.bundled_registry_dir())}
+        for item in self._stream("POST", "/install", json=body, headers=headers):
             if "event" in item:
                 if on_event is not None:
                     on_event(Event.from_dict(item["event"]))

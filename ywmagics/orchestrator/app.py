@@ -26,6 +26,7 @@ from ywmagics.events import Event
 from ywmagics.orchestrator import dashboard
 from ywmagics.orchestrator.browser import CODE_LIFETIME, CODE_QUERY, BrowserAccess
 from ywmagics.orchestrator.proxy import Proxy
+from ywmagics.orchestrator.registry import client_bundled_folder
 from ywmagics.orchestrator.requests import (
     BrowserLinkBody,
     GcBody,
@@ -36,10 +37,16 @@ from ywmagics.orchestrator.requests import (
     read_body,
 )
 from ywmagics.orchestrator.security import InstancePages, SecurityMiddleware
-from ywmagics.orchestrator.service import Orchestrator
+from ywmagics.orchestrator.service import ClientInstall, Orchestrator
 from ywmagics.orchestrator.snapshots import SnapshotFeed
 from ywmagics.orchestrator.websocket import WebsocketProxy
-from ywmagics.protocol import CLIENT_HEADER, ERROR_HEADER, NDJSON, OWNER_HEADER
+from ywmagics.protocol import (
+    CLIENT_HEADER,
+    CLIENT_VERSION_HEADER,
+    ERROR_HEADER,
+    NDJSON,
+    OWNER_HEADER,
+)
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
 log = logging.getLogger("ywmagics.orchestrator")
@@ -77,13 +84,21 @@ async def install(request: Request) -> Response:
     if pinned is not None:
         install_request.partition = pinned
     # Who asks, as the client says (printable, short): told to the clients a new instance leaves.
-    client = request.headers.get(CLIENT_HEADER, "")[:120]
-    requested_by = client if client.isprintable() else ""
+    asking = request.headers.get(CLIENT_HEADER, "")[:120]
+    requested_by = asking if asking.isprintable() else ""
     owner = request.headers.get(OWNER_HEADER, "")
     if owner and not (owner.isascii() and owner.isdigit() and 0 < int(owner) < 1 << 31):
         raise SpecError(f"{OWNER_HEADER} must be a process id, not {owner[:40]!r}")
+    version = request.headers.get(CLIENT_VERSION_HEADER, "")[:40]
+    # A backend's install (its instance token pins it) gets this install's bundled backends:
+    # only the user's kernels and tools name a folder of theirs to read manifests from.
+    bundled = body.bundled if body.bundled is not None and pinned is None else None
+    client = ClientInstall(
+        version if version.isascii() and version.isprintable() else "",
+        client_bundled_folder(bundled) if bundled is not None else None,
+    )
     events = _orchestrator(request).install(
-        install_request, requested_by, int(owner) if owner else None
+        install_request, requested_by, int(owner) if owner else None, client
     )
 
     async def lines() -> AsyncIterator[bytes]:

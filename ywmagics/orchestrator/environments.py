@@ -423,6 +423,24 @@ class Installer:
         except TypeError:  # a field this version needs is missing: not an environment of ours
             return None
 
+    def built_by_others(self, plan: Plan) -> list[Environment]:
+        """The environments of ``plan``'s backend, version and options that another ywmagics
+        built: they share no codec or runner modules with this one's kernels, so ``plan``
+        gets its own (see the ``shared`` part of the fingerprint)."""
+        final = self.final_path(plan)
+        found = []
+        for meta in sorted(final.parent.glob(f"*/{META_FILE}")):
+            environment = self._load(meta.parent)
+            if (
+                environment is not None
+                and environment.path != final
+                and environment.config == plan.config
+                and environment.node == plan.node
+                and environment.built_by != __version__
+            ):
+                found.append(environment)
+        return found
+
     def environments(self) -> list[Environment]:
         found = []
         for meta in sorted(self.root.glob(f"*/*/*/{META_FILE}")):

@@ -46,18 +46,24 @@ class PartitionOwners:
 
     def __init__(self) -> None:
         self._owners: dict[str, set[Owner]] = {}
+        self._versions: dict[Owner, str] = {}  # the ywmagics each says it runs, when it says
 
-    def claim(self, partition: str, pid: int) -> bool:
-        """Make ``pid`` an owner of ``partition``. ``True`` when the partition had owners and
-        all of them have ended: what runs there is theirs (a restarted kernel's old runners),
-        to be stopped before anything of the new owner starts."""
+    def claim(self, partition: str, pid: int, version: str = "") -> bool:
+        """Make ``pid`` an owner of ``partition`` (of ywmagics ``version``, if known). ``True``
+        when the partition had owners and all of them have ended: what runs there is theirs
+        (a restarted kernel's old runners), to be stopped before anything of the new owner
+        starts."""
         owners = self._owners.get(partition, set())
         living = {o for o in owners if owner_of(o.pid) == o}
         orphaned = bool(owners) and not living
         new = owner_of(pid)
         if new is not None:
             living.add(new)
+            if version:
+                self._versions[new] = version
         self._owners[partition] = living
+        every = {o for owners in self._owners.values() for o in owners}
+        self._versions = {o: v for o, v in self._versions.items() if o in every}
         return orphaned
 
     def orphaned(self) -> list[str]:
@@ -69,6 +75,8 @@ class PartitionOwners:
         ]
         for partition in ended:
             del self._owners[partition]
+        every = {o for owners in self._owners.values() for o in owners}
+        self._versions = {o: v for o, v in self._versions.items() if o in every}
         return ended
 
     def of(self, partition: str) -> list[int]:
@@ -78,6 +86,15 @@ class PartitionOwners:
     def living(self) -> set[int]:
         """The pids of every owner that still runs: the kernels attached."""
         return {o.pid for owners in self._owners.values() for o in owners if owner_of(o.pid) == o}
+
+    def versions(self) -> dict[int, str]:
+        """The ywmagics version of every owner that still runs (``""``: it did not say)."""
+        return {
+            o.pid: self._versions.get(o, "")
+            for owners in self._owners.values()
+            for o in owners
+            if owner_of(o.pid) == o
+        }
 
     def __bool__(self) -> bool:
         return bool(self._owners)

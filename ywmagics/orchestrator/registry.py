@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ywmagics import paths
-from ywmagics.errors import BackendNotFound, ManifestError
+from ywmagics.errors import BackendNotFound, ConfigurationError, ManifestError
 from ywmagics.orchestrator.config import load_user_config
 from ywmagics.orchestrator.manifest import (
     MANIFEST_NAME,
@@ -36,6 +36,23 @@ def default_registry_folders(
     return folders
 
 
+def client_bundled_folder(text: str) -> Path:
+    """The bundled backends' folder a client names (its own ywmagics's ``backends``), checked:
+    an absolute folder that is one (next to a ywmagics package's ``_version.py``)."""
+    folder = Path(text)
+    if not (
+        folder.is_absolute()
+        and folder.name == paths.bundled_registry_dir().name
+        and folder.is_dir()
+        and (folder.parent / "_version.py").is_file()
+    ):
+        raise ConfigurationError(
+            f"the bundled backends' folder this client names ({text[:300]!r}) is not one",
+            hint="it is the 'backends' folder of a ywmagics install; reinstall ywmagics",
+        )
+    return folder
+
+
 class Registry:
     """Finds manifests in ``folders``; the first folder that has a ``name``/``version`` wins.
     ``pypi:NAME`` and ``npm:NAME`` are looked up on the user's package indexes instead (never in
@@ -47,9 +64,22 @@ class Registry:
         # Folders are scanned at each install (a new backend is found without a restart); a
         # manifest is read and its folder hashed again only when one of its files changed.
         self._loaded: dict[Path, tuple[object, Manifest | ManifestError]] = {}
+        # The bundled folders of clients of other installs (see searched): what was installed
+        # from them must still be at hand when its instance is started again.
+        self.client_bundled: list[Path] = []
 
-    def _scan(self) -> Iterator[Manifest | ManifestError]:
-        for folder in self.folders:
+    def searched(self, bundled: Path | None = None) -> list[Path]:
+        """The folders searched for a client whose ywmagics bundles the backends of
+        ``bundled``: those in place of this install's (a kernel gets its own version's
+        bundled backends, whichever version runs the orchestrator), then the others."""
+        if bundled is None or bundled == paths.bundled_registry_dir():
+            return self.folders
+        if bundled not in self.client_bundled:
+            self.client_bundled.append(bundled)
+        return [bundled, *(f for f in self.folders if f != paths.bundled_registry_dir())]
+
+    def _scan(self, folders: Sequence[Path] | None = None) -> Iterator[Manifest | ManifestError]:
+        for folder in self.folders if folders is None else folders:
             if not folder.is_dir():
                 continue
             files = sorted(folder.glob(f"*/{MANIFEST_NAME}")) + sorted(
@@ -66,22 +96,27 @@ class Registry:
                     cached = self._loaded[file] = (signature, loaded)
                 yield cached[1]
 
-    def manifests(self) -> dict[str, dict[str, Manifest]]:
-        """``{name: {version: manifest}}`` of every backend found. Broken manifests are logged."""
+    def manifests(self, folders: Sequence[Path] | None = None) -> dict[str, dict[str, Manifest]]:
+        """``{name: {version: manifest}}`` of every backend found (in ``folders``, by default
+        the registry's). Broken manifests are logged."""
         found: dict[str, dict[str, Manifest]] = {}
-        for manifest in self._scan():
+        for manifest in self._scan(folders):
             if isinstance(manifest, ManifestError):
                 log.warning("skipping backend: %s", manifest.message)
                 continue
             found.setdefault(manifest.name, {}).setdefault(manifest.version, manifest)
         return found
 
-    def resolve(self, name: str, version_range: VersionRange) -> Manifest:
-        """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`.
-        Blocking for a published one (the index is asked)."""
+    def resolve(
+        self, name: str, version_range: VersionRange, bundled: Path | None = None
+    ) -> Manifest:
+        """The highest version of ``name`` in ``version_range``, else :class:`BackendNotFound`;
+        ``bundled``, the client's bundled backends (see :meth:`searched`). Blocking for a
+        published one (the index is asked)."""
         if is_published(name):
             return self._published().resolve(name, version_range)
-        every = self.manifests()
+        folders = self.searched(bundled)
+        every = self.manifests(folders)
         versions = every.get(name)
         broken = self._broken_named(name)
         if broken is not None and (not versions or version_range.best(versions) is None):
@@ -91,7 +126,7 @@ class Registry:
             raise BackendNotFound(
                 f"unknown backend {name!r}",
                 hint=f"known backends: {known}. Registries searched: "
-                + ", ".join(str(f) for f in self.folders),
+                + ", ".join(str(f) for f in folders),
             )
         best = version_range.best(versions)
         if best is None:
@@ -106,7 +141,10 @@ class Registry:
         one fetched before from ``index`` (the index is not asked)."""
         if is_published(name):
             return self._published().cached(name, version, index) if index else None
-        return self.manifests().get(name, {}).get(version)
+        known = self.manifests().get(name, {}).get(version)
+        if known is None and self.client_bundled:
+            known = self.manifests(self.client_bundled).get(name, {}).get(version)
+        return known
 
     def _published(self) -> Published:
         if self.published is None:

@@ -35,9 +35,13 @@ class InstallBody(msgspec.Struct, forbid_unknown_fields=True):
     partition: Short | None = None
     on: Short | None = None
     resources: Annotated[dict[Short, Short], msgspec.Meta(max_length=16)] = {}
+    # the client's bundled backends (see Registry.searched): not part of the install object
+    bundled: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
     def as_object(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
+        data = msgspec.structs.asdict(self)
+        del data["bundled"]
+        return data
 
 
 class StopBody(msgspec.Struct, forbid_unknown_fields=True):

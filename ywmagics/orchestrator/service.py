@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ywmagics import bulk
+from ywmagics import bulk, wire
 from ywmagics._version import __version__
 from ywmagics.errors import (
     BackendNotFound,
@@ -28,7 +28,7 @@ from ywmagics.orchestrator.environments import Environment, Installer, Plan
 from ywmagics.orchestrator.events import Emit, EventBus, event_of
 from ywmagics.orchestrator.installs import InstallRecord, InstallTracker
 from ywmagics.orchestrator.inventory import ResourceMeter, SizeCache
-from ywmagics.orchestrator.manifest import Manifest
+from ywmagics.orchestrator.manifest import Manifest, Runtime
 from ywmagics.orchestrator.owners import POLL_INTERVAL, PartitionOwners
 from ywmagics.orchestrator.placements.slurm import SlurmPlacement
 from ywmagics.orchestrator.processes import program_pid, tail_of
@@ -45,6 +45,29 @@ from ywmagics.spec import (
 )
 
 log = logging.getLogger("ywmagics.orchestrator")
+
+
+def _rebuilt(other: Environment) -> str:
+    """Why an environment like ``other`` is built again: ``other`` is another ywmagics's."""
+    codec = (
+        f"codec {other.codec}, this one speaks {wire.CODEC_VERSION}"
+        if other.codec != wire.CODEC_VERSION
+        else f"the same codec, {wire.CODEC_VERSION}, in other files"
+    )
+    return (
+        f"environment {other.fingerprint} with these options was built by ywmagics "
+        f"{other.built_by or 'an older version'} ({codec}): building one for ywmagics "
+        f"{__version__}, the other is kept for its own"
+    )
+
+
+@dataclass(frozen=True)
+class ClientInstall:
+    """The ywmagics install of a client, as it says: its version, and the folder of the
+    backends it bundles (``None``: this install's)."""
+
+    version: str = ""
+    bundled: Path | None = None
 
 
 @dataclass
@@ -114,14 +137,20 @@ class Orchestrator:
     # -- install -----------------------------------------------------------------------------
 
     async def install(
-        self, request: InstallRequest, requested_by: str = "", owner: int | None = None
+        self,
+        request: InstallRequest,
+        requested_by: str = "",
+        owner: int | None = None,
+        client: ClientInstall | None = None,
     ) -> AsyncIterator[Event | dict[str, Any]]:
         """Yield events as they happen, then the result ``{"backends": [...]}``.
         ``requested_by`` names the client (``kernel 1234``), for the clients a new instance
         leaves behind; ``owner`` is the pid of a process that owns the partition (a kernel its
-        own): the partition is stopped when its owners have all ended."""
+        own): the partition is stopped when its owners have all ended; ``client``, the
+        ywmagics install of the client, when it says (its version, its bundled backends)."""
+        client = client or ClientInstall()
         if owner is not None:
-            await self._claim(request.partition, owner)
+            await self._claim(request.partition, owner, client.version)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         records: dict[str, InstallRecord] = {}  # by backend name: what the dashboard shows
 
@@ -138,7 +167,7 @@ class Orchestrator:
         task: asyncio.Future[list[dict[str, Any]]] | None = None
         ended = False
         try:
-            plans = await self._plan(request, emit)
+            plans = await self._plan(request, emit, client.bundled)
             task = asyncio.ensure_future(
                 _all_or_nothing(
                     [
@@ -189,8 +218,11 @@ class Orchestrator:
                     event_of(EventKind.FAILED, record, record.partition, record.error or "failed")
                 )
 
-    async def _plan(self, request: InstallRequest, emit: Emit) -> list[tuple[BackendSpec, Plan]]:
-        """Resolve every spec and check every option before any work starts."""
+    async def _plan(
+        self, request: InstallRequest, emit: Emit, bundled: Path | None = None
+    ) -> list[tuple[BackendSpec, Plan]]:
+        """Resolve every spec and check every option before any work starts (against the
+        client's ``bundled`` backends, when it gives them)."""
         if request.on is not None and request.on not in self.supervisor.placements:
             # Never run elsewhere than where the user asked.
             raise ConfigurationError(
@@ -214,7 +246,7 @@ class Orchestrator:
                     self._index_threads, self.registry.resolve, spec.name, spec.range
                 )
             else:
-                manifest = self.registry.resolve(spec.name, spec.range)
+                manifest = self.registry.resolve(spec.name, spec.range, bundled)
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(
@@ -298,6 +330,9 @@ class Orchestrator:
                     said, progress = f"{said} here; its node has it or builds it", 0.1
                 emit(event_of(EventKind.REUSED, manifest, partition, said, progress))
                 return existing
+            if manifest.runtime is Runtime.PYTHON:
+                for other in await asyncio.to_thread(self.installer.built_by_others, plan):
+                    emit(event_of(EventKind.BUILDING, manifest, partition, _rebuilt(other), 0.1))
             started = time.monotonic()
             environment, _ = await asyncio.to_thread(self.installer.build, plan, report)
         if plan.node is not None:
@@ -316,8 +351,8 @@ class Orchestrator:
         )
         return environment
 
-    async def _claim(self, partition: str, owner: int) -> None:
-        if self.owners.claim(partition, owner):
+    async def _claim(self, partition: str, owner: int, version: str = "") -> None:
+        if self.owners.claim(partition, owner, version):
             log.info("partition %r: its kernel ended; stopping what it ran", partition)
             await self.stop(partition, None, None)
         if self._watching_owners is None or self._watching_owners.done():
@@ -487,6 +522,7 @@ class Orchestrator:
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
+            "codec": wire.CODEC_VERSION,
             "pid": os.getpid(),
             "url": self.settings.url,
             "uptime": round(time.time() - self.started, 1),
@@ -494,7 +530,24 @@ class Orchestrator:
             "instances": len(self.supervisor.instances),
             "environments": len(environments),
             "kernels": len(self.owners.living()),
+            # The versions in play: each attached kernel's ywmagics, each runner's codec.
+            "attached": [
+                {"pid": pid, "version": version}
+                for pid, version in sorted(self.owners.versions().items())
+            ],
+            "runners": [
+                {
+                    "partition": instance.partition,
+                    "name": instance.manifest.name,
+                    "version": instance.manifest.version,
+                    "codec": instance.environment.codec,
+                    "built_by": instance.environment.built_by,
+                }
+                for instance in self.supervisor.instances.values()
+                if instance.manifest.runtime is Runtime.PYTHON
+            ],
             "registries": [str(f) for f in self.registry.folders],
+            "client_registries": [str(f) for f in self.registry.client_bundled],
         }
 
     def _usage(self) -> dict[int, tuple[float | None, int | None]]:

@@ -283,13 +283,16 @@ function renderOrchestrator(o) {
   if (!box.querySelector("dl")) {
     const list = el("dl");
     for (const [field, label] of [["version", "Version"], ["uptime", "Uptime"], ["url", "URL"],
-      ["kernels", "Kernels attached"], ["pid", "PID"]]) {
+      ["kernels", "Kernels attached"], ["pid", "PID"], ["clients", "Kernels' ywmagics"]]) {
       list.append(el("div", {}, el("dt", {}, label), el("dd", { "data-field": field })));
     }
     box.prepend(list);
   }
-  const values = { version: o.version, uptime: duration(o.uptime), url: o.url,
-    kernels: String(o.kernels), pid: String(o.pid) };
+  // The versions that meet here: its own (protocol, codec), and each attached kernel's.
+  const clients = (o.attached || []).map((k) => `${k.pid}: ${k.version || "?"}`).join(", ");
+  const values = { version: `${o.version} (protocol ${o.protocol}, codec ${o.codec})`,
+    uptime: duration(o.uptime), url: o.url, kernels: String(o.kernels), pid: String(o.pid),
+    clients: clients || "—" };
   for (const [field, text] of Object.entries(values)) {
     setText(box.querySelector(`[data-field="${field}"]`), text);
   }
@@ -543,7 +546,8 @@ function followLog(entry, i) {
 
 // ---- environments ----------------------------------------------------------------------------
 
-const ENVIRONMENT_COLUMNS = ["Name", "Version", "Configuration", "Python", "Size", "Last used", "In use by"];
+const ENVIRONMENT_COLUMNS = ["Name", "Version", "Configuration", "Python", "Built by", "Size", "Last used",
+  "In use by"];
 const environmentKey = (e) => JSON.stringify(["environment", e.name, e.version, e.fingerprint]);
 
 function renderEnvironments(environments, disk, now) {
@@ -584,6 +588,10 @@ function updateEnvironment(body, e, now) {
   setText(cells.Configuration, configText(e.config));
   cells.Configuration.title = e.path;
   setText(cells.Python, e.python_version || "—");
+  // A runner speaks the codec of the ywmagics that built it: one another version built is not its.
+  const codec = e.codec === null || e.codec === undefined ? "" : ` (codec ${e.codec})`;
+  setText(cells["Built by"], e.built_by ? `${e.built_by}${codec}` : "—");
+  setData(row, { codec: e.codec ?? "" });
   setText(cells.Size, size(e.size));
   setText(cells["Last used"], ago(now - e.last_used));
   cells["Last used"].title = new Date(e.last_used * 1000).toLocaleString();
