@@ -160,3 +160,30 @@ def test_a_meta_file_of_another_version_is_read_for_what_this_one_knows(tmp_path
     (broken / META_FILE).write_text(json.dumps({"name": "app"}))  # not ours: skipped
     (found,) = installer.environments()
     assert (found.name, found.path, found.built_by, found.codec) == ("app", newer, None, None)
+
+
+def test_the_environments_another_version_built_with_the_same_options_are_named(
+    tmp_path: Path,
+) -> None:
+    installer = Installer(tmp_path / "envs", tmp_path / "logs")
+    manifest = load_manifest(PYRUN)
+    plan = installer.plan(manifest, manifest.build_config({}))
+    other = {"python": "4.0", "modules": "six"}
+
+    def lay(fingerprint: str, config: dict[str, str], built_by: str | None) -> Path:
+        folder = installer.final_path(plan).parent / fingerprint
+        folder.mkdir(parents=True)
+        meta = {
+            "name": manifest.name, "version": manifest.version, "fingerprint": fingerprint,
+            "config": config, "python": None, "python_version": None, "created": 1.0,
+            "built_by": built_by, "codec": 99,
+        }  # fmt: skip
+        (folder / META_FILE).write_text(json.dumps(meta))
+        return folder
+
+    theirs = lay("aaaaaaaaaaaa", plan.config, "9.9.9")  # another version, the same options
+    older = lay("bbbbbbbbbbbb", plan.config, None)  # one that did not say
+    lay("cccccccccccc", other, "9.9.9")  # other options: another environment anyway
+    lay("dddddddddddd", plan.config, ywmagics.__version__)  # this version's own
+    found = installer.built_by_others(plan)
+    assert sorted(e.path for e in found) == sorted([theirs, older])
