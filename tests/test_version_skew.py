@@ -4,6 +4,7 @@ and a client never uses an orchestrator of another protocol silently."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -209,3 +210,35 @@ def test_a_kernel_installs_its_own_bundled_backends_from_an_orchestrator_of_anot
         assert str(theirs) in client.status()["client_registries"]
     finally:
         client.stop(partition="OtherInstall")
+
+
+@pytest.mark.slow  # an orchestrator
+def test_a_kernel_in_a_folder_with_another_ywmagics_starts_an_orchestrator_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # A kernel whose folder is a checkout of another ywmagics ('python -m' looks there first),
+    # with YW_HOME named relative to it.
+    checkout = tmp_path / "checkout"
+    (checkout / "ywmagics").mkdir(parents=True)
+    for module in ("__init__.py", "__main__.py"):
+        (checkout / "ywmagics" / module).write_text("raise SystemExit('the checkout ran')\n")
+    kernel = tmp_path / "kernel.py"
+    kernel.write_text(
+        "from ywmagics.client import OrchestratorClient, connect\n"
+        "connection = connect(timeout=20)\n"
+        "print(connection.version, OrchestratorClient(connection).status()['version'])\n"
+        "OrchestratorClient(connection).shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "YW_HOME"}
+    ran = subprocess.run(
+        [sys.executable, str(kernel)],
+        cwd=checkout,
+        env={**env, "YW_HOME": "home"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.split() == [__version__, __version__]
+    assert (checkout / "home" / "run").is_dir()  # where the kernel looks for it

@@ -342,6 +342,14 @@ def _orchestrator_environment() -> dict[str, str]:
     # its build tools and its backends write logs and events, which want plain text.
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
     env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
+    # It runs in another folder (see Spawned): folders named relative to ours, made absolute.
+    if env.get("YW_HOME"):
+        env["YW_HOME"] = os.path.abspath(os.path.expanduser(env["YW_HOME"]))
+    if env.get("YW_BACKENDS_PATH"):
+        env["YW_BACKENDS_PATH"] = os.pathsep.join(
+            os.path.abspath(os.path.expanduser(entry)) if entry else entry
+            for entry in env["YW_BACKENDS_PATH"].split(os.pathsep)
+        )
     return env
 
 
@@ -365,6 +373,10 @@ class Spawned:
                 stderr=log,
                 start_new_session=True,  # shared by all kernels: it outlives the one starting it
                 env=_orchestrator_environment(),
+                # Not the kernel's folder: 'python -m' imports from it first, and a ywmagics
+                # there (a checkout) would run instead of this install's; nor would it be
+                # held open for the orchestrator's life.
+                cwd=paths.runtime_dir(),
             )
         # Reap it when it ends: a process that started the orchestrator (a kernel) would
         # otherwise keep a zombie, which looks alive to 'ywmagics shutdown' and the discovery
