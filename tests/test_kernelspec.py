@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_notebook
 
 from ywmagics import cli
 from ywmagics.discovery import Connection
@@ -95,6 +93,10 @@ def test_cli_kernel_install_help_says_where_each_flag_installs(
 def test_the_kernel_preloads_the_extension(
     orchestrator: Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Here, not at every collection of the fast suite: they load in ~2 s (jsonschema's formats).
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
     install_kernel_spec(prefix=str(tmp_path))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
     nb = new_notebook(cells=[new_code_cell("%backends status")])  # no %load_ext

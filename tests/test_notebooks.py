@@ -15,14 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbformat import NotebookNode
-from nbformat.v4 import new_code_cell, new_notebook
 
 from ywmagics.client import OrchestratorClient
 from ywmagics.discovery import Connection
+
+# nbformat and nbclient load in ~2 s here (jsonschema's format checkers): imported by the
+# tests that run them, not at every collection of the fast suite.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,8 @@ TREX = "VV ^ d88"  # a piece of the trex picture
 
 
 def execute(nb: NotebookNode, cwd: Path) -> NotebookNode:
+    from nbclient import NotebookClient
+
     client = NotebookClient(
         nb,
         kernel_name="python3",
@@ -44,6 +48,8 @@ def execute(nb: NotebookNode, cwd: Path) -> NotebookNode:
 
 
 def run_example(name: str, cwd: Path) -> NotebookNode:
+    import nbformat
+
     return execute(nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4), cwd)
 
 
@@ -206,6 +212,8 @@ def test_05_more(orchestrator: Connection, cwd: Path) -> None:
 
 
 def test_failed_install_turns_the_widget_red(orchestrator: Connection, cwd: Path) -> None:
+    from nbformat.v4 import new_code_cell, new_notebook
+
     nb = new_notebook(
         cells=[
             new_code_cell("%load_ext ywmagics"),

@@ -11,11 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = pytest.mark.slow  # a virtualenv, a pip install, a kernel, an orchestrator
 
@@ -93,6 +90,11 @@ def test_the_install_then_the_quick_start_in_a_fresh_virtualenv(
         "the same tutorial in JupyterLab:  ywmagics tutorial --lab\n"
         "  the dashboard of what runs:       ywmagics dashboard"
     )
+
+    # Here, not at every collection of the fast suite: they load in ~2 s (jsonschema's formats).
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
 
     cells = code_blocks(section("Quick start"), "python")
     nb = new_notebook(cells=[new_code_cell(cell.strip()) for cell in cells])

@@ -11,10 +11,12 @@ how the frames of big values go straight into the memory of the arrays they beco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
 import sys
+import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -351,3 +353,17 @@ if hasattr(socketserver, "UnixStreamServer"):
         daemon_threads = True
         block_on_close = False
         request_queue_size = BACKLOG
+
+
+def shut_down_now(server: Any, socket_path: str | None) -> None:
+    """``server.shutdown()``, without waiting out the accept loop's poll interval: a connection
+    of our own wakes it, and it sees the request at once (a stop is not 0.1 s longer)."""
+    stopping = threading.Thread(target=server.shutdown, name="shutdown")
+    stopping.start()
+    family = socket.AF_UNIX if socket_path is not None else socket.AF_INET
+    address = socket_path if socket_path is not None else server.socket.getsockname()
+    while stopping.is_alive():
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as poke:
+            poke.settimeout(0.05)
+            poke.connect(address)
+        stopping.join(0.01)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         if thread.ident is not None:  # started: shutdown() waits for serve_forever to return
-            server.shutdown()
+            pyrun_http.shut_down_now(server, socket_path)
         server.server_close()
         if socket_path is not None and os.path.exists(socket_path):
             os.unlink(socket_path)
