@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +18,7 @@ import pytest
 import ywmagics
 from ywmagics import __version__, paths
 from ywmagics.client import OrchestratorClient
-from ywmagics.client._connect import connect, outdated, same_protocol
+from ywmagics.client._connect import _idle, connect, outdated, same_protocol
 from ywmagics.discovery import Connection, read_discovery
 from ywmagics.errors import BackendNotFound, ConfigurationError, OrchestratorError
 from ywmagics.orchestrator.registry import Registry, client_bundled_folder
@@ -242,3 +244,34 @@ def test_a_kernel_in_a_folder_with_another_ywmagics_starts_an_orchestrator_of_it
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert ran.stdout.split() == [__version__, __version__]
     assert (checkout / "home" / "run").is_dir()  # where the kernel looks for it
+
+
+@pytest.mark.slow  # an orchestrator, a build
+def test_an_install_under_way_keeps_an_orchestrator_from_being_taken_for_idle(
+    orchestrator: Connection,
+) -> None:
+    client = OrchestratorClient(orchestrator)
+    request = InstallRequest.from_object(
+        {
+            "modules": ["slow_build"],
+            "partition": "UnderWay",
+            "configurations": {"slow_build": {"build": {"flavour": f"idle-{time.time()}"}}},
+        }
+    )
+    installing = threading.Thread(target=client.install, args=(request,))
+    installing.start()
+    try:
+        seen = []
+        deadline = time.monotonic() + 10
+        while installing.is_alive() and time.monotonic() < deadline:
+            status = client.status()
+            if status["installing"] == 1 and status["instances"] == 0:
+                # Nothing runs yet, and no kernel is attached: only the install says it is used.
+                seen.append(_idle(orchestrator))
+                break
+            time.sleep(0.01)
+        assert seen == [False], "the install was not seen under way"
+    finally:
+        installing.join(30)
+        client.stop(partition="UnderWay")
+    assert client.status()["installing"] == 0

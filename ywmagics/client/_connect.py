@@ -256,7 +256,8 @@ def _say_kept(older: Connection) -> None:
 
 
 def _idle(connection: Connection) -> bool:
-    """Whether nothing uses that orchestrator: no instance runs, no kernel is attached."""
+    """Whether nothing uses that orchestrator: no instance runs, no kernel is attached, no
+    install is under way (one that publishes no count of those may have one: not idle)."""
     import json
     import urllib.request
 
@@ -266,7 +267,11 @@ def _idle(connection: Connection) -> bool:
             status = json.loads(answer.read())
     except (OSError, ValueError):
         return False
-    return bool(status.get("instances") == 0 and status.get("kernels") == 0)
+    return bool(
+        status.get("instances") == 0
+        and status.get("kernels") == 0
+        and status.get("installing") == 0
+    )
 
 
 def _replace(older: Connection) -> None:

@@ -131,6 +131,7 @@ class Orchestrator:
         self._meter = ResourceMeter()
         self._sizes = SizeCache()
         self._measuring: asyncio.Future[None] | None = None
+        self.installs_under_way = 0  # install requests being served (status: 'installing')
         # environments a request is starting an instance of (see _find_instance), by folder
         self._starting: collections.Counter[Path] = collections.Counter()
 
@@ -149,6 +150,16 @@ class Orchestrator:
         own): the partition is stopped when its owners have all ended; ``client``, the
         ywmagics install of the client, when it says (its version, its bundled backends)."""
         client = client or ClientInstall()
+        self.installs_under_way += 1  # from the request on: a resolve may take a while
+        try:
+            async for item in self._install(request, requested_by, owner, client):
+                yield item
+        finally:
+            self.installs_under_way -= 1
+
+    async def _install(
+        self, request: InstallRequest, requested_by: str, owner: int | None, client: ClientInstall
+    ) -> AsyncIterator[Event | dict[str, Any]]:
         if owner is not None:
             await self._claim(request.partition, owner, client.version)
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -530,6 +541,7 @@ class Orchestrator:
             "instances": len(self.supervisor.instances),
             "environments": len(environments),
             "kernels": len(self.owners.living()),
+            "installing": self.installs_under_way,
             # The versions in play: each attached kernel's ywmagics, each runner's codec.
             "attached": [
                 {"pid": pid, "version": version}
