@@ -22,7 +22,7 @@ from ywmagics.client._connect import _idle, connect, outdated, same_protocol
 from ywmagics.discovery import Connection, read_discovery
 from ywmagics.errors import BackendNotFound, ConfigurationError, OrchestratorError
 from ywmagics.orchestrator.registry import Registry, client_bundled_folder
-from ywmagics.protocol import PROTOCOL_VERSION
+from ywmagics.protocol import ORCHESTRATOR_HEADER, PROTOCOL_VERSION
 from ywmagics.spec import InstallRequest, VersionRange
 
 from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
@@ -75,7 +75,11 @@ def test_the_orchestrator_says_its_versions_and_a_client_of_another_protocol_sto
             connect(start=False)
         with pytest.raises(OrchestratorError, match="protocol 99"):
             connect()  # nor is a second one started beside it, into the same folders
-        assert httpx.get(f"{connection.url}/status", headers=connection.headers).status_code == 200
+        answer = httpx.get(f"{connection.url}/status", headers=connection.headers)
+        assert answer.status_code == 200  # it runs on, untouched
+        # What its answers say, for a client that reached it by its URL alone.
+        said = f"{__version__}; protocol={PROTOCOL_VERSION}"
+        assert answer.headers[ORCHESTRATOR_HEADER] == said
         # The CLI of this install says what meets, and can stop it.
         cli = [sys.executable, "-m", "ywmagics"]
         said = subprocess.run([*cli, "status"], capture_output=True, text=True, check=False)

@@ -24,6 +24,10 @@ PROTOCOL_VERSION = 1
 codec of values. Raised when any of them changes incompatibly; published in the discovery file
 and ``/status``. An orchestrator that publishes none predates protocol versions: 0."""
 
+ORCHESTRATOR_HEADER = "x-ywmagics-orchestrator"
+"""On the orchestrator's own answers (not its backends'): ``VERSION; protocol=N``, what the
+discovery file says, for a client that reached it by its URL alone."""
+
 OWNER_HEADER = "x-backends-owner"
 """On an install into a kernel's own partition: the kernel's pid. The partition is stopped when
 its owners have all ended, however they ended."""

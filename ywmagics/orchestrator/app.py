@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
+from ywmagics._version import __version__
 from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
 from ywmagics.events import Event
 from ywmagics.orchestrator import dashboard
@@ -45,7 +46,9 @@ from ywmagics.protocol import (
     CLIENT_VERSION_HEADER,
     ERROR_HEADER,
     NDJSON,
+    ORCHESTRATOR_HEADER,
     OWNER_HEADER,
+    PROTOCOL_VERSION,
 )
 from ywmagics.spec import DEFAULT_PARTITION, InstallRequest, validate_name, validate_partition
 
@@ -239,6 +242,30 @@ ROUTES = [
 ]
 
 
+class SaysItsVersion:
+    """The admin routes' answers say the orchestrator's version and protocol (one header; the
+    proxy's hot path, which answers for backends, is not wrapped)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.header = (
+            ORCHESTRATOR_HEADER.encode(),
+            f"{__version__}; protocol={PROTOCOL_VERSION}".encode(),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def saying(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, saying)
+
+
 class BackendsDispatch:
     """Sends ``/backends/...`` straight to the proxy, and the rest to the admin application: the
     hot path goes through no framework at all."""
@@ -296,7 +323,7 @@ def create_app(
 
     return SecurityMiddleware(
         BackendsDispatch(
-            admin,
+            SaysItsVersion(admin),
             Proxy(orchestrator.instance_for, supervisor),
             WebsocketProxy(orchestrator.instance_for),
         ),
