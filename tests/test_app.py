@@ -16,6 +16,7 @@ from ywmagics.errors import (
     ConfigurationError,
     InstanceNotFound,
     OrchestratorError,
+    OrchestratorStopping,
     SpecError,
 )
 from ywmagics.events import Event, EventKind
@@ -171,3 +172,26 @@ def test_an_install_on_an_unknown_cluster_is_refused_not_run_here(
     with pytest.raises(ConfigurationError, match="no cluster 'big' to place instances on"):
         client.install(InstallRequest.from_object({"modules": ["node_echo"], "on": "big"}))
     assert not orchestrator.supervisor.instances
+
+
+def test_a_shutdown_if_idle_is_decided_by_the_orchestrator_and_then_it_takes_no_new_install(
+    served: tuple[OrchestratorClient, Orchestrator],
+) -> None:
+    client, orchestrator = served
+    http, headers = client._http, client.connection.headers
+
+    def shutdown_if_idle() -> Any:
+        return http.post("/shutdown", json={"if_idle": True}, headers=headers)
+
+    orchestrator.installs_under_way = 1  # a client between finding it and its first result
+    busy = shutdown_if_idle()
+    assert busy.status_code == 409, busy.text
+    assert busy.json()["error"]["type"] == "OrchestratorBusy"
+    assert "1 install(s) under way" in busy.json()["error"]["message"]
+    assert not orchestrator.stopping
+    orchestrator.installs_under_way = 0
+    assert shutdown_if_idle().json() == {"stopping": True}
+    # An install that comes after would be killed with it: refused, so that its client goes
+    # to the next orchestrator.
+    with pytest.raises(OrchestratorStopping, match="takes no new install"):
+        client.install(InstallRequest.from_object("node_echo"))

@@ -19,11 +19,16 @@ def test_no_file_means_the_defaults(tmp_path: Path) -> None:
 def test_registries_and_supervisor_settings(tmp_path: Path) -> None:
     file = tmp_path / "config.toml"
     file.write_text(
-        'registries = ["~/mine", "/opt/backends"]\n'
+        'registries = ["~/mine", "/opt/backends", "beside"]\n'
         "[supervisor]\nrestart_limit = 2\nrestart_backoff = 0.01\nstop_timeout = 1.5\n"
     )
     config = load_user_config(file)
-    assert config.registries == [Path("~/mine").expanduser(), Path("/opt/backends")]
+    # A relative folder is the config file's neighbour, whoever starts the orchestrator where.
+    assert config.registries == [
+        Path("~/mine").expanduser(),
+        Path("/opt/backends"),
+        tmp_path / "beside",
+    ]
     assert config.supervisor == SupervisorSettings(
         restart_limit=2, restart_backoff=0.01, stop_timeout=1.5
     )

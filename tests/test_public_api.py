@@ -26,7 +26,16 @@ def _drawn_tree() -> dict[str, str]:
     for line in (errors.__doc__ or "").splitlines():
         match = re.match(r"^(\s*(?:[│ ]\s*)*)(?:[├└]── )?([A-Z]\w+)\b", line)
         if not match or not match.group(2).endswith(
-            ("Error", "NotFound", "Exited", "Timeout", "Unavailable", "Replaced")
+            (
+                "Error",
+                "NotFound",
+                "Exited",
+                "Timeout",
+                "Unavailable",
+                "Replaced",
+                "Stopping",
+                "Busy",
+            )
         ):
             continue
         depth = len(match.group(1)) + (0 if "──" not in line else 4)

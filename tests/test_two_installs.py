@@ -31,6 +31,7 @@ from ywmagics.wire import CODEC_VERSION
 
 from .conftest import TEST_REGISTRY, run_in_ipython, start_orchestrator, stop_orchestrator
 from .skew_installs import (
+    PROJECT,
     Install,
     build_wheel,
     discovery_file,
@@ -296,3 +297,45 @@ def test_a_kernel_of_a_newer_release_installs_its_bundled_backends_on_an_older_o
         assert process.poll() is None and read_discovery(discovery_file(home)) == connection
     finally:
         stop_orchestrator(process)
+
+
+@pytest.mark.slow  # an install, its orchestrator
+@pytest.mark.parametrize("found_in", ["its folder", "a relative PYTHONPATH"])
+def test_a_client_whose_ywmagics_comes_from_its_path_starts_an_orchestrator_of_that_one(
+    found_in: str, tmp_path: Path, newer_install: Install
+) -> None:
+    # B's interpreter, with this tree's ywmagics first (a checkout next to a notebook, in its
+    # folder or on a relative PYTHONPATH): the orchestrator it starts runs in another folder.
+    home = tmp_path / "home"
+    env = newer_install.env(home)
+    if found_in == "its folder":
+        folder = PROJECT  # 'python -c' looks there first
+    else:
+        folder, env["PYTHONPATH"] = PROJECT.parent, PROJECT.name
+    script = (
+        "import ywmagics\n"
+        "from ywmagics.client import connect\n"
+        "found = connect()\n"
+        "print(ywmagics.__version__, found.version, found.pid)\n"
+    )
+    try:
+        said = [
+            subprocess.run(
+                [str(newer_install.python), "-c", script],
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            for _ in range(2)
+        ]
+        for ran in said:
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            assert "in its place" not in ran.stderr, ran.stderr  # not replaced, again and again
+        versions = [ran.stdout.split() for ran in said]
+        assert versions[0][:2] == [__version__, __version__], versions
+        assert versions[0] == versions[1]  # the same one, found again
+    finally:
+        end_orchestrator(home)

@@ -18,7 +18,7 @@ import pytest
 import ywmagics
 from ywmagics import __version__, paths
 from ywmagics.client import OrchestratorClient
-from ywmagics.client._connect import _idle, connect, outdated, same_protocol
+from ywmagics.client._connect import Spawned, _idle, connect, outdated, same_protocol
 from ywmagics.discovery import Connection, read_discovery
 from ywmagics.errors import BackendNotFound, ConfigurationError, OrchestratorError
 from ywmagics.orchestrator.registry import Registry, client_bundled_folder
@@ -187,12 +187,20 @@ def test_a_client_of_another_install_gets_the_backends_bundled_with_it(tmp_path:
         "/etc",
         "{tmp}/site-packages/ywmagics",
         "{tmp}/nothing/backends",
+        "/" + "x" * 300 + "/backends",  # too long a name for the system
     ],
 )
-def test_a_bundled_folder_that_is_not_one_is_refused(tmp_path: Path, folder: str) -> None:
+def test_a_bundled_folder_that_is_not_one_here_is_not_used(tmp_path: Path, folder: str) -> None:
+    # A client in a container, or through a tunnel: this machine's bundled backends serve it.
     _other_install(tmp_path, {})
-    with pytest.raises(ConfigurationError, match="bundled backends' folder this client names"):
-        client_bundled_folder(folder.format(tmp=tmp_path))
+    assert client_bundled_folder(folder.format(tmp=tmp_path)) is None
+
+
+def test_a_bundled_folder_that_another_user_could_change_is_refused(tmp_path: Path) -> None:
+    theirs = _other_install(tmp_path, {"their_echo": "2.0.0"})
+    theirs.chmod(0o777)  # anyone could put a backend there, whose commands would run as you
+    with pytest.raises(ConfigurationError, match="could be changed by another user"):
+        client_bundled_folder(str(theirs))
 
 
 @pytest.mark.slow  # an orchestrator, a backend
@@ -214,6 +222,21 @@ def test_a_kernel_installs_its_own_bundled_backends_from_an_orchestrator_of_anot
         answer = clients.echo.fetch_json("/echo", method="POST", json={"x": 1})
         assert answer == {"x": 1, "partition": "OtherInstall"}
         assert str(theirs) in client.status()["client_registries"]
+        # A client whose folder this machine does not see (a container, a tunnel): served
+        # from the orchestrator's own bundled backends, and told so.
+        unseen = tmp_path / "in-a-container" / "ywmagics" / "backends"
+        monkeypatch.setattr(paths, "bundled_registry_dir", lambda: unseen)
+        events: list[str] = []
+        ywmagics.install(
+            "demo_yw_backend",
+            partition="OtherInstall",
+            connection=orchestrator,
+            on_event=lambda event: events.append(event.text),
+        )
+        resolved = next(text for text in events if "resolved to" in text)
+        assert f"the bundled backends of the client's ({unseen}) are not on this machine" in (
+            resolved
+        )
     finally:
         client.stop(partition="OtherInstall")
 
@@ -279,3 +302,44 @@ def test_an_install_under_way_keeps_an_orchestrator_from_being_taken_for_idle(
         installing.join(30)
         client.stop(partition="UnderWay")
     assert client.status()["installing"] == 0
+
+
+def test_an_orchestrator_started_of_another_ywmagics_is_ended_and_said() -> None:
+    spawned = Spawned.__new__(Spawned)  # its process only: as if another ywmagics answered
+    spawned.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    other = Connection("http://127.0.0.1:1", "t", spawned.process.pid, "9.9.9", PROTOCOL_VERSION)
+    try:
+        with pytest.raises(OrchestratorError, match=r"is ywmagics 9\.9\.9 .*not this one's"):
+            spawned._of_this_version(other)
+        assert spawned.process.wait(10) is not None  # ended: it would be replaced forever
+        mine = Connection("http://127.0.0.1:1", "t", 1, __version__, PROTOCOL_VERSION)
+        assert spawned._of_this_version(mine) is mine
+    finally:
+        spawned.process.kill()
+        spawned.process.wait()
+
+
+@pytest.mark.slow  # orchestrators, a backend
+def test_an_install_sent_as_the_orchestrator_stops_goes_to_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("YW_HOME", str(home))
+    monkeypatch.setenv("YW_BACKENDS_PATH", str(TEST_REGISTRY))  # for the next one too
+    process, connection = start_orchestrator(home)
+    client = OrchestratorClient(connection, follow=True)  # as a kernel's, found by discovery
+    try:
+        # Another client (a newer kernel) stops it as it is idle, just before this install.
+        stopped = httpx.post(
+            f"{connection.url}/shutdown", json={"if_idle": True}, headers=connection.headers
+        )
+        assert stopped.json() == {"stopping": True}
+        [installed] = client.install(InstallRequest.from_object("node_echo", partition="Next"))
+        assert process.wait(20) is not None  # the first one ended...
+        assert client.connection.pid != connection.pid  # ...and the install went to the next
+        assert installed["name"] == "node_echo"
+        assert OrchestratorClient(client.connection).status()["instances"] == 1
+    finally:
+        stop_orchestrator(process)
+        if client.connection.pid != connection.pid:
+            OrchestratorClient(client.connection).shutdown()

@@ -20,6 +20,8 @@
     ├── TransferError          an --out value that could not come back (names the variable)
     └── OrchestratorError      the orchestrator refused the request, or failed inside
         ├── OrchestratorUnavailable  it cannot be reached or started
+        │   └── OrchestratorStopping it is stopping: it takes no new work
+        ├── OrchestratorBusy         a shutdown "if idle" found it in use (409)
         └── AuthenticationError      wrong or missing token, a foreign Host or Origin
 
 Errors cross the HTTP boundary as ``{"type", "message", "hint", "log_tail"}`` and are rebuilt on the
@@ -126,6 +128,16 @@ class OrchestratorUnavailable(OrchestratorError):
     """The orchestrator cannot be reached (not running, or gone) or could not be started."""
 
     http_status = 503
+
+
+class OrchestratorStopping(OrchestratorUnavailable):
+    """The orchestrator is stopping (a shutdown was asked): it takes no new work."""
+
+
+class OrchestratorBusy(OrchestratorError):
+    """A conditional request to the orchestrator (a shutdown if idle) found it in use."""
+
+    http_status = 409
 
 
 class ManifestError(YwMagicsError):
@@ -238,6 +250,8 @@ _BY_NAME: dict[str, type[YwMagicsError]] = {
         TransferError,
         OrchestratorError,
         OrchestratorUnavailable,
+        OrchestratorStopping,
+        OrchestratorBusy,
         AuthenticationError,
     )
 }

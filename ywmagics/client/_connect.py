@@ -206,8 +206,7 @@ def _find_or_start(timeout: float) -> Connection:
     try:
         found = find_orchestrator()
         if found is not None and outdated(found):
-            if _idle(found):
-                _replace(found)
+            if _idle(found) and _replace(found):
                 found = None
             elif found.protocol == PROTOCOL_VERSION:
                 _say_kept(found)
@@ -274,19 +273,33 @@ def _idle(connection: Connection) -> bool:
     )
 
 
-def _replace(older: Connection) -> None:
+def _replace(older: Connection) -> bool:
     """Stop an older orchestrator that nothing uses, so that one of this version starts in its
     place (the start lock is held: no kernel starts another meanwhile); said on stderr, which a
-    notebook shows."""
+    notebook shows. ``False`` if it turned out to be in use: it decides, at once, so that a
+    kernel that has just found it is not left without it."""
+    import json
+    import urllib.error
     import urllib.request
 
     from ywmagics import __version__
 
     request = urllib.request.Request(
-        f"{older.url}/shutdown", method="POST", headers=older.headers, data=b""
+        f"{older.url}/shutdown",
+        method="POST",
+        headers={**older.headers, "Content-Type": "application/json"},
+        data=json.dumps({"if_idle": True}).encode(),
     )
     try:
         urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 409:  # in use after all
+            return False
+        raise OrchestratorError(
+            f"cannot stop the older orchestrator (ywmagics {older.version or '?'}, pid "
+            f"{older.pid}): it answered {error.code}",
+            hint="stop it with 'ywmagics shutdown', then try again",
+        ) from None
     except OSError as error:
         raise OrchestratorError(
             f"cannot stop the older orchestrator (ywmagics {older.version or '?'}, pid "
@@ -308,6 +321,7 @@ def _replace(older: Connection) -> None:
         file=sys.stderr,
         flush=True,
     )
+    return True
 
 
 class StartLock:
@@ -350,12 +364,28 @@ def _orchestrator_environment() -> dict[str, str]:
     # It runs in another folder (see Spawned): folders named relative to ours, made absolute.
     if env.get("YW_HOME"):
         env["YW_HOME"] = os.path.abspath(os.path.expanduser(env["YW_HOME"]))
-    if env.get("YW_BACKENDS_PATH"):
-        env["YW_BACKENDS_PATH"] = os.pathsep.join(
-            os.path.abspath(os.path.expanduser(entry)) if entry else entry
-            for entry in env["YW_BACKENDS_PATH"].split(os.pathsep)
-        )
+    for variable in ("YW_BACKENDS_PATH", "PYTHONPATH"):
+        if env.get(variable):
+            env[variable] = os.pathsep.join(
+                os.path.abspath(os.path.expanduser(entry)) if entry else entry
+                for entry in env[variable].split(os.pathsep)
+            )
+    # This very ywmagics, wherever it was imported from (a checkout in the kernel's folder, an
+    # editable install): not another one the interpreter would find first.
+    own = _package_parent()
+    if own is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (own, env.get("PYTHONPATH"))))
     return env
+
+
+def _package_parent() -> str | None:
+    """The folder this ywmagics was imported from, unless it is a site-packages folder (which
+    the orchestrator's interpreter, the same, searches anyway, in its usual order)."""
+    import site
+
+    parent = str(Path(os.path.abspath(__file__)).parents[2])  # .../ywmagics/client/_connect.py
+    usual = {*site.getsitepackages(), site.getusersitepackages()}
+    return None if parent in {os.path.abspath(p) for p in usual} else parent
 
 
 class Spawned:
@@ -402,7 +432,7 @@ class Spawned:
                 and connection.pid == process.pid
                 and answers(connection, timeout=max(0.1, deadline - time.monotonic()))
             ):
-                return connection
+                return self._of_this_version(connection)
             if process.poll() is not None:
                 break
             time.sleep(DISCOVERY_POLL)
@@ -411,4 +441,20 @@ class Spawned:
             process.kill()
         raise OrchestratorError(
             "the orchestrator did not start", hint=f"its log is {self.log_path}", log_tail=tail
+        )
+
+    def _of_this_version(self, connection: Connection) -> Connection:
+        """``connection``, if the orchestrator started is of this ywmagics; else it is ended,
+        and an error says which one ran: it would be taken for older, or newer, forever."""
+        from ywmagics import __version__
+
+        if (connection.version, connection.protocol) == (__version__, PROTOCOL_VERSION):
+            return connection
+        self.process.terminate()
+        raise OrchestratorError(
+            f"the orchestrator started from this environment ({sys.executable} -m ywmagics "
+            f"serve) is ywmagics {connection.version or '?'} (protocol {connection.protocol}), "
+            f"not this one's {__version__} (protocol {PROTOCOL_VERSION}), from {__file__}",
+            hint="another ywmagics is first on that interpreter's path (PYTHONPATH, a .pth "
+            "file): remove it, or install this one there",
         )

@@ -3,7 +3,9 @@ status, events, dashboard links."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ from ywmagics import __version__, paths
 from ywmagics.client._connect import connect
 from ywmagics.client._http import ndjson_items, raise_for_error, translated
 from ywmagics.client._pool import shared_http
-from ywmagics.discovery import Connection
+from ywmagics.discovery import Connection, pid_alive
 from ywmagics.errors import OrchestratorError, YwMagicsError, error_from_dict
 from ywmagics.events import Event
 from ywmagics.protocol import (
@@ -27,6 +29,7 @@ from ywmagics.protocol import (
 from ywmagics.spec import InstallRequest, validate_name
 
 EventHandler = Callable[[Event], None]
+STOPPING_WAIT = 20.0  # seconds for a stopping orchestrator to end (it stops its backends)
 Listing = dict[str, Any]
 
 
@@ -36,7 +39,8 @@ class OrchestratorClient:
     ``timeout`` is how long a call may wait for an answer (an install: for its next event);
     ``http`` is the ``httpx.Client`` to send with (default: one pool shared by the process, so
     there is nothing to close). A client that found its orchestrator itself (no
-    ``connection`` given) follows it when it is restarted, as :class:`BackendClient` does."""
+    ``connection`` given, or ``follow``) follows it when it is restarted or stopping, as
+    :class:`BackendClient` does."""
 
     def __init__(
         self,
@@ -44,8 +48,10 @@ class OrchestratorClient:
         *,
         timeout: float | None = 600.0,
         http: httpx.Client | None = None,
+        follow: bool | None = None,
     ) -> None:
-        self.follow = connection is None
+        # Whether a restarted orchestrator is followed: by default, when it was found here.
+        self.follow = connection is None if follow is None else follow
         self.connection = connection or connect()
         self._http = http or shared_http()
         self._timeout = httpx.Timeout(timeout, connect=5.0)
@@ -67,10 +73,27 @@ class OrchestratorClient:
                 raise
         else:
             refused = response.status_code == 401 and response.headers.get(ERROR_HEADER) == "1"
-            if not (refused and self._moved()):
+            stopping = self._stopping(response)
+            if not ((refused or stopping) and self._moved()):
                 return response
             response.close()
         return self._http.send(request(), stream=stream)
+
+    def _stopping(self, response: httpx.Response) -> bool:
+        """Whether ``response`` says the orchestrator is stopping (another client stopped it
+        as it was idle, say); if so, once it has ended, the next one is followed."""
+        if not (self.follow and response.status_code == 503 and response.headers.get(ERROR_HEADER)):
+            return False
+        try:
+            said = json.loads(response.read()).get("error", {}).get("type")
+        except (ValueError, AttributeError, httpx.HTTPError):
+            return False
+        if said != "OrchestratorStopping":
+            return False
+        deadline = time.monotonic() + STOPPING_WAIT
+        while pid_alive(self.connection.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
 
     def _moved(self) -> bool:
         """Whether the orchestrator was restarted elsewhere (then followed), see ``follow``."""

@@ -151,7 +151,11 @@ class YwMagics(Magics):
     def orchestrator(self, timeout: float = 60.0) -> OrchestratorClient:
         from ywmagics.client import OrchestratorClient
 
-        return OrchestratorClient(self.connection, timeout=timeout)
+        # The user's orchestrator, found through its discovery file, is followed when it is
+        # replaced (by a kernel of a newer ywmagics, say); one named by its URL is not.
+        return OrchestratorClient(
+            self.connection, timeout=timeout, follow=not self.orchestrator_url
+        )
 
     def note_partition_used(self, partition: str) -> None:
         if partition == kernel_partition():

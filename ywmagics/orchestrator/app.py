@@ -22,7 +22,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from ywmagics._version import __version__
-from ywmagics.errors import OrchestratorError, SpecError, YwMagicsError, internal_error
+from ywmagics.errors import (
+    OrchestratorBusy,
+    OrchestratorError,
+    OrchestratorStopping,
+    SpecError,
+    YwMagicsError,
+    internal_error,
+)
 from ywmagics.events import Event
 from ywmagics.orchestrator import dashboard
 from ywmagics.orchestrator.browser import CODE_LIFETIME, CODE_QUERY, BrowserAccess
@@ -33,6 +40,7 @@ from ywmagics.orchestrator.requests import (
     GcBody,
     InstallBody,
     RestartBody,
+    ShutdownBody,
     StopBody,
     UninstallBody,
     read_body,
@@ -81,6 +89,11 @@ async def listing(request: Request) -> Response:
 
 
 async def install(request: Request) -> Response:
+    if _orchestrator(request).stopping:
+        raise OrchestratorStopping(
+            "the orchestrator is stopping: it takes no new install",
+            hint="try again: the next one to start takes it",
+        )
     body = await read_body(request, InstallBody)
     install_request = InstallRequest.from_object(body.as_object())
     pinned = request.scope.get("state", {}).get("pinned_partition")
@@ -96,9 +109,11 @@ async def install(request: Request) -> Response:
     # A backend's install (its instance token pins it) gets this install's bundled backends:
     # only the user's kernels and tools name a folder of theirs to read manifests from.
     bundled = body.bundled if body.bundled is not None and pinned is None else None
+    seen = client_bundled_folder(bundled) if bundled is not None else None
     client = ClientInstall(
         version if version.isascii() and version.isprintable() else "",
-        client_bundled_folder(bundled) if bundled is not None else None,
+        seen,
+        unseen=bundled[:300] if bundled is not None and seen is None else "",
     )
     events = _orchestrator(request).install(
         install_request, requested_by, int(owner) if owner else None, client
@@ -199,6 +214,20 @@ async def browser_link(request: Request) -> Response:
 
 
 async def shutdown(request: Request) -> Response:
+    orchestrator = _orchestrator(request)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        if_idle = (await read_body(request, ShutdownBody)).if_idle
+    else:  # 'ywmagics shutdown', and clients of before if_idle
+        if_idle = False
+    if if_idle and not orchestrator.stopping:
+        use = orchestrator.in_use()
+        if use:
+            raise OrchestratorBusy(
+                f"the orchestrator is in use ({use}): it is not stopped",
+                hint="stop what runs on it first, or 'ywmagics shutdown' to stop it anyway",
+            )
+    # From now on it takes no new work: an install that comes after would be killed with it.
+    orchestrator.stopping = True
     # Answer first, then stop: the server's lifespan stops every backend.
     asyncio.get_running_loop().call_later(0.05, request.app.state.request_exit)
     return JSONResponse({"stopping": True})

@@ -238,7 +238,9 @@ def load_user_config(file: Path | None = None) -> UserConfig:
             hint='e.g. registries = ["~/my-backends"]',
         )
     return UserConfig(
-        registries=[Path(f).expanduser() for f in folders],
+        # A relative folder is the config file's neighbour: never the folder of whichever
+        # process happened to start the orchestrator.
+        registries=[file.parent / Path(f).expanduser() for f in folders],
         idle_timeout=float(idle_timeout),
         supervisor=SupervisorSettings.from_table(data.get("supervisor", {}), file),
         clusters={

@@ -17,6 +17,7 @@ from ywmagics.orchestrator.manifest import (
     load_manifest,
 )
 from ywmagics.orchestrator.published import Published
+from ywmagics.portable import changeable_by_others
 from ywmagics.spec import VersionRange, is_published, version_key
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,32 @@ def default_registry_folders(
     return folders
 
 
-def client_bundled_folder(text: str) -> Path:
-    """The bundled backends' folder a client names (its own ywmagics's ``backends``), checked:
-    an absolute folder that is one (next to a ywmagics package's ``_version.py``)."""
+def client_bundled_folder(text: str) -> Path | None:
+    """The bundled backends' folder a client names (its own ywmagics's ``backends``), checked,
+    with no link left; ``None`` when it is not one that this machine sees (a client in a
+    container, or reached through a tunnel: the orchestrator's own bundled backends serve it).
+
+    One that another user could change is refused: its manifests' commands would run as you."""
     folder = Path(text)
-    if not (
-        folder.is_absolute()
-        and folder.name == paths.bundled_registry_dir().name
-        and folder.is_dir()
-        and (folder.parent / "_version.py").is_file()
-    ):
-        raise ConfigurationError(
-            f"the bundled backends' folder this client names ({text[:300]!r}) is not one",
-            hint="it is the 'backends' folder of a ywmagics install; reinstall ywmagics",
+    try:
+        seen = (
+            folder.is_absolute()
+            and folder.name == paths.bundled_registry_dir().name
+            and folder.is_dir()
+            and (folder.parent / "_version.py").is_file()
         )
-    return folder
+    except (OSError, ValueError):  # a name too long, a folder we may not enter
+        seen = False
+    if not seen:
+        return None
+    resolved, why = changeable_by_others(folder)
+    if resolved is None:
+        raise ConfigurationError(
+            f"the bundled backends' folder this client names ({text[:300]}) could be changed "
+            f"by another user ({why}): its backends are not installed from it",
+            hint="install ywmagics where only you (or root) can write",
+        )
+    return resolved
 
 
 class Registry:

@@ -44,6 +44,10 @@ class InstallBody(msgspec.Struct, forbid_unknown_fields=True):
         return data
 
 
+class ShutdownBody(msgspec.Struct, forbid_unknown_fields=True):
+    if_idle: bool = False  # only if nothing uses it (decided here, at once: no race)
+
+
 class StopBody(msgspec.Struct, forbid_unknown_fields=True):
     partition: Short | None = None
     name: Short | None = None

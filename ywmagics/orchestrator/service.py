@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ywmagics import bulk, wire
+from ywmagics import bulk, paths, wire
 from ywmagics._version import __version__
 from ywmagics.errors import (
     BackendNotFound,
@@ -47,6 +47,17 @@ from ywmagics.spec import (
 log = logging.getLogger("ywmagics.orchestrator")
 
 
+def _bundled_here(manifest: Manifest, client: ClientInstall) -> str:
+    """What a resolved event adds when a backend bundled with this install serves a client
+    whose own bundled backends this machine does not see (they may be of another version)."""
+    if not client.unseen or manifest.folder.parent != paths.bundled_registry_dir():
+        return ""
+    return (
+        f", bundled with this orchestrator's ywmagics {__version__}: the bundled backends "
+        f"of the client's ({client.unseen}) are not on this machine"
+    )
+
+
 def _rebuilt(other: Environment) -> str:
     """Why an environment like ``other`` is built again: ``other`` is another ywmagics's."""
     codec = (
@@ -64,10 +75,12 @@ def _rebuilt(other: Environment) -> str:
 @dataclass(frozen=True)
 class ClientInstall:
     """The ywmagics install of a client, as it says: its version, and the folder of the
-    backends it bundles (``None``: this install's)."""
+    backends it bundles (``None``: this install's); ``unseen``, the folder it named if this
+    machine does not see it (this install's bundled backends serve it, and it is told)."""
 
     version: str = ""
     bundled: Path | None = None
+    unseen: str = ""
 
 
 @dataclass
@@ -132,6 +145,7 @@ class Orchestrator:
         self._sizes = SizeCache()
         self._measuring: asyncio.Future[None] | None = None
         self.installs_under_way = 0  # install requests being served (status: 'installing')
+        self.stopping = False  # a shutdown was asked: no new install is taken
         # environments a request is starting an instance of (see _find_instance), by folder
         self._starting: collections.Counter[Path] = collections.Counter()
 
@@ -178,7 +192,7 @@ class Orchestrator:
         task: asyncio.Future[list[dict[str, Any]]] | None = None
         ended = False
         try:
-            plans = await self._plan(request, emit, client.bundled)
+            plans = await self._plan(request, emit, client)
             task = asyncio.ensure_future(
                 _all_or_nothing(
                     [
@@ -230,10 +244,10 @@ class Orchestrator:
                 )
 
     async def _plan(
-        self, request: InstallRequest, emit: Emit, bundled: Path | None = None
+        self, request: InstallRequest, emit: Emit, client: ClientInstall
     ) -> list[tuple[BackendSpec, Plan]]:
         """Resolve every spec and check every option before any work starts (against the
-        client's ``bundled`` backends, when it gives them)."""
+        client's bundled backends, when it names them)."""
         if request.on is not None and request.on not in self.supervisor.placements:
             # Never run elsewhere than where the user asked.
             raise ConfigurationError(
@@ -257,7 +271,7 @@ class Orchestrator:
                     self._index_threads, self.registry.resolve, spec.name, spec.range
                 )
             else:
-                manifest = self.registry.resolve(spec.name, spec.range, bundled)
+                manifest = self.registry.resolve(spec.name, spec.range, client.bundled)
             build = request.configurations.get(spec.name, {}).get("build", {})
             config = manifest.build_config(build)
             plan = await asyncio.to_thread(
@@ -269,7 +283,8 @@ class Orchestrator:
                     manifest,
                     request.partition,
                     f"{spec.name}#{spec.range} resolved to {manifest.version}"
-                    + (f" on {manifest.source.index}" if manifest.source else ""),
+                    + (f" on {manifest.source.index}" if manifest.source else "")
+                    + _bundled_here(manifest, client),
                     0.05,
                 )
             )
@@ -561,6 +576,15 @@ class Orchestrator:
             "registries": [str(f) for f in self.registry.folders],
             "client_registries": [str(f) for f in self.registry.client_bundled],
         }
+
+    def in_use(self) -> str:
+        """What uses it (``""``: nothing): running instances, attached kernels, installs."""
+        counts = (
+            (len(self.supervisor.instances), "running instance(s)"),
+            (len(self.owners.living()), "attached kernel(s)"),
+            (self.installs_under_way, "install(s) under way"),
+        )
+        return ", ".join(f"{count} {what}" for count, what in counts if count)
 
     def _usage(self) -> dict[int, tuple[float | None, int | None]]:
         """CPU and memory of every local instance's process tree (other placements' children
