@@ -275,8 +275,9 @@ def test_a_kernel_in_a_folder_with_another_ywmagics_starts_an_orchestrator_of_it
 
 @pytest.mark.slow  # an orchestrator, a build
 def test_an_install_under_way_keeps_an_orchestrator_from_being_taken_for_idle(
-    orchestrator: Connection,
+    tmp_path: Path,
 ) -> None:
+    process, orchestrator = start_orchestrator(tmp_path / "home")  # of its own: nothing runs
     client = OrchestratorClient(orchestrator)
     request = InstallRequest.from_object(
         {
@@ -298,10 +299,11 @@ def test_an_install_under_way_keeps_an_orchestrator_from_being_taken_for_idle(
                 break
             time.sleep(0.01)
         assert seen == [False], "the install was not seen under way"
+        installing.join(30)
+        assert client.status()["installing"] == 0
     finally:
         installing.join(30)
-        client.stop(partition="UnderWay")
-    assert client.status()["installing"] == 0
+        stop_orchestrator(process)
 
 
 def test_an_orchestrator_started_of_another_ywmagics_is_ended_and_said() -> None:
