@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -64,6 +64,48 @@ def _too_large_answer() -> bytes:
     return head.encode() + payload
 
 
+class HeadWithItsBody:
+    """A connection's transport as uvicorn writes to it: an answer's head waits for what is
+    written next in the same turn of the loop (its body, most often), so that a small answer
+    leaves in one write, and one packet, instead of two; at the end of that turn it leaves
+    alone. Everything else is written at once (after a head that waits)."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head + bytes(data))
+        elif data[:9] == b"HTTP/1.1 " and data[-4:] == b"\r\n\r\n":
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._head = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # the rest is the transport's own
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a headers deadline, a cap on waiting connections and
     one on the size of a request's head."""
@@ -85,7 +127,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingering = self._lingering_by_loop.setdefault(self.loop, set())
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, HeadWithItsBody(transport, self.loop)))
         self._wait_for_headers(self._waiting, HEADERS_TIMEOUT, MAX_WAITING)
 
     def data_received(self, data: bytes) -> None:
