@@ -240,6 +240,37 @@ def test_an_instance_keeps_its_capability_while_it_is_young() -> None:
     assert capabilities.get("x" * 32) is None
 
 
+def test_the_websocket_relay_reaches_the_orchestrator_by_its_unix_socket(tmp_path: Path) -> None:
+    # Not its TCP port, which another local user could bind once a stopping orchestrator frees
+    # it: here nothing listens on the URL's port, only on the socket.
+    import asyncio
+
+    import websockets
+    from tornado import websocket
+
+    from ywmagics.jupyter.handlers import _RELAY_OVER_THE_SOCKET, OrchestratorSocket
+
+    assert _RELAY_OVER_THE_SOCKET, "this Tornado takes no resolver: the relay would use TCP"
+    path = str(tmp_path / "orchestrator.sock")
+
+    async def echo(connection: Any) -> None:
+        async for message in connection:
+            await connection.send(f"{connection.request.path} {message}")
+
+    async def round_trip() -> str:
+        async with websockets.unix_serve(echo, path):
+            client = await websocket.websocket_connect(
+                f"ws://127.0.0.1:{free_port()}/backends/x/1/ws",
+                resolver=OrchestratorSocket(path=path),
+            )
+            await client.write_message("hello")
+            answer = await client.read_message()
+            client.close()
+            return str(answer)
+
+    assert asyncio.run(round_trip()) == "/backends/x/1/ws hello"
+
+
 def _execute_in_a_kernel_of(jupyter: str, code: str) -> list[dict[str, Any]]:
     """Start a kernel through the Jupyter server's API, run ``code`` in it over the server's
     websocket (Jupyter's own protocol), and give back the outputs it published."""

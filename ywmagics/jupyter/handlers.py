@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
 from jupyter_server.base.handlers import JupyterHandler
-from tornado import httpclient, iostream, web, websocket
+from tornado import httpclient, iostream, netutil, web, websocket
 
 from ywmagics import paths
 from ywmagics.discovery import Connection, read_discovery
@@ -121,6 +124,30 @@ def _orchestrator_http(timeout: httpx.Timeout | float) -> httpx.AsyncClient:
     unix_socket = paths.runtime_dir() / "orchestrator.sock"
     transport = httpx.AsyncHTTPTransport(uds=str(unix_socket)) if unix_socket.exists() else None
     return httpx.AsyncClient(timeout=timeout, transport=transport)
+
+
+class OrchestratorSocket(netutil.Resolver):
+    """Resolves any name to the orchestrator's Unix socket: the websocket relay's way there,
+    as :func:`_orchestrator_http` is the HTTP one's (the same reason)."""
+
+    def initialize(self, path: str) -> None:
+        self.path = path
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        return [(socket.AF_UNIX, self.path)]
+
+
+# Tornado takes a resolver for websocket clients from 6.3 on; before, the relay uses the port.
+_RELAY_OVER_THE_SOCKET = "resolver" in inspect.signature(websocket.websocket_connect).parameters
+
+
+def _websocket_options() -> dict[str, Any]:
+    unix_socket = paths.runtime_dir() / "orchestrator.sock"
+    if _RELAY_OVER_THE_SOCKET and unix_socket.exists():
+        return {"resolver": OrchestratorSocket(path=str(unix_socket))}
+    return {}
 
 
 def _orchestrator() -> Connection:
@@ -377,7 +404,7 @@ class BackendHandler(websocket.WebSocketHandler, JupyterHandler):
         headers = {k: v for k, v in headers.items() if k.lower() not in handshake}
         request = httpclient.HTTPRequest("ws" + str(url)[len("http") :], headers=headers)
         try:
-            self.upstream = await websocket.websocket_connect(request)
+            self.upstream = await websocket.websocket_connect(request, **_websocket_options())
         except (OSError, httpclient.HTTPClientError) as error:
             raise web.HTTPError(502, reason=f"the backend's websocket: {error}") from None
         await super().get(secret, path)
