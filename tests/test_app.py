@@ -195,3 +195,20 @@ def test_a_shutdown_if_idle_is_decided_by_the_orchestrator_and_then_it_takes_no_
     # to the next orchestrator.
     with pytest.raises(OrchestratorStopping, match="takes no new install"):
         client.install(InstallRequest.from_object("node_echo"))
+
+
+def test_a_stopping_orchestrator_whose_successor_cannot_be_used_says_why(
+    served: tuple[OrchestratorClient, Orchestrator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ywmagics.client import _orchestrator
+
+    client, orchestrator = served
+    client.follow = True  # as a kernel's, which found it through the discovery file
+    orchestrator.stopping = True
+
+    def the_next_one() -> Connection:  # a newer install's, say, started as this one stopped
+        raise OrchestratorError("the orchestrator that runs speaks protocol 2, not 1")
+
+    monkeypatch.setattr(_orchestrator, "connect", the_next_one)
+    with pytest.raises(OrchestratorError, match="speaks protocol 2, not 1"):
+        client.install(InstallRequest.from_object("node_echo"))

@@ -74,7 +74,9 @@ class OrchestratorClient:
         else:
             refused = response.status_code == 401 and response.headers.get(ERROR_HEADER) == "1"
             stopping = self._stopping(response)
-            if not ((refused or stopping) and self._moved()):
+            # The one that stopped is gone for good: why the next cannot be used (another
+            # protocol, say) is the answer, not "stopping".
+            if not ((refused or stopping) and self._moved(say_why=stopping)):
                 return response
             response.close()
         return self._http.send(request(), stream=stream)
@@ -95,13 +97,16 @@ class OrchestratorClient:
             time.sleep(0.05)
         return True
 
-    def _moved(self) -> bool:
-        """Whether the orchestrator was restarted elsewhere (then followed), see ``follow``."""
+    def _moved(self, say_why: bool = False) -> bool:
+        """Whether the orchestrator was restarted elsewhere (then followed), see ``follow``;
+        with ``say_why``, what keeps it from being found or started is raised."""
         if not self.follow:
             return False
         try:
             current = connect()
         except YwMagicsError:
+            if say_why:
+                raise
             return False
         moved, self.connection = current != self.connection, current
         return moved
