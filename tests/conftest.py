@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,20 +58,38 @@ needs_python38 = pytest.mark.skipif(PYTHON38 is None, reason=no_python_reason("3
 TEST_REGISTRY = RESOURCES / "registry"
 
 
+def echo_named(folder: Path, name: str, version: str) -> Path:
+    """A copy of the test registry's node_echo at ``folder``, as backend ``name`` ``version``
+    (a backend that only some registry or install has)."""
+    shutil.copytree(TEST_REGISTRY / "node_echo", folder)
+    manifest = folder / "ywbackend.toml"
+    text = manifest.read_text().replace('"node_echo"', f'"{name}"')
+    manifest.write_text(text.replace('version = "1.0.0"', f'version = "{version}"'))
+    return folder
+
+
 def start_orchestrator(
-    home: Path, *, timeout: float = 30.0, nofile: int | None = None
+    home: Path,
+    *,
+    timeout: float = 30.0,
+    nofile: int | None = None,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start ``ywmagics serve`` with ``YW_HOME=home``; wait until its discovery file is written.
-    ``nofile`` sets its limit of open files (soft and hard), as a stricter machine would."""
-    env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
+    ``nofile`` sets its limit of open files (soft and hard), as a stricter machine would;
+    ``python``, ``env`` and ``cwd``, those of another install (see skew_installs.py)."""
+    if env is None:
+        env = {**os.environ, "YW_HOME": str(home), "YW_BACKENDS_PATH": str(TEST_REGISTRY)}
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "ywmagics", "serve"]
+    command = [python, "-m", "ywmagics", "serve"]
     if nofile is not None:
         command = ["prlimit", f"--nofile={nofile}:{nofile}", *command]
     # Private, as the log of an orchestrator that a client starts is (in its runtime folder).
     descriptor = os.open(home / "serve.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(descriptor, "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log)
     deadline = time.monotonic() + timeout
     discovery = home / "run" / "orchestrator.json"
     while time.monotonic() < deadline:

@@ -30,8 +30,9 @@ from uv import find_uv_bin
 
 from ywmagics.discovery import Connection, pid_alive, read_discovery
 
+from .conftest import TEST_REGISTRY, start_orchestrator
+
 PROJECT = Path(__file__).parents[1]
-TEST_REGISTRY = Path(__file__).parent / "resources" / "registry"
 UV = str(find_uv_bin())
 # What a tree copied without git must leave out: caches and environments, not sources.
 _NOT_SOURCES = shutil.ignore_patterns(
@@ -225,26 +226,9 @@ class Install:
     ) -> tuple[subprocess.Popen[bytes], Connection]:
         """Its orchestrator (``python -m ywmagics serve``) for ``home``, once its discovery file
         is written; its output goes to ``home/serve.log``."""
-        home.mkdir(parents=True, exist_ok=True)
-        with (home / "serve.log").open("ab") as log:
-            process = subprocess.Popen(
-                [str(self.python), "-m", "ywmagics", "serve"],
-                env=self.env(home),
-                cwd=home,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            connection = read_discovery(discovery_file(home))
-            if connection is not None and connection.pid == process.pid:
-                return process, connection
-            if process.poll() is not None:
-                break
-            time.sleep(0.02)
-        process.kill()
-        process.wait()
-        raise AssertionError((home / "serve.log").read_text())
+        return start_orchestrator(
+            home, timeout=timeout, python=str(self.python), env=self.env(home), cwd=home
+        )
 
     def shutdown(self, home: Path) -> None:
         """Stop the orchestrator of ``home`` as a user would (``ywmagics shutdown`` of this

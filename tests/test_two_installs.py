@@ -23,13 +23,13 @@ from packaging.version import Version
 
 import ywmagics
 from ywmagics import __version__
-from ywmagics.client import OrchestratorClient
-from ywmagics.discovery import read_discovery
+from ywmagics.client import BackendClient, OrchestratorClient
+from ywmagics.discovery import Connection, read_discovery
 from ywmagics.errors import BackendNotFound
 from ywmagics.protocol import PROTOCOL_VERSION
 from ywmagics.wire import CODEC_VERSION
 
-from .conftest import TEST_REGISTRY, run_in_ipython, start_orchestrator, stop_orchestrator
+from .conftest import echo_named, run_in_ipython, start_orchestrator, stop_orchestrator
 from .skew_installs import (
     PROJECT,
     Install,
@@ -104,17 +104,36 @@ print("X", x)
 """
 
 
+@dataclass(frozen=True)
+class Busy:
+    """A's orchestrator, in a private ``YW_HOME``, with an instance of node_echo running on it
+    (partition ``Busy``)."""
+
+    home: Path
+    process: subprocess.Popen[bytes]
+    connection: Connection
+    echo: BackendClient
+
+
+@pytest.fixture
+def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Busy]:
+    home = tmp_path / "home"
+    monkeypatch.setenv("YW_HOME", str(home))
+    process, connection = start_orchestrator(home)
+    try:
+        clients = ywmagics.install("node_echo as echo", partition="Busy", connection=connection)
+        yield Busy(home, process, connection, clients.echo)
+    finally:
+        stop_orchestrator(process)
+
+
 @pytest.mark.slow  # two installs' orchestrators, a runner's environment, kernels
 @needs_node
 def test_a_kernel_of_another_protocol_never_uses_the_running_orchestrator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newer_install: Install
+    busy: Busy, newer_install: Install
 ) -> None:
-    home = tmp_path / "home"
-    monkeypatch.setenv("YW_HOME", str(home))
-    process, connection = start_orchestrator(home)  # A's
+    home, process, connection, echo = busy.home, busy.process, busy.connection, busy.echo
     try:
-        # Busy: an instance of A runs on it.
-        echo = ywmagics.install("node_echo as echo", partition="Busy", connection=connection).echo
         refused = newer_install.ipython(TRY_THE_RUNNER, home)
         said = refused.stdout + refused.stderr
         assert f"KERNEL {NEWER}" in said, said  # B's own ywmagics, not the tree's
@@ -138,7 +157,6 @@ def test_a_kernel_of_another_protocol_never_uses_the_running_orchestrator(
         assert newer is not None and newer.pid != connection.pid
         assert (newer.version, newer.protocol) == (NEWER, PROTOCOL_VERSION + 1)
     finally:
-        stop_orchestrator(process)
         newer_install.shutdown(home)
 
 
@@ -260,11 +278,7 @@ def next_release(tmp_path_factory: pytest.TempPathFactory) -> Install:
     """The next release of this protocol, bundling one backend more (their_echo 2.0.0, a copy
     of the tests' node_echo), as a newer ywmagics brings backends an older one lacks."""
     folder = tmp_path_factory.mktemp("install-next")
-    echo = folder / "their_echo"
-    shutil.copytree(TEST_REGISTRY / "node_echo", echo)
-    manifest = echo / "ywbackend.toml"
-    text = manifest.read_text().replace('"node_echo"', '"their_echo"')
-    manifest.write_text(text.replace('version = "1.0.0"', 'version = "2.0.0"'))
+    echo = echo_named(folder / "their_echo", "their_echo", "2.0.0")
     wheel = build_wheel(
         folder / "wheels", version=_upgraded_version(), bundling={"their_echo": echo}
     )
@@ -274,29 +288,24 @@ def next_release(tmp_path_factory: pytest.TempPathFactory) -> Install:
 @pytest.mark.slow  # two installs, an orchestrator, a kernel, backends
 @needs_node
 def test_a_kernel_of_a_newer_release_installs_its_bundled_backends_on_an_older_orchestrator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, next_release: Install
+    busy: Busy, next_release: Install
 ) -> None:
-    home = tmp_path / "home"
-    monkeypatch.setenv("YW_HOME", str(home))
-    process, connection = start_orchestrator(home)  # A's, busy: it is kept
-    try:
-        ywmagics.install("node_echo", partition="Busy", connection=connection)
-        with pytest.raises(BackendNotFound, match="their_echo"):
-            ywmagics.install("their_echo", partition="Mine", connection=connection)  # not A's
-        ran = next_release.ipython(
-            "ip = get_ipython()\n"
-            "ip.run_line_magic('load_ext', 'ywmagics')\n"
-            "ip.run_line_magic('backends', 'install their_echo#^2.0.0 as e')\n"
-            "print('ECHO', e.fetch_json('/echo', method='POST', json={'n': 1}))\n",
-            home,
-        )
-        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-        assert "ECHO {'n': 1, 'partition':" in ran.stdout, ran.stdout
-        # Used, and said: an older orchestrator of the same protocol, with work on it.
-        assert f"older than this environment's {_upgraded_version()}" in ran.stderr, ran.stderr
-        assert process.poll() is None and read_discovery(discovery_file(home)) == connection
-    finally:
-        stop_orchestrator(process)
+    connection = busy.connection  # A's, busy: it is kept
+    with pytest.raises(BackendNotFound, match="their_echo"):
+        ywmagics.install("their_echo", partition="Mine", connection=connection)  # not A's
+    ran = next_release.ipython(
+        "ip = get_ipython()\n"
+        "ip.run_line_magic('load_ext', 'ywmagics')\n"
+        "ip.run_line_magic('backends', 'install their_echo#^2.0.0 as e')\n"
+        "print('ECHO', e.fetch_json('/echo', method='POST', json={'n': 1}))\n",
+        busy.home,
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "ECHO {'n': 1, 'partition':" in ran.stdout, ran.stdout
+    # Used, and said: an older orchestrator of the same protocol, with work on it.
+    assert f"older than this environment's {_upgraded_version()}" in ran.stderr, ran.stderr
+    assert busy.process.poll() is None
+    assert read_discovery(discovery_file(busy.home)) == connection
 
 
 @pytest.mark.slow  # an install, its orchestrator

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from ywmagics.orchestrator.registry import Registry, client_bundled_folder
 from ywmagics.protocol import ORCHESTRATOR_HEADER, PROTOCOL_VERSION
 from ywmagics.spec import InstallRequest, VersionRange
 
-from .conftest import TEST_REGISTRY, start_orchestrator, stop_orchestrator
+from .conftest import TEST_REGISTRY, echo_named, start_orchestrator, stop_orchestrator
 
 
 def test_an_orchestrator_of_another_protocol_is_refused_naming_both() -> None:
@@ -146,13 +145,8 @@ def _other_install(root: Path, backends: dict[str, str]) -> Path:
     package = root / "site-packages" / "ywmagics"
     (package / "backends").mkdir(parents=True)
     (package / "_version.py").write_text('__version__ = "9.9.9"\n')
-    echo = TEST_REGISTRY / "node_echo"
     for name, version in backends.items():
-        folder = package / "backends" / name
-        shutil.copytree(echo, folder)
-        manifest = folder / "ywbackend.toml"
-        text = manifest.read_text().replace('"node_echo"', f'"{name}"')
-        manifest.write_text(text.replace('version = "1.0.0"', f'version = "{version}"'))
+        echo_named(package / "backends" / name, name, version)
     return package / "backends"
 
 

@@ -256,7 +256,9 @@ def _say_kept(older: Connection) -> None:
 
 def _idle(connection: Connection) -> bool:
     """Whether nothing uses that orchestrator: no instance runs, no kernel is attached, no
-    install is under way (one that publishes no count of those may have one: not idle)."""
+    install is under way (one that publishes no count of those may have one: not idle).
+    The orchestrator decides again as it is stopped (``if_idle``); this look first is for one
+    of before ``if_idle``, which would stop whatever it runs."""
     import json
     import urllib.request
 

@@ -82,9 +82,6 @@ class InstallTracker:
             record.ended = time.time()
             self._ended.appendleft(record)
 
-    def any_running(self) -> bool:
-        return bool(self._running)
-
     def to_list(self) -> list[dict[str, Any]]:
         """Running installs (oldest first), then the ones that ended (newest first)."""
         return [r.to_dict() for r in (*self._running.values(), *self._ended)]

@@ -85,7 +85,7 @@ class PartitionOwners:
 
     def living(self) -> set[int]:
         """The pids of every owner that still runs: the kernels attached."""
-        return {o.pid for owners in self._owners.values() for o in owners if owner_of(o.pid) == o}
+        return set(self.versions())
 
     def versions(self) -> dict[int, str]:
         """The ywmagics version of every owner that still runs (``""``: it did not say)."""

@@ -86,8 +86,6 @@ class Registry:
         bundled backends, whichever version runs the orchestrator), then the others."""
         if bundled is None or bundled == paths.bundled_registry_dir():
             return self.folders
-        if bundled not in self.client_bundled:
-            self.client_bundled.append(bundled)
         return [bundled, *(f for f in self.folders if f != paths.bundled_registry_dir())]
 
     def _scan(self, folders: Sequence[Path] | None = None) -> Iterator[Manifest | ManifestError]:
@@ -128,6 +126,12 @@ class Registry:
         if is_published(name):
             return self._published().resolve(name, version_range)
         folders = self.searched(bundled)
+        if (
+            bundled is not None
+            and folders is not self.folders
+            and bundled not in self.client_bundled
+        ):
+            self.client_bundled.append(bundled)  # its instances may start again later
         every = self.manifests(folders)
         versions = every.get(name)
         broken = self._broken_named(name)

@@ -545,6 +545,7 @@ class Orchestrator:
     def status(self, environments: list[Environment] | None = None) -> dict[str, Any]:
         if environments is None:
             environments = self.installer.environments()
+        attached = self.owners.versions()  # one look at each kernel's process
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -555,12 +556,11 @@ class Orchestrator:
             "started": self.started,
             "instances": len(self.supervisor.instances),
             "environments": len(environments),
-            "kernels": len(self.owners.living()),
+            "kernels": len(attached),
             "installing": self.installs_under_way,
             # The versions in play: each attached kernel's ywmagics, each runner's codec.
             "attached": [
-                {"pid": pid, "version": version}
-                for pid, version in sorted(self.owners.versions().items())
+                {"pid": pid, "version": version} for pid, version in sorted(attached.items())
             ],
             "runners": [
                 {
@@ -578,7 +578,8 @@ class Orchestrator:
         }
 
     def in_use(self) -> str:
-        """What uses it (``""``: nothing): running instances, attached kernels, installs."""
+        """What uses it (``""``: nothing): running instances, attached kernels, installs
+        (from their request on, before anything is resolved)."""
         counts = (
             (len(self.supervisor.instances), "running instance(s)"),
             (len(self.owners.living()), "attached kernel(s)"),
@@ -824,10 +825,8 @@ class Orchestrator:
             self._in_background(self._watch_idle(exit_when_idle))
 
     def idle(self) -> bool:
-        """Nothing to stay up for: no kernel attached, no instance, no install running."""
-        return not (
-            self.owners.living() or self.supervisor.instances or self.installs.any_running()
-        )
+        """Nothing to stay up for: see :meth:`in_use`."""
+        return not self.in_use()
 
     async def _watch_idle(self, exit_when_idle: Callable[[str], None]) -> None:
         timeout = self.settings.idle_timeout
